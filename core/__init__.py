@@ -1,0 +1,10 @@
+"""mlp-sweep's core: MNIST data, a fast NumPy MLP and its SGD trainer (NumPy + stdlib only)."""
+
+from core.model import (NetworkSpec, Params, evaluate, gradients, init_params, load_params, predict,
+                        save_params)
+from core.train import CURVES, EpochRecord, NonFiniteError, TrainConfig, TrainResult, train
+
+__all__ = [
+    "CURVES", "EpochRecord", "NetworkSpec", "NonFiniteError", "Params", "TrainConfig", "TrainResult",
+    "evaluate", "gradients", "init_params", "load_params", "predict", "save_params", "train",
+]

@@ -1,0 +1,196 @@
+"""Mini-batch SGD with L2 regularisation, returning the per-epoch history as data."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, fields
+from typing import Callable, Protocol
+
+import numpy as np
+
+from core.model import NetworkSpec, Params, Workspace, evaluate, init_params, one_hot
+
+
+class NonFiniteError(ArithmeticError):
+    """Training diverged: a cost or a weight became NaN or infinite."""
+
+    def __init__(self, epoch: int, what: str) -> None:
+        super().__init__(f"non-finite {what} at epoch {epoch} (learning rate too large?)")
+        self.epoch = epoch
+        self.what = what
+
+
+class LabelledSet(Protocol):
+    X: np.ndarray  # (n, sizes[0]) float
+    y: np.ndarray  # (n,) int labels
+
+
+def _positive_int(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What one training run does: epochs, batch size, η, λ, seed and what it monitors."""
+
+    epochs: int
+    batch_size: int
+    eta: float
+    lmbda: float = 0.0
+    seed: int = 0
+    monitor_training_cost: bool = True
+    monitor_training_accuracy: bool = True
+    monitor_validation_cost: bool = True
+    monitor_validation_accuracy: bool = True
+
+    def __post_init__(self) -> None:
+        _positive_int("epochs", self.epochs)
+        _positive_int("batch_size", self.batch_size)
+        for name in ("eta", "lmbda"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if self.eta <= 0:
+            raise ValueError(f"eta must be positive, got {self.eta!r}")
+        if self.lmbda < 0:
+            raise ValueError(f"lmbda must be zero or positive, got {self.lmbda!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """What one epoch measured; a curve that is not monitored is None."""
+
+    epoch: int  # 1-based
+    training_cost: float | None
+    training_accuracy: float | None
+    validation_cost: float | None
+    validation_accuracy: float | None
+    seconds: float  # the SGD pass alone
+    eval_seconds: float  # the monitoring that followed it
+
+
+CURVES = ("training_cost", "training_accuracy", "validation_cost", "validation_accuracy")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    params: Params
+    history: tuple[EpochRecord, ...]
+    stopped_early: bool  # the callback asked to stop
+
+    def curves(self) -> dict[str, list]:
+        """The history as columns: {"epoch": [...], "training_cost": [...], ...}."""
+        return {f.name: [getattr(r, f.name) for r in self.history] for f in fields(EpochRecord)}
+
+
+EpochCallback = Callable[[EpochRecord], bool | None]
+
+
+GATHER_ROWS = 128  # rows gathered per call: amortises the call, stays in L2 cache
+
+
+class SGD:
+    """One epoch of mini-batch SGD, with every buffer allocated once.
+
+    Each step backpropagates with δᴸ scaled by η/m and updates in place, as in the
+    textbook: W ← (1 − ηλ/n) W − (η/m) Σₓ ∂Cₓ/∂W and b ← b − (η/m) Σₓ ∂Cₓ/∂b.
+    Batch rows are gathered a few mini-batches at a time into one buffer with a ones
+    column (the bias input); a mini-batch is then a contiguous slice of it, not a copy.
+    """
+
+    def __init__(self, spec: NetworkSpec, params: Params, n: int, config: TrainConfig) -> None:
+        self.params = params
+        self.m = m = min(config.batch_size, n)
+        self.eta = config.eta
+        self.decay = 1.0 - config.eta * config.lmbda / n
+        self.full = Workspace(spec, m, params.dtype)
+        self.tail = Workspace(spec, n % m, params.dtype) if n % m else None
+        self.group = max(1, GATHER_ROWS // m) * m  # rows per gather, whole mini-batches
+        self.x = np.ones((self.group, spec.sizes[0] + 1), params.dtype)  # (rows, d + 1)
+
+    def epoch(self, X: np.ndarray, Y: np.ndarray, perm: np.ndarray) -> None:
+        """One pass over X (n, d) with one-hot targets Y (n, k) in the order ``perm``."""
+        m, n = self.m, len(perm)
+        Y = Y.take(perm, axis=0)  # (n, k): targets in epoch order, so batches are slices
+        x = self.x[:, :-1]
+        scale = self.eta / m
+        n_full = n - n % m
+        for start in range(0, n_full, self.group):
+            rows = perm[start:min(start + self.group, n_full)]
+            X.take(rows, axis=0, out=x[:len(rows)], mode="clip")
+            for k in range(0, len(rows), m):
+                self._step(self.full, self.x[k:k + m], Y[start + k:start + k + m], scale)
+        if self.tail is not None:
+            x_tail = self.x[:n - n_full]
+            X.take(perm[n_full:], axis=0, out=x_tail[:, :-1], mode="clip")
+            self._step(self.tail, x_tail, Y[n_full:], self.eta / (n - n_full))
+
+    def _step(self, ws: Workspace, x: np.ndarray, y: np.ndarray, scale: float) -> None:
+        ws.forward(self.params, x)
+        ws.backward(self.params, y, scale)
+        decay = self.decay
+        for block, grad in zip(self.params.layers, ws.grads):
+            if decay != 1.0:
+                # Decay the whole contiguous block (fast), then give the bias column back
+                # what it lost through the gradient: biases are not decayed.
+                grad[:, -1] -= (1.0 - decay) * block[:, -1]
+                block *= decay
+            block -= grad
+
+
+def train(spec: NetworkSpec, config: TrainConfig, training: LabelledSet,
+          validation: LabelledSet | None = None, *, params: Params | None = None,
+          callback: EpochCallback | None = None) -> TrainResult:
+    """Train by mini-batch SGD and return the parameters and per-epoch history.
+
+    All randomness comes from ``np.random.default_rng(config.seed)``: the initial weights
+    (unless ``params`` is given; it is then copied, not changed) and one permutation of
+    the training set per epoch. Same seed, same data → identical history.
+    ``callback(record)`` runs after every epoch; returning True stops training.
+    Raises NonFiniteError naming the epoch when a cost or weight stops being finite.
+    """
+    rng = np.random.default_rng(config.seed)
+    params = init_params(spec, rng) if params is None else params.copy()
+    X = np.asarray(training.X, dtype=params.dtype)
+    n = len(X)
+    Y = one_hot(training.y, spec.sizes[-1], params.dtype)  # (n, k)
+    sgd = SGD(spec, params, n, config)
+    history: list[EpochRecord] = []
+    for epoch in range(1, config.epochs + 1):
+        start = time.perf_counter()
+        with np.errstate(all="ignore"):  # divergence is detected below, once per epoch
+            sgd.epoch(X, Y, rng.permutation(n))
+        seconds = time.perf_counter() - start
+        if not params.is_finite():
+            raise NonFiniteError(epoch, "weights")
+        record = _monitor(spec, config, params, training, validation, n, epoch, seconds)
+        history.append(record)
+        if callback is not None and callback(record):
+            return TrainResult(params, tuple(history), True)
+    return TrainResult(params, tuple(history), False)
+
+
+def _monitor(spec: NetworkSpec, config: TrainConfig, params: Params, training: LabelledSet,
+             validation: LabelledSet | None, n: int, epoch: int, seconds: float) -> EpochRecord:
+    """Evaluate what the config monitors after an epoch."""
+    start = time.perf_counter()
+    values: dict[str, float | None] = dict.fromkeys(CURVES)
+    for part, data in (("training", training), ("validation", validation)):
+        want_cost = getattr(config, f"monitor_{part}_cost")
+        want_acc = getattr(config, f"monitor_{part}_accuracy")
+        if data is None or not (want_cost or want_acc):
+            continue
+        with np.errstate(all="ignore"):
+            cost, accuracy = evaluate(spec, params, data.X, data.y, config.lmbda, n)
+        if want_cost:
+            if not math.isfinite(cost):
+                raise NonFiniteError(epoch, f"{part} cost")
+            values[f"{part}_cost"] = cost
+        if want_acc:
+            values[f"{part}_accuracy"] = accuracy
+    return EpochRecord(epoch=epoch, seconds=seconds, eval_seconds=time.perf_counter() - start, **values)
+
