@@ -1,0 +1,17 @@
+"""The errors the launcher turns into a one-line message and exit code 2."""
+
+from __future__ import annotations
+
+import os
+
+
+class UsageError(Exception):
+    """Bad input from a person: a study file, a flag, a name, a path. Exit code 2."""
+
+
+class SpecError(UsageError):
+    """A study file that cannot be used; the message names the file, the key and the problem."""
+
+    def __init__(self, source: str | os.PathLike, key: str | None, problem: str) -> None:
+        self.source, self.key, self.problem = os.fspath(source), key, problem
+        super().__init__(f"{self.source}: {key}: {problem}" if key else f"{self.source}: {problem}")
