@@ -142,19 +142,34 @@ class Workspace:
     ``x`` is (rows, sizes[0] + 1), and hidden activations live in ``inputs[l]`` of shape
     (rows, sizes[l] + 1). ``z[l]`` and ``delta[l]`` are (rows, sizes[l+1]); ``grads[l]``
     has the shape of ``params.layers[l]``. Nothing is allocated per batch, which is what
-    makes mini-batches of 10 fast in NumPy.
+    makes mini-batches of 10 fast in NumPy; for the same reason the per-layer work is
+    planned once per parameter set (``_plan``) rather than looked up on every batch.
     """
 
     def __init__(self, spec: NetworkSpec, rows: int, dtype: type = np.float32) -> None:
         self.activation = ACTIVATIONS[spec.activation]
         self.cost = COSTS[spec.cost]
         outs = spec.sizes[1:]
-        self.inputs = [None] + [np.ones((rows, k + 1), dtype) for k in outs[:-1]]  # [0] is x
+        self.inputs = [np.ones((rows, k + 1), dtype) for k in outs[:-1]]  # hidden activations + 1s
         self.z = [np.empty((rows, k), dtype) for k in outs]
         self.output = np.empty((rows, outs[-1]), dtype)
         self.delta = [np.empty((rows, k), dtype) for k in outs]
         self.scratch = [np.empty((rows, k), dtype) for k in outs]
         self.grads = [np.empty((k, i + 1), dtype) for i, k in zip(spec.sizes[:-1], outs)]
+        self._planned_for: Params | None = None
+        self._x: np.ndarray | None = None
+
+    def _plan(self, params: Params) -> None:
+        """Bind the views each layer needs: forward (Wᵀ|b)ᵀ, z, f, output; backward W, f', buffers."""
+        last = len(self.z) - 1
+        outs = [a[:, :-1] for a in self.inputs] + [self.output]  # where f(z[l]) goes
+        self._forward = [(block.T, self.z[l], self.cost.output if l == last else self.activation.forward,
+                          outs[l], self.inputs[l] if l < last else self.output)
+                         for l, block in enumerate(params.layers)]
+        self._backward = [(self.delta[l], self.grads[l], self.inputs[l - 1], params.layers[l][:, :-1],
+                           self.delta[l - 1], self.z[l - 1], outs[l - 1], self.scratch[l - 1])
+                          for l in range(last, 0, -1)]
+        self._planned_for = params
 
     def forward(self, params: Params, x: np.ndarray) -> np.ndarray:
         """Fill z and the activations; return the output (rows, k).
@@ -162,42 +177,40 @@ class Workspace:
         x is (rows, sizes[0] + 1) with the ones column, as in training; a plain
         (rows, sizes[0]) input is accepted for inference, and then not kept for backward.
         """
-        last = len(self.z) - 1
-        self.inputs[0] = x
-        for l, block in enumerate(params.layers):
-            z = self.z[l]
-            if l == 0 and x.shape[1] == block.shape[1] - 1:
-                np.dot(x, block[:, :-1].T, z)
-                z += block[:, -1]
-                self.inputs[0] = None
+        if params is not self._planned_for:
+            self._plan(params)
+        a = x
+        for l, (block_t, z, f, out, a_next) in enumerate(self._forward):
+            if l == 0 and x.shape[1] == block_t.shape[0] - 1:  # no ones column: add b apart
+                np.dot(x, block_t[:-1], z)
+                z += block_t[-1]
+                x = None
             else:
-                np.dot(self.inputs[l], block.T, z)
-            if l == last:
-                self.cost.output(z, self.output)
-            else:
-                self.activation.forward(z, self.inputs[l + 1][:, :-1])
+                np.dot(a, block_t, z)
+            f(z, out)
+            a = a_next
+        self._x = x
         return self.output
 
     def backward(self, params: Params, y_onehot: np.ndarray, scale: float) -> None:
         """Fill ``grads`` with ``scale · Σₓ ∂Cₓ/∂[Wᵀ | b]`` by backpropagation.
 
-        Needs the activations of the last ``forward``. BP1 is the cost's own δᴸ;
-        BP2 δˡ = (δˡ⁺¹ Wˡ⁺¹ᵀ) ⊙ f'(zˡ); BP3 ∂C/∂bˡ = Σ δˡ and BP4 ∂C/∂Wˡ = aˡ⁻¹ᵀ δˡ come
-        from one product with the ones column. The scale (η/m in training) is applied
-        to δᴸ once, so it reaches every gradient.
+        Needs the activations of the last ``forward`` on a training-style x. BP1 is the
+        cost's own δᴸ; BP2 δˡ = (δˡ⁺¹ Wˡ⁺¹ᵀ) ⊙ f'(zˡ); BP3 ∂C/∂bˡ = Σ δˡ and BP4
+        ∂C/∂Wˡ = aˡ⁻¹ᵀ δˡ come from one product with the ones column. The scale (η/m in
+        training) is applied to δᴸ once, so it reaches every gradient.
         """
-        last = len(self.z) - 1
-        delta = self.delta[last]
-        self.cost.delta(self.output, y_onehot, delta, self.scratch[last])
+        if params is not self._planned_for or self._x is None:
+            raise RuntimeError("backward needs a forward pass with the ones column first")
+        delta = self.delta[-1]
+        self.cost.delta(self.output, y_onehot, delta, self.scratch[-1])
         delta *= scale
-        for l in range(last, -1, -1):
-            np.dot(delta.T, self.inputs[l], self.grads[l])
-            if l:
-                below = self.delta[l - 1]
-                np.dot(delta, params.layers[l][:, :-1], below)
-                self.activation.inplace_derivative(self.z[l - 1], self.inputs[l][:, :-1], below,
-                                                   self.scratch[l - 1])
-                delta = below
+        derivative = self.activation.inplace_derivative
+        for delta, grad, a_prev, w, below, z, a, scratch in self._backward:
+            np.dot(delta.T, a_prev, grad)
+            np.dot(delta, w, below)
+            derivative(z, a, below, scratch)
+        np.dot(self.delta[0].T, self._x, self.grads[0])
 
 
 def _chunks(n: int):
