@@ -58,17 +58,17 @@ ACTIVATIONS: dict[str, Activation] = {
 # --- output layers with their costs ----------------------------------------------------
 
 def softmax(z: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of z (m, k), stable: the row maximum is subtracted first."""
-    np.subtract(z, z.max(axis=1, keepdims=True), out=out)
+    """Softmax over the last axis of z (…, k), stable: the row maximum is subtracted first."""
+    np.subtract(z, z.max(axis=-1, keepdims=True), out=out)
     np.exp(out, out=out)
-    out /= out.sum(axis=1, keepdims=True)
+    out /= out.sum(axis=-1, keepdims=True)
     return out
 
 
 def log_softmax(z: np.ndarray) -> np.ndarray:
     """Row-wise log softmax via log-sum-exp, finite for any finite z."""
-    shifted = z - z.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    shifted = z - z.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 def cross_entropy_value(z: np.ndarray, a: np.ndarray, y: np.ndarray) -> float:
