@@ -1,0 +1,191 @@
+"""Optuna samplers and pruners by name, and how to build them from a study spec.
+
+A study file names a sampler and a pruner and may pass them any constructor argument
+a TOML scalar can express: the options a class accepts are read from its signature
+(``sampler_options``, ``pruner_options``), so they follow the installed Optuna.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import re
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.exceptions import ExperimentalWarning
+
+from sweep.errors import SpecError
+
+if TYPE_CHECKING:
+    from sweep.spec import PrunerSpec, StudySpec
+
+__all__ = [
+    "GRID_SAMPLERS", "PRUNERS", "SAMPLERS", "SINGLE_OBJECTIVE_SAMPLERS", "Option",
+    "build_pruner", "build_sampler", "grid_points", "grid_size", "pruner_options", "sampler_options",
+]
+
+_SAMPLER_CLASSES: Mapping[str, type[optuna.samplers.BaseSampler]] = MappingProxyType({
+    "grid": optuna.samplers.GridSampler,
+    "tpe": optuna.samplers.TPESampler,
+    "random": optuna.samplers.RandomSampler,
+    "cmaes": optuna.samplers.CmaEsSampler,
+    "qmc": optuna.samplers.QMCSampler,
+    "nsga2": optuna.samplers.NSGAIISampler,
+    "nsga3": optuna.samplers.NSGAIIISampler,
+    "gp": optuna.samplers.GPSampler,
+    "bruteforce": optuna.samplers.BruteForceSampler,
+})
+_PRUNER_CLASSES: Mapping[str, type[optuna.pruners.BasePruner]] = MappingProxyType({
+    "none": optuna.pruners.NopPruner,
+    "median": optuna.pruners.MedianPruner,
+    "percentile": optuna.pruners.PercentilePruner,
+    "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+    "hyperband": optuna.pruners.HyperbandPruner,
+    "patient": optuna.pruners.PatientPruner,
+    "threshold": optuna.pruners.ThresholdPruner,
+})
+
+SAMPLERS: tuple[str, ...] = tuple(_SAMPLER_CLASSES)
+PRUNERS: tuple[str, ...] = tuple(_PRUNER_CLASSES)
+#: Samplers that enumerate a discrete space: its size is their natural budget.
+GRID_SAMPLERS = ("grid", "bruteforce")
+#: Samplers that refuse a multi-objective study (Optuna 5.0: CMA-ES only).
+SINGLE_OBJECTIVE_SAMPLERS = ("cmaes",)
+
+# Constructor arguments a study file never sets: the spec supplies them
+# (sampler.seed, the grid from [space], the pruner from [pruner.wrapped]).
+_FROM_SPEC = frozenset({"seed", "search_space", "wrapped_pruner"})
+# Annotation words a TOML value can satisfy; an argument annotated with any other word
+# (a callable, a sampler, an array, a dict, ...) cannot be set from a study file.
+_TOML_TYPES: Mapping[str, type] = MappingProxyType(
+    {"int": int, "float": float, "str": str, "bool": bool}
+)
+
+
+@dataclass(frozen=True)
+class Option:
+    """A constructor argument a study file may set: the TOML value types it takes, and whether it must be given."""
+
+    types: tuple[type, ...]
+    required: bool
+
+    def accepts(self, value: object) -> bool:
+        """Whether ``value`` fits the annotation (bool is not int; an int is a fine float)."""
+        if isinstance(value, bool):
+            return bool in self.types
+        if isinstance(value, int) and float in self.types:
+            return True
+        return isinstance(value, tuple(t for t in self.types if t is not bool))
+
+    @property
+    def type_names(self) -> str:
+        return " or ".join(t.__name__ for t in self.types)
+
+
+def sampler_options(name: str) -> Mapping[str, Option]:
+    """The options [sampler] may give the sampler ``name`` (one of ``SAMPLERS``)."""
+    return _options(_SAMPLER_CLASSES[name])
+
+
+def pruner_options(name: str) -> Mapping[str, Option]:
+    """The options [pruner] may give the pruner ``name`` (one of ``PRUNERS``)."""
+    return _options(_PRUNER_CLASSES[name])
+
+
+@functools.cache
+def _options(cls: type) -> Mapping[str, Option]:
+    options = {}
+    for name, parameter in inspect.signature(cls).parameters.items():
+        annotation = parameter.annotation
+        if not isinstance(annotation, str):  # a class, a union, or no annotation at all
+            annotation = "" if annotation is parameter.empty else getattr(annotation, "__name__", str(annotation))
+        words = set(re.findall(r"\w+", annotation)) - {"None"}
+        if name in _FROM_SPEC or not words or not words <= _TOML_TYPES.keys():
+            continue
+        types = tuple(t for word, t in _TOML_TYPES.items() if word in words)
+        options[name] = Option(types, required=parameter.default is parameter.empty)
+    return MappingProxyType(options)
+
+
+def grid_points(spec: StudySpec) -> dict[str, list]:
+    """Every value of every searched parameter, for ``GridSampler(search_space=...)``.
+
+    Float steps are rounded to 12 significant digits (0.15, not 0.15000000000000002).
+    Raises ValueError for a continuous range, which has no grid.
+    """
+    points = {}
+    for name, param in spec.searched.items():
+        values = param.grid_values()
+        if values is None:
+            raise ValueError(f"{name}: a continuous range has no grid points")
+        points[name] = values
+    return points
+
+
+def grid_size(spec: StudySpec) -> int:
+    """How many points ``grid_points(spec)`` spans: the product of the value counts."""
+    return math.prod(len(values) for values in grid_points(spec).values())
+
+
+def build_sampler(spec: StudySpec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+    """The spec's sampler, seeded with ``spec.sampler.seed + seed_offset``.
+
+    Parallel workers pass distinct offsets so they do not draw the same points.
+    Raises SpecError naming ``sampler.<option>`` when Optuna rejects an option's value.
+    """
+    if isinstance(seed_offset, bool) or not isinstance(seed_offset, int) or seed_offset < 0:
+        raise ValueError(f"seed_offset must be a non-negative integer, got {seed_offset!r}")
+    sampler = spec.sampler
+    given: dict[str, Any] = {"seed": sampler.seed + seed_offset}
+    if sampler.name == "grid":
+        given["search_space"] = grid_points(spec)
+    return _construct(_SAMPLER_CLASSES[sampler.name], given, sampler.options, spec.source, "sampler")
+
+
+def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    """The spec's pruner (a patient pruner wraps the one built from ``[pruner.wrapped]``).
+
+    Raises SpecError naming ``pruner.<option>`` when Optuna rejects an option's value.
+    """
+    return _pruner(spec.pruner, spec.source, "pruner")
+
+
+def _pruner(pruner: PrunerSpec, source: str, key: str) -> optuna.pruners.BasePruner:
+    given = {}
+    if pruner.name == "patient":
+        wrapped = pruner.wrapped
+        given["wrapped_pruner"] = None if wrapped is None else _pruner(wrapped, source, f"{key}.wrapped")
+    return _construct(_PRUNER_CLASSES[pruner.name], given, pruner.options, source, key)
+
+
+def _construct(cls: type, given: dict[str, Any], options: Mapping[str, Any], source: str, key: str) -> Any:
+    """``cls(**given, **options)``, without the ExperimentalWarning of the classes we choose to use.
+
+    Optuna's TypeError or ValueError becomes a SpecError naming the option at fault.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            return cls(**given, **options)
+    except (TypeError, ValueError) as exc:
+        problem = f"rejected by optuna.{cls.__name__}: {exc}"
+    raise SpecError(source, _culprit(cls, given, options, key), problem)
+
+
+def _culprit(cls: type, given: dict[str, Any], options: Mapping[str, Any], key: str) -> str:
+    """The key of the first option the class rejects on its own (with the required ones), else ``key``."""
+    required = {name: value for name, value in options.items() if _options(cls)[name].required}
+    for name in sorted(options, key=lambda name: name not in required):  # required ones first
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # already shown by the attempt that failed
+                cls(**given, **required, **{name: options[name]})
+        except (TypeError, ValueError):
+            return f"{key}.{name}"
+    return key
