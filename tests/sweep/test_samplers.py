@@ -1,0 +1,240 @@
+"""Samplers and pruners built from specs, run on small in-memory studies."""
+
+import itertools
+import warnings
+from pathlib import Path
+
+import optuna
+import pytest
+
+from sweep.errors import SpecError
+from sweep.samplers import (GRID_SAMPLERS, PRUNERS, SAMPLERS, SINGLE_OBJECTIVE_SAMPLERS, build_pruner,
+                            build_sampler, grid_points, grid_size, pruner_options, sampler_options)
+from sweep.spec import load_spec, parse_spec, suggest
+
+STUDIES = Path(__file__).resolve().parents[2] / "studies"
+
+# Options that make each sampler leave its start-up phase within a 4-trial test.
+QUICK = {"tpe": {"n_startup_trials": 2}, "gp": {"n_startup_trials": 2},
+         "nsga2": {"population_size": 2}, "nsga3": {"population_size": 2}}
+
+
+@pytest.fixture(autouse=True)
+def quiet_optuna():
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    yield
+    optuna.logging.set_verbosity(level)
+
+
+def homework_spec(sampler: str, n_objectives: int = 1, **sampler_options) -> dict:
+    """The homework-like space: batch_size 5..55 step 5 x eta 0.05..0.55 step 0.05 (an int and a float)."""
+    objectives = [{"metric": "validation_accuracy"}, {"metric": "training_seconds"}][:n_objectives]
+    return {
+        "name": f"toy-{sampler}",
+        "objective": objectives,
+        "sampler": {"name": sampler, "seed": 0, **QUICK.get(sampler, {}), **sampler_options},
+        "budget": {"n_trials": 4},
+        "train": {"epochs": 1},
+        "space": {"batch_size": {"type": "int", "low": 5, "high": 55, "step": 5},
+                  "eta": {"type": "float", "low": 0.05, "high": 0.55, "step": 0.05}},
+    }
+
+
+def toy(spec, trial):
+    """A smooth bowl around batch_size 20, eta 0.3 (and, for two objectives, a cost growing with 1/batch)."""
+    params = suggest(spec, trial)
+    score = -((params["eta"] - 0.3) ** 2) - ((params["batch_size"] - 20) / 50) ** 2
+    return (score, 100 / params["batch_size"]) if spec.is_multi_objective else score
+
+
+def run(spec, n_trials=4, seed_offset=0) -> optuna.Study:
+    study = optuna.create_study(directions=spec.directions, sampler=build_sampler(spec, seed_offset),
+                                pruner=build_pruner(spec))
+    study.optimize(lambda trial: toy(spec, trial), n_trials=n_trials)
+    return study
+
+
+def test_names():
+    assert SAMPLERS == ("grid", "tpe", "random", "cmaes", "qmc", "nsga2", "nsga3", "gp", "bruteforce")
+    assert PRUNERS == ("none", "median", "percentile", "successive_halving", "hyperband", "patient", "threshold")
+    assert set(GRID_SAMPLERS) | set(SINGLE_OBJECTIVE_SAMPLERS) <= set(SAMPLERS)
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_every_sampler_runs_the_homework_space(name):
+    spec = parse_spec(homework_spec(name), "test")
+    study = run(spec)
+    assert len(study.trials) == 4
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    for trial in study.trials:
+        assert trial.params["batch_size"] in range(5, 56, 5)
+        assert 0.05 <= trial.params["eta"] <= 0.55
+
+
+@pytest.mark.parametrize("name", [n for n in SAMPLERS if n not in SINGLE_OBJECTIVE_SAMPLERS])
+def test_multi_objective_samplers(name):
+    spec = parse_spec(homework_spec(name, n_objectives=2), "test")
+    study = run(spec)
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
+    assert len(study.trials) == 4 and all(len(t.values) == 2 for t in study.trials)
+    assert study.best_trials
+
+
+@pytest.mark.parametrize("name", SINGLE_OBJECTIVE_SAMPLERS)
+def test_single_objective_samplers_are_refused_by_optuna_too(name):
+    """The list matches the installed Optuna: these do fail on a multi-objective study."""
+    sampler = build_sampler(parse_spec(homework_spec(name), "test"))
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    with pytest.raises(ValueError, match="multi-objective"):
+        study.optimize(lambda trial: (trial.suggest_float("x", 0, 1), trial.suggest_int("y", 1, 5)), n_trials=2)
+    with pytest.raises(SpecError, match="handles a single objective"):
+        parse_spec(homework_spec(name, n_objectives=2), "test")
+
+
+def test_seed_offset_gives_parallel_workers_other_points():
+    spec = parse_spec(homework_spec("random"), "test")
+    first = [t.params for t in run(spec, seed_offset=0).trials]
+    assert first == [t.params for t in run(spec, seed_offset=0).trials]  # same seed, same points
+    assert first != [t.params for t in run(spec, seed_offset=1).trials]
+    with pytest.raises(ValueError, match="seed_offset"):
+        build_sampler(spec, -1)
+
+
+def test_grid_points_of_the_homework():
+    spec = load_spec(STUDIES / "homework-grid-5k.toml")
+    points = grid_points(spec)
+    assert points == {"batch_size": [5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55],
+                      "eta": [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55]}
+    assert grid_size(spec) == 121
+
+
+@pytest.mark.filterwarnings("error")  # e.g. Optuna's "value is out of range" for a grid value off the step
+def test_grid_sampler_covers_the_homework_grid_exactly_once():
+    spec = load_spec(STUDIES / "homework-grid-5k.toml")
+    study = optuna.create_study(direction="maximize", sampler=build_sampler(spec))
+    study.optimize(lambda trial: toy(spec, trial), n_trials=200)  # the grid sampler stops the study at 121
+    seen = [(t.params["batch_size"], t.params["eta"]) for t in study.trials]
+    assert len(seen) == 121
+    assert sorted(seen) == sorted(itertools.product(*grid_points(spec).values()))
+
+
+def test_grid_of_a_log_int_range_and_choices():
+    data = homework_spec("grid")
+    data["train"] = {"batch_size": 10, "eta": 0.1}
+    data["space"] = {"hidden": {"type": "int", "low": 10, "high": 20, "log": True},
+                     "activation": {"type": "categorical", "choices": ["relu", "sigmoid"]}, "epochs": 2}
+    spec = parse_spec(data, "test")
+    assert grid_points(spec) == {"hidden": list(range(10, 21)), "activation": ["relu", "sigmoid"]}
+    assert grid_size(spec) == 22
+
+
+def test_grid_points_refuses_a_continuous_range():
+    data = homework_spec("tpe")
+    data["space"]["eta"] = {"type": "float", "low": 0.01, "high": 1.0, "log": True}
+    with pytest.raises(ValueError, match="eta: a continuous range"):
+        grid_points(parse_spec(data, "test"))
+
+
+# Required options of each pruner, for building them.
+PRUNER_NEEDS = {"percentile": {"percentile": 25.0}, "patient": {"patience": 2}, "threshold": {"lower": 0.1}}
+
+
+@pytest.mark.parametrize("name", PRUNERS)
+def test_every_pruner_builds_and_prunes(name):
+    data = homework_spec("random", pruner={"name": name, **PRUNER_NEEDS.get(name, {})})
+    data["sampler"] = {"name": "random"}
+    spec = parse_spec(data, "test")
+    pruner = build_pruner(spec)
+    assert isinstance(pruner, optuna.pruners.BasePruner)
+    study = optuna.create_study(direction="maximize", pruner=pruner, sampler=build_sampler(spec))
+
+    def objective(trial):
+        for epoch in range(1, 4):
+            trial.report(toy(spec, trial) if epoch == 1 else trial.number / 10, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return trial.number / 10
+
+    study.optimize(objective, n_trials=6)
+    assert len(study.trials) == 6
+
+
+def test_hyperband_of_the_shipped_study():
+    pruner = build_pruner(load_spec(STUDIES / "tpe-hyperband.toml"))
+    assert isinstance(pruner, optuna.pruners.HyperbandPruner)
+    assert (pruner._min_resource, pruner._max_resource, pruner._reduction_factor) == (1, 30, 3)
+
+
+def test_patient_wraps_the_wrapped_pruner():
+    data = homework_spec("tpe")
+    data["pruner"] = {"name": "patient", "patience": 3, "min_delta": 0.01,
+                      "wrapped": {"name": "median", "n_warmup_steps": 2}}
+    pruner = build_pruner(parse_spec(data, "test"))
+    assert isinstance(pruner, optuna.pruners.PatientPruner)
+    assert (pruner._patience, pruner._min_delta) == (3, 0.01)
+    assert isinstance(pruner._wrapped_pruner, optuna.pruners.MedianPruner)
+    assert pruner._wrapped_pruner._n_warmup_steps == 2
+
+
+def test_patient_alone():
+    data = homework_spec("tpe")
+    data["pruner"] = {"name": "patient", "patience": 1}
+    assert build_pruner(parse_spec(data, "test"))._wrapped_pruner is None
+
+
+@pytest.mark.parametrize("section, key, problem", [
+    ({"sampler": {"name": "nsga2", "population_size": 1}}, "sampler.population_size", "population_size"),
+    ({"sampler": {"name": "qmc", "qmc_type": "lattice"}}, "sampler.qmc_type", "qmc_type"),
+    ({"sampler": {"name": "tpe", "bogus": 1}}, "sampler.bogus", "unknown option of the tpe sampler"),
+    ({"pruner": {"name": "median", "n_startup_trials": -1}}, "pruner.n_startup_trials", "cannot be negative"),
+    ({"pruner": {"name": "percentile", "percentile": 150.0}}, "pruner.percentile", "between 0 and 100"),
+    ({"pruner": {"name": "patient", "patience": -1, "min_delta": 0.5}}, "pruner.patience", "cannot be negative"),
+    ({"pruner": {"name": "successive_halving", "reduction_factor": 1}}, "pruner.reduction_factor", ">= 2"),
+    ({"pruner": {"name": "threshold", "lower": 0.5, "n_warmup_steps": -1}}, "pruner.n_warmup_steps", "warmup"),
+    ({"pruner": {"name": "successive_halving", "min_resource": "soon"}}, "pruner.min_resource", "auto"),
+    ({"pruner": {"name": "threshold"}}, "pruner", "Either lower or upper"),
+    ({"pruner": {"name": "patient", "patience": 1, "wrapped": {"name": "median", "interval_steps": 0}}},
+     "pruner.wrapped.interval_steps", "rejected by optuna"),
+])
+def test_bad_option_values_name_their_key(section, key, problem):
+    data = {**homework_spec("tpe"), **section}
+    if "sampler" in section:
+        data["sampler"] = {"seed": 0, **section["sampler"]}
+    with pytest.raises(SpecError) as caught:
+        parse_spec(data, "test")
+    assert caught.value.key == key
+    assert problem in caught.value.problem
+
+
+def test_option_tables_come_from_the_signatures():
+    tpe = sampler_options("tpe")
+    assert tpe["n_startup_trials"].types == (int,) and not tpe["n_startup_trials"].required
+    assert "seed" not in tpe and "gamma" not in tpe and "constraints_func" not in tpe  # set elsewhere / not TOML
+    assert sampler_options("grid") == {} and sampler_options("random") == {}
+    assert "x0" not in sampler_options("cmaes") and "sigma0" in sampler_options("cmaes")
+    patient = pruner_options("patient")
+    assert patient["patience"].required and "wrapped_pruner" not in patient
+    assert pruner_options("hyperband")["max_resource"].types == (int, str)
+    assert pruner_options("percentile")["percentile"].accepts(25) and not pruner_options("median")[
+        "n_warmup_steps"].accepts(True)
+
+
+@pytest.mark.filterwarnings("error::optuna.exceptions.ExperimentalWarning")
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_building_is_free_of_experimental_warnings(name):
+    build_sampler(parse_spec(homework_spec(name), "test"))
+
+
+def test_other_warnings_still_surface():
+    with pytest.warns(FutureWarning, match="consider_endpoints"):
+        build_sampler(parse_spec(homework_spec("tpe", consider_endpoints=True), "test"))
+
+
+def test_experimental_pruner_builds_quietly():
+    data = homework_spec("tpe")
+    data["pruner"] = {"name": "patient", "patience": 1}
+    spec = parse_spec(data, "test")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_pruner(spec)
