@@ -70,7 +70,7 @@ _TOML_TYPES: Mapping[str, type] = MappingProxyType(
 
 @dataclass(frozen=True)
 class Option:
-    """A constructor argument a study file may set: the TOML value types it takes, and whether it must be given."""
+    """A constructor argument a study file may set: the TOML types it takes, and whether it is required."""
 
     types: tuple[type, ...]
     required: bool
@@ -103,8 +103,10 @@ def _options(cls: type) -> Mapping[str, Option]:
     options = {}
     for name, parameter in inspect.signature(cls).parameters.items():
         annotation = parameter.annotation
-        if not isinstance(annotation, str):  # a class, a union, or no annotation at all
-            annotation = "" if annotation is parameter.empty else getattr(annotation, "__name__", str(annotation))
+        if annotation is parameter.empty:
+            annotation = ""
+        elif not isinstance(annotation, str):  # a class or a union, not a string annotation
+            annotation = getattr(annotation, "__name__", str(annotation))
         words = set(re.findall(r"\w+", annotation)) - {"None"}
         if name in _FROM_SPEC or not words or not words <= _TOML_TYPES.keys():
             continue

@@ -7,7 +7,7 @@ and the problem. ``spec_to_dict`` / ``dumps`` turn a spec back into plain data /
 parameters, its core configs, and every setting to log.
 
 Mappings inside a spec are ``types.MappingProxyType`` (read-only) and sequences are
-tuples, so a spec cannot change after validation.
+tuples, so a spec cannot change after validation (it compares by value but is not hashable).
 """
 
 from __future__ import annotations
@@ -255,8 +255,12 @@ class IntRange:
         return f"integers {self.low}..{self.high}{step}{' log' if self.log else ''}"
 
     def to_toml(self) -> dict[str, Any]:
-        extra = {"step": self.step} if self.step != 1 else {}
-        return {"type": "int", "low": self.low, "high": self.high, **extra, **({"log": True} if self.log else {})}
+        out: dict[str, Any] = {"type": "int", "low": self.low, "high": self.high}
+        if self.step != 1:
+            out["step"] = self.step
+        if self.log:
+            out["log"] = True
+        return out
 
 
 @dataclass(frozen=True)
@@ -297,8 +301,12 @@ class FloatRange:
         return f"numbers {self.low:g}..{self.high:g}{step}{' log' if self.log else ''}"
 
     def to_toml(self) -> dict[str, Any]:
-        extra = {"step": self.step} if self.step is not None else {}
-        return {"type": "float", "low": self.low, "high": self.high, **extra, **({"log": True} if self.log else {})}
+        out: dict[str, Any] = {"type": "float", "low": self.low, "high": self.high}
+        if self.step is not None:
+            out["step"] = self.step
+        if self.log:
+            out["log"] = True
+        return out
 
 
 @dataclass(frozen=True)
@@ -427,14 +435,15 @@ class DataSpec:
                     _int_at_least(1)(getattr(self, key))
 
 
-def _checked_options(options: Mapping[str, Any], allowed: Mapping[str, Option], owner: str) -> Mapping[str, Any]:
+def _checked_options(options: Mapping[str, Any], allowed: Mapping[str, Option],
+                     owner: str) -> Mapping[str, Any]:
     """Constructor options checked by name and TOML type against ``allowed``."""
     _TABLE.check(options)
     for key, value in options.items():
         option = allowed.get(key)
         if option is None:
             known = ", ".join(allowed) or "none"
-            raise InvalidValue(key, f"unknown option of {owner}{_close(key, tuple(allowed))}; options: {known}")
+            raise InvalidValue(key, f"unknown option of {owner}{_close(key, allowed)}; options: {known}")
         if not option.accepts(value):
             raise InvalidValue(key, f"must be {option.type_names}, got {_show(value)}")
     for key, option in allowed.items():
@@ -477,7 +486,8 @@ class PrunerSpec:
         options = _checked_options(self.options, pruner_options(self.name), f"the {self.name} pruner")
         object.__setattr__(self, "options", options)
         if self.wrapped is not None and self.name != "patient":
-            raise InvalidValue("wrapped", f"only the patient pruner wraps another, not the {self.name} pruner")
+            raise InvalidValue("wrapped", f"only the patient pruner wraps another, "
+                                          f"not the {self.name} pruner")
 
 
 # ---------------------------------------------------------------------------
@@ -544,7 +554,8 @@ class StudySpec:
             return
         for name, other in (("hidden", "depth"), ("depth", "hidden")):
             if name in self.space and other not in self.space:
-                raise InvalidValue(f"space.{name}", f"train.sizes has no hidden layer; add {other} to [space]")
+                raise InvalidValue(f"space.{name}",
+                                   f"train.sizes has no hidden layer; add {other} to [space]")
 
     def _check_objectives(self) -> None:
         if not self.objectives:
@@ -598,7 +609,8 @@ class StudySpec:
                 with _at(_join(key, name)):
                     param = searched.get(name)
                     if param is None:
-                        raise InvalidValue(None, f"not a searched parameter; searched: {', '.join(searched) or 'none'}")
+                        names = ", ".join(searched) or "none"
+                        raise InvalidValue(None, f"not a searched parameter; searched: {names}")
                     values[name] = _SETTINGS[name](value)
                     if not param.contains(values[name]):
                         raise InvalidValue(None, f"{_show(value)} is outside the space: {param.describe()}")
@@ -633,7 +645,8 @@ def _checked_train(train: Any) -> Mapping[str, Any]:
     for name, value in train.items():
         with _at(f"train.{name}"):
             if name not in TRAIN_KEYS:
-                raise InvalidValue(None, f"unknown key{_close(name, TRAIN_KEYS)}; [train] keys: {', '.join(TRAIN_KEYS)}")
+                raise InvalidValue(None, f"unknown key{_close(name, TRAIN_KEYS)}; "
+                                         f"[train] keys: {', '.join(TRAIN_KEYS)}")
             checked[name] = _SETTINGS[name](value)
     return MappingProxyType(checked)
 
@@ -645,7 +658,8 @@ def _checked_space(space: Any, train: Mapping[str, Any]) -> Mapping[str, Param]:
     for name, param in space.items():
         with _at(f"space.{name}"):
             if name not in TUNABLE:
-                raise InvalidValue(None, f"not a tunable parameter{_close(name, TUNABLE)}; tunable: {', '.join(TUNABLE)}")
+                raise InvalidValue(None, f"not a tunable parameter{_close(name, TUNABLE)}; "
+                                         f"tunable: {', '.join(TUNABLE)}")
             if name in train:
                 raise InvalidValue(None, "also given in [train]; give it in one place")
             checked[name] = _checked_param(name, param)
@@ -797,18 +811,19 @@ def _pruner_dict(pruner: PrunerSpec) -> dict[str, Any]:
 
 def spec_to_dict(spec: StudySpec) -> dict[str, Any]:
     """The spec as plain TOML- and JSON-able data (without ``source``); ``parse_spec`` reads it back."""
-    data = spec.data
-    out: dict[str, Any] = {"name": spec.name}
-    out.update({key: getattr(spec, key) for key in ("description", "parent") if getattr(spec, key) is not None})
-    out["data"] = {"dataset": data.dataset, **{key: getattr(data, key) for key in ("n_train", "n_validation", "n_test")
-                                               if getattr(data, key) is not None}}
+    def given(obj: Any, *keys: str) -> dict[str, Any]:
+        return {key: getattr(obj, key) for key in keys if getattr(obj, key) is not None}
+
+    out: dict[str, Any] = {"name": spec.name, **given(spec, "description", "parent")}
+    out["data"] = {"dataset": spec.data.dataset, **given(spec.data, "n_train", "n_validation", "n_test")}
     out["objective"] = [{"metric": o.metric, "direction": o.direction} for o in spec.objectives]
     out["sampler"] = {"name": spec.sampler.name, "seed": spec.sampler.seed, **spec.sampler.options}
     out["pruner"] = _pruner_dict(spec.pruner)
-    budget = {key: getattr(spec, key) for key in ("n_trials", "timeout") if getattr(spec, key) is not None}
+    budget = given(spec, "n_trials", "timeout")
     if budget:
         out["budget"] = budget
-    out["train"] = {name: list(value) if isinstance(value, tuple) else value for name, value in spec.train.items()}
+    out["train"] = {name: list(value) if isinstance(value, tuple) else value
+                    for name, value in spec.train.items()}
     out["space"] = {name: param.to_toml() for name, param in spec.space.items()}
     if spec.enqueue:
         out["enqueue"] = [dict(entry) for entry in spec.enqueue]
@@ -872,9 +887,11 @@ def all_params(spec: StudySpec, params: Mapping[str, Any]) -> dict[str, Any]:
     training and data settings (sizes as "784-15-10"; n_* None means all)."""
     settings = _settings(spec, params)
     data = spec.data
+    training = ("activation", "cost", "epochs", "batch_size", "eta", "lmbda", "seed")
     return {
         **{name: settings[name] for name in spec.space},
         "sizes": "-".join(map(str, _sizes(settings))),
-        **{name: settings[name] for name in ("activation", "cost", "epochs", "batch_size", "eta", "lmbda", "seed")},
-        "dataset": data.dataset, "n_train": data.n_train, "n_validation": data.n_validation, "n_test": data.n_test,
+        **{name: settings[name] for name in training},
+        "dataset": data.dataset, "n_train": data.n_train, "n_validation": data.n_validation,
+        "n_test": data.n_test,
     }
