@@ -30,8 +30,29 @@ __all__ = [
     "build_pruner", "build_sampler", "grid_points", "grid_size", "pruner_options", "sampler_options",
 ]
 
+class _BudgetStops:
+    """Mixin: no ``study.stop()`` after the last point.
+
+    Optuna's grid and brute-force samplers stop the study once every point has been
+    tried, which only works inside ``Study.optimize``. A sweep asks and tells trials
+    itself and stops when the study's budget (the grid's size) is spent, checked under
+    a lock shared by all workers (see sweep.runner).
+    """
+
+    def after_trial(self, study, trial, state, values) -> None:
+        return None
+
+
+class GridSampler(_BudgetStops, optuna.samplers.GridSampler):
+    """Optuna's grid sampler, ended by the sweep's budget."""
+
+
+class BruteForceSampler(_BudgetStops, optuna.samplers.BruteForceSampler):
+    """Optuna's brute-force sampler, ended by the sweep's budget."""
+
+
 _SAMPLER_CLASSES: Mapping[str, type[optuna.samplers.BaseSampler]] = MappingProxyType({
-    "grid": optuna.samplers.GridSampler,
+    "grid": GridSampler,
     "tpe": optuna.samplers.TPESampler,
     "random": optuna.samplers.RandomSampler,
     "cmaes": optuna.samplers.CmaEsSampler,
@@ -39,7 +60,7 @@ _SAMPLER_CLASSES: Mapping[str, type[optuna.samplers.BaseSampler]] = MappingProxy
     "nsga2": optuna.samplers.NSGAIISampler,
     "nsga3": optuna.samplers.NSGAIIISampler,
     "gp": optuna.samplers.GPSampler,
-    "bruteforce": optuna.samplers.BruteForceSampler,
+    "bruteforce": BruteForceSampler,
 })
 _PRUNER_CLASSES: Mapping[str, type[optuna.pruners.BasePruner]] = MappingProxyType({
     "none": optuna.pruners.NopPruner,

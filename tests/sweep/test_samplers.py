@@ -113,10 +113,20 @@ def test_grid_points_of_the_homework():
 def test_grid_sampler_covers_the_homework_grid_exactly_once():
     spec = load_spec(STUDIES / "homework-grid-5k.toml")
     study = optuna.create_study(direction="maximize", sampler=build_sampler(spec))
-    study.optimize(lambda trial: toy(spec, trial), n_trials=200)  # the grid sampler stops the study at 121
+    study.optimize(lambda trial: toy(spec, trial), n_trials=grid_size(spec))  # the budget ends a sweep
     seen = [(t.params["batch_size"], t.params["eta"]) for t in study.trials]
     assert len(seen) == 121
     assert sorted(seen) == sorted(itertools.product(*grid_points(spec).values()))
+
+
+def test_grid_sampler_does_not_stop_the_study_itself():
+    """Sweeps ask and tell outside Study.optimize, where study.stop() would raise."""
+    spec = load_spec(STUDIES / "homework-grid-5k.toml")
+    study = optuna.create_study(direction="maximize", sampler=build_sampler(spec))
+    for _ in range(grid_size(spec)):
+        trial = study.ask()
+        study.tell(trial, toy(spec, trial))
+    assert len({(t.params["batch_size"], t.params["eta"]) for t in study.trials}) == 121
 
 
 def test_grid_of_a_log_int_range_and_choices():
