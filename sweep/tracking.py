@@ -1,0 +1,284 @@
+"""MLflow tracking of a study: one experiment, one parent run, one child run per trial.
+
+Only ``MlflowClient`` is used (no fluent global state), so threads and processes log side by
+side. Epoch metrics are buffered and sent with one ``log_batch`` per FLUSH_EVERY_S, and every
+store call retries while SQLite reports the database locked, so several local workers can
+share one ``mlflow.db``. mlflow is imported on first use: it costs over a second, which
+commands that do not track should not pay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import random
+import re
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence, TypeVar
+from urllib.parse import unquote
+
+from core.train import CURVES, EpochRecord
+from sweep.errors import UsageError
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+
+# Before mlflow is first imported: no telemetry thread, no "View run ..." lines on stdout.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+STATUS_FOR_STATE = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+FLUSH_EVERY_S = 5.0  # longest a logged epoch waits before it is visible in the UI
+RETRY_FOR_S = 30.0  # how long a call keeps retrying a locked database (each try may wait 20 s more in MLflow)
+
+PARENT_TAG, NOTE_TAG = "mlflow.parentRunId", "mlflow.note.content"
+ROLE_TAG, STUDY_TAG, TRIAL_TAG = "mlp_sweep.role", "mlp_sweep.study", "mlp_sweep.trial"
+# log_batch limits (mlflow/utils/validation.py)
+_MAX_METRICS, _MAX_PARAMS, _MAX_TAGS, _MAX_PARAM_CHARS, _MAX_TAG_CHARS = 1000, 100, 100, 6000, 8000
+_LOCKED = ("database is locked", "database table is locked")
+
+MetricRow = tuple[str, float, int, int]  # key, value, timestamp (ms), step
+T = TypeVar("T")
+
+
+def _is_locked(exc: BaseException | None) -> bool:
+    """Whether SQLite's "database is locked" is anywhere in the exception's chain."""
+    while exc is not None:
+        if any(text in str(exc) for text in _LOCKED):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+# Migrations ("Creating initial MLflow database tables...") stay off the console, and so do the
+# tracebacks MLflow logs for lock errors that _retry then recovers from (or re-raises).
+logging.getLogger("alembic").setLevel(logging.WARNING)
+_db_log = logging.getLogger("mlflow.store.db.utils")
+_db_log.setLevel(logging.WARNING)
+_db_log.addFilter(lambda record: not (record.exc_info and _is_locked(record.exc_info[1])))
+
+
+def default_tracking_uri(root: Path) -> str:
+    """The SQLite tracking URI of a store directory."""
+    return f"sqlite:///{root}/mlflow.db"
+
+
+def _sqlite_file(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI; None for in-memory databases and other schemes."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    path = unquote(tracking_uri.removeprefix("sqlite:///").split("?", 1)[0])
+    return Path(path) if path not in ("", ":memory:") else None
+
+
+def artifact_root_for(tracking_uri: str) -> str | None:
+    """``artifacts/`` beside a SQLite database, as a file URI; None lets a tracking server decide."""
+    db = _sqlite_file(tracking_uri)
+    return (db.resolve().parent / "artifacts").as_uri() if db else None
+
+
+def redact(url: str) -> str:
+    """The text with the password of any URL in it (user:PASSWORD@ or ?password=) replaced by ***."""
+    url = re.sub(r"([A-Za-z][\w+.-]*://[^:/@\s]*:)\S*@", r"\1***@", url)  # to the last @: raw @ in a password
+    return re.sub(r"([?&]passw(?:or)?d=)[^&#\s]*", r"\1***", url, flags=re.IGNORECASE)
+
+
+def _strings(values: dict, limit: int) -> dict[str, str]:
+    """Param or tag values as MLflow takes them: str(), passwords redacted, cut to ``limit`` characters."""
+    texts = {key: redact(str(value)) for key, value in values.items()}
+    return {key: text if len(text) <= limit else text[: limit - 1] + "…" for key, text in texts.items()}
+
+
+def _rows(values: dict[str, float | None], step: int) -> list[MetricRow]:
+    """Metric rows stamped now; None values (curves not monitored) are left out."""
+    now = int(time.time() * 1000)
+    return [(key, float(value), now, step) for key, value in values.items() if value is not None]
+
+
+def _batches(metrics: list, params: list, tags: list) -> Iterator[tuple[list, list, list]]:
+    """Split one logical batch into log_batch calls within MLflow's per-call limits."""
+    while metrics or params or tags:
+        p, params = params[:_MAX_PARAMS], params[_MAX_PARAMS:]
+        t, tags = tags[:_MAX_TAGS], tags[_MAX_TAGS:]
+        room = _MAX_METRICS - len(p) - len(t)  # 1000 entities per call in all
+        m, metrics = metrics[:room], metrics[room:]
+        yield m, p, t
+
+
+def _retry(call: Callable[..., T], *args, **kwargs) -> T:
+    """Run one store call, retrying with jittered backoff while the database is locked (RETRY_FOR_S)."""
+    deadline, delay = time.monotonic() + RETRY_FOR_S, 0.05
+    while True:
+        try:
+            return call(*args, **kwargs)
+        except Exception as exc:
+            if not _is_locked(exc) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay * random.uniform(0.5, 1.5))
+        delay = min(2 * delay, 2.0)
+
+
+@contextlib.contextmanager
+def _exclusive(db: Path | None) -> Iterator[None]:
+    """Hold a lock on the SQLite database's directory across processes (no-op for servers).
+
+    MLflow's first-use migrations and our find-or-create steps are not safe when run at once.
+    """
+    if db is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(db.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+class Tracker:
+    """MLflow tracking for one study: one experiment, one parent run, one child run per trial."""
+
+    def __init__(self, tracking_uri: str, study_name: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri, self.study_name = tracking_uri, study_name
+        self._db = _sqlite_file(tracking_uri)
+        with _exclusive(self._db):
+            self._client = _retry(MlflowClient, tracking_uri)
+            self.experiment_id = self._experiment_id()
+
+    def _experiment_id(self) -> str:
+        """The study's experiment, created if missing; safe against another process creating it too."""
+        from mlflow.exceptions import MlflowException
+
+        experiment = _retry(self._client.get_experiment_by_name, self.study_name)
+        if experiment is None:
+            try:
+                return _retry(self._client.create_experiment, self.study_name,
+                              artifact_location=artifact_root_for(self.tracking_uri))
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            experiment = _retry(self._client.get_experiment_by_name, self.study_name)
+        if experiment.lifecycle_stage != "active":
+            raise UsageError(f"MLflow experiment {self.study_name!r} is deleted in "
+                             f"{redact(self.tracking_uri)}: restore it (mlflow experiments restore) or purge it (mlflow gc)")
+        return experiment.experiment_id
+
+    def parent_run(self, run_id: str | None = None, *, description: str = "",
+                   params: dict | None = None) -> str:
+        """The study's parent run: ``run_id`` if it exists, else the experiment's, else a new one.
+
+        ``params`` (the study's fixed settings) are logged when the run is created. The run is
+        RUNNING on return, also when a finished sweep is resumed.
+        """
+        with _exclusive(self._db):
+            run = (self._run(run_id) if run_id else None) or self._find_parent()
+            if run is None:
+                tags = {ROLE_TAG: "parent", STUDY_TAG: self.study_name, NOTE_TAG: description}
+                run = _retry(self._client.create_run, self.experiment_id, run_name=self.study_name,
+                             tags=_strings(tags, _MAX_TAG_CHARS))
+                self._log_batch(run.info.run_id, params=params)
+            elif run.info.status != "RUNNING":
+                _retry(self._client.update_run, run.info.run_id, status="RUNNING")
+        return run.info.run_id
+
+    def _run(self, run_id: str) -> Run | None:
+        """The run if it exists, is not deleted and belongs to this experiment."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = _retry(self._client.get_run, run_id)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            return None
+        ours = run.info.experiment_id == self.experiment_id and run.info.lifecycle_stage == "active"
+        return run if ours else None
+
+    def _find_parent(self) -> Run | None:
+        """The experiment's oldest run tagged as a parent."""
+        runs = _retry(self._client.search_runs, [self.experiment_id],
+                      filter_string=f"tags.`{ROLE_TAG}` = 'parent'", order_by=["attributes.start_time ASC"],
+                      max_results=1)
+        return runs[0] if runs else None
+
+    def finish_parent(self, run_id: str, status: str = "FINISHED", metrics: dict | None = None) -> None:
+        """End the parent run with an MLflow status and the study's summary metrics."""
+        self._end(run_id, status, _rows(metrics or {}, 0))
+
+    def start_trial(self, parent_run_id: str, trial_number: int, params: dict,
+                    tags: dict | None = None) -> TrialRun:
+        """Open the trial's child run under the parent, with its params (values are str()-ed)."""
+        tags = {PARENT_TAG: parent_run_id, STUDY_TAG: self.study_name, TRIAL_TAG: trial_number,
+                ROLE_TAG: "trial", **(tags or {})}
+        run = _retry(self._client.create_run, self.experiment_id, run_name=f"trial-{trial_number:04d}",
+                     tags=_strings(tags, _MAX_TAG_CHARS))
+        self._log_batch(run.info.run_id, params=params)
+        return TrialRun(self, run.info.run_id)
+
+    def end_run(self, run_id: str, status: str, tags: dict | None = None) -> None:
+        """End a run another process left open (a dead worker's trial) with an MLflow status and tags."""
+        self._end(run_id, status, tags=tags)
+
+    def trial_runs(self, parent_run_id: str) -> list[Run]:
+        """All child runs of the parent, in trial order."""
+        runs, token = [], None
+        while True:
+            page = _retry(self._client.search_runs, [self.experiment_id], max_results=1000, page_token=token,
+                          filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
+            runs += page
+            token = page.token
+            if not token:
+                return sorted(runs, key=lambda run: int(run.data.tags.get(TRIAL_TAG, -1)))
+
+    def log_artifacts(self, run_id: str, local_dir: str | os.PathLike) -> None:
+        """Copy a directory's files into the run's artifacts."""
+        _retry(self._client.log_artifacts, run_id, os.fspath(local_dir))
+
+    def _end(self, run_id: str, status: str, metrics: Sequence[MetricRow] = (),
+             tags: dict | None = None) -> None:
+        """Last metrics and tags in as few calls as the limits allow, then the terminal status."""
+        self._log_batch(run_id, metrics, tags=tags)
+        _retry(self._client.set_terminated, run_id, status)
+
+    def _log_batch(self, run_id: str, metrics: Sequence[MetricRow] = (), params: dict | None = None,
+                   tags: dict | None = None) -> None:
+        """Log metrics, params and tags with as few log_batch calls as MLflow's limits allow."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        for m, p, t in _batches([Metric(*row) for row in metrics],
+                                [Param(*item) for item in _strings(params or {}, _MAX_PARAM_CHARS).items()],
+                                [RunTag(*item) for item in _strings(tags or {}, _MAX_TAG_CHARS).items()]):
+            _retry(self._client.log_batch, run_id, metrics=m, params=p, tags=t, synchronous=True)
+
+
+class TrialRun:
+    """One trial's child run; epoch metrics are buffered and sent at most every FLUSH_EVERY_S."""
+
+    def __init__(self, tracker: Tracker, run_id: str) -> None:
+        self.run_id = run_id
+        self._tracker = tracker
+        self._pending: list[MetricRow] = []
+        self._sent_at = time.monotonic()
+
+    def log_epoch(self, record: EpochRecord) -> None:
+        """Buffer the epoch's curves and its SGD time (step = epoch); flush if FLUSH_EVERY_S has passed."""
+        values = {name: getattr(record, name) for name in CURVES}
+        self._pending += _rows({**values, "epoch_seconds": record.seconds}, record.epoch)
+        if time.monotonic() - self._sent_at >= FLUSH_EVERY_S:
+            self._tracker._log_batch(self.run_id, self._pending)
+            self._pending, self._sent_at = [], time.monotonic()
+
+    def finish(self, state: str, metrics: dict | None = None, tags: dict | None = None) -> None:
+        """End the run: buffered epochs, final metrics and tags, then the status for Optuna's ``state``."""
+        if state not in STATUS_FOR_STATE:
+            raise ValueError(f"not a finished Optuna trial state: {state!r} (one of {list(STATUS_FOR_STATE)})")
+        final = self._pending + _rows(metrics or {}, 0)
+        self._tracker._end(self.run_id, STATUS_FOR_STATE[state], final, tags)
+        self._pending = []
