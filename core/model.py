@@ -144,29 +144,43 @@ class Workspace:
     has the shape of ``params.layers[l]``. Nothing is allocated per batch, which is what
     makes mini-batches of 10 fast in NumPy; for the same reason the per-layer work is
     planned once per parameter set (``_plan``) rather than looked up on every batch.
+
+    With ``trials`` = K every buffer gets a leading axis of K, and the passes run K
+    networks stacked as blocks (K, fan_out, fan_in + 1) on their own K batches at once
+    by batched matmul (``params`` is then anything whose ``layers`` are such stacks).
+    Either way x may also come without its ones column (see ``forward``).
     """
 
-    def __init__(self, spec: NetworkSpec, rows: int, dtype: type = np.float32) -> None:
+    def __init__(self, spec: NetworkSpec, rows: int, dtype: type = np.float32,
+                 trials: int | None = None) -> None:
         self.activation = ACTIVATIONS[spec.activation]
         self.cost = COSTS[spec.cost]
+        self._mm = np.dot if trials is None else np.matmul  # np.dot: less call overhead in 2-D
+        lead = () if trials is None else (trials,)
         outs = spec.sizes[1:]
-        self.inputs = [np.ones((rows, k + 1), dtype) for k in outs[:-1]]  # hidden activations + 1s
-        self.z = [np.empty((rows, k), dtype) for k in outs]
-        self.output = np.empty((rows, outs[-1]), dtype)
-        self.delta = [np.empty((rows, k), dtype) for k in outs]
-        self.scratch = [np.empty((rows, k), dtype) for k in outs]
-        self.grads = [np.empty((k, i + 1), dtype) for i, k in zip(spec.sizes[:-1], outs)]
+        self.inputs = [np.ones((*lead, rows, k + 1), dtype) for k in outs[:-1]]  # hidden activations + 1s
+        self.z = [np.empty((*lead, rows, k), dtype) for k in outs]
+        self.output = np.empty((*lead, rows, outs[-1]), dtype)
+        self.delta = [np.empty((*lead, rows, k), dtype) for k in outs]
+        self._delta_t = [d.swapaxes(-1, -2) for d in self.delta]
+        self.scratch = [np.empty((*lead, rows, k), dtype) for k in outs]
+        self.grads = [np.empty((*lead, k, i + 1), dtype) for i, k in zip(spec.sizes[:-1], outs)]
+        self._grad_w0, self._grad_b0 = self.grads[0][..., :-1], self.grads[0][..., -1]  # for x without 1s
+        self._ones = np.ones(rows, dtype)
         self._planned_for: Params | None = None
         self._x: np.ndarray | None = None
 
     def _plan(self, params: Params) -> None:
         """Bind the views each layer needs: forward (Wᵀ|b)ᵀ, z, f, output; backward W, f', buffers."""
         last = len(self.z) - 1
-        outs = [a[:, :-1] for a in self.inputs] + [self.output]  # where f(z[l]) goes
-        self._forward = [(block.T, self.z[l], self.cost.output if l == last else self.activation.forward,
+        outs = [a[..., :-1] for a in self.inputs] + [self.output]  # where f(z[l]) goes
+        self._forward = [(block.swapaxes(-1, -2), self.z[l],
+                          self.cost.output if l == last else self.activation.forward,
                           outs[l], self.inputs[l] if l < last else self.output)
                          for l, block in enumerate(params.layers)]
-        self._backward = [(self.delta[l], self.grads[l], self.inputs[l - 1], params.layers[l][:, :-1],
+        self._first = (self._forward[0][0][..., :-1, :], self._forward[0][0][..., -1:, :])  # Wᵀ, b
+        self._backward = [(self.delta[l], self._delta_t[l], self.grads[l], self.inputs[l - 1],
+                           params.layers[l][..., :-1],
                            self.delta[l - 1], self.z[l - 1], outs[l - 1], self.scratch[l - 1])
                           for l in range(last, 0, -1)]
         self._planned_for = params
@@ -174,19 +188,18 @@ class Workspace:
     def forward(self, params: Params, x: np.ndarray) -> np.ndarray:
         """Fill z and the activations; return the output (rows, k).
 
-        x is (rows, sizes[0] + 1) with the ones column, as in training; a plain
-        (rows, sizes[0]) input is accepted for inference, and then not kept for backward.
+        x is (rows, sizes[0] + 1) with the ones column, as in training, or a plain
+        (rows, sizes[0]) input, whose bias is then added apart (and summed apart in backward).
         """
         if params is not self._planned_for:
             self._plan(params)
-        a = x
+        a, mm = x, self._mm
         for l, (block_t, z, f, out, a_next) in enumerate(self._forward):
-            if l == 0 and x.shape[1] == block_t.shape[0] - 1:  # no ones column: add b apart
-                np.dot(x, block_t[:-1], z)
-                z += block_t[-1]
-                x = None
+            if l == 0 and x.shape[-1] == block_t.shape[-2] - 1:  # no ones column: add b apart
+                mm(x, self._first[0], z)
+                z += self._first[1]
             else:
-                np.dot(a, block_t, z)
+                mm(a, block_t, z)
             f(z, out)
             a = a_next
         self._x = x
@@ -195,22 +208,26 @@ class Workspace:
     def backward(self, params: Params, y_onehot: np.ndarray, scale: float) -> None:
         """Fill ``grads`` with ``scale · Σₓ ∂Cₓ/∂[Wᵀ | b]`` by backpropagation.
 
-        Needs the activations of the last ``forward`` on a training-style x. BP1 is the
-        cost's own δᴸ; BP2 δˡ = (δˡ⁺¹ Wˡ⁺¹ᵀ) ⊙ f'(zˡ); BP3 ∂C/∂bˡ = Σ δˡ and BP4
-        ∂C/∂Wˡ = aˡ⁻¹ᵀ δˡ come from one product with the ones column. The scale (η/m in
-        training) is applied to δᴸ once, so it reaches every gradient.
+        Needs the activations of the last ``forward``. BP1 is the cost's own δᴸ; BP2
+        δˡ = (δˡ⁺¹ Wˡ⁺¹ᵀ) ⊙ f'(zˡ); BP3 ∂C/∂bˡ = Σ δˡ and BP4 ∂C/∂Wˡ = aˡ⁻¹ᵀ δˡ come from
+        one product with the ones column (two for a first layer whose x has none). The
+        scale (η/m in training) is applied to δᴸ once, so it reaches every gradient.
         """
         if params is not self._planned_for or self._x is None:
-            raise RuntimeError("backward needs a forward pass with the ones column first")
+            raise RuntimeError("backward needs a forward pass first")
         delta = self.delta[-1]
         self.cost.delta(self.output, y_onehot, delta, self.scratch[-1])
         delta *= scale
-        derivative = self.activation.inplace_derivative
-        for delta, grad, a_prev, w, below, z, a, scratch in self._backward:
-            np.dot(delta.T, a_prev, grad)
-            np.dot(delta, w, below)
+        derivative, mm = self.activation.inplace_derivative, self._mm
+        for delta, delta_t, grad, a_prev, w, below, z, a, scratch in self._backward:
+            mm(delta_t, a_prev, grad)
+            mm(delta, w, below)
             derivative(z, a, below, scratch)
-        np.dot(self.delta[0].T, self._x, self.grads[0])
+        if self._x.shape[-1] == self.grads[0].shape[-1]:
+            mm(self._delta_t[0], self._x, self.grads[0])
+        else:  # x without the ones column; matmul, as np.dot cannot write into a strided view
+            np.matmul(self._delta_t[0], self._x, self._grad_w0)
+            np.matmul(self._delta_t[0], self._ones, self._grad_b0)  # Σ over rows, faster than sum()
 
 
 def _chunks(n: int):
