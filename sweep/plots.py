@@ -1,0 +1,310 @@
+"""Report figures: the homework's heat map, learning curves, over-fitting, and Optuna's plots.
+
+Every function returns a ``matplotlib.figure.Figure`` and never shows it. Our own
+figures are built on ``Figure`` directly (no pyplot state). Optuna's plots draw through
+pyplot: they are made under the Agg backend, inside an rc context that undoes the style
+they set, and closed in pyplot afterwards (a closed figure still saves).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+import matplotlib
+
+matplotlib.use("Agg")  # reports are files; Optuna's plots would otherwise pick a GUI backend
+
+import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib import pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+from optuna.exceptions import ExperimentalWarning  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+from optuna.visualization import matplotlib as optuna_mpl  # noqa: E402
+
+SIZE = (8.0, 6.0)  # inches
+DPI = 120
+_MAX_LEGEND = 15  # entries; more and a legend hides the plot
+_LABELS = {
+    "batch_size": "mini-batch size m (examples)",
+    "eta": "learning rate η",
+    "lmbda": "L2 regularisation λ",
+    "hidden": "hidden units per layer",
+    "depth": "hidden layers",
+    "epochs": "epochs",
+    "training_seconds": "training time (s)",
+    "gap": "gap (training − validation accuracy)",
+}
+
+
+def axis_label(name: str) -> str:
+    """A readable axis label for a parameter or metric name."""
+    return _LABELS.get(name, name.replace("_", " "))
+
+
+def _figure(size: tuple[float, float] = SIZE) -> Figure:
+    return Figure(figsize=size, dpi=DPI, layout="constrained")
+
+
+def _num(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def to_png(figure: Figure) -> bytes:
+    """The figure as PNG bytes (legends placed outside the axes included)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def has_data(figure: Figure) -> bool:
+    """Whether any axes of the figure draws something (lines, points, bars, images)."""
+    return any(ax.lines or ax.collections or ax.patches or ax.images for ax in figure.axes)
+
+
+def collect(makers: Mapping[str, Callable[[], Figure]]) -> tuple[dict[str, Figure], dict[str, str]]:
+    """Make each figure; one that fails is left out and its reason kept: (figures, {name: why})."""
+    figures, skipped = {}, {}
+    for name, make in makers.items():
+        try:
+            figures[name] = make()
+        except Exception as exc:  # one plot that cannot be drawn must not cost the whole report
+            skipped[name] = str(exc) or type(exc).__name__
+    return figures, skipped
+
+
+def heatmap_scatter(trials: pd.DataFrame, x: str, y: str, value: str, *, direction: str = "maximize",
+                    log_x: bool = False, log_y: bool = False, label: str | None = None,
+                    title: str | None = None) -> Figure:
+    """The homework's figure: each trial at (x, y) coloured by ``value`` (named ``label``), the best marked.
+
+    Other trials (pruned, failed, running: Optuna gives a pruned trial its last
+    intermediate value) are drawn as grey crosses. Raises ValueError when no
+    completed trial has x, y and the value.
+    """
+    name = axis_label(label or value)
+    complete = (trials["state"] == TrialState.COMPLETE.name) & trials[value].notna()
+    scored = trials[complete].dropna(subset=[x, y])
+    if scored.empty:
+        raise ValueError(f"no completed trial has {x}, {y} and {value}")
+    unscored = trials[~complete].dropna(subset=[x, y])
+    fig = _figure()
+    ax = fig.subplots()
+    ax.set_xscale("log" if log_x else "linear")
+    ax.set_yscale("log" if log_y else "linear")
+    points = ax.scatter(scored[x], scored[y], c=scored[value], cmap="viridis", s=_marker_size(len(scored)),
+                        edgecolors="white", linewidths=0.5, zorder=2)
+    if not unscored.empty:
+        ax.scatter(unscored[x], unscored[y], marker="x", c="0.6", s=30, linewidths=1, zorder=1,
+                   label="not completed (pruned or failed)")
+    fig.colorbar(points, ax=ax).set_label(name)
+    best = scored.loc[scored[value].idxmax() if direction == "maximize" else scored[value].idxmin()]
+    ax.scatter([best[x]], [best[y]], marker="*", s=400, c="red", edgecolors="black", linewidths=0.8, zorder=3,
+               label=f"best: trial #{best['number']}")
+    ax.margins(0.08)
+    _annotate(ax, best[x], best[y], f"{name} {best[value]:.4g}\n{x} = {_num(best[x])}, {y} = {_num(best[y])}")
+    ax.set_xlabel(axis_label(x))
+    ax.set_ylabel(axis_label(y))
+    ax.set_title(title or f"{name} by {x} and {y}")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=2, fontsize="small", frameon=False)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _marker_size(n: int) -> float:
+    """Point area (pt²): large for a homework-sized grid, smaller as points crowd."""
+    return float(min(220, max(25, 20000 / n)))
+
+
+def _annotate(ax, x: float, y: float, text: str) -> None:
+    """A boxed note pointing at (x, y), placed towards the middle of the axes so it stays inside."""
+    ax.autoscale_view()
+    fx, fy = ax.transAxes.inverted().transform(ax.transData.transform((x, y)))
+    dx, dy = (-1 if fx > 0.5 else 1), (-1 if fy > 0.5 else 1)
+    ax.annotate(text, xy=(x, y), xytext=(dx * 30, dy * 30), textcoords="offset points",
+                ha="right" if dx < 0 else "left", va="top" if dy < 0 else "bottom", fontsize="small",
+                bbox={"boxstyle": "round", "fc": "white", "ec": "0.5", "alpha": 0.9},
+                arrowprops={"arrowstyle": "->", "color": "0.2"}, zorder=4)
+
+
+def best_curves(epochs: pd.DataFrame, trial_number: int, *, title: str | None = None) -> Figure:
+    """Two panels per epoch, like the homework: cost and accuracy, training and validation.
+
+    Raises ValueError when the trial has no recorded epochs.
+    """
+    rows = epochs[epochs["trial"] == trial_number].sort_values("epoch")
+    if rows.empty:
+        raise ValueError(f"trial {trial_number} has no recorded epochs")
+    fig = _figure((12.0, 5.0))
+    panels = fig.subplots(1, 2)
+    for ax, kind, unit in ((panels[0], "cost", "cost (mean per example, with L2 term)"),
+                           (panels[1], "accuracy", "accuracy (fraction correct)")):
+        for part, style in (("training", "-o"), ("validation", "--s")):
+            curve = rows[f"{part}_{kind}"]
+            if curve.notna().any():
+                ax.plot(rows["epoch"], curve, style, markersize=4, label=part)
+        if not ax.lines:
+            ax.text(0.5, 0.5, f"{kind} not monitored", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(unit)
+        ax.set_title(kind.capitalize())
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
+    accuracy = rows["validation_accuracy"]
+    if accuracy.notna().any():
+        at, epoch = accuracy.idxmax(), rows["epoch"][accuracy.idxmax()]
+        late = epoch > rows["epoch"].median()
+        panels[1].annotate(f"best validation {accuracy[at]:.4f} (epoch {epoch})", xy=(epoch, accuracy[at]),
+                           xytext=(-10 if late else 10, -30), textcoords="offset points",
+                           ha="right" if late else "left", fontsize="small",
+                           arrowprops={"arrowstyle": "->", "color": "0.3"})
+    fig.suptitle(title or f"Trial #{trial_number}: learning curves")
+    return fig
+
+
+def overfitting(trials: pd.DataFrame, top: int = 10, *, by: str = "value", direction: str = "maximize",
+                label: str | None = None, gap_threshold: float = 0.05) -> Figure:
+    """Training vs validation accuracy of the ``top`` trials by ``by``, each pair joined and its gap written.
+
+    Pairs whose gap exceeds ``gap_threshold`` are drawn in red. Raises ValueError when
+    no completed trial has both accuracies.
+    """
+    complete = trials[trials["state"] == TrialState.COMPLETE.name]
+    known = complete.dropna(subset=[by, "training_accuracy", "validation_accuracy"])
+    ranked = known.sort_values([by, "number"], ascending=[direction == "minimize", True]).head(top)
+    if ranked.empty:
+        raise ValueError("no completed trial has both training and validation accuracy")
+    rows = range(len(ranked), 0, -1)  # the best at the top
+    train, valid = ranked["training_accuracy"], ranked["validation_accuracy"]
+    gaps = train - valid
+    colours = ["tab:red" if gap > gap_threshold else "0.6" for gap in gaps]
+    fig = _figure((8.0, max(3.5, 1.5 + 0.45 * len(ranked))))
+    ax = fig.subplots()
+    ax.hlines(list(rows), valid, train, colors=colours, linewidths=3, zorder=1)
+    ax.scatter(train, rows, marker="o", s=50, c="tab:blue", zorder=2, label="training")
+    ax.scatter(valid, rows, marker="D", s=45, c="tab:orange", zorder=2, label="validation")
+    for row, t, v, gap in zip(rows, train, valid, gaps):
+        ax.annotate(f"gap {gap:+.3f}", xy=(max(t, v), row), xytext=(8, 0), textcoords="offset points",
+                    va="center", fontsize="small")
+    name = axis_label(label or by)
+    ax.set_yticks(list(rows), [f"#{n}  {name} {v:.4g}" for n, v in zip(ranked["number"], ranked[by])])
+    ax.margins(x=0.2)
+    ax.set_xlabel("accuracy (fraction correct)")
+    ax.set_title(f"Over-fitting of the top {len(ranked)} trials by {name}")
+    ax.grid(axis="x", alpha=0.3)
+    handles = [*ax.get_legend_handles_labels()[0],
+               Line2D([], [], color="tab:red", linewidth=3, label=f"gap > {gap_threshold:g}")]
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.08 - 0.5 / len(ranked)), ncols=3,
+              frameon=False)
+    return fig
+
+
+def optuna_plots(study: optuna.Study, objective_names: Sequence[str] | None = None
+                 ) -> tuple[dict[str, Figure], dict[str, str]]:
+    """Optuna's matplotlib plots of the study: (figures by name, {name: why left out}).
+
+    A multi-objective study is shown on its first objective (as its best region is)
+    and gets its Pareto front as well (2 or 3 objectives).
+    """
+    names = list(objective_names or (["Objective Value"] if len(study.directions) == 1 else
+                                     [f"Objective {i}" for i in range(len(study.directions))]))
+    multi = len(names) > 1
+    first = {"target": (lambda t: t.values[0]) if multi else None, "target_name": names[0]}
+
+    def importances():
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if len(done) < 2:
+            raise ValueError("needs at least 2 completed trials")
+        if len({name for t in done for name in t.params}) < 2:
+            raise ValueError("needs at least 2 searched parameters")
+        if not multi:
+            return optuna_mpl.plot_param_importances(study, target_name=names[0])
+        # PED-ANOVA takes a target as something to minimise: turn a maximised objective round.
+        sign = -1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes", category=UserWarning)
+            return optuna_mpl.plot_param_importances(study, target=lambda t: sign * t.values[0],
+                                                     target_name=names[0])
+
+    makers = {
+        "history": (lambda: optuna_mpl.plot_optimization_history(study, **first), None),
+        "importances": (importances, None),
+        "contour": (lambda: optuna_mpl.plot_contour(study, **first), _grow),
+        "parallel_coordinate": (lambda: optuna_mpl.plot_parallel_coordinate(study, **first), None),
+        "slice": (lambda: optuna_mpl.plot_slice(study, **first), _grow),
+        "intermediate_values": (lambda: optuna_mpl.plot_intermediate_values(study),
+                                lambda figure: _per_epoch(figure, names[0])),
+    }
+    if multi:
+        makers["pareto_front"] = (lambda: optuna_mpl.plot_pareto_front(study, target_names=names), None)
+    return collect({name: _optuna_figure(draw, finish) for name, (draw, finish) in makers.items()})
+
+
+def _optuna_figure(draw: Callable[[], object], finish: Callable[[Figure], None] | None) -> Callable[[], Figure]:
+    """``draw`` (an Optuna plot, returning Axes or an array of them), then ``finish``, as a Figure maker.
+
+    Optuna's ExperimentalWarning and matplotlib's warnings about degenerate data are
+    silenced, and Optuna's logged warnings kept: a plot with nothing on it raises
+    ValueError with them as the reason.
+    """
+    def make() -> Figure:
+        before = set(plt.get_fignums())
+        try:
+            with _optuna_warnings() as said, plt.rc_context({"figure.figsize": SIZE, "figure.dpi": DPI}):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ExperimentalWarning)
+                    # matplotlib's complaints about degenerate data (one trial, one value) as Optuna draws it
+                    warnings.filterwarnings("ignore", category=UserWarning, module=r"optuna\.visualization")
+                    axes = draw()
+            figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+        finally:
+            for number in set(plt.get_fignums()) - before:
+                plt.close(number)
+        if not has_data(figure):
+            raise ValueError("; ".join(said) or "nothing to plot")
+        if finish is not None:
+            finish(figure)
+        return figure
+    return make
+
+
+def _grow(figure: Figure) -> None:
+    """Give grids of subplots (contour, slice) room: about 3 inches per panel."""
+    rows, cols = figure.axes[0].get_subplotspec().get_gridspec().get_geometry()
+    width, height = figure.get_size_inches()
+    figure.set_size_inches(max(width, 3.2 * cols), max(height, 3.0 * rows))
+
+
+def _per_epoch(figure: Figure, objective: str) -> None:
+    """Intermediate values are the objective after each epoch; a legend of every trial says nothing."""
+    ax = figure.axes[0]
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"{axis_label(objective)} (reported each epoch)")
+    legend = ax.get_legend()
+    if legend is not None and len(legend.get_texts()) > _MAX_LEGEND:
+        legend.remove()
+
+
+@contextmanager
+def _optuna_warnings() -> Iterator[list[str]]:
+    """Collect what Optuna logs as warnings instead of letting it reach the console."""
+    logger, said = logging.getLogger("optuna"), []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            said.append(record.getMessage())
+
+    saved = logger.handlers[:], logger.propagate
+    logger.handlers, logger.propagate = [Keep(logging.WARNING)], False
+    try:
+        yield said
+    finally:
+        logger.handlers, logger.propagate = saved

@@ -1,0 +1,188 @@
+"""Every figure of a report is drawn, for single- and multi-objective studies, and written to disk."""
+
+import matplotlib
+import optuna
+import pytest
+from matplotlib import pyplot as plt
+from optuna.distributions import FloatDistribution
+
+from sweep import plots
+from sweep.errors import UsageError
+from sweep.report import epochs_frame, trials_frame, write_report
+from tests.sweep.test_report import N, make_study
+
+PNG = b"\x89PNG\r\n\x1a\n"
+OPTUNA_SINGLE = {"history", "importances", "contour", "parallel_coordinate", "slice", "intermediate_values"}
+
+
+@pytest.fixture(params=[1, 2], ids=["single", "multi"])
+def study(request):
+    return make_study(n_objectives=request.param)
+
+
+def drawn(figure) -> bool:
+    return plots.has_data(figure) and len(plots.to_png(figure)) > 1000
+
+
+def test_heatmap_scatter(study):
+    trials = trials_frame(study)
+    value = "value" if "value" in trials else "value_0"
+    figure = plots.heatmap_scatter(trials, "x", "lr", value, log_y=True, label="validation_accuracy")
+    assert drawn(figure)
+    ax = figure.axes[0]
+    assert (ax.get_xscale(), ax.get_yscale()) == ("linear", "log")
+    assert ax.get_xlabel() == "x" and ax.get_title()
+    assert figure.axes[1].get_ylabel() == "validation accuracy"  # the colour bar
+    notes = [child.get_text() for child in ax.texts]
+    assert any(note.startswith("validation accuracy 19") for note in notes)
+    assert any("not completed" in text.get_text() for text in ax.get_legend().get_texts())
+
+
+def test_heatmap_scatter_minimize_marks_the_lowest():
+    trials = trials_frame(make_study(direction="minimize"))
+    figure = plots.heatmap_scatter(trials, "x", "lr", "value", direction="minimize")
+    assert any(text.get_text().startswith("value 0\n") for text in figure.axes[0].texts)
+
+
+def test_heatmap_scatter_without_completed_trials_raises():
+    trials = trials_frame(make_study())
+    with pytest.raises(ValueError, match="no completed trial"):
+        plots.heatmap_scatter(trials[trials["state"] != "COMPLETE"], "x", "lr", "value")
+
+
+def test_best_curves_two_panels(study):
+    figure = plots.best_curves(epochs_frame(study), 19)
+    assert drawn(figure)
+    cost, accuracy = figure.axes
+    assert [len(cost.lines), len(accuracy.lines)] == [2, 2]
+    assert cost.get_xlabel() == "epoch" and "accuracy" in accuracy.get_ylabel()
+    assert list(accuracy.lines[1].get_ydata()) == pytest.approx([0.49, 0.59, 0.69])
+
+
+def test_best_curves_of_a_pruned_trial_and_of_none(study):
+    assert drawn(plots.best_curves(epochs_frame(study), N))  # the pruned trial's two epochs
+    with pytest.raises(ValueError, match="no recorded epochs"):
+        plots.best_curves(epochs_frame(study), N + 1)  # the failed one
+
+
+def test_overfitting_top_trials(study):
+    trials = trials_frame(study)
+    by = "value" if "value" in trials else "value_0"
+    figure = plots.overfitting(trials, top=5, by=by)
+    assert drawn(figure)
+    labels = [label.get_text() for label in figure.axes[0].get_yticklabels()]
+    assert labels[0].startswith("#19") and labels[-1].startswith("#15") and len(labels) == 5
+    gaps = [text.get_text() for text in figure.axes[0].texts]
+    assert "gap +0.095" in gaps
+
+
+def test_optuna_plots_single_objective():
+    figures, skipped = plots.optuna_plots(make_study(), ["validation_accuracy"])
+    assert set(figures) == OPTUNA_SINGLE and skipped == {}
+    assert all(drawn(figure) for figure in figures.values())
+    assert figures["intermediate_values"].axes[0].get_xlabel() == "epoch"
+
+
+def test_optuna_plots_multi_objective_adds_the_pareto_front():
+    figures, skipped = plots.optuna_plots(make_study(n_objectives=2), ["validation_accuracy", "training_seconds"])
+    assert "pareto_front" in figures and drawn(figures["pareto_front"])
+    assert {"history", "importances", "contour", "parallel_coordinate", "slice"} <= set(figures)
+    assert set(skipped) == {"intermediate_values"}  # multi-objective trials report nothing per epoch
+
+
+def test_optuna_plots_skip_what_cannot_be_drawn():
+    study = optuna.create_study()
+    study.add_trial(optuna.create_trial(params={"eta": 0.1}, distributions={"eta": FloatDistribution(0.01, 1)},
+                                        value=0.5))
+    figures, skipped = plots.optuna_plots(study)
+    assert "history" in figures
+    assert "completed trials" in skipped["importances"]
+    assert "intermediate_values" in skipped and "contour" in skipped
+    assert all(skipped.values())  # each with a reason
+
+
+def test_optuna_plots_leave_no_pyplot_state():
+    before = dict(matplotlib.rcParams)
+    plots.optuna_plots(make_study())
+    assert plt.get_fignums() == []
+    assert dict(matplotlib.rcParams) == before  # Optuna's ggplot style does not leak
+
+
+def test_collect_records_failures():
+    def broken():
+        raise ValueError("not enough trials")
+
+    figures, skipped = plots.collect({"fine": lambda: plots.best_curves(epochs_frame(make_study()), 0),
+                                      "broken": broken})
+    assert set(figures) == {"fine"} and skipped == {"broken": "not enough trials"}
+
+
+@pytest.mark.parametrize("n_objectives", [1, 2])
+def test_write_report_writes_every_file(tmp_path, n_objectives):
+    study = make_study(n_objectives=n_objectives)
+    out = tmp_path / "reports" / "study"
+    report = write_report(study, out, heatmap_params=["x", "lr"])
+    names = {path.name for path in report.files}
+    optuna_names = OPTUNA_SINGLE if n_objectives == 1 else OPTUNA_SINGLE - {"intermediate_values"} | {"pareto_front"}
+    pngs = {f"{name}.png" for name in ("heatmap", "best_curves", "overfitting")}
+    pngs |= {f"optuna_{name}.png" for name in optuna_names}
+    assert names == {"trials.csv", "epochs.csv", "region.csv", "summary.txt"} | pngs
+    assert sorted(path.name for path in out.iterdir()) == sorted(names)  # no temporary files left
+    for path in report.files:
+        assert path.stat().st_size > 0
+        if path.suffix == ".png":
+            assert path.read_bytes().startswith(PNG)
+    assert len(out.joinpath("trials.csv").read_text().splitlines()) == N + 3  # header, 20 + pruned + failed
+    assert len(out.joinpath("epochs.csv").read_text().splitlines()) == N * 3 + 2 + 1
+    assert len(out.joinpath("region.csv").read_text().splitlines()) == 1 + 3  # x, lr, act
+    summary = out.joinpath("summary.txt").read_text()
+    assert "Best trial #19" in summary and f"{N + 2} trials" in summary
+    assert report.region.best_trial == 19
+
+
+def test_write_report_default_heatmap_uses_the_first_two_numeric_params(tmp_path):
+    report = write_report(make_study(), tmp_path)
+    assert "heatmap" not in report.skipped and (tmp_path / "heatmap.png").stat().st_size > 0
+
+
+def test_write_report_of_a_study_without_completed_trials(tmp_path):
+    study = make_study()
+    failed_only = optuna.create_study()
+    for trial in study.get_trials(states=(optuna.trial.TrialState.FAIL,)):
+        failed_only.add_trial(trial)
+    report = write_report(failed_only, tmp_path)
+    assert report.region is None and not (tmp_path / "region.csv").exists()
+    assert {"heatmap", "best_curves", "overfitting"} <= set(report.skipped)
+    assert "No completed trials" in (tmp_path / "summary.txt").read_text()
+
+
+def test_write_report_unknown_heatmap_param(tmp_path):
+    with pytest.raises(UsageError, match="--heatmap x nope"):
+        write_report(make_study(), tmp_path / "out", heatmap_params=["x", "nope"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_write_report_unwritable_dir(tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a directory")
+    with pytest.raises(UsageError, match=f"cannot write reports to {blocker / 'sub'}"):
+        write_report(make_study(), blocker / "sub")
+    assert blocker.read_text() == "not a directory"
+
+
+def test_write_report_failing_midway_leaves_no_temporary_files(tmp_path, monkeypatch):
+    import os
+
+    real_replace = os.replace
+    calls = []
+
+    def replace(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(UsageError, match="No space left on device"):
+        write_report(make_study(), tmp_path)
+    assert not [path for path in tmp_path.iterdir() if path.name.endswith(".tmp")]
