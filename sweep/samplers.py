@@ -159,12 +159,16 @@ def grid_size(spec: StudySpec) -> int:
 def build_sampler(spec: StudySpec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
     """The spec's sampler, seeded with ``spec.sampler.seed + seed_offset``.
 
-    Parallel workers pass distinct offsets so they do not draw the same points.
+    Parallel workers pass distinct offsets so they do not draw the same points; grid and
+    brute-force samplers ignore it, since their seed fixes the order in which trial numbers
+    map to points, which all workers must share.
     Raises SpecError naming ``sampler.<option>`` when Optuna rejects an option's value.
     """
     if isinstance(seed_offset, bool) or not isinstance(seed_offset, int) or seed_offset < 0:
         raise ValueError(f"seed_offset must be a non-negative integer, got {seed_offset!r}")
     sampler = spec.sampler
+    if sampler.name in GRID_SAMPLERS:
+        seed_offset = 0  # the seed orders the grid: every worker must see the same order
     given: dict[str, Any] = {"seed": sampler.seed + seed_offset}
     if sampler.name == "grid":
         given["search_space"] = grid_points(spec)

@@ -1,0 +1,229 @@
+"""The ``sweep`` launcher: thin commands over the library; errors converted here, once.
+
+Exit codes: 0 ok, 2 bad input (one line, no traceback), 1 unexpected, 130 interrupted.
+Only this module prints, reads flags or picks default paths.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from sweep.errors import UsageError
+
+DEFAULT_STORE_DIR = Path("mlruns")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def default_storage() -> str:
+    return str((DEFAULT_STORE_DIR / "optuna.journal").resolve())
+
+
+def default_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(DEFAULT_STORE_DIR / 'mlflow.db').resolve()}"
+
+
+def _stores(storage: str | None, tracking_uri: str | None, no_tracking: bool = False):
+    from sweep.runner import Stores
+    from sweep.storage import StorageSpec
+
+    return Stores(StorageSpec(storage or default_storage()),
+                  None if no_tracking else tracking_uri or default_tracking_uri())
+
+
+storage_option = click.option("--storage", metavar="URL",
+                              help="Optuna storage: a journal file path, sqlite:///FILE or postgresql://... "
+                                   "[default: mlruns/optuna.journal]")
+tracking_option = click.option("--tracking-uri", metavar="URI",
+                               help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or "
+                                    "sqlite:///mlruns/mlflow.db]")
+data_dir_option = click.option("--data-dir", type=click.Path(file_okay=False), metavar="DIR",
+                               help="Directory holding the four MNIST .gz files (else $MNIST_DIR, else the cache).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Hyperparameter sweeps of a NumPy MLP on MNIST: Optuna studies, tracked in MLflow."""
+
+
+@cli.command()
+@click.argument("study_file", type=click.Path(dir_okay=False))
+@click.option("--n-trials", type=click.IntRange(min=1), help="Total trials for the study (overrides the file).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Stop starting new trials after this long (overrides the file).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Local worker processes (one BLAS thread each).")
+@storage_option
+@tracking_option
+@click.option("--no-tracking", is_flag=True, help="Do not log to MLflow.")
+@data_dir_option
+def run(study_file, n_trials, timeout, workers, storage, tracking_uri, no_tracking, data_dir) -> None:
+    """Create or resume the study in STUDY_FILE and run it to its budget."""
+    from tqdm import tqdm
+
+    from sweep.runner import run_study
+    from sweep.spec import load_spec
+
+    spec = load_spec(study_file)
+    stores = _stores(storage, tracking_uri, no_tracking)
+    bar = tqdm(desc=spec.name, unit="trial", dynamic_ncols=True, disable=None)
+
+    def on_progress(p) -> None:
+        bar.total = p.total
+        bar.n = p.done
+        post = {k.lower(): v for k, v in p.counts.items() if k in ("PRUNED", "FAIL") and v}
+        if p.best is not None:
+            post = {"best": f"{p.best:.4g}", **post}
+        bar.set_postfix(post, refresh=True)
+
+    try:
+        study = run_study(spec, stores, n_trials=n_trials, timeout=timeout, workers=workers, data_dir=data_dir,
+                          on_progress=on_progress, data_progress=_download_progress())
+    finally:
+        bar.close()
+    click.echo(summary(study, stores))
+
+
+def _download_progress():
+    """A progress callback for dataset downloads, one bar per file."""
+    from tqdm import tqdm
+
+    bars: dict[str, tqdm] = {}
+
+    def progress(name: str, done: int, total: int | None) -> None:
+        bar = bars.get(name)
+        if bar is None:
+            bar = bars[name] = tqdm(desc=f"download {name}", total=total, unit="B", unit_scale=True, leave=False)
+        bar.update(done - bar.n)
+        if total is not None and done >= total:
+            bar.close()
+
+    return progress
+
+
+def summary(study, stores) -> str:
+    """A few lines on how the study stands and where its results are."""
+    from optuna.trial import TrialState
+
+    from sweep.storage import redact
+
+    trials = study.get_trials(deepcopy=False)
+    by_state = {s: sum(t.state == s for t in trials) for s in TrialState}
+    lines = [f"Study {study.study_name}: {len(trials)} trials "
+             f"({by_state[TrialState.COMPLETE]} complete, {by_state[TrialState.PRUNED]} pruned, "
+             f"{by_state[TrialState.FAIL]} failed)"]
+    if by_state[TrialState.COMPLETE]:
+        best = study.best_trials if len(study.directions) > 1 else [study.best_trial]
+        for t in best[:5]:
+            metrics = t.user_attrs.get("mlp_sweep.result", {}).get("metrics", {})
+            values = ", ".join(f"{v:.4g}" for v in t.values)
+            lines.append(f"Best trial #{t.number}: {values}   " +
+                         " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items()))
+            shown = ("test_accuracy", "best_validation_accuracy", "gap", "training_seconds")
+            lines.append("  " + "  ".join(f"{k} {metrics[k]:.4g}" for k in shown if k in metrics))
+    if stores.tracking_uri:
+        lines.append(f"Runs: {redact(stores.tracking_uri)} (browse with `sweep ui`)")
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.option("--study", "study_name", required=True, help="Name of an existing study.")
+@storage_option
+@tracking_option
+@click.option("--no-tracking", is_flag=True, help="Do not log to MLflow.")
+@click.option("--n-trials", type=click.IntRange(min=1), help="Total trials for the study (default: its budget).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Stop starting new trials after this long.")
+@data_dir_option
+def worker(study_name, storage, tracking_uri, no_tracking, n_trials, timeout, data_dir) -> None:
+    """Join an existing study (from any machine) and run trials until its budget is spent."""
+    import time
+
+    from threadpoolctl import threadpool_limits
+
+    from sweep.runner import Budget, Worker, load_stored_study, study_budget
+
+    stores = _stores(storage, tracking_uri, no_tracking)
+    _, spec = load_stored_study(study_name, stores)
+    budget = Budget(study_budget(spec, n_trials), None if timeout is None else time.monotonic() + timeout)
+    with threadpool_limits(1):
+        ran = Worker(study_name, stores, budget, data_dir).run()
+    click.echo(f"worker ran {ran} trials of {study_name}")
+
+
+@cli.command(name="list")
+@storage_option
+def list_studies(storage) -> None:
+    """List the studies in the storage with trial counts by state and best value."""
+    import optuna
+
+    from sweep.storage import StorageSpec, open_storage
+
+    spec = StorageSpec(storage or default_storage())
+    if not spec.is_rdb and not spec.journal_path.exists():
+        click.echo("no studies yet")
+        return
+    summaries = optuna.get_all_study_summaries(open_storage(spec), include_best_trial=True)
+    if not summaries:
+        click.echo("no studies yet")
+        return
+    click.echo(f"{'study':32} {'trials':>6} {'complete':>8} {'pruned':>6} {'failed':>6} {'running':>7}  best")
+    for s in sorted(summaries, key=lambda s: s.study_name):
+        trials = optuna.load_study(study_name=s.study_name, storage=open_storage(spec)).get_trials(deepcopy=False)
+        count = {state: sum(t.state.name == state for t in trials) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+        best = "-"
+        if s.best_trial is not None:
+            best = ", ".join(f"{v:.4g}" for v in s.best_trial.values)
+        click.echo(f"{s.study_name:32} {len(trials):6} {count['COMPLETE']:8} {count['PRUNED']:6} "
+                   f"{count['FAIL']:6} {count['RUNNING']:7}  {best}")
+
+
+@cli.command()
+@tracking_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+@click.option("--expose", is_flag=True,
+              help="Allow binding to an address other than loopback (anyone who can reach it can read "
+                   "and change every run).")
+def ui(tracking_uri, host, port, expose) -> None:
+    """Open the MLflow UI over the project's tracking store (loopback only unless --expose)."""
+    if host not in LOOPBACK and not expose:
+        raise UsageError(f"--host {host}: the UI has no authentication; add --expose to bind beyond loopback")
+    uri = tracking_uri or default_tracking_uri()
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    click.echo(f"MLflow UI on http://{host}:{port} (Ctrl-C to stop)")
+    try:
+        raise SystemExit(subprocess.call(cmd))
+    except KeyboardInterrupt:
+        raise SystemExit(0) from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: the one place where errors become messages and exit codes."""
+    try:
+        code = cli.main(args=argv, prog_name="sweep", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        code = 2
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "sweep"
+        click.echo(f"{command}: error: {exc.format_message()}", err=True)
+        code = 2
+    except UsageError as exc:
+        click.echo(f"sweep: error: {exc}", err=True)
+        code = 2
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo("interrupted: finished trials are kept; run the same command again to continue", err=True)
+        code = 130
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except Exception:
+        traceback.print_exc()
+        click.echo("sweep: unexpected error (the traceback above says where); please report it", err=True)
+        code = 1
+    sys.exit(code or 0)

@@ -1,0 +1,361 @@
+"""Create, resume and run studies: the worker loop, dead workers, local worker processes.
+
+Every worker runs the same loop: under the study's lock it fails and re-queues trials
+whose worker died, checks the budget and asks for a trial; then it trains that trial
+outside the lock. The lock is what makes a grid run every point exactly once and a
+budget of n trials run exactly n, whatever the number of workers and machines.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from core.data import DataError, Dataset, load_dataset
+from sweep.errors import UsageError
+from sweep.objective import RESULT_ATTR, RUN_ATTR, WORKER_ATTR, TrialRunner, is_alive_here
+from sweep.samplers import GRID_SAMPLERS, build_pruner, build_sampler, grid_size
+from sweep.spec import StudySpec, parse_spec, spec_to_dict
+from sweep.storage import StorageSpec, open_storage, redact, study_lock
+from sweep.tracking import Tracker
+
+SPEC_ATTR = "mlp_sweep.spec"
+PARENT_ATTR = "mlp_sweep.parent_run_id"
+RETRY_OF_ATTR = "mlp_sweep.retry_of"  # on a queued copy: the number of the trial it re-runs
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@dataclass(frozen=True)
+class Stores:
+    """Where a study's trials (Optuna) and runs (MLflow; None = not tracked) are kept."""
+
+    storage: StorageSpec
+    tracking_uri: str | None
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much a run may do: the study's total trial count, and this run's deadline."""
+
+    n_trials: int
+    deadline: float | None  # time.monotonic() value, or None
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+
+def study_budget(spec: StudySpec, n_trials: int | None) -> int:
+    """Total trials: the flag, else the file, else the grid's size (grid and brute force)."""
+    if n_trials is not None:
+        return n_trials
+    if spec.n_trials is not None:
+        return spec.n_trials
+    if spec.sampler.name in GRID_SAMPLERS:
+        return grid_size(spec)
+    return 10**9  # only a timeout bounds this run
+
+
+def _unchanged(stored: dict, given: dict) -> list[str]:
+    """Keys whose settings differ between a stored study and a file (budget may change)."""
+    ignore = {"n_trials", "timeout", "description", "budget"}
+    keys = (set(stored) | set(given)) - ignore
+    return sorted(k for k in keys if stored.get(k) != given.get(k))
+
+
+def create_or_resume(spec: StudySpec, stores: Stores) -> tuple[optuna.Study, str | None]:
+    """Create the study (or find it again) and its MLflow parent run; return both."""
+    storage = open_storage(stores.storage)
+    study = optuna.create_study(storage=storage, study_name=spec.name, directions=spec.directions,
+                                sampler=build_sampler(spec), pruner=build_pruner(spec), load_if_exists=True)
+    given = spec_to_dict(spec)
+    stored = study.user_attrs.get(SPEC_ATTR)
+    if stored is None:
+        study.set_user_attr(SPEC_ATTR, given)
+    elif changed := _unchanged(stored, given):
+        raise UsageError(f"{spec.source}: study {spec.name!r} already exists in {redact(stores.storage.url)} "
+                         f"with other settings ({', '.join(changed)}); give the study a new name")
+    parent = None
+    if stores.tracking_uri is not None:
+        tracker = Tracker(stores.tracking_uri, spec.name)
+        parent = tracker.parent_run(study.user_attrs.get(PARENT_ATTR), description=spec.description,
+                                    params={"storage": redact(stores.storage.url), **_flat(given)})
+        if study.user_attrs.get(PARENT_ATTR) != parent:
+            study.set_user_attr(PARENT_ATTR, parent)
+    return study, parent
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def load_stored_study(name: str, stores: Stores, seed_offset: int = 0,
+                      heartbeat_callback: Callable | None = None) -> tuple[optuna.Study, StudySpec]:
+    """Open an existing study by name with the settings stored in it."""
+    storage = open_storage(stores.storage, heartbeat_callback)
+    names = optuna.get_all_study_names(storage)
+    if name not in names:
+        known = ", ".join(sorted(names)) or "none"
+        raise UsageError(f"no study named {name!r} in {redact(stores.storage.url)} (studies there: {known})")
+    stored = optuna.load_study(study_name=name, storage=storage).user_attrs.get(SPEC_ATTR)
+    if stored is None:
+        raise UsageError(f"study {name!r} was not created by mlp-sweep (it has no stored settings)")
+    spec = parse_spec(stored, source=f"study {name}")
+    study = optuna.load_study(study_name=name, storage=storage, sampler=build_sampler(spec, seed_offset),
+                              pruner=build_pruner(spec))
+    return study, spec
+
+
+def load_data(spec: StudySpec, data_dir: str | None, progress=None) -> Dataset:
+    """The study's dataset; bad or missing files become a UsageError (exit 2)."""
+    d = spec.data
+    try:
+        return load_dataset(d.dataset, data_dir=data_dir, n_train=d.n_train, n_validation=d.n_validation,
+                            n_test=d.n_test, progress=progress)
+    except (DataError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def retried_numbers(trials: list[FrozenTrial]) -> set[int]:
+    """Numbers of the failed trials that were queued again."""
+    return {t.user_attrs[RETRY_OF_ATTR] for t in trials if RETRY_OF_ATTR in t.user_attrs}
+
+
+class Worker:
+    """The loop one process runs: reap dead trials, claim a trial under the lock, train it."""
+
+    def __init__(self, study_name: str, stores: Stores, budget: Budget, data_dir: str | None = None,
+                 seed_offset: int = 0, data: Dataset | None = None,
+                 on_trial: Callable[[FrozenTrial], None] | None = None) -> None:
+        self.stores = stores
+        self.tracker = Tracker(stores.tracking_uri, study_name) if stores.tracking_uri else None
+        self.study, self.spec = load_stored_study(study_name, stores, seed_offset, self._stale)
+        self.budget = budget
+        self.on_trial = on_trial
+        self.data = data if data is not None else load_data(self.spec, data_dir)
+        parent = self.study.user_attrs.get(PARENT_ATTR)
+        self.runner = TrialRunner(self.study, self.spec, self.data, self.tracker, parent)
+        self.rdb = stores.storage.is_rdb
+
+    def run(self) -> int:
+        """Run trials until the budget or deadline is spent; return how many ran here."""
+        ran = 0
+        while not self.budget.expired():
+            trial = self._claim()
+            if trial is None:
+                break
+            with self._heartbeat(trial):
+                try:
+                    self.runner.run(trial)
+                except BaseException:
+                    self._interrupted(self._failed(trial), "interrupted")
+                    raise
+            ran += 1
+            if self.on_trial is not None:
+                self.on_trial(self.study._storage.get_trial(trial._trial_id))
+        return ran
+
+    def _claim(self) -> optuna.Trial | None:
+        with study_lock(self.stores.storage, self.spec.name):
+            self.reap()
+            trials = self.study.get_trials(deepcopy=False)
+            waiting = any(t.state == TrialState.WAITING for t in trials)
+            retried = retried_numbers(trials)
+            counted = sum(t.state in COUNTED or (t.state == TrialState.FAIL and t.number not in retried)
+                          for t in trials)
+            if not waiting and counted >= self.budget.n_trials:
+                return None
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*Heartbeat.*")
+                return self.study.ask()
+
+    def reap(self) -> list[int]:
+        """Fail and re-queue trials whose worker is gone; return their numbers.
+
+        On this machine a dead worker is seen at once (its process is gone); for RDB
+        storages Optuna's heartbeat also finds workers that died on other machines.
+        """
+        reaped = []
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if is_alive_here(t.user_attrs.get(WORKER_ATTR, {})) is False:
+                try:
+                    self.study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+                except RuntimeError:  # finished meanwhile
+                    continue
+                self._interrupted(self.study._storage.get_trial(t._trial_id), "worker process died")
+                reaped.append(t.number)
+        if self.rdb:
+            optuna.storages.fail_stale_trials(self.study)
+        return reaped
+
+    def _failed(self, trial: optuna.Trial) -> FrozenTrial:
+        """The trial, told FAIL if it was still running."""
+        frozen = self.study._storage.get_trial(trial._trial_id)
+        if frozen.state == TrialState.RUNNING:
+            trial.set_user_attr(RESULT_ATTR, {**frozen.user_attrs.get(RESULT_ATTR, {}), "reason": "interrupted"})
+            self.study.tell(trial, state=TrialState.FAIL)
+            frozen = self.study._storage.get_trial(trial._trial_id)
+        return frozen
+
+    def _stale(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """Optuna's heartbeat found a dead worker's trial (already FAIL)."""
+        self._interrupted(trial, "worker stopped sending heartbeats")
+
+    def _interrupted(self, trial: FrozenTrial, reason: str) -> None:
+        """A trial that did not end by itself: its run is KILLED and it is queued again.
+
+        The copy carries the same parameters (a grid point stays taken by the failed
+        trial, so no other trial runs it meanwhile) and names the trial it re-runs.
+        """
+        if trial.state != TrialState.FAIL or trial.number in retried_numbers(self.study.get_trials(deepcopy=False)):
+            return
+        run_id = trial.user_attrs.get(RUN_ATTR)
+        if self.tracker is not None and run_id:
+            self.tracker.end_run(run_id, "KILLED", {"mlp_sweep.reason": reason})
+        self.study.enqueue_trial(trial.params, user_attrs={RETRY_OF_ATTR: trial.number, "mlp_sweep.reason": reason})
+
+    def _heartbeat(self, trial: optuna.Trial):
+        return _Heartbeat(self.study._storage, trial._trial_id) if self.rdb else _NoHeartbeat()
+
+
+class _NoHeartbeat:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+class _Heartbeat(threading.Thread):
+    """Records the trial's heartbeat every interval while it runs (RDB storages)."""
+
+    def __init__(self, storage, trial_id: int) -> None:
+        super().__init__(daemon=True)
+        self.storage, self.trial_id, self.stop = storage, trial_id, threading.Event()
+
+    def __enter__(self) -> None:
+        self.storage.record_heartbeat(self.trial_id)
+        self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.join()
+
+    def run(self) -> None:
+        interval = self.storage.get_heartbeat_interval()
+        while not self.stop.wait(interval):
+            self.storage.record_heartbeat(self.trial_id)
+
+
+def _worker_main(study_name: str, stores: Stores, budget: Budget, data_dir: str | None, seed_offset: int) -> None:
+    """Entry point of a local worker process: one BLAS thread, SIGTERM like Ctrl-C."""
+    from threadpoolctl import threadpool_limits
+
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    threadpool_limits(1)
+    try:
+        Worker(study_name, stores, budget, data_dir, seed_offset).run()
+    except KeyboardInterrupt:
+        pass
+
+
+def start_workers(study_name: str, stores: Stores, budget: Budget, data_dir: str | None,
+                  n: int) -> list[multiprocessing.Process]:
+    """Start n local worker processes (spawned: clean interpreters, one BLAS thread each)."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker_main, args=(study_name, stores, budget, data_dir, i), daemon=False,
+                         name=f"sweep-worker-{i}") for i in range(n)]
+    for p in procs:
+        p.start()
+    return procs
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a study stands: trials by state, the budget, the best value so far."""
+
+    counts: dict[str, int]
+    total: int
+    best: float | None
+
+    @property
+    def done(self) -> int:
+        return self.counts.get("COMPLETE", 0) + self.counts.get("PRUNED", 0)
+
+
+def progress_of(study: optuna.Study, total: int) -> Progress:
+    trials = study.get_trials(deepcopy=False)
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    best = None
+    if len(study.directions) == 1 and counts.get("COMPLETE"):
+        best = study.best_value
+    return Progress(counts, min(total, max(len(trials), total)), best)
+
+
+def run_study(spec: StudySpec, stores: Stores, *, n_trials: int | None = None, timeout: float | None = None,
+              workers: int = 1, data_dir: str | None = None,
+              on_progress: Callable[[Progress], None] | None = None, data_progress=None) -> optuna.Study:
+    """Create or resume the study and run it to its budget with ``workers`` local processes.
+
+    The data is loaded (and, if needed, downloaded and verified) here first, so bad data
+    stops the run before any worker starts. Ctrl-C propagates after the workers stopped:
+    finished trials stay, running ones are failed and queued again for the next run.
+    """
+    study, parent = create_or_resume(spec, stores)
+    timeout = timeout if timeout is not None else spec.timeout
+    budget = Budget(study_budget(spec, n_trials), None if timeout is None else time.monotonic() + timeout)
+    data = load_data(spec, data_dir, data_progress)
+    report = (lambda *_: on_progress(progress_of(study, budget.n_trials))) if on_progress else None
+    status = "KILLED"
+    try:
+        if workers == 1:
+            Worker(spec.name, stores, budget, data=data, on_trial=report).run()
+        else:
+            del data  # each worker loads its own copy
+            _supervise(start_workers(spec.name, stores, budget, data_dir, workers), report)
+        status = "FINISHED"
+    finally:
+        if parent is not None:
+            Tracker(stores.tracking_uri, spec.name).finish_parent(parent, status)
+    return study
+
+
+def _supervise(procs: list[multiprocessing.Process], report: Callable | None) -> None:
+    """Wait for local workers, reporting progress; on Ctrl-C let them stop, then re-raise."""
+    try:
+        while any(p.is_alive() for p in procs):
+            if report is not None:
+                report()
+            for p in procs:
+                p.join(timeout=0.5 / len(procs))
+        if report is not None:
+            report()
+    except KeyboardInterrupt:
+        for p in procs:  # they got SIGINT from the terminal too; SIGTERM reaches those that did not
+            p.join(timeout=10)
+            if p.is_alive():
+                p.terminate()
+                p.join()
+        raise
+    failed = [p.name for p in procs if p.exitcode not in (0, None)]
+    if failed:
+        raise RuntimeError(f"worker processes exited with errors: {', '.join(failed)}")

@@ -1,0 +1,136 @@
+"""Where studies live: Optuna storages from a URL or path, and a per-study lock.
+
+Default: a journal file (safe for several local processes; SQLite is not). A
+``sqlite:///`` or ``postgresql://`` URL selects Optuna's RDB storage, with heartbeats so
+that a trial whose worker died on another machine is failed and retried.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import optuna
+from optuna.storages import JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+from sweep.errors import UsageError
+from sweep.tracking import redact
+
+DEFAULT_JOURNAL = "mlruns/optuna.journal"
+HEARTBEAT_INTERVAL = 5  # seconds between heartbeats of a running trial (RDB storages)
+GRACE_PERIOD = 20  # a trial silent this long is taken for dead
+RDB_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "mysql", "mysql+pymysql")
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    """A parsed ``--storage`` value: an RDB URL or a journal file path."""
+
+    url: str
+
+    @property
+    def scheme(self) -> str:
+        return self.url.split("://", 1)[0] if "://" in self.url else "journal"
+
+    @property
+    def is_rdb(self) -> bool:
+        return self.scheme != "journal"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The URL with a driver SQLAlchemy can load: plain postgresql:// means psycopg2 here."""
+        if self.scheme == "postgresql":
+            return "postgresql+psycopg2://" + self.url.split("://", 1)[1]
+        return self.url
+
+    @property
+    def journal_path(self) -> Path:
+        return Path(self.url)
+
+    def __post_init__(self) -> None:
+        if not self.url:
+            raise UsageError("--storage: empty storage URL")
+        if self.scheme != "journal" and self.scheme not in RDB_SCHEMES:
+            raise UsageError(f"--storage: unknown storage scheme {self.scheme!r} in {redact(self.url)} "
+                             f"(use a journal file path, sqlite:///FILE or postgresql://...)")
+
+
+def open_storage(spec: StorageSpec, heartbeat_callback: Callable | None = None) -> optuna.storages.BaseStorage:
+    """Open (creating if needed) the storage; UsageError if it cannot be reached."""
+    if not spec.is_rdb:
+        path = spec.journal_path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+        except OSError as exc:
+            raise UsageError(f"--storage: cannot open journal {path}: {exc.strerror or exc}") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(spec.sqlalchemy_url, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD,
+                              heartbeat_stale_trial_callback=heartbeat_callback,
+                              engine_kwargs={"pool_pre_ping": True})
+    except Exception as exc:  # SQLAlchemy raises many kinds; all mean "cannot use this database"
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"--storage: cannot open {redact(spec.url)}: {redact(reason)}") from None
+
+
+@contextlib.contextmanager
+def study_lock(spec: StorageSpec, study_name: str) -> Iterator[None]:
+    """Serialise "is the budget spent? if not, ask for a trial" across workers of a study.
+
+    A lock file beside a journal or SQLite file for local workers; a PostgreSQL advisory
+    lock, which holds across machines, for a server.
+    """
+    if spec.scheme.startswith("postgresql"):
+        import sqlalchemy
+
+        key = int.from_bytes(hashlib.sha256(f"mlp-sweep:{study_name}".encode()).digest()[:8], "big", signed=True)
+        engine = _engine(spec.sqlalchemy_url)
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        return
+    if spec.scheme.startswith("mysql"):
+        raise UsageError("--storage: MySQL is not supported for sweeps yet; use PostgreSQL")
+    base = spec.journal_path if not spec.is_rdb else Path(spec.url.split(":///", 1)[1])
+    lock_path = base.with_name(f"{base.name}.{hashlib.sha256(study_name.encode()).hexdigest()[:12]}.lock")
+    with open(lock_path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+_ENGINES: dict[str, object] = {}
+
+
+def _engine(url: str):
+    """One small SQLAlchemy engine per URL and process, for the advisory lock."""
+    if url not in _ENGINES:
+        import sqlalchemy
+
+        _ENGINES[url] = sqlalchemy.create_engine(url, pool_size=1, pool_pre_ping=True)
+    return _ENGINES[url]
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

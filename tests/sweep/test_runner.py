@@ -1,0 +1,148 @@
+"""Whole sweeps through the launcher: grids, workers, tracking, pruning, failures, resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+from optuna.trial import TrialState
+
+from sweep.samplers import SAMPLERS
+from tests.sweep.conftest import child_runs, journal_study, run_cli, tracking_client, write_study
+
+GRID = {(b, e) for b in (10, 20, 30) for e in (0.1, 0.2)}
+
+
+def points(study, states=(TrialState.COMPLETE,)):
+    return [(t.params["batch_size"], round(t.params["eta"], 6)) for t in study.trials if t.state in states]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_grid_runs_every_point_exactly_once_and_tracks_every_trial(workdir, workers):
+    study_file = write_study(workdir / "tiny.toml", epochs=3)
+    assert run_cli("run", study_file, "--workers", workers) == 0
+    study = journal_study(workdir, "tiny")
+    assert Counter(points(study)) == Counter(GRID)
+    assert len(study.trials) == 6
+    runs = child_runs(workdir, "tiny")
+    assert len(runs) == len(study.trials)
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    parents = {r.data.tags["mlflow.parentRunId"] for r in runs}
+    assert len(parents) == 1
+    client = tracking_client(workdir)
+    for run in runs:
+        for curve in ("training_cost", "training_accuracy", "validation_cost", "validation_accuracy"):
+            history = client.get_metric_history(run.info.run_id, curve)
+            assert [m.step for m in history] == [1, 2, 3]
+        assert {"test_accuracy", "gap", "best_validation_accuracy"} <= set(run.data.metrics)
+        assert run.data.params["epochs"] == "3" and run.data.params["dataset"] == "mnist-5k"
+    for t in study.trials:
+        assert len(t.user_attrs["mlp_sweep.result"]["history"]["epoch"]) == 3
+
+
+def test_resume_repeats_nothing(workdir):
+    study_file = write_study(workdir / "tiny.toml")
+    assert run_cli("run", study_file, "--n-trials", 2) == 0
+    assert len(journal_study(workdir, "tiny").trials) == 2
+    assert run_cli("run", study_file) == 0
+    study = journal_study(workdir, "tiny")
+    assert Counter(points(study)) == Counter(GRID)
+    assert run_cli("run", study_file) == 0  # nothing left to do
+    assert len(journal_study(workdir, "tiny").trials) == 6
+    assert len(child_runs(workdir, "tiny")) == 6
+
+
+def test_pruned_and_diverged_trials_are_recorded_as_such(workdir):
+    extra = '[pruner]\nname = "threshold"\nlower = 0.99\n'
+    study_file = write_study(workdir / "tiny.toml", sampler="grid", epochs=4, extra=extra)
+    assert run_cli("run", study_file, "--n-trials", 2) == 0
+    study = journal_study(workdir, "tiny")
+    assert [t.state for t in study.trials] == [TrialState.PRUNED] * 2
+    for t in study.trials:
+        assert t.user_attrs["mlp_sweep.result"]["pruned_at_epoch"] == 1
+        assert len(t.user_attrs["mlp_sweep.result"]["history"]["epoch"]) == 1
+    runs = child_runs(workdir, "tiny")
+    assert {r.info.status for r in runs} == {"KILLED"}
+    assert {r.data.tags["mlp_sweep.pruned_at_epoch"] for r in runs} == {"1"}
+
+
+def test_diverging_trial_is_pruned_with_its_reason_and_the_sweep_goes_on(workdir):
+    text = write_study(workdir / "tiny.toml").read_text()
+    text = text.replace('eta = { type = "float", low = 0.1, high = 0.2, step = 0.1 }',
+                        'eta = { type = "categorical", choices = [0.1, 1e12] }')
+    (workdir / "tiny.toml").write_text(text)
+    assert run_cli("run", workdir / "tiny.toml") == 0
+    study = journal_study(workdir, "tiny")
+    states = {round(t.params["eta"], 3): t.state for t in study.trials}
+    assert states[1e12] == TrialState.PRUNED and states[0.1] == TrialState.COMPLETE
+    diverged = [t for t in study.trials if t.params["eta"] > 1]
+    assert all("non-finite" in t.user_attrs["mlp_sweep.result"]["reason"] for t in diverged)
+    runs = [r for r in child_runs(workdir, "tiny") if float(r.data.params["eta"]) > 1]
+    assert all("non-finite" in r.data.tags["mlp_sweep.reason"] and r.info.status == "KILLED" for r in runs)
+
+
+def test_a_failing_trial_becomes_fail_and_the_study_goes_on(workdir, monkeypatch):
+    import sweep.objective
+
+    real = sweep.objective.train
+
+    def flaky(network, config, *args, **kwargs):
+        if config.batch_size == 20:
+            raise RuntimeError("simulated failure")
+        return real(network, config, *args, **kwargs)
+
+    monkeypatch.setattr(sweep.objective, "train", flaky)
+    assert run_cli("run", write_study(workdir / "tiny.toml")) == 0
+    study = journal_study(workdir, "tiny")
+    by_state = Counter(t.state for t in study.trials)
+    assert by_state == {TrialState.COMPLETE: 4, TrialState.FAIL: 2}
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert all(t.user_attrs["mlp_sweep.result"]["reason"] == "RuntimeError: simulated failure" for t in failed)
+    statuses = Counter(r.info.status for r in child_runs(workdir, "tiny"))
+    assert statuses == {"FINISHED": 4, "FAILED": 2}
+
+
+def test_ctrl_c_keeps_finished_trials_fails_the_running_one_and_a_later_run_continues(workdir):
+    study_file = write_study(workdir / "tiny.toml", epochs=1000)
+    proc = subprocess.Popen([sys.executable, "-m", "sweep", "run", str(study_file)], cwd=workdir,
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until a trial is running
+        journal = workdir / "mlruns" / "optuna.journal"
+        if journal.exists() and any(t.state == TrialState.RUNNING for t in journal_study(workdir, "tiny").trials):
+            break
+        time.sleep(0.2)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    study = journal_study(workdir, "tiny")
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].user_attrs["mlp_sweep.result"]["reason"] == "interrupted"
+    waiting = [t for t in study.trials if t.state == TrialState.WAITING]
+    assert len(waiting) == 1 and waiting[0].system_attrs["fixed_params"] == failed[0].params
+    assert waiting[0].user_attrs["mlp_sweep.retry_of"] == failed[0].number
+    killed = [r for r in child_runs(workdir, "tiny") if r.info.status == "KILLED"]
+    assert len(killed) == 1
+    assert not [r for r in child_runs(workdir, "tiny") if r.info.status == "RUNNING"]
+    assert run_cli("run", study_file) == 0  # the later run finishes the grid, each point once
+    assert Counter(points(journal_study(workdir, "tiny"))) == Counter(GRID)
+    assert Counter(r.info.status for r in child_runs(workdir, "tiny")) == {"FINISHED": 6, "KILLED": 1}
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_every_sampler_runs_a_few_trials(workdir, sampler):
+    extra = "[budget]\nn_trials = 3" if sampler not in ("grid", "bruteforce") else ""
+    study_file = write_study(workdir / "tiny.toml", sampler=sampler, epochs=1, extra=extra)
+    assert run_cli("run", study_file, "--n-trials", 3, "--no-tracking") == 0
+    study = journal_study(workdir, "tiny")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    assert set(points(study)) <= GRID
+    if sampler in ("grid", "bruteforce"):
+        assert len(set(points(study))) == 3
