@@ -188,15 +188,17 @@ class Workspace:
     def forward(self, params: Params, x: np.ndarray) -> np.ndarray:
         """Fill z and the activations; return the output (rows, k).
 
-        x is (rows, sizes[0] + 1) with the ones column, as in training, or a plain
-        (rows, sizes[0]) input, whose bias is then added apart (and summed apart in backward).
+        x is (rows, sizes[0] + 1) with the ones column, or a plain (rows, sizes[0]) input
+        whose bias is then added apart (and summed apart in backward), as SGD feeds it:
+        rows gather faster without the column. That product is always np.matmul, which
+        reads the strided Wᵀ in place (np.dot copies it) and rounds alike in 2-D and stacked.
         """
         if params is not self._planned_for:
             self._plan(params)
         a, mm = x, self._mm
         for l, (block_t, z, f, out, a_next) in enumerate(self._forward):
             if l == 0 and x.shape[-1] == block_t.shape[-2] - 1:  # no ones column: add b apart
-                mm(x, self._first[0], z)
+                np.matmul(x, self._first[0], z)
                 z += self._first[1]
             else:
                 mm(a, block_t, z)
