@@ -17,6 +17,7 @@ import click
 from sweep.errors import UsageError
 
 DEFAULT_STORE_DIR = Path("mlruns")
+REPORT_DIR, STUDY_DIR = Path("reports"), Path("studies")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -61,9 +62,10 @@ def cli() -> None:
 @storage_option
 @tracking_option
 @click.option("--no-tracking", is_flag=True, help="Do not log to MLflow.")
+@click.option("--no-report", is_flag=True, help="Do not write the report (reports/STUDY) at the end.")
 @data_dir_option
-def run(study_file, n_trials, timeout, workers, storage, tracking_uri, no_tracking, data_dir) -> None:
-    """Create or resume the study in STUDY_FILE and run it to its budget."""
+def run(study_file, n_trials, timeout, workers, storage, tracking_uri, no_tracking, no_report, data_dir) -> None:
+    """Create or resume the study in STUDY_FILE and run it to its budget, then report on it."""
     from tqdm import tqdm
 
     from sweep.runner import run_study
@@ -87,6 +89,8 @@ def run(study_file, n_trials, timeout, workers, storage, tracking_uri, no_tracki
     finally:
         bar.close()
     click.echo(summary(study, stores))
+    if not no_report:
+        _write_report(study, stores, REPORT_DIR / spec.name)
 
 
 def _download_progress():
@@ -129,6 +133,83 @@ def summary(study, stores) -> str:
     if stores.tracking_uri:
         lines.append(f"Runs: {redact(stores.tracking_uri)} (browse with `sweep ui`)")
     return "\n".join(lines)
+
+
+def _write_report(study, stores, out_dir: Path, **options) -> None:
+    """Write the report, print its summary, log it to the study's MLflow parent run."""
+    from sweep.report import write_report
+    from sweep.runner import PARENT_ATTR
+    from sweep.tracking import Tracker
+
+    result = write_report(study, out_dir, **options)
+    if result.region is not None:
+        click.echo(result.region.summary())
+    for name, why in result.skipped.items():
+        click.echo(f"left out {name}: {why}")
+    parent = study.user_attrs.get(PARENT_ATTR)
+    if stores.tracking_uri and parent:
+        Tracker(stores.tracking_uri, study.study_name).log_artifacts(parent, result.out_dir)
+    click.echo(f"Reports: {len(result.files)} files in {result.out_dir}"
+               + (" (also artifacts of the study's MLflow run)" if stores.tracking_uri and parent else ""))
+
+
+@cli.command()
+@click.argument("study_name", metavar="STUDY")
+@storage_option
+@tracking_option
+@click.option("--no-tracking", is_flag=True, help="Do not log the report to MLflow.")
+@click.option("--out", type=click.Path(file_okay=False), metavar="DIR",
+              help="Directory for the report files [default: reports/STUDY].")
+@click.option("--quantile", type=click.FloatRange(0, 1, min_open=True), default=0.10, show_default=True,
+              help="Fraction of the completed trials that makes the best region.")
+@click.option("--gap-threshold", type=click.FloatRange(min=0), default=0.05, show_default=True,
+              help="Training minus validation accuracy above which a trial is flagged as over-fitting.")
+@click.option("--heatmap", nargs=2, metavar="X Y",
+              help="Parameters on the heat map's axes [default: the first two numeric ones].")
+def report(study_name, storage, tracking_uri, no_tracking, out, quantile, gap_threshold, heatmap) -> None:
+    """Write STUDY's report (CSVs, summary, plots) and log it to the study's MLflow parent run."""
+    from sweep.runner import load_stored_study
+
+    stores = _stores(storage, tracking_uri, no_tracking)
+    study, _ = load_stored_study(study_name, stores)
+    _write_report(study, stores, Path(out) if out else REPORT_DIR / study_name, quantile=quantile,
+                  gap_threshold=gap_threshold, heatmap_params=heatmap or None)
+
+
+@cli.command()
+@click.argument("study_name", metavar="STUDY")
+@storage_option
+@tracking_option
+@click.option("--no-tracking", is_flag=True, help="With --run: do not log to MLflow.")
+@click.option("--quantile", type=click.FloatRange(0, 1, min_open=True), default=0.10, show_default=True,
+              help="Fraction of the completed trials whose region the new study searches.")
+@click.option("--out", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Study file to write, never overwritten [default: studies/NEW_NAME.toml].")
+@click.option("--run", "run_it", is_flag=True, help="Run the refined study right away.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --run: local worker processes.")
+@click.pass_context
+def refine(ctx, study_name, storage, tracking_uri, no_tracking, quantile, out, run_it, workers) -> None:
+    """Write a study file searching the best region of STUDY (narrower ranges, finer grid, best point first)."""
+    import optuna
+
+    from sweep.refine import refine as refine_study, write_refined
+    from sweep.runner import load_stored_study
+    from sweep.spec import Fixed
+    from sweep.storage import open_storage
+
+    stores = _stores(storage, tracking_uri, no_tracking)
+    study, spec = load_stored_study(study_name, stores)
+    taken = set(optuna.get_all_study_names(open_storage(stores.storage)))
+    taken |= {path.stem for path in STUDY_DIR.glob("*.toml")}
+    refined = refine_study(study, spec, quantile, taken=taken)
+    path = write_refined(refined, Path(out) if out else STUDY_DIR / f"{refined.name}.toml")
+    click.echo(f"wrote {path}: {refined.description}")
+    for name, param in refined.space.items():
+        click.echo(f"  {name}: {f'fixed at {param.value!r}' if isinstance(param, Fixed) else param.describe()}")
+    if run_it:
+        ctx.invoke(run, study_file=str(path), n_trials=None, timeout=None, workers=workers, storage=storage,
+                   tracking_uri=tracking_uri, no_tracking=no_tracking, no_report=False, data_dir=None)
 
 
 @cli.command()
@@ -186,7 +267,7 @@ def list_studies(storage) -> None:
 @cli.command()
 @tracking_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
-@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True, help="Port to listen on.")
 @click.option("--expose", is_flag=True,
               help="Allow binding to an address other than loopback (anyone who can reach it can read "
                    "and change every run).")

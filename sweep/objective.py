@@ -12,6 +12,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -76,6 +77,7 @@ class TrialRunner:
     data: Dataset
     tracker: Tracker | None
     parent_run_id: str | None
+    stop_requested: Callable[[], bool] = lambda: False
 
     def run(self, trial: optuna.Trial) -> TrialState:
         """Train the trial, track it, tell Optuna; return its final state.
@@ -92,16 +94,19 @@ class TrialRunner:
             run = self.tracker.start_trial(self.parent_run_id, trial.number, all_params(spec, params))
             trial.set_user_attr(RUN_ATTR, run.run_id)
         metric = spec.objectives[0].metric
-        prune = spec.pruner.name != "none" and metric in PER_EPOCH_METRICS
+        report = not spec.is_multi_objective and metric in PER_EPOCH_METRICS  # Optuna's intermediate values
+        prune = report and spec.pruner.name != "none"
         history: list[EpochRecord] = []
         best = -math.inf
 
         def on_epoch(record: EpochRecord) -> bool:
             nonlocal best
+            if self.stop_requested():  # Ctrl-C or SIGTERM, acted on at a safe point
+                raise KeyboardInterrupt
             history.append(record)
             if run is not None:
                 run.log_epoch(record)
-            if not prune:
+            if not report:
                 return False
             if metric == "best_validation_accuracy":
                 best = max(best, record.validation_accuracy)
@@ -109,7 +114,7 @@ class TrialRunner:
             else:
                 value = getattr(record, metric)
             trial.report(value, record.epoch)
-            return trial.should_prune()
+            return prune and trial.should_prune()
 
         start = time.perf_counter()
         result_attr: dict = {}

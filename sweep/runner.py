@@ -8,6 +8,7 @@ budget of n trials run exactly n, whatever the number of workers and machines.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -15,7 +16,7 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -34,6 +35,34 @@ RETRY_OF_ATTR = "mlp_sweep.retry_of"  # on a queued copy: the number of the tria
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+STOP = threading.Event()  # set by Ctrl-C / SIGTERM; trials stop at their next epoch
+
+
+def _on_signal(signum, frame) -> None:
+    """First signal: stop at the next safe point (an epoch's end). Second: stop now."""
+    if STOP.is_set():
+        raise KeyboardInterrupt
+    STOP.set()
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Route SIGINT and SIGTERM to ``STOP`` while a sweep runs (main thread only).
+
+    A KeyboardInterrupt raised wherever the signal lands can be swallowed (for
+    instance inside a garbage-collection callback); a flag checked at safe points cannot.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    STOP.clear()
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @dataclass(frozen=True)
@@ -76,12 +105,18 @@ def _unchanged(stored: dict, given: dict) -> list[str]:
 def create_or_resume(spec: StudySpec, stores: Stores) -> tuple[optuna.Study, str | None]:
     """Create the study (or find it again) and its MLflow parent run; return both."""
     storage = open_storage(stores.storage)
-    study = optuna.create_study(storage=storage, study_name=spec.name, directions=spec.directions,
-                                sampler=build_sampler(spec), pruner=build_pruner(spec), load_if_exists=True)
+    kwargs = {"storage": storage, "study_name": spec.name, "sampler": build_sampler(spec),
+              "pruner": build_pruner(spec)}
+    if spec.name in optuna.get_all_study_names(storage):  # (create_study would write even then)
+        study = optuna.load_study(**kwargs)
+    else:
+        study = optuna.create_study(directions=spec.directions, **kwargs)
     given = spec_to_dict(spec)
     stored = study.user_attrs.get(SPEC_ATTR)
     if stored is None:
         study.set_user_attr(SPEC_ATTR, given)
+        for params in spec.enqueue:  # known configurations first
+            study.enqueue_trial(dict(params), skip_if_exists=True)
     elif changed := _unchanged(stored, given):
         raise UsageError(f"{spec.source}: study {spec.name!r} already exists in {redact(stores.storage.url)} "
                          f"with other settings ({', '.join(changed)}); give the study a new name")
@@ -150,13 +185,15 @@ class Worker:
         self.on_trial = on_trial
         self.data = data if data is not None else load_data(self.spec, data_dir)
         parent = self.study.user_attrs.get(PARENT_ATTR)
-        self.runner = TrialRunner(self.study, self.spec, self.data, self.tracker, parent)
+        self.runner = TrialRunner(self.study, self.spec, self.data, self.tracker, parent, STOP.is_set)
         self.rdb = stores.storage.is_rdb
 
     def run(self) -> int:
         """Run trials until the budget or deadline is spent; return how many ran here."""
         ran = 0
         while not self.budget.expired():
+            if STOP.is_set():
+                raise KeyboardInterrupt
             trial = self._claim()
             if trial is None:
                 break
@@ -267,12 +304,12 @@ def _worker_main(study_name: str, stores: Stores, budget: Budget, data_dir: str 
     """Entry point of a local worker process: one BLAS thread, SIGTERM like Ctrl-C."""
     from threadpoolctl import threadpool_limits
 
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     threadpool_limits(1)
-    try:
-        Worker(study_name, stores, budget, data_dir, seed_offset).run()
-    except KeyboardInterrupt:
-        pass
+    with stop_on_signals():
+        try:
+            Worker(study_name, stores, budget, data_dir, seed_offset).run()
+        except KeyboardInterrupt:
+            pass
 
 
 def start_workers(study_name: str, stores: Stores, budget: Budget, data_dir: str | None,
@@ -320,18 +357,21 @@ def run_study(spec: StudySpec, stores: Stores, *, n_trials: int | None = None, t
     stops the run before any worker starts. Ctrl-C propagates after the workers stopped:
     finished trials stay, running ones are failed and queued again for the next run.
     """
+    data = load_data(spec, data_dir, data_progress)  # bad data stops us before anything is stored
     study, parent = create_or_resume(spec, stores)
     timeout = timeout if timeout is not None else spec.timeout
     budget = Budget(study_budget(spec, n_trials), None if timeout is None else time.monotonic() + timeout)
-    data = load_data(spec, data_dir, data_progress)
     report = (lambda *_: on_progress(progress_of(study, budget.n_trials))) if on_progress else None
     status = "KILLED"
     try:
-        if workers == 1:
-            Worker(spec.name, stores, budget, data=data, on_trial=report).run()
-        else:
-            del data  # each worker loads its own copy
-            _supervise(start_workers(spec.name, stores, budget, data_dir, workers), report)
+        with stop_on_signals():
+            if workers == 1:
+                Worker(spec.name, stores, budget, data=data, on_trial=report).run()
+            else:
+                del data  # each worker loads its own copy
+                _supervise(start_workers(spec.name, stores, budget, data_dir, workers), report)
+            if STOP.is_set():
+                raise KeyboardInterrupt
         status = "FINISHED"
     finally:
         if parent is not None:
@@ -341,21 +381,20 @@ def run_study(spec: StudySpec, stores: Stores, *, n_trials: int | None = None, t
 
 def _supervise(procs: list[multiprocessing.Process], report: Callable | None) -> None:
     """Wait for local workers, reporting progress; on Ctrl-C let them stop, then re-raise."""
-    try:
-        while any(p.is_alive() for p in procs):
-            if report is not None:
-                report()
+    while any(p.is_alive() for p in procs):
+        if STOP.is_set():  # a terminal's Ctrl-C reached the workers too; SIGTERM reaches the rest
             for p in procs:
-                p.join(timeout=0.5 / len(procs))
+                if p.is_alive():
+                    p.terminate()
+            for p in procs:
+                p.join()
+            raise KeyboardInterrupt
         if report is not None:
             report()
-    except KeyboardInterrupt:
-        for p in procs:  # they got SIGINT from the terminal too; SIGTERM reaches those that did not
-            p.join(timeout=10)
-            if p.is_alive():
-                p.terminate()
-                p.join()
-        raise
+        for p in procs:
+            p.join(timeout=0.5 / len(procs))
+    if report is not None:
+        report()
     failed = [p.name for p in procs if p.exitcode not in (0, None)]
     if failed:
         raise RuntimeError(f"worker processes exited with errors: {', '.join(failed)}")

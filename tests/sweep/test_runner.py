@@ -112,12 +112,13 @@ def test_ctrl_c_keeps_finished_trials_fails_the_running_one_and_a_later_run_cont
     proc = subprocess.Popen([sys.executable, "-m", "sweep", "run", str(study_file)], cwd=workdir,
                             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # wait until a trial is running
+    while time.monotonic() < deadline:  # wait until the second trial runs (a trial takes about 1.5 s)
         journal = workdir / "mlruns" / "optuna.journal"
-        if journal.exists() and any(t.state == TrialState.RUNNING for t in journal_study(workdir, "tiny").trials):
+        if journal.exists() and any(t.state == TrialState.RUNNING and t.number == 1
+                                    for t in journal_study(workdir, "tiny").trials):
             break
-        time.sleep(0.2)
-    time.sleep(1.0)
+        time.sleep(0.05)
+    time.sleep(0.3)
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err

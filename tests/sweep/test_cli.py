@@ -1,0 +1,123 @@
+"""The launcher's edge: help everywhere, bad input gives one line and exit 2, nothing stored changes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from sweep.cli import cli
+from tests.sweep.bad_studies import BAD_STUDIES
+from tests.sweep.conftest import run_cli, tree_snapshot, write_study
+
+COMMANDS = sorted(cli.commands)
+
+
+def test_the_launcher_has_the_documented_commands():
+    assert {"run", "worker", "list", "ui", "report", "refine"} <= set(COMMANDS)
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_every_command_has_help(command, capsys):
+    args = ["--help"] if command is None else [command, "--help"]
+    assert run_cli(*args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Usage: sweep") and "--help" in out
+    if command is not None:
+        params = [p for p in cli.commands[command].params if p.name != "help"]
+        for param in params:  # every option is documented
+            if param.param_type_name == "option":
+                assert param.help, f"{command} {param.opts} has no help"
+
+
+def _one_line_error(capsys) -> str:
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert "Traceback" not in captured.err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def stored_template(tmp_path_factory):
+    """A working directory with a finished tiny study, made once per module."""
+    root = tmp_path_factory.mktemp("stored")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        assert run_cli("run", write_study(root / "tiny.toml", epochs=1), "--n-trials", 2, "--no-report") == 0
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+@pytest.fixture
+def stored(workdir, stored_template):
+    """The template copied into this test's workdir; returns a snapshot of its stores."""
+    shutil.copytree(stored_template, workdir, dirs_exist_ok=True)
+    return tree_snapshot(workdir / "mlruns")
+
+
+@pytest.mark.parametrize("case_id, text, key, phrase", BAD_STUDIES, ids=[c[0] for c in BAD_STUDIES])
+def test_bad_study_file_gives_one_line_exit_2_and_touches_nothing(workdir, stored, capsys, case_id, text, key,
+                                                                  phrase):
+    path = workdir / "bad.toml"
+    path.write_text(text)
+    capsys.readouterr()
+    assert run_cli("run", path) == 2
+    line = _one_line_error(capsys)
+    assert str(path) in line and phrase in line
+    if key:
+        assert key in line
+    assert tree_snapshot(workdir / "mlruns") == stored
+
+
+@pytest.mark.parametrize("args, phrase", [
+    (["run", "tiny.toml", "--workers", "0"], "--workers"),
+    (["run", "tiny.toml", "--n-trials", "-3"], "--n-trials"),
+    (["run", "tiny.toml", "--timeout", "0"], "--timeout"),
+    (["run", "tiny.toml", "--storage", "ftp://host/x"], "unknown storage scheme 'ftp'"),
+    (["run", "tiny.toml", "--storage", "postgresql://nobody:secret@127.0.0.1:1/none"], "cannot open"),
+    (["run", "missing.toml"], "missing.toml"),
+    (["run", "tiny.toml", "--data-dir", "no-such-dir"], "no-such-dir"),
+    (["run", "tiny.toml", "--bogus"], "--bogus"),
+    (["report", "no-such-study"], "no study named 'no-such-study'"),
+    (["refine", "no-such-study"], "no study named 'no-such-study'"),
+    (["worker", "--study", "no-such-study"], "no study named 'no-such-study'"),
+    (["ui", "--host", "0.0.0.0"], "--expose"),
+    (["frobnicate"], "frobnicate"),
+])
+def test_bad_flags_and_names_give_one_line_exit_2_and_touch_nothing(workdir, stored, capsys, args, phrase):
+    capsys.readouterr()
+    assert run_cli(*args) == 2
+    line = _one_line_error(capsys)
+    assert phrase in line
+    assert "secret" not in line
+    assert tree_snapshot(workdir / "mlruns") == stored
+
+
+def test_a_study_name_reused_with_other_settings_is_refused(workdir, stored, capsys):
+    changed = (workdir / "tiny.toml").read_text().replace("epochs = 1", "epochs = 2")
+    (workdir / "other.toml").write_text(changed)
+    capsys.readouterr()
+    assert run_cli("run", workdir / "other.toml") == 2
+    assert "already exists" in _one_line_error(capsys)
+    assert tree_snapshot(workdir / "mlruns") == stored
+
+
+def test_list_shows_counts_and_best(workdir, stored, capsys):
+    capsys.readouterr()
+    assert run_cli("list") == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("tiny "))
+    assert row.split()[1:3] == ["2", "2"]
+
+
+def test_report_and_refine_from_the_launcher(workdir, stored, capsys):
+    assert run_cli("report", "tiny", "--out", workdir / "rep") == 0
+    assert (workdir / "rep" / "trials.csv").exists() and (workdir / "rep" / "heatmap.png").stat().st_size > 0
+    (workdir / "studies").mkdir()
+    assert run_cli("refine", "tiny") == 0
+    assert (workdir / "studies" / "tiny-refined.toml").exists()
+    assert run_cli("refine", "tiny", "--out", workdir / "studies" / "tiny-refined.toml") == 2  # never overwrites
