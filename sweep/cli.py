@@ -63,8 +63,12 @@ def cli() -> None:
 @tracking_option
 @click.option("--no-tracking", is_flag=True, help="Do not log to MLflow.")
 @click.option("--no-report", is_flag=True, help="Do not write the report (reports/STUDY) at the end.")
+@click.option("--no-pack", is_flag=True,
+              help="Train every trial alone (by default grid trials that differ only in eta and lmbda "
+                   "train together in one vectorised pass, with identical results).")
 @data_dir_option
-def run(study_file, n_trials, timeout, workers, storage, tracking_uri, no_tracking, no_report, data_dir) -> None:
+def run(study_file, n_trials, timeout, workers, storage, tracking_uri, no_tracking, no_report, no_pack,
+        data_dir) -> None:
     """Create or resume the study in STUDY_FILE and run it to its budget, then report on it."""
     from tqdm import tqdm
 
@@ -85,7 +89,7 @@ def run(study_file, n_trials, timeout, workers, storage, tracking_uri, no_tracki
 
     try:
         study = run_study(spec, stores, n_trials=n_trials, timeout=timeout, workers=workers, data_dir=data_dir,
-                          on_progress=on_progress, data_progress=_download_progress())
+                          pack=not no_pack, on_progress=on_progress, data_progress=_download_progress())
     finally:
         bar.close()
     click.echo(summary(study, stores))
@@ -209,7 +213,8 @@ def refine(ctx, study_name, storage, tracking_uri, no_tracking, quantile, out, r
         click.echo(f"  {name}: {f'fixed at {param.value!r}' if isinstance(param, Fixed) else param.describe()}")
     if run_it:
         ctx.invoke(run, study_file=str(path), n_trials=None, timeout=None, workers=workers, storage=storage,
-                   tracking_uri=tracking_uri, no_tracking=no_tracking, no_report=False, data_dir=None)
+                   tracking_uri=tracking_uri, no_tracking=no_tracking, no_report=False, no_pack=False,
+                   data_dir=None)
 
 
 @cli.command()

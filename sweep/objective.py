@@ -1,4 +1,4 @@
-"""One trial: sample, train with per-epoch pruning and tracking, then tell Optuna.
+"""Trials: sample, train (packed when they share a structure), prune, track, tell Optuna.
 
 The order of writes keeps Optuna and MLflow in agreement even if the process dies at
 any point: the MLflow run is ended before the trial is told, so a trial that is still
@@ -10,18 +10,18 @@ from __future__ import annotations
 import math
 import os
 import socket
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import optuna
 from optuna.trial import TrialState
 
 from core.data import Dataset
-from core.model import evaluate
-from core.train import CURVES, EpochRecord, NonFiniteError, TrainResult, train
+from core.model import NetworkSpec, evaluate
+from core.packed import PACKED_FIELDS, train_packed
+from core.train import CURVES, EpochRecord, NonFiniteError, TrainConfig, TrainResult, train
 from sweep.spec import PER_EPOCH_METRICS, StudySpec, all_params, suggest, trial_config
-from sweep.tracking import Tracker
+from sweep.tracking import Tracker, TrialRun
 
 WORKER_ATTR = "mlp_sweep.worker"  # {"host", "pid", "started"}: who runs the trial
 RUN_ATTR = "mlp_sweep.run_id"  # the trial's MLflow run
@@ -69,8 +69,30 @@ def final_metrics(result: TrainResult, test_accuracy: float | None, seconds: flo
 
 
 @dataclass
+class _Trial:
+    """A claimed trial on its way through training: its settings, run and history so far."""
+
+    trial: optuna.Trial
+    network: NetworkSpec
+    config: TrainConfig
+    run: TrialRun | None
+    history: list[EpochRecord] = field(default_factory=list)
+    best: float = -math.inf
+
+    @property
+    def pack_key(self) -> tuple:
+        """Trials with equal keys train together in one vectorised pass (core.packed)."""
+        return (self.network, *(getattr(self.config, f) for f in PACKED_FIELDS))
+
+
+@dataclass
 class TrialRunner:
-    """Runs asked trials of one study in this process, on data loaded once."""
+    """Runs claimed trials of one study in this process, on data loaded once.
+
+    Trials that share their structure (network, batch size, epochs, monitoring) are
+    trained together with ``core.packed.train_packed``; each is still tracked, pruned and
+    told on its own, exactly as if it had been trained alone.
+    """
 
     study: optuna.Study
     spec: StudySpec
@@ -79,79 +101,110 @@ class TrialRunner:
     parent_run_id: str | None
     stop_requested: Callable[[], bool] = lambda: False
 
-    def run(self, trial: optuna.Trial) -> TrialState:
-        """Train the trial, track it, tell Optuna; return its final state.
+    def run(self, trials: list[optuna.Trial]) -> list[TrialState]:
+        """Train the trials, track them, tell Optuna; return their final states.
 
-        Divergence prunes the trial, any other exception fails it (the study goes on);
-        KeyboardInterrupt/SystemExit fail it and propagate.
+        Divergence prunes a trial, any other exception fails it (the study goes on);
+        KeyboardInterrupt/SystemExit fail every trial not yet told, and propagate.
         """
-        spec = self.spec
-        params = suggest(spec, trial)
-        network, config = trial_config(spec, params)
+        pending = [self._prepare(t) for t in trials]
+        groups: dict[tuple, list[_Trial]] = {}
+        for t in pending:
+            groups.setdefault(t.pack_key, []).append(t)
+        states = {}
+        try:
+            for group in groups.values():
+                for t, outcome in zip(group, self._train(group)):
+                    states[t.trial.number] = self._conclude(t, outcome)
+                    pending.remove(t)
+        except BaseException:  # Ctrl-C, SIGTERM: fail them, so that a later run retries them
+            for t in pending:
+                self._finish(t, TrialState.FAIL, {"reason": "interrupted"}, None, None)
+            raise
+        return [states[t.number] for t in trials]
+
+    def _prepare(self, trial: optuna.Trial) -> _Trial:
+        params = suggest(self.spec, trial)
+        network, config = trial_config(self.spec, params)
         trial.set_user_attr(WORKER_ATTR, worker_identity())
         run = None
         if self.tracker is not None:
-            run = self.tracker.start_trial(self.parent_run_id, trial.number, all_params(spec, params))
+            run = self.tracker.start_trial(self.parent_run_id, trial.number, all_params(self.spec, params))
             trial.set_user_attr(RUN_ATTR, run.run_id)
+        return _Trial(trial, network, config, run)
+
+    def _train(self, group: list[_Trial]) -> list[TrainResult | Exception]:
+        """Outcomes in order: a result, or the exception that ended the trial."""
+        data, callbacks = self.data, [self._on_epoch(t) for t in group]
+        if len(group) > 1:
+            try:
+                return train_packed(group[0].network, [t.config for t in group], data.train, data.validation,
+                                    callbacks=callbacks)
+            except Exception as exc:  # fails the whole pack, like one trial
+                return [exc] * len(group)
+        try:
+            return [train(group[0].network, group[0].config, data.train, data.validation, callback=callbacks[0])]
+        except Exception as exc:
+            return [exc]
+
+    def _on_epoch(self, t: _Trial) -> Callable[[EpochRecord], bool]:
+        """Per epoch: log to MLflow, report to Optuna, ask the pruner; True stops the trial."""
+        spec = self.spec
         metric = spec.objectives[0].metric
-        report = not spec.is_multi_objective and metric in PER_EPOCH_METRICS  # Optuna's intermediate values
-        prune = report and spec.pruner.name != "none"
-        history: list[EpochRecord] = []
-        best = -math.inf
+        prune = spec.pruner.name != "none" and not spec.is_multi_objective and metric in PER_EPOCH_METRICS
 
         def on_epoch(record: EpochRecord) -> bool:
-            nonlocal best
             if self.stop_requested():  # Ctrl-C or SIGTERM, acted on at a safe point
                 raise KeyboardInterrupt
-            history.append(record)
-            if run is not None:
-                run.log_epoch(record)
-            if not report:
+            t.history.append(record)
+            if t.run is not None:
+                t.run.log_epoch(record)
+            if not prune:
                 return False
             if metric == "best_validation_accuracy":
-                best = max(best, record.validation_accuracy)
-                value = best
+                t.best = max(t.best, record.validation_accuracy)
+                value = t.best
             else:
                 value = getattr(record, metric)
-            trial.report(value, record.epoch)
-            return prune and trial.should_prune()
+            t.trial.report(value, record.epoch)
+            return t.trial.should_prune()
 
-        start = time.perf_counter()
+        return on_epoch
+
+    def _conclude(self, t: _Trial, outcome: TrainResult | Exception) -> TrialState:
+        """Turn a training outcome into the trial's state, metrics and values."""
         result_attr: dict = {}
-        try:
-            result = train(network, config, self.data.train, self.data.validation, callback=on_epoch)
-        except NonFiniteError as exc:
-            state, result, result_attr["reason"] = TrialState.PRUNED, None, str(exc)
-            result_attr["pruned_at_epoch"] = exc.epoch
-        except Exception as exc:  # a failed trial becomes FAIL; the study goes on
-            state, result, result_attr["reason"] = TrialState.FAIL, None, f"{type(exc).__name__}: {exc}"
-        except BaseException:  # Ctrl-C, SIGTERM: fail it, so that a later run retries it
-            self._finish(trial, run, TrialState.FAIL, history, {"reason": "interrupted"}, None, None)
-            raise
+        if isinstance(outcome, NonFiniteError):
+            state = TrialState.PRUNED
+            result_attr.update(reason=str(outcome), pruned_at_epoch=outcome.epoch)
+        elif isinstance(outcome, Exception):
+            state = TrialState.FAIL
+            result_attr["reason"] = f"{type(outcome).__name__}: {outcome}"
+        elif outcome.stopped_early:
+            state, epoch = TrialState.PRUNED, outcome.history[-1].epoch
+            result_attr.update(reason=f"pruned at epoch {epoch}", pruned_at_epoch=epoch)
         else:
-            state = TrialState.PRUNED if result.stopped_early else TrialState.COMPLETE
-            if result.stopped_early:
-                result_attr["pruned_at_epoch"] = result.history[-1].epoch
-                result_attr["reason"] = f"pruned at epoch {result.history[-1].epoch}"
+            state = TrialState.COMPLETE
         metrics = None
-        if result is not None:
+        if isinstance(outcome, TrainResult):
             test = self.data.test
-            test_accuracy = evaluate(network, result.params, test.X, test.y)[1] if state == TrialState.COMPLETE else None
-            metrics = final_metrics(result, test_accuracy, time.perf_counter() - start)
-            result_attr["metrics"] = metrics
-        values = [metrics[o.metric] for o in spec.objectives] if state == TrialState.COMPLETE else None
-        self._finish(trial, run, state, history, result_attr, metrics, values)
+            test_accuracy = (evaluate(t.network, outcome.params, test.X, test.y)[1]
+                             if state == TrialState.COMPLETE else None)
+            seconds = sum(r.seconds + r.eval_seconds for r in outcome.history)
+            metrics = result_attr["metrics"] = final_metrics(outcome, test_accuracy, seconds)
+        values = [metrics[o.metric] for o in self.spec.objectives] if state == TrialState.COMPLETE else None
+        self._finish(t, state, result_attr, metrics, values)
         return state
 
-    def _finish(self, trial: optuna.Trial, run, state: TrialState, history: list[EpochRecord],
-                result_attr: dict, metrics: dict | None, values: list[float] | None) -> None:
+    def _finish(self, t: _Trial, state: TrialState, result_attr: dict, metrics: dict | None,
+                values: list[float] | None) -> None:
         """Record the result in the trial, end the MLflow run, then tell Optuna (in that order)."""
-        result_attr["history"] = {k: [getattr(r, k) for r in history] for k in
+        result_attr["history"] = {k: [getattr(r, k) for r in t.history] for k in
                                   ("epoch", "training_cost", "training_accuracy", "validation_cost",
                                    "validation_accuracy", "seconds")}
-        trial.set_user_attr(RESULT_ATTR, result_attr)
-        if run is not None:
+        t.trial.set_user_attr(RESULT_ATTR, result_attr)
+        if t.run is not None:
             tags = {k: str(result_attr[k]) for k in ("reason", "pruned_at_epoch") if k in result_attr}
             summary = {k: v for k, v in (metrics or {}).items() if k not in CURVES}  # curves are per epoch
-            run.finish(state.name, summary, {f"mlp_sweep.{k}": v for k, v in tags.items()})
-        self.study.tell(trial, values, state=state if values is None else None)
+            t.run.finish(state.name, summary, {f"mlp_sweep.{k}": v for k, v in tags.items()})
+        self.study.tell(t.trial, values, state=state if values is None else None)

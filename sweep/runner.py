@@ -9,6 +9,7 @@ budget of n trials run exactly n, whatever the number of workers and machines.
 from __future__ import annotations
 
 import contextlib
+import math
 import multiprocessing
 import os
 import signal
@@ -24,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 from core.data import DataError, Dataset, load_dataset
 from sweep.errors import UsageError
 from sweep.objective import RESULT_ATTR, RUN_ATTR, WORKER_ATTR, TrialRunner, is_alive_here
-from sweep.samplers import GRID_SAMPLERS, build_pruner, build_sampler, grid_size
+from sweep.samplers import GRID_SAMPLERS, PACKABLE, build_pruner, build_sampler, grid_points, grid_size
 from sweep.spec import StudySpec, parse_spec, spec_to_dict
 from sweep.storage import StorageSpec, open_storage, redact, study_lock
 from sweep.tracking import Tracker
@@ -33,6 +34,7 @@ SPEC_ATTR = "mlp_sweep.spec"
 PARENT_ATTR = "mlp_sweep.parent_run_id"
 RETRY_OF_ATTR = "mlp_sweep.retry_of"  # on a queued copy: the number of the trial it re-runs
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+PACK_MAX = 16  # trials trained together at most
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -167,6 +169,18 @@ def load_data(spec: StudySpec, data_dir: str | None, progress=None) -> Dataset:
         raise UsageError(str(exc)) from None
 
 
+def pack_size(spec: StudySpec) -> int:
+    """How many trials a worker claims at once: a grid's run of points that differ only in
+    η and λ (they train together, see core.packed), at most PACK_MAX; otherwise one."""
+    if spec.sampler.name != "grid":
+        return 1
+    size = 1
+    for name, values in grid_points(spec).items():
+        if name in PACKABLE:
+            size *= len(values)
+    return max(1, min(size, PACK_MAX))
+
+
 def retried_numbers(trials: list[FrozenTrial]) -> set[int]:
     """Numbers of the failed trials that were queued again."""
     return {t.user_attrs[RETRY_OF_ATTR] for t in trials if RETRY_OF_ATTR in t.user_attrs}
@@ -177,7 +191,7 @@ class Worker:
 
     def __init__(self, study_name: str, stores: Stores, budget: Budget, data_dir: str | None = None,
                  seed_offset: int = 0, data: Dataset | None = None,
-                 on_trial: Callable[[FrozenTrial], None] | None = None) -> None:
+                 on_trial: Callable[[], None] | None = None, workers: int = 1, pack: bool = True) -> None:
         self.stores = stores
         self.tracker = Tracker(stores.tracking_uri, study_name) if stores.tracking_uri else None
         self.study, self.spec = load_stored_study(study_name, stores, seed_offset, self._stale)
@@ -187,6 +201,8 @@ class Worker:
         parent = self.study.user_attrs.get(PARENT_ATTR)
         self.runner = TrialRunner(self.study, self.spec, self.data, self.tracker, parent, STOP.is_set)
         self.rdb = stores.storage.is_rdb
+        self.workers = workers
+        self.pack = pack_size(self.spec) if pack else 1
 
     def run(self) -> int:
         """Run trials until the budget or deadline is spent; return how many ran here."""
@@ -194,33 +210,35 @@ class Worker:
         while not self.budget.expired():
             if STOP.is_set():
                 raise KeyboardInterrupt
-            trial = self._claim()
-            if trial is None:
+            trials = self._claim()
+            if not trials:
                 break
-            with self._heartbeat(trial):
+            with self._heartbeat(trials):
                 try:
-                    self.runner.run(trial)
+                    self.runner.run(trials)
                 except BaseException:
-                    self._interrupted(self._failed(trial), "interrupted")
+                    for trial in trials:
+                        self._interrupted(self._failed(trial), "interrupted")
                     raise
-            ran += 1
+            ran += len(trials)
             if self.on_trial is not None:
-                self.on_trial(self.study._storage.get_trial(trial._trial_id))
+                self.on_trial()
         return ran
 
-    def _claim(self) -> optuna.Trial | None:
+    def _claim(self) -> list[optuna.Trial]:
+        """Up to ``pack`` trials (fewer near the end, so that workers finish together)."""
         with study_lock(self.stores.storage, self.spec.name):
             self.reap()
             trials = self.study.get_trials(deepcopy=False)
-            waiting = any(t.state == TrialState.WAITING for t in trials)
+            waiting = sum(t.state == TrialState.WAITING for t in trials)
             retried = retried_numbers(trials)
             counted = sum(t.state in COUNTED or (t.state == TrialState.FAIL and t.number not in retried)
                           for t in trials)
-            if not waiting and counted >= self.budget.n_trials:
-                return None
+            remaining = self.budget.n_trials - counted
+            n = min(self.pack, max(waiting, math.ceil(remaining / self.workers)))
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*Heartbeat.*")
-                return self.study.ask()
+                return [self.study.ask() for _ in range(n)]
 
     def reap(self) -> list[int]:
         """Fail and re-queue trials whose worker is gone; return their numbers.
@@ -267,8 +285,8 @@ class Worker:
             self.tracker.end_run(run_id, "KILLED", {"mlp_sweep.reason": reason})
         self.study.enqueue_trial(trial.params, user_attrs={RETRY_OF_ATTR: trial.number, "mlp_sweep.reason": reason})
 
-    def _heartbeat(self, trial: optuna.Trial):
-        return _Heartbeat(self.study._storage, trial._trial_id) if self.rdb else _NoHeartbeat()
+    def _heartbeat(self, trials: list[optuna.Trial]):
+        return _Heartbeat(self.study._storage, [t._trial_id for t in trials]) if self.rdb else _NoHeartbeat()
 
 
 class _NoHeartbeat:
@@ -280,44 +298,49 @@ class _NoHeartbeat:
 
 
 class _Heartbeat(threading.Thread):
-    """Records the trial's heartbeat every interval while it runs (RDB storages)."""
+    """Records the trials' heartbeats every interval while they run (RDB storages)."""
 
-    def __init__(self, storage, trial_id: int) -> None:
+    def __init__(self, storage, trial_ids: list[int]) -> None:
         super().__init__(daemon=True)
-        self.storage, self.trial_id, self.stop = storage, trial_id, threading.Event()
+        self.storage, self.trial_ids, self.stop = storage, trial_ids, threading.Event()
 
     def __enter__(self) -> None:
-        self.storage.record_heartbeat(self.trial_id)
+        self.beat()
         self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop.set()
         self.join()
 
+    def beat(self) -> None:
+        for trial_id in self.trial_ids:
+            self.storage.record_heartbeat(trial_id)
+
     def run(self) -> None:
         interval = self.storage.get_heartbeat_interval()
         while not self.stop.wait(interval):
-            self.storage.record_heartbeat(self.trial_id)
+            self.beat()
 
 
-def _worker_main(study_name: str, stores: Stores, budget: Budget, data_dir: str | None, seed_offset: int) -> None:
+def _worker_main(study_name: str, stores: Stores, budget: Budget, data_dir: str | None, seed_offset: int,
+                 workers: int, pack: bool) -> None:
     """Entry point of a local worker process: one BLAS thread, SIGTERM like Ctrl-C."""
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
     with stop_on_signals():
         try:
-            Worker(study_name, stores, budget, data_dir, seed_offset).run()
+            Worker(study_name, stores, budget, data_dir, seed_offset, workers=workers, pack=pack).run()
         except KeyboardInterrupt:
             pass
 
 
 def start_workers(study_name: str, stores: Stores, budget: Budget, data_dir: str | None,
-                  n: int) -> list[multiprocessing.Process]:
+                  n: int, pack: bool = True) -> list[multiprocessing.Process]:
     """Start n local worker processes (spawned: clean interpreters, one BLAS thread each)."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker_main, args=(study_name, stores, budget, data_dir, i), daemon=False,
+    procs = [ctx.Process(target=_worker_main, args=(study_name, stores, budget, data_dir, i, n, pack), daemon=False,
                          name=f"sweep-worker-{i}") for i in range(n)]
     for p in procs:
         p.start()
@@ -349,7 +372,7 @@ def progress_of(study: optuna.Study, total: int) -> Progress:
 
 
 def run_study(spec: StudySpec, stores: Stores, *, n_trials: int | None = None, timeout: float | None = None,
-              workers: int = 1, data_dir: str | None = None,
+              workers: int = 1, data_dir: str | None = None, pack: bool = True,
               on_progress: Callable[[Progress], None] | None = None, data_progress=None) -> optuna.Study:
     """Create or resume the study and run it to its budget with ``workers`` local processes.
 
@@ -361,15 +384,15 @@ def run_study(spec: StudySpec, stores: Stores, *, n_trials: int | None = None, t
     study, parent = create_or_resume(spec, stores)
     timeout = timeout if timeout is not None else spec.timeout
     budget = Budget(study_budget(spec, n_trials), None if timeout is None else time.monotonic() + timeout)
-    report = (lambda *_: on_progress(progress_of(study, budget.n_trials))) if on_progress else None
+    report = (lambda: on_progress(progress_of(study, budget.n_trials))) if on_progress else None
     status = "KILLED"
     try:
         with stop_on_signals():
             if workers == 1:
-                Worker(spec.name, stores, budget, data=data, on_trial=report).run()
+                Worker(spec.name, stores, budget, data=data, on_trial=report, pack=pack).run()
             else:
                 del data  # each worker loads its own copy
-                _supervise(start_workers(spec.name, stores, budget, data_dir, workers), report)
+                _supervise(start_workers(spec.name, stores, budget, data_dir, workers, pack), report)
             if STOP.is_set():
                 raise KeyboardInterrupt
         status = "FINISHED"

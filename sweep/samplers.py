@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from sweep.spec import PrunerSpec, StudySpec
 
 __all__ = [
-    "GRID_SAMPLERS", "PRUNERS", "SAMPLERS", "SINGLE_OBJECTIVE_SAMPLERS", "Option",
+    "GRID_SAMPLERS", "PACKABLE", "PRUNERS", "SAMPLERS", "SINGLE_OBJECTIVE_SAMPLERS", "Option",
     "build_pruner", "build_sampler", "grid_points", "grid_size", "pruner_options", "sampler_options",
 ]
 
@@ -43,8 +43,23 @@ class _BudgetStops:
         return None
 
 
+PACKABLE = ("eta", "lmbda")  # parameters that trials trained in one pack may differ in
+
+
 class GridSampler(_BudgetStops, optuna.samplers.GridSampler):
-    """Optuna's grid sampler, ended by the sweep's budget."""
+    """Optuna's grid sampler, ended by the sweep's budget, its points in packing order.
+
+    Optuna shuffles the grid; here trial numbers walk it with η and λ varying fastest,
+    so consecutive trials share their structure and train together (core.packed).
+    """
+
+    def __init__(self, search_space, seed=None) -> None:
+        super().__init__(search_space, seed=seed)
+        names = self._param_names  # Optuna's (sorted) order of a grid point's values
+        rank = [{v: i for i, v in enumerate(self._search_space[n])} for n in names]
+        slow = [i for i, n in enumerate(names) if n not in PACKABLE]
+        fast = [i for i, n in enumerate(names) if n in PACKABLE]
+        self._all_grids.sort(key=lambda point: tuple(rank[i][point[i]] for i in slow + fast))
 
 
 class BruteForceSampler(_BudgetStops, optuna.samplers.BruteForceSampler):

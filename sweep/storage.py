@@ -26,6 +26,8 @@ from sweep.tracking import redact
 DEFAULT_JOURNAL = "mlruns/optuna.journal"
 HEARTBEAT_INTERVAL = 5  # seconds between heartbeats of a running trial (RDB storages)
 GRACE_PERIOD = 20  # a trial silent this long is taken for dead
+CONNECT_TIMEOUT = 10  # seconds to reach a database server
+HEARTBEAT_ENV, GRACE_ENV = "MLP_SWEEP_HEARTBEAT", "MLP_SWEEP_GRACE"  # override both, in whole seconds
 RDB_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "mysql", "mysql+pymysql")
 
 
@@ -62,8 +64,54 @@ class StorageSpec:
                              f"(use a journal file path, sqlite:///FILE or postgresql://...)")
 
 
-def open_storage(spec: StorageSpec, heartbeat_callback: Callable | None = None) -> optuna.storages.BaseStorage:
-    """Open (creating if needed) the storage; UsageError if it cannot be reached."""
+def _seconds(name: str, default: int) -> int:
+    text = os.environ.get(name)
+    if text is None or not text.strip():
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UsageError(f"${name}={text!r}: must be a whole number of seconds, at least 1")
+    return value
+
+
+def heartbeat_settings() -> tuple[int, int]:
+    """Heartbeat interval and grace period (seconds) of RDB storages.
+
+    ``$MLP_SWEEP_HEARTBEAT`` sets the interval (then the grace defaults to 4 intervals),
+    ``$MLP_SWEEP_GRACE`` the grace period. Give every worker of a study the same values:
+    the grace period is applied by whichever worker finds a silent trial.
+    """
+    interval = _seconds(HEARTBEAT_ENV, HEARTBEAT_INTERVAL)
+    grace = _seconds(GRACE_ENV, 4 * interval if os.environ.get(HEARTBEAT_ENV, "").strip() else GRACE_PERIOD)
+    if grace <= interval:
+        raise UsageError(f"${GRACE_ENV}: the grace period ({grace} s) must be longer than the heartbeat "
+                         f"interval ({interval} s), or live workers would be taken for dead")
+    return interval, grace
+
+
+def _local_file(spec: StorageSpec) -> Path | None:
+    """The file of a journal or SQLite storage; None for servers and in-memory SQLite."""
+    if not spec.is_rdb:
+        return spec.journal_path
+    if spec.scheme == "sqlite":
+        path = spec.url.split(":///", 1)[1].split("?", 1)[0] if ":///" in spec.url else ""
+        return Path(path) if path and path != ":memory:" else None
+    return None
+
+
+def open_storage(spec: StorageSpec, heartbeat_callback: Callable | None = None, *,
+                 create: bool = True) -> optuna.storages.BaseStorage:
+    """Open the storage; UsageError if it cannot be reached.
+
+    ``create=False`` is for commands that only use existing studies: a journal or SQLite
+    file that does not exist is then an error, not created empty.
+    """
+    local = _local_file(spec)
+    if not create and local is not None and not local.exists():
+        raise UsageError(f"--storage: {local} does not exist (no study is stored there)")
     if not spec.is_rdb:
         path = spec.journal_path
         try:
@@ -71,12 +119,15 @@ def open_storage(spec: StorageSpec, heartbeat_callback: Callable | None = None) 
             return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
         except OSError as exc:
             raise UsageError(f"--storage: cannot open journal {path}: {exc.strerror or exc}") from None
+    interval, grace = heartbeat_settings()
+    engine_kwargs: dict = {"pool_pre_ping": True}
+    if spec.scheme.startswith("postgresql"):
+        engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}  # an unreachable host fails soon
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(spec.sqlalchemy_url, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD,
-                              heartbeat_stale_trial_callback=heartbeat_callback,
-                              engine_kwargs={"pool_pre_ping": True})
+            return RDBStorage(spec.sqlalchemy_url, heartbeat_interval=interval, grace_period=grace,
+                              heartbeat_stale_trial_callback=heartbeat_callback, engine_kwargs=engine_kwargs)
     except Exception as exc:  # SQLAlchemy raises many kinds; all mean "cannot use this database"
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"--storage: cannot open {redact(spec.url)}: {redact(reason)}") from None
@@ -121,7 +172,8 @@ def _engine(url: str):
     if url not in _ENGINES:
         import sqlalchemy
 
-        _ENGINES[url] = sqlalchemy.create_engine(url, pool_size=1, pool_pre_ping=True)
+        _ENGINES[url] = sqlalchemy.create_engine(url, pool_size=1, pool_pre_ping=True,
+                                                 connect_args={"connect_timeout": CONNECT_TIMEOUT})
     return _ENGINES[url]
 
 

@@ -89,14 +89,14 @@ def test_diverging_trial_is_pruned_with_its_reason_and_the_sweep_goes_on(workdir
 def test_a_failing_trial_becomes_fail_and_the_study_goes_on(workdir, monkeypatch):
     import sweep.objective
 
-    real = sweep.objective.train
+    real = sweep.objective.train_packed
 
-    def flaky(network, config, *args, **kwargs):
-        if config.batch_size == 20:
+    def flaky(network, configs, *args, **kwargs):  # grid trials differing in eta train as one pack
+        if configs[0].batch_size == 20:
             raise RuntimeError("simulated failure")
-        return real(network, config, *args, **kwargs)
+        return real(network, configs, *args, **kwargs)
 
-    monkeypatch.setattr(sweep.objective, "train", flaky)
+    monkeypatch.setattr(sweep.objective, "train_packed", flaky)
     assert run_cli("run", write_study(workdir / "tiny.toml")) == 0
     study = journal_study(workdir, "tiny")
     by_state = Counter(t.state for t in study.trials)
@@ -112,9 +112,9 @@ def test_ctrl_c_keeps_finished_trials_fails_the_running_one_and_a_later_run_cont
     proc = subprocess.Popen([sys.executable, "-m", "sweep", "run", str(study_file)], cwd=workdir,
                             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # wait until the second trial runs (a trial takes about 1.5 s)
+    while time.monotonic() < deadline:  # wait until the second pack (two trials: eta 0.1 and 0.2) runs
         journal = workdir / "mlruns" / "optuna.journal"
-        if journal.exists() and any(t.state == TrialState.RUNNING and t.number == 1
+        if journal.exists() and any(t.state == TrialState.RUNNING and t.number == 2
                                     for t in journal_study(workdir, "tiny").trials):
             break
         time.sleep(0.05)
@@ -125,16 +125,17 @@ def test_ctrl_c_keeps_finished_trials_fails_the_running_one_and_a_later_run_cont
     assert "interrupted" in err and "Traceback" not in err
     study = journal_study(workdir, "tiny")
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
-    assert len(failed) == 1 and failed[0].user_attrs["mlp_sweep.result"]["reason"] == "interrupted"
+    assert len(failed) == 2  # the pack that was running
+    assert all(t.user_attrs["mlp_sweep.result"]["reason"] == "interrupted" for t in failed)
     waiting = [t for t in study.trials if t.state == TrialState.WAITING]
-    assert len(waiting) == 1 and waiting[0].system_attrs["fixed_params"] == failed[0].params
-    assert waiting[0].user_attrs["mlp_sweep.retry_of"] == failed[0].number
+    assert sorted((t.user_attrs["mlp_sweep.retry_of"], t.system_attrs["fixed_params"]["eta"]) for t in waiting) == \
+        sorted((t.number, t.params["eta"]) for t in failed)
     killed = [r for r in child_runs(workdir, "tiny") if r.info.status == "KILLED"]
-    assert len(killed) == 1
+    assert len(killed) == 2
     assert not [r for r in child_runs(workdir, "tiny") if r.info.status == "RUNNING"]
     assert run_cli("run", study_file) == 0  # the later run finishes the grid, each point once
     assert Counter(points(journal_study(workdir, "tiny"))) == Counter(GRID)
-    assert Counter(r.info.status for r in child_runs(workdir, "tiny")) == {"FINISHED": 6, "KILLED": 1}
+    assert Counter(r.info.status for r in child_runs(workdir, "tiny")) == {"FINISHED": 6, "KILLED": 2}
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
@@ -147,3 +148,20 @@ def test_every_sampler_runs_a_few_trials(workdir, sampler):
     assert set(points(study)) <= GRID
     if sampler in ("grid", "bruteforce"):
         assert len(set(points(study))) == 3
+
+
+def test_packed_trials_give_the_same_results_as_trials_trained_alone(workdir):
+    study_file = write_study(workdir / "tiny.toml", epochs=3)
+    assert run_cli("run", study_file, "--no-tracking", "--no-report") == 0
+    alone = workdir / "alone.toml"
+    alone.write_text(study_file.read_text().replace('name = "tiny"', 'name = "alone"'))
+    assert run_cli("run", alone, "--no-tracking", "--no-report", "--no-pack") == 0
+    packed = {(t.params["batch_size"], t.params["eta"]): t for t in journal_study(workdir, "tiny").trials}
+    single = {(t.params["batch_size"], t.params["eta"]): t for t in journal_study(workdir, "alone").trials}
+    assert packed.keys() == single.keys() == GRID
+    for point, t in packed.items():
+        a = t.user_attrs["mlp_sweep.result"]["history"]
+        b = single[point].user_attrs["mlp_sweep.result"]["history"]
+        assert a["validation_accuracy"] == b["validation_accuracy"]
+        assert a["training_cost"] == pytest.approx(b["training_cost"], rel=1e-5)
+        assert t.value == single[point].value

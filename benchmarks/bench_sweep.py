@@ -1,0 +1,111 @@
+"""Wall time of the homework grid through ``sweep run``, beside the homework's own way.
+
+The grid is ``studies/homework-grid-mnist.toml``: 121 trials of [784, 15, 10], 10 epochs,
+5000 training and 1000 validation images of full MNIST, accuracies monitored every epoch.
+It runs as a person runs it (``sweep run``, fresh stores in a temp dir, no report) with
+tracking on and off and packing on and off. The reference trains a few of the same grid
+points per example (the homework's column vectors, data loaded once, training and
+validation accuracy evaluated every epoch) in this process; the ratio per trial compares
+it with the same trial's training time in the sweep, the overall ratio with the sweep's
+wall time for the whole grid (the reference's grid time is extrapolated from its points).
+
+    python benchmarks/bench_sweep.py [--workers 2] [--data-dir DIR] [--ref-points 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+
+from core.data import load_mnist
+from core.model import NetworkSpec, evaluate, init_params
+from core.reference import ReferenceNetwork
+from sweep.spec import load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = ROOT / "studies" / "homework-grid-mnist.toml"
+SHARED = ROOT.parent / "shared" / "data" / "mnist"
+
+
+def run_sweep(workdir: Path, workers: int, data_dir: Path, *flags: str) -> tuple[float, float]:
+    """Wall seconds of ``sweep run`` and the peak RSS (MB) of it or any worker."""
+    env = {**os.environ, "MNIST_DIR": str(data_dir)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "sweep", "run", str(STUDY), "--workers", str(workers), "--no-report",
+                    *flags], cwd=workdir, env=env, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    return wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def reference_trial(spec: NetworkSpec, data, batch_size: int, eta: float, epochs: int) -> float:
+    """Seconds for one grid point the homework's way: per example, accuracies every epoch."""
+    rng = np.random.default_rng(0)
+    net = ReferenceNetwork(spec, init_params(spec, rng))
+    X, Y = data.train.X, np.eye(10, dtype=np.float32)[data.train.y]
+    start = time.perf_counter()
+    for _ in range(epochs):
+        perm = rng.permutation(len(X))
+        for k in range(0, len(X), batch_size):
+            rows = perm[k:k + batch_size]
+            net.update_mini_batch(X[rows], Y[rows], eta, 0.0, len(X))
+        params = net.params()
+        evaluate(spec, params, data.train.X, data.train.y)  # the homework monitored both accuracies
+        evaluate(spec, params, data.validation.X, data.validation.y)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--data-dir", type=Path, default=SHARED)
+    parser.add_argument("--ref-points", type=int, default=3, help="grid points trained the reference way")
+    args = parser.parse_args()
+    spec = load_spec(STUDY)
+    print(f"{spec.name}: 121 trials, [784, 15, 10], 10 epochs, 5000/1000 images, {args.workers} workers")
+
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, flags in [("tracking, packing", ()), ("no tracking, packing", ("--no-tracking",)),
+                             ("tracking, no packing", ("--no-pack",)),
+                             ("no tracking, no packing", ("--no-tracking", "--no-pack"))]:
+            workdir = Path(tmp) / label.replace(", ", "-").replace(" ", "_")
+            workdir.mkdir()
+            wall, rss = run_sweep(workdir, args.workers, args.data_dir, *flags)
+            runs[label] = (wall, workdir)
+            print(f"  sweep run, {label:24} {wall:6.2f} s wall   (peak RSS so far {rss:.0f} MB)")
+        tracked, untracked = runs["tracking, packing"][0], runs["no tracking, packing"][0]
+        print(f"  tracking overhead: {tracked - untracked:+.2f} s = {100 * (tracked - untracked) / tracked:.1f} % "
+              f"of the sweep's wall time")
+
+        journal = runs["tracking, packing"][1] / "mlruns" / "optuna.journal"
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+        trials = optuna.load_study(study_name=spec.name, storage=storage).trials
+        data = load_mnist(args.data_dir, n_train=5000, n_validation=1000, n_test=1000)
+        network = NetworkSpec((784, 15, 10))
+        picks = [trials[i] for i in np.linspace(0, len(trials) - 1, args.ref_points).astype(int)]
+        print(f"\n  {'grid point':22} {'reference s':>12} {'sweep trial s':>14} {'ratio':>7}")
+        ref_times = []
+        for t in picks:
+            b, eta = t.params["batch_size"], t.params["eta"]
+            ref = reference_trial(network, data, b, eta, 10)
+            ours = t.user_attrs["mlp_sweep.result"]["metrics"]["training_seconds"]
+            ref_times.append(ref)
+            print(f"  batch {b:3} eta {eta:4.2f}       {ref:12.2f} {ours:14.3f} {ref / ours:6.0f}x")
+        ref_grid = float(np.mean(ref_times)) * 121
+        print(f"\n  reference grid (121 x mean of {len(picks)} points): {ref_grid:7.1f} s  "
+              f"(the homework's own run took 432 s)")
+        print(f"  sweep run, tracking and packing:            {tracked:7.2f} s  -> {ref_grid / tracked:5.0f}x overall")
+
+
+if __name__ == "__main__":
+    main()
