@@ -214,13 +214,13 @@ class Tracker:
 
     def start_trial(self, parent_run_id: str, trial_number: int, params: dict,
                     tags: dict | None = None) -> TrialRun:
-        """Open the trial's child run under the parent, with its params (values are str()-ed)."""
+        """Open the trial's child run under the parent; its params (values are str()-ed) go with the
+        first batch of metrics, so a short trial costs three writes: create, one batch, terminate."""
         tags = {PARENT_TAG: parent_run_id, STUDY_TAG: self.study_name, TRIAL_TAG: trial_number,
                 ROLE_TAG: "trial", **(tags or {})}
         run = _retry(self._client.create_run, self.experiment_id, run_name=f"trial-{trial_number:04d}",
                      tags=_strings(tags, _MAX_TAG_CHARS))
-        self._log_batch(run.info.run_id, params=params)
-        return TrialRun(self, run.info.run_id)
+        return TrialRun(self, run.info.run_id, params)
 
     def end_run(self, run_id: str, status: str, tags: dict | None = None) -> None:
         """End a run another process left open (a dead worker's trial) with an MLflow status and tags."""
@@ -242,9 +242,9 @@ class Tracker:
         _retry(self._client.log_artifacts, run_id, os.fspath(local_dir))
 
     def _end(self, run_id: str, status: str, metrics: Sequence[MetricRow] = (),
-             tags: dict | None = None) -> None:
-        """Last metrics and tags in as few calls as the limits allow, then the terminal status."""
-        self._log_batch(run_id, metrics, tags=tags)
+             tags: dict | None = None, params: dict | None = None) -> None:
+        """Last metrics, params and tags in as few calls as the limits allow, then the terminal status."""
+        self._log_batch(run_id, metrics, params=params, tags=tags)
         _retry(self._client.set_terminated, run_id, status)
 
     def _log_batch(self, run_id: str, metrics: Sequence[MetricRow] = (), params: dict | None = None,
@@ -261,9 +261,10 @@ class Tracker:
 class TrialRun:
     """One trial's child run; epoch metrics are buffered and sent at most every FLUSH_EVERY_S."""
 
-    def __init__(self, tracker: Tracker, run_id: str) -> None:
+    def __init__(self, tracker: Tracker, run_id: str, params: dict | None = None) -> None:
         self.run_id = run_id
         self._tracker = tracker
+        self._params = params  # sent with the first batch
         self._pending: list[MetricRow] = []
         self._sent_at = time.monotonic()
 
@@ -272,13 +273,13 @@ class TrialRun:
         values = {name: getattr(record, name) for name in CURVES}
         self._pending += _rows({**values, "epoch_seconds": record.seconds}, record.epoch)
         if time.monotonic() - self._sent_at >= FLUSH_EVERY_S:
-            self._tracker._log_batch(self.run_id, self._pending)
-            self._pending, self._sent_at = [], time.monotonic()
+            self._tracker._log_batch(self.run_id, self._pending, params=self._params)
+            self._pending, self._params, self._sent_at = [], None, time.monotonic()
 
     def finish(self, state: str, metrics: dict | None = None, tags: dict | None = None) -> None:
         """End the run: buffered epochs, final metrics and tags, then the status for Optuna's ``state``."""
         if state not in STATUS_FOR_STATE:
             raise ValueError(f"not a finished Optuna trial state: {state!r} (one of {list(STATUS_FOR_STATE)})")
         final = self._pending + _rows(metrics or {}, 0)
-        self._tracker._end(self.run_id, STATUS_FOR_STATE[state], final, tags)
-        self._pending = []
+        self._tracker._end(self.run_id, STATUS_FOR_STATE[state], final, tags, self._params)
+        self._pending, self._params = [], None
