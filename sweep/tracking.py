@@ -122,6 +122,19 @@ def _retry(call: Callable[..., T], *args, **kwargs) -> T:
         delay = min(2 * delay, 2.0)
 
 
+def _write_ahead_log(db: Path) -> None:
+    """Switch the SQLite store to write-ahead logging (it stays so; a no-op once done).
+
+    Commits then append to a log instead of rewriting pages, so each write holds the
+    database's lock far more briefly and concurrent workers wait less for one another.
+    """
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:
+        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            conn.execute("PRAGMA journal_mode=WAL")
+
+
 @contextlib.contextmanager
 def _exclusive(db: Path | None) -> Iterator[None]:
     """Hold a lock on the SQLite database's directory across processes (no-op for servers).
@@ -150,6 +163,8 @@ class Tracker:
         self._db = _sqlite_file(tracking_uri)
         with _exclusive(self._db):
             self._client = _retry(MlflowClient, tracking_uri)
+            if self._db is not None:
+                _write_ahead_log(self._db)
             self.experiment_id = self._experiment_id()
 
     def _experiment_id(self) -> str:
