@@ -20,7 +20,7 @@ import numpy as np
 
 from core.functions import ACTIVATIONS, COSTS
 from core.model import EVAL_CHUNK, NetworkSpec, Params, Workspace, init_params, one_hot
-from core.train import (CURVES, GATHER_ROWS, EpochCallback, EpochRecord, LabelledSet, NonFiniteError,
+from core.train import (CURVES, GATHER_ROWS, EpochCallback, EpochRecord, LabelledSet, NonFiniteError, monitored,
                         TrainConfig, TrainResult)
 
 PACKED_FIELDS = ("epochs", "batch_size", *(f"monitor_{curve}" for curve in CURVES))  # must agree
@@ -219,11 +219,7 @@ def _monitor(spec: NetworkSpec, config: TrainConfig, stack: Stack, training: Lab
              validation: LabelledSet | None, n: int, lmbda: np.ndarray) -> dict[str, list | None]:
     """What the (shared) config monitors after an epoch, for every network: curve → K values."""
     values: dict[str, list | None] = dict.fromkeys(CURVES)
-    for part, data in (("training", training), ("validation", validation)):
-        want_cost = getattr(config, f"monitor_{part}_cost")
-        want_acc = getattr(config, f"monitor_{part}_accuracy")
-        if data is None or not (want_cost or want_acc):
-            continue
+    for part, data, want_cost, want_acc in monitored(config, training, validation):
         costs, accuracies = evaluate_stack(spec, stack, data.X, data.y, lmbda, n, want_cost)
         values[f"{part}_cost"] = costs
         if want_acc:

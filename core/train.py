@@ -174,16 +174,21 @@ def train(spec: NetworkSpec, config: TrainConfig, training: LabelledSet,
     return TrainResult(params, tuple(history), False)
 
 
+def monitored(config: TrainConfig, training: LabelledSet, validation: LabelledSet | None):
+    """(part, data, want_cost, want_accuracy) for each part that the config monitors."""
+    for part, data in (("training", training), ("validation", validation)):
+        want_cost = getattr(config, f"monitor_{part}_cost")
+        want_acc = getattr(config, f"monitor_{part}_accuracy")
+        if data is not None and (want_cost or want_acc):
+            yield part, data, want_cost, want_acc
+
+
 def _monitor(spec: NetworkSpec, config: TrainConfig, params: Params, training: LabelledSet,
              validation: LabelledSet | None, n: int, epoch: int, seconds: float) -> EpochRecord:
     """Evaluate what the config monitors after an epoch."""
     start = time.perf_counter()
     values: dict[str, float | None] = dict.fromkeys(CURVES)
-    for part, data in (("training", training), ("validation", validation)):
-        want_cost = getattr(config, f"monitor_{part}_cost")
-        want_acc = getattr(config, f"monitor_{part}_accuracy")
-        if data is None or not (want_cost or want_acc):
-            continue
+    for part, data, want_cost, want_acc in monitored(config, training, validation):
         with np.errstate(all="ignore"):
             cost, accuracy = evaluate(spec, params, data.X, data.y, config.lmbda, n)
         if want_cost:

@@ -6,22 +6,13 @@ import pytest
 import core.packed
 from core.model import NetworkSpec, Workspace, evaluate, init_params, with_ones
 from core.packed import Stack, can_pack, evaluate_stack, train_packed
+from tests.core.toy import toy_data as _data
 from core.train import CURVES, NonFiniteError, TrainConfig, train
 
 SPECS = [NetworkSpec((20, 9, 7, 4)), NetworkSpec((20, 9, 7, 4), "sigmoid", "quadratic")]
 SPEC_IDS = ["relu-ce-2hidden", "sigmoid-quad-2hidden"]
 
 
-class Set:
-    def __init__(self, X, y):
-        self.X, self.y = X, y
-
-
-def _data(n=203, d=20, k=4, seed=0, dtype=np.float32):
-    """n examples with learnable labels; 203 leaves a short last batch at batch size 10."""
-    rng = np.random.default_rng(seed)
-    X = rng.random((n, d)).astype(dtype)
-    return Set(X, X[:, :k].argmax(axis=1).astype(np.int64))
 
 
 def _configs(k, epochs=4, batch_size=10, **kwargs):

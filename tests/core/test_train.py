@@ -5,19 +5,10 @@ import pytest
 
 from core.model import NetworkSpec, init_params
 from core.reference import reference_train
+from tests.core.toy import toy_data as _data
 from core.train import NonFiniteError, TrainConfig, train
 
 
-class Set:
-    def __init__(self, X, y):
-        self.X, self.y = X, y
-
-
-def _data(n=203, d=20, k=4, seed=0, dtype=np.float32):
-    rng = np.random.default_rng(seed)
-    X = rng.random((n, d)).astype(dtype)
-    y = (X[:, :k].argmax(axis=1)).astype(np.int64)  # learnable labels
-    return Set(X, y)
 
 
 @pytest.mark.parametrize("spec", [NetworkSpec((20, 8, 4)), NetworkSpec((20, 9, 7, 4), "sigmoid", "quadratic")],
