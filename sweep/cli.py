@@ -143,14 +143,16 @@ def _write_report(study, stores, out_dir: Path, **options) -> None:
     """Write the report, print its summary, log it to the study's MLflow parent run."""
     from sweep.report import write_report
     from sweep.runner import PARENT_ATTR
-    from sweep.tracking import Tracker
+    from sweep.tracking import Tracker, check_reachable
 
+    parent = study.user_attrs.get(PARENT_ATTR)
+    if stores.tracking_uri and parent:
+        check_reachable(stores.tracking_uri)  # before any report file is written
     result = write_report(study, out_dir, **options)
     if result.region is not None:
         click.echo(result.region.summary())
     for name, why in result.skipped.items():
         click.echo(f"left out {name}: {why}")
-    parent = study.user_attrs.get(PARENT_ATTR)
     if stores.tracking_uri and parent:
         Tracker(stores.tracking_uri, study.study_name).log_artifacts(parent, result.out_dir)
     click.echo(f"Reports: {len(result.files)} files in {result.out_dir}"

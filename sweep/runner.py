@@ -28,7 +28,7 @@ from sweep.objective import RESULT_ATTR, RUN_ATTR, WORKER_ATTR, TrialRunner, is_
 from sweep.samplers import GRID_SAMPLERS, PACKABLE, build_pruner, build_sampler, grid_points, grid_size
 from sweep.spec import StudySpec, parse_spec, spec_to_dict
 from sweep.storage import StorageSpec, open_storage, redact, study_lock
-from sweep.tracking import Tracker
+from sweep.tracking import Tracker, check_reachable
 
 SPEC_ATTR = "mlp_sweep.spec"
 PARENT_ATTR = "mlp_sweep.parent_run_id"
@@ -106,6 +106,8 @@ def _unchanged(stored: dict, given: dict) -> list[str]:
 
 def create_or_resume(spec: StudySpec, stores: Stores) -> tuple[optuna.Study, str | None]:
     """Create the study (or find it again) and its MLflow parent run; return both."""
+    if stores.tracking_uri is not None:
+        check_reachable(stores.tracking_uri)  # before the study is stored
     storage = open_storage(stores.storage)
     kwargs = {"storage": storage, "study_name": spec.name, "sampler": build_sampler(spec),
               "pruner": build_pruner(spec)}
@@ -145,7 +147,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def load_stored_study(name: str, stores: Stores, seed_offset: int = 0,
                       heartbeat_callback: Callable | None = None) -> tuple[optuna.Study, StudySpec]:
     """Open an existing study by name with the settings stored in it."""
-    storage = open_storage(stores.storage, heartbeat_callback)
+    storage = open_storage(stores.storage, heartbeat_callback, create=False)
     names = optuna.get_all_study_names(storage)
     if name not in names:
         known = ", ".join(sorted(names)) or "none"

@@ -153,6 +153,36 @@ def _exclusive(db: Path | None) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def check_reachable(tracking_uri: str, timeout: float = 10.0) -> None:
+    """UsageError at once when a tracking server or database does not answer.
+
+    MLflow itself retries a refused connection for minutes before it gives up.
+    """
+    scheme = tracking_uri.split("://", 1)[0].lower() if "://" in tracking_uri else ""
+    try:
+        if scheme in ("http", "https"):
+            import urllib.error
+            import urllib.request
+
+            try:
+                urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout).close()
+            except urllib.error.HTTPError:
+                pass  # it answered (perhaps asking for credentials): reachable
+        elif scheme.split("+")[0] in ("postgresql", "mysql", "mssql"):
+            import sqlalchemy
+
+            args = {"connect_timeout": int(timeout)} if scheme.startswith("postgresql") else {}
+            engine = sqlalchemy.create_engine(tracking_uri, poolclass=sqlalchemy.pool.NullPool, connect_args=args)
+            try:
+                engine.connect().close()
+            finally:
+                engine.dispose()
+    except Exception as exc:  # urllib, socket, SQLAlchemy and driver errors all mean "cannot use it"
+        reason = str(getattr(exc, "reason", None) or exc).strip().splitlines()
+        raise UsageError(f"--tracking-uri: cannot reach {redact(tracking_uri)}: "
+                         f"{redact(reason[0]) if reason else type(exc).__name__}") from None
+
+
 class Tracker:
     """MLflow tracking for one study: one experiment, one parent run, one child run per trial."""
 
@@ -160,6 +190,7 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         self.tracking_uri, self.study_name = tracking_uri, study_name
+        check_reachable(tracking_uri)
         self._db = _sqlite_file(tracking_uri)
         with _exclusive(self._db):
             self._client = _retry(MlflowClient, tracking_uri)
