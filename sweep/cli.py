@@ -271,22 +271,34 @@ def list_studies(storage) -> None:
                    f"{count['FAIL']:6} {count['RUNNING']:7}  {best}")
 
 
-@cli.command()
-@tracking_option
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
-@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True, help="Port to listen on.")
-@click.option("--expose", is_flag=True,
-              help="Allow binding to an address other than loopback (anyone who can reach it can read "
-                   "and change every run).")
-def ui(tracking_uri, host, port, expose) -> None:
-    """Open the MLflow UI over the project's tracking store (loopback only unless --expose)."""
+def ui_command(tracking_uri: str, host: str | None = None, port: int = 5000,
+               expose: bool = False) -> tuple[list[str], dict[str, str]]:
+    """The command ``sweep ui`` runs and the environment variables it adds.
+
+    It binds to loopback unless ``expose`` (then to every interface if no host is given).
+    The store's URI goes through the environment, not the command line that ``ps`` shows
+    to every local user, so that a password in it stays private.
+    """
+    host = host or ("0.0.0.0" if expose else "127.0.0.1")
     if host not in LOOPBACK and not expose:
         raise UsageError(f"--host {host}: the UI has no authentication; add --expose to bind beyond loopback")
-    uri = tracking_uri or default_tracking_uri()
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-    click.echo(f"MLflow UI on http://{host}:{port} (Ctrl-C to stop)")
+    argv = [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port), "--workers", "1"]
+    return argv, {"MLFLOW_BACKEND_STORE_URI": tracking_uri}
+
+
+@cli.command()
+@tracking_option
+@click.option("--host", help="Interface to bind [default: 127.0.0.1; with --expose: 0.0.0.0].")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True, help="Port to listen on.")
+@click.option("--expose", is_flag=True,
+              help="Listen beyond loopback (on 0.0.0.0 unless --host says where): anyone who can reach it "
+                   "can read and change every run.")
+def ui(tracking_uri, host, port, expose) -> None:
+    """Open the MLflow UI over the project's tracking store (loopback only unless --expose)."""
+    argv, env = ui_command(tracking_uri or default_tracking_uri(), host, port, expose)
+    click.echo(f"MLflow UI on http://{argv[argv.index('--host') + 1]}:{port} (Ctrl-C to stop)")
     try:
-        raise SystemExit(subprocess.call(cmd))
+        raise SystemExit(subprocess.call(argv, env={**os.environ, **env}))
     except KeyboardInterrupt:
         raise SystemExit(0) from None
 
