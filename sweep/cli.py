@@ -234,12 +234,12 @@ def worker(study_name, storage, tracking_uri, no_tracking, n_trials, timeout, da
 
     from threadpoolctl import threadpool_limits
 
-    from sweep.runner import Budget, Worker, load_stored_study, study_budget
+    from sweep.runner import Budget, Worker, load_stored_study, stop_on_signals, study_budget
 
     stores = _stores(storage, tracking_uri, no_tracking)
     _, spec = load_stored_study(study_name, stores)
     budget = Budget(study_budget(spec, n_trials), None if timeout is None else time.monotonic() + timeout)
-    with threadpool_limits(1):
+    with threadpool_limits(1), stop_on_signals():  # SIGTERM, like Ctrl-C: stop at the next epoch's end
         ran = Worker(study_name, stores, budget, data_dir).run()
     click.echo(f"worker ran {ran} trials of {study_name}")
 
