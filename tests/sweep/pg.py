@@ -1,0 +1,367 @@
+"""Helpers for sweeps across processes: PostgreSQL databases, an MLflow server, workers, checks.
+
+Fixtures (import them into a test module to use them):
+
+* ``pg_databases``: a factory of fresh PostgreSQL databases for one test, all dropped
+  afterwards (``DROP DATABASE ... WITH (FORCE)``, so leftover connections do not block it).
+  The test is skipped, with the reason, when no server answers at ``$MLP_SWEEP_TEST_PG``
+  (default ``postgresql://postgres@127.0.0.1:5432/postgres``).
+* ``mlflow_server``: a real ``mlflow server`` process on a free loopback port, with its own
+  PostgreSQL database and a temporary artifact directory; one per test module.
+
+Everything else here is plain functions: the ``sweep`` launcher as a real process, the
+stores read back, and the checks that Optuna and MLflow agree.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Iterator
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+ADMIN_URL = os.environ.get("MLP_SWEEP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+CURVE_NAMES = ("training_cost", "training_accuracy", "validation_cost", "validation_accuracy")
+SWEEP = [sys.executable, "-m", "sweep"]
+QUIET = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+         "MLFLOW_LOGGING_LEVEL": "WARNING", "GIT_PYTHON_REFRESH": "quiet", "OPENBLAS_NUM_THREADS": "1",
+         "PYTHONWARNINGS": "ignore"}
+
+_UNREACHABLE: list[str] = []  # the reason, once the server was found unreachable
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------
+
+def _admin():
+    """An autocommit connection to the maintenance database; skips the test when there is none."""
+    if _UNREACHABLE:
+        pytest.skip(_UNREACHABLE[0])
+    try:
+        import psycopg2
+    except ImportError:
+        _UNREACHABLE.append("psycopg2 is not installed (pip install '.[test]'): PostgreSQL tests skipped")
+        pytest.skip(_UNREACHABLE[0])
+    try:
+        conn = psycopg2.connect(ADMIN_URL, connect_timeout=3)
+    except psycopg2.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        _UNREACHABLE.append(f"no PostgreSQL server at {ADMIN_URL.rsplit('@', 1)[-1]} ({first}); "
+                            f"set MLP_SWEEP_TEST_PG to a superuser URL to run these tests")
+        pytest.skip(_UNREACHABLE[0])
+    conn.autocommit = True
+    return conn
+
+
+def database_url(name: str, password: str | None = None, driver: str = "postgresql") -> str:
+    """The URL of database ``name`` on the test server, as the admin URL's user."""
+    base, _ = ADMIN_URL.rsplit("/", 1)
+    scheme, rest = base.split("://", 1)
+    if password is not None:
+        userinfo, host = rest.rsplit("@", 1)
+        rest = f"{userinfo.split(':', 1)[0]}:{password}@{host}"
+    return f"{driver}://{rest}/{name}"
+
+
+def create_database(prefix: str = "mlpsweep_test") -> str:
+    """Create a fresh, uniquely named database; return its name."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    conn = _admin()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        conn.close()
+    return name
+
+
+def drop_database(name: str) -> None:
+    conn = _admin()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        conn.close()
+
+
+def database_exists(name: str) -> bool:
+    conn = _admin()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            return cur.fetchone() is not None
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def pg_databases() -> Iterator[Callable[[], str]]:
+    """``new()`` makes a fresh database and returns its name; all of them are dropped afterwards."""
+    _admin().close()  # skip now, before the test starts anything, if there is no server
+    made: list[str] = []
+
+    def new() -> str:
+        made.append(create_database())
+        return made[-1]
+
+    yield new
+    for name in made:
+        drop_database(name)
+    assert not [name for name in made if database_exists(name)]
+
+
+def study_ready(url: str, name: str) -> bool:
+    """Whether ``sweep run`` has finished creating the study (its parent run is recorded last).
+
+    Read with plain SQL: opening an Optuna storage here would create its tables, racing the run.
+    """
+    import psycopg2
+
+    try:
+        conn = psycopg2.connect(url.replace("+psycopg2", ""), connect_timeout=3)
+    except psycopg2.Error:
+        return False
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM studies s JOIN study_user_attributes a ON a.study_id = s.study_id "
+                        "WHERE s.study_name = %s AND a.key = 'mlp_sweep.parent_run_id'", (name,))
+            return cur.fetchone() is not None
+    except psycopg2.Error:  # no tables yet
+        return False
+    finally:
+        conn.close()
+
+
+# --- an MLflow tracking server --------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_http(url: str, proc: subprocess.Popen, timeout: float = 90) -> bytes:
+    """GET url until it answers 200 (the body is returned); fail if proc dies or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return response.read()
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} did not answer within {timeout} s")
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+    """Stop a process started with start_new_session=True and every process of its group,
+    waiting until all of them are gone (SIGKILL after ``timeout``)."""
+    if _group_alive(proc.pid):
+        os.killpg(proc.pid, sig)
+    deadline = time.monotonic() + timeout
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        proc.poll()  # reap the leader, so that it does not linger as a zombie
+        time.sleep(0.1)
+    if _group_alive(proc.pid):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=timeout)
+
+
+class MlflowServer:
+    def __init__(self, uri: str, artifacts: Path, backend_db: str) -> None:
+        self.uri, self.artifacts, self.backend_db = uri, artifacts, backend_db
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory) -> Iterator[MlflowServer]:
+    """``mlflow server`` on 127.0.0.1 with a PostgreSQL backend; artifacts served from a temp dir."""
+    _admin().close()
+    db = create_database("mlpsweep_mlflow")
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+           database_url(db, driver="postgresql+psycopg2"), "--artifacts-destination", str(root / "artifacts"),
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    log = open(root / "server.log", "wb")
+    proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, **QUIET})
+    try:
+        body = wait_for_http(f"http://127.0.0.1:{port}/health", proc)
+        assert body.strip() == b"OK"
+        yield MlflowServer(f"http://127.0.0.1:{port}", root / "artifacts", db)
+    finally:
+        stop_group(proc)
+        log.close()
+        drop_database(db)
+
+
+# --- the launcher as real processes -----------------------------------------------------------
+
+def start_sweep(*args, cwd: Path, env: dict | None = None, hostname: str | None = None) -> subprocess.Popen:
+    """``sweep ARGS`` as a real process in its own session (so signals reach only it).
+
+    ``hostname``: run it in a new UTS namespace under that host name, as if it ran on
+    another machine (needs ``unshare``, i.e. root); its process id is the worker's.
+    """
+    cmd = [*SWEEP, *map(str, args)]
+    if hostname is not None:
+        cmd = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', hostname, *cmd]
+    return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env={**os.environ, **QUIET, **(env or {})})
+
+
+def can_fake_a_host() -> str | None:
+    """None if ``unshare --uts`` works here, else why not."""
+    try:
+        done = subprocess.run(["unshare", "--uts", "sh", "-c", "hostname other-machine && hostname"],
+                              capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"cannot run unshare: {exc}"
+    if done.returncode != 0 or done.stdout.strip() != "other-machine":
+        return f"unshare --uts does not work here (needs root): {done.stderr.strip()}"
+    return None
+
+
+def finish(proc: subprocess.Popen, timeout: float = 180) -> tuple[int, str, str]:
+    """Wait for a process; return its exit code, stdout and stderr."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop_group(proc, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"{proc.args} did not finish within {timeout} s:\n{out}\n{err}")
+    return proc.returncode, out, err
+
+
+# --- reading the stores back --------------------------------------------------------------------
+
+_READERS: dict[str, optuna.storages.RDBStorage] = {}
+
+
+def rdb_study(url: str, name: str) -> optuna.Study:
+    """A study on an RDB storage, opened without heartbeats (a reader, not a worker)."""
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg2://" + url.split("://", 1)[1]
+    if url not in _READERS:  # one engine per database, however often a test polls
+        _READERS[url] = optuna.storages.RDBStorage(url, engine_kwargs={"poolclass": _null_pool()})
+    return optuna.load_study(study_name=name, storage=_READERS[url])
+
+
+def _null_pool():
+    from sqlalchemy.pool import NullPool
+
+    return NullPool  # no connection outlives a call, so the database can be dropped at once
+
+
+def journal(path: Path, name: str) -> optuna.Study:
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def trial_runs(tracking_uri: str, name: str) -> list:
+    """The study's child runs (one per trial), all statuses."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    assert experiment is not None, f"no MLflow experiment {name!r}"
+    runs = client.search_runs([experiment.experiment_id], max_results=5000)
+    return [r for r in runs if r.data.tags.get("mlp_sweep.role") == "trial"]
+
+
+def grid_point(trial) -> tuple:
+    return tuple(sorted((k, round(v, 9) if isinstance(v, float) else v) for k, v in trial.params.items()))
+
+
+def by_state(study: optuna.Study) -> dict[str, int]:
+    return dict(Counter(t.state.name for t in study.get_trials(deepcopy=False)))
+
+
+def check_grid_done(study: optuna.Study, n_points: int) -> None:
+    """Every grid point COMPLETE exactly once; nothing left RUNNING or WAITING."""
+    trials = study.get_trials(deepcopy=False)
+    complete = Counter(grid_point(t) for t in trials if t.state == TrialState.COMPLETE)
+    assert len(complete) == n_points, f"{len(complete)} of {n_points} points complete"
+    assert set(complete.values()) == {1}, f"repeated points: {[p for p, n in complete.items() if n > 1]}"
+    assert not [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+def check_retries(study: optuna.Study) -> list:
+    """Every FAIL trial was queued again once, with the same parameters, and that copy ran.
+
+    Returns the failed trials.
+    """
+    trials = study.get_trials(deepcopy=False)
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    copies = {}
+    for t in trials:
+        if "mlp_sweep.retry_of" in t.user_attrs:
+            assert t.user_attrs["mlp_sweep.retry_of"] not in copies, "a trial was queued again twice"
+            copies[t.user_attrs["mlp_sweep.retry_of"]] = t
+    assert set(copies) == {t.number for t in failed}
+    for t in failed:
+        copy = copies[t.number]
+        assert copy.params == t.params and copy.number > t.number
+        assert copy.state in (TrialState.COMPLETE, TrialState.FAIL)
+    return failed
+
+
+def check_agreement(study: optuna.Study, runs: list, epochs: int, client=None) -> Counter:
+    """Optuna and MLflow agree: one run per started trial, its status from the trial's state.
+
+    COMPLETE -> FINISHED with every epoch of every curve (when ``client`` is given),
+    PRUNED -> KILLED, FAIL -> KILLED when it was interrupted and queued again (else FAILED),
+    nothing RUNNING. Returns the run statuses counted.
+    """
+    retried = {t.user_attrs["mlp_sweep.retry_of"] for t in study.get_trials(deepcopy=False)
+               if "mlp_sweep.retry_of" in t.user_attrs}
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+    run_of = {r.info.run_id: r for r in runs}
+    assert len(runs) == len(run_of) == len(trials), f"{len(runs)} runs for {len(trials)} trials"
+    assert sorted(int(r.data.tags["mlp_sweep.trial"]) for r in runs) == sorted(t.number for t in trials)
+    for t in trials:
+        run = run_of[t.user_attrs["mlp_sweep.run_id"]]
+        assert int(run.data.tags["mlp_sweep.trial"]) == t.number
+        expected = {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}.get(
+            t.state.name, "KILLED" if t.number in retried else "FAILED")
+        assert run.info.status == expected, (t.number, t.state, run.info.status)
+        if t.state == TrialState.COMPLETE:
+            assert {k: float(run.data.params[k]) for k in t.params} == {k: float(v) for k, v in t.params.items()}
+            if client is not None:
+                for curve in CURVE_NAMES:
+                    steps = [m.step for m in client.get_metric_history(run.info.run_id, curve)]
+                    assert sorted(steps) == list(range(1, epochs + 1)), (t.number, curve, steps)
+            assert len(t.user_attrs["mlp_sweep.result"]["history"]["epoch"]) == epochs
+    return Counter(r.info.status for r in runs)
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str, every: float = 0.05):
+    """Poll until condition() is truthy; return its value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

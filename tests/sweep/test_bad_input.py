@@ -1,0 +1,252 @@
+"""Bad input beyond study files (those are in test_cli.py): one line, exit 2, nothing stored changes.
+
+Unreachable databases and tracking servers, studies that do not exist, missing or damaged
+MNIST files, report directories that cannot be written (read-only or full file systems)
+and bad heartbeat settings. Every case runs the launcher in this process, checks that it
+printed exactly one line naming the problem (no traceback) and exited with 2, and that
+the stores under ./mlruns are byte-for-byte as before (size and mtime of every file).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sweep.runner import Stores, create_or_resume
+from sweep.spec import load_spec
+from sweep.storage import StorageSpec
+from tests.sweep.conftest import run_cli, tree_snapshot, write_study
+from tests.sweep.pg import database_url, free_port, pg_databases
+
+__all__ = ["pg_databases"]  # a fixture, imported for pytest
+
+UNREACHABLE_PG = "postgresql://nobody:secret@127.0.0.1:1/none"
+MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+               "t10k-labels-idx1-ubyte.gz")
+
+
+def one_line_error(capsys) -> str:
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert "Traceback" not in captured.err + captured.out
+    assert lines[0].startswith("sweep"), lines[0]
+    return lines[0]
+
+
+def refused(capsys, *args) -> str:
+    """Run ``sweep ARGS``; it must exit 2 with one line on stderr, which is returned."""
+    capsys.readouterr()
+    assert run_cli(*args) == 2
+    return one_line_error(capsys)
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """A workdir with stored studies: "tiny" (2 trials run) and "full" (on MNIST, created, not run)."""
+    root = tmp_path_factory.mktemp("stored")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        assert run_cli("run", write_study(root / "tiny.toml", epochs=1), "--n-trials", 2, "--no-report") == 0
+        text = write_study(root / "full.toml", name="full", epochs=1).read_text()
+        (root / "full.toml").write_text(text.replace('"mnist-5k"', '"mnist"'))
+        stores = Stores(StorageSpec(str(root / "mlruns" / "optuna.journal")),
+                        f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+        create_or_resume(load_spec(root / "full.toml"), stores)
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+@pytest.fixture
+def stored(workdir, template):
+    """The template copied into this test's workdir; yields, then checks ./mlruns is unchanged."""
+    shutil.copytree(template, workdir, dirs_exist_ok=True)
+    before = stored_files(workdir)
+    assert before
+    yield workdir
+    assert stored_files(workdir) == before
+
+
+def stored_files(workdir: Path) -> dict:
+    """tree_snapshot of ./mlruns less SQLite's ``-shm`` index, which any reader of a WAL database
+    rewrites (it holds no data: SQLite rebuilds it from the database and its ``-wal`` file)."""
+    return {path: stat for path, stat in tree_snapshot(workdir / "mlruns").items() if not path.endswith("-shm")}
+
+
+# --- unreachable databases and servers -----------------------------------------------------
+
+def closed_port_url() -> str:
+    return f"http://127.0.0.1:{free_port()}"  # nothing listens there
+
+
+@pytest.mark.parametrize("args", [
+    ["worker", "--study", "tiny", "--storage", UNREACHABLE_PG],
+    ["report", "tiny", "--storage", UNREACHABLE_PG],
+    ["refine", "tiny", "--storage", UNREACHABLE_PG],
+    ["list", "--storage", UNREACHABLE_PG],
+], ids=["worker", "report", "refine", "list"])
+def test_an_unreachable_optuna_database(stored, capsys, args):
+    line = refused(capsys, *args)
+    assert "--storage: cannot open postgresql://nobody:***@127.0.0.1:1/none" in line and "refused" in line
+    assert "secret" not in line
+
+
+@pytest.mark.parametrize("command", ["run", "worker", "report"])
+@pytest.mark.parametrize("kind", ["server", "database"])
+def test_an_unreachable_tracking_store_stops_before_anything_is_stored(stored, capsys, command, kind):
+    uri = closed_port_url() if kind == "server" else "postgresql+psycopg2://nobody:secret@127.0.0.1:1/none"
+    args = {"run": ["run", "tiny.toml", "--n-trials", 3], "worker": ["worker", "--study", "tiny", "--n-trials", 3],
+            "report": ["report", "tiny", "--out", stored / "rep"]}[command]
+    line = refused(capsys, *args, "--tracking-uri", uri)
+    assert "--tracking-uri" in line and "cannot reach" in line and "secret" not in line
+    assert not (stored / "rep").exists()
+
+
+# --- studies that do not exist -------------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["worker", "report", "refine"])
+@pytest.mark.parametrize("where", ["missing-journal", "missing-sqlite"])
+def test_a_storage_file_that_does_not_exist_is_not_created(stored, capsys, command, where):
+    path = stored / "elsewhere" / ("optuna.journal" if where == "missing-journal" else "optuna.db")
+    storage = str(path) if where == "missing-journal" else f"sqlite:///{path}"
+    args = {"worker": ["worker", "--study", "tiny"], "report": ["report", "tiny"], "refine": ["refine", "tiny"]}
+    line = refused(capsys, *args[command], "--storage", storage, "--no-tracking")
+    assert f"{path} does not exist" in line
+    assert not (stored / "elsewhere").exists()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("command", ["worker", "report", "refine"])
+def test_a_study_that_does_not_exist_on_postgresql(stored, capsys, pg_databases, command):
+    storage = database_url(pg_databases())
+    assert run_cli("list", "--storage", storage) == 0  # an empty study database
+    args = {"worker": ["worker", "--study", "nope"], "report": ["report", "nope"], "refine": ["refine", "nope"]}
+    line = refused(capsys, *args[command], "--storage", storage)
+    assert "no study named 'nope'" in line and "(studies there: none)" in line
+    capsys.readouterr()
+    assert run_cli("list", "--storage", storage) == 0
+    assert "no studies yet" in capsys.readouterr().out
+
+
+# --- missing or damaged data files ---------------------------------------------------------
+
+def damage(directory: Path, mnist_dir: Path, how: str) -> str:
+    """Copy the MNIST files into directory, damage one as told; return the phrase the error must hold."""
+    directory.mkdir()
+    for name in MNIST_FILES:
+        shutil.copyfile(mnist_dir / name, directory / name)
+    images, labels = directory / MNIST_FILES[0], directory / MNIST_FILES[1]
+    if how == "truncated":
+        images.write_bytes(images.read_bytes()[: 100_000])
+        return "truncated gzip data"
+    if how == "flipped-bytes":
+        data = bytearray(images.read_bytes())
+        for i in range(len(data) // 2, len(data) // 2 + 64):
+            data[i] ^= 0xFF
+        images.write_bytes(bytes(data))
+        return "train-images-idx3-ubyte.gz"
+    if how == "not-gzip":
+        images.write_text("<html>404 Not Found</html>\n")
+        return "corrupt gzip data"
+    if how == "empty":
+        images.write_bytes(b"")
+        return "train-images-idx3-ubyte.gz"
+    if how == "swapped":  # labels where the images should be: a valid file, of the wrong kind
+        shutil.copyfile(labels, images)
+        return "wrong magic number"
+    if how == "wrong-content":  # well-formed IDX images, but not MNIST's
+        raw = bytearray(gzip.decompress((mnist_dir / MNIST_FILES[2]).read_bytes()))
+        raw[4:8] = (60000).to_bytes(4, "big")
+        images.write_bytes(gzip.compress(bytes(raw[:16]) + bytes(raw[16:]) * 6, compresslevel=1))
+        return "SHA-256 mismatch"
+    if how == "missing":
+        labels.unlink()
+        return "train-labels-idx1-ubyte.gz: no such file"
+    raise ValueError(how)
+
+
+DAMAGE = ["truncated", "flipped-bytes", "not-gzip", "empty", "swapped", "wrong-content", "missing"]
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+def test_damaged_mnist_files_stop_a_run_before_anything_is_stored(stored, capsys, mnist_dir, how):
+    phrase = damage(stored / "data", mnist_dir, how)
+    line = refused(capsys, "run", "full.toml", "--data-dir", stored / "data")
+    assert phrase in line, line
+
+
+@pytest.mark.parametrize("how", ["truncated", "missing"])
+def test_damaged_mnist_files_stop_a_worker_joining_a_study(stored, capsys, mnist_dir, how):
+    phrase = damage(stored / "data", mnist_dir, how)
+    line = refused(capsys, "worker", "--study", "full", "--data-dir", stored / "data")
+    assert phrase in line
+
+
+# --- report directories that cannot be written -----------------------------------------------
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """``mount(options)``: a tiny tmpfs at a new directory (unmounted afterwards); skip if not root."""
+    mounted: list[Path] = []
+
+    def mount(options: str) -> Path:
+        where = tmp_path / f"tmpfs{len(mounted)}"
+        where.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+def test_a_report_under_a_regular_file(stored, capsys):
+    (stored / "plain-file").write_text("not a directory\n")
+    line = refused(capsys, "report", "tiny", "--out", stored / "plain-file" / "report")
+    assert f"cannot write reports to {stored / 'plain-file' / 'report'}: Not a directory" in line
+    line = refused(capsys, "report", "tiny", "--out", stored / "plain-file")
+    assert f"--out': Directory '{stored / 'plain-file'}' is a file" in line
+    assert (stored / "plain-file").read_text() == "not a directory\n"
+
+
+def test_a_report_on_a_read_only_file_system(stored, capsys, tmpfs):
+    read_only = tmpfs("ro,size=64k")  # read-only even for root
+    line = refused(capsys, "report", "tiny", "--out", read_only / "tiny")
+    assert f"cannot write reports to {read_only / 'tiny'}: Read-only file system" in line
+
+
+def test_a_report_on_a_full_disk_leaves_the_previous_report_as_it_was(stored, capsys, tmpfs):
+    full = tmpfs("size=64k")  # the report's plots need more than that
+    (full / "tiny").mkdir()
+    (full / "tiny" / "trials.csv").write_text("the previous report\n")
+    line = refused(capsys, "report", "tiny", "--out", full / "tiny")
+    assert f"cannot write reports to {full / 'tiny'}: No space left on device" in line
+    assert [p.name for p in (full / "tiny").iterdir()] == ["trials.csv"]  # no half-written files left
+    assert (full / "tiny" / "trials.csv").read_text() == "the previous report\n"
+
+
+# --- settings from the environment -------------------------------------------------------------
+
+@pytest.mark.parametrize("env, phrase", [
+    ({"MLP_SWEEP_HEARTBEAT": "soon"}, "$MLP_SWEEP_HEARTBEAT='soon': must be a whole number of seconds"),
+    ({"MLP_SWEEP_HEARTBEAT": "0"}, "$MLP_SWEEP_HEARTBEAT='0'"),
+    ({"MLP_SWEEP_HEARTBEAT": "5", "MLP_SWEEP_GRACE": "5"}, "must be longer than the heartbeat interval"),
+])
+def test_bad_heartbeat_settings(stored, capsys, monkeypatch, env, phrase):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    storage = f"sqlite:///{stored / 'mlruns' / 'optuna.db'}"
+    line = refused(capsys, "run", "tiny.toml", "--storage", storage)
+    assert phrase in line
+    assert not (stored / "mlruns" / "optuna.db").exists()

@@ -1,0 +1,182 @@
+"""Workers that die mid-trial (SIGKILL) or are stopped (SIGTERM): nothing finished is lost.
+
+Real ``sweep`` processes are killed while they train. Afterwards the stores must agree:
+the killed trials are FAIL and queued again with the same parameters, their MLflow runs
+KILLED, every completed trial and its logged epochs kept, nothing left RUNNING, and a
+later run completes each grid point exactly once.
+
+The studies use a threshold pruner that never prunes (``lower = 0``): it makes every
+trial report each epoch to Optuna, which is how the test sees that a trial is midway.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from optuna.trial import TrialState
+
+from sweep.runner import Stores, create_or_resume
+from sweep.spec import load_spec
+from sweep.storage import StorageSpec
+from tests.sweep.conftest import child_runs, journal_study, run_cli, tracking_client, write_study
+from tests.sweep.pg import (by_state, can_fake_a_host, check_agreement, check_grid_done, check_retries,
+                            database_url, finish, pg_databases, rdb_study, start_sweep, trial_runs, wait_until)
+
+pytestmark = pytest.mark.slow
+__all__ = ["pg_databases"]  # a fixture, imported for pytest
+
+EPOCHS = 600  # a pack of trials takes about 2 s: long enough to catch midway, and to stop before its end
+NEVER_PRUNE = '[pruner]\nname = "threshold"\nlower = 0.0\n'
+N_POINTS = 6  # TINY's grid: batch size 10, 20, 30 x eta 0.1, 0.2
+
+
+def midway(study, pick=lambda t: True, at_least: int = 0) -> list[int]:
+    """Numbers of the RUNNING trials (chosen by ``pick``), once some are under way and none is
+    past a third of its epochs (so none can finish before the signal lands); else []."""
+    trials = study.get_trials(deepcopy=False)
+    if sum(t.state == TrialState.COMPLETE for t in trials) < at_least:
+        return []
+    done = [len(t.intermediate_values) for t in trials if t.state == TrialState.RUNNING and pick(t)]
+    if done and max(done) >= 5 and max(done) <= EPOCHS // 3:
+        return [t.number for t in trials if t.state == TrialState.RUNNING and pick(t)]
+    return []
+
+
+def test_sigkill_mid_trial_on_the_journal_a_later_run_retries_it(workdir):
+    write_study(workdir / "tiny.toml", epochs=EPOCHS, extra=NEVER_PRUNE)
+    proc = start_sweep("run", "tiny.toml", cwd=workdir)
+    journal = workdir / "mlruns" / "optuna.journal"
+    victims = wait_until(lambda: journal.exists() and midway(journal_study(workdir, "tiny"), at_least=2), 120,
+                         "a trial midway after two complete ones")
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+    killed = journal_study(workdir, "tiny")  # as the dead worker left it
+    assert [t.number for t in killed.trials if t.state == TrialState.RUNNING] == victims
+    kept = {t.number: t.values for t in killed.trials if t.state == TrialState.COMPLETE}
+    assert len(kept) >= 2
+    assert sorted(r.info.status for r in child_runs(workdir, "tiny")) == \
+        sorted(["FINISHED"] * len(kept) + ["RUNNING"] * len(victims))
+
+    assert run_cli("run", "tiny.toml", "--no-report") == 0  # finds the dead worker's trials, retries them
+
+    study = journal_study(workdir, "tiny")
+    failed = check_retries(study)
+    assert [t.number for t in failed] == victims
+    assert by_state(study) == {"COMPLETE": N_POINTS, "FAIL": len(victims)}
+    check_grid_done(study, N_POINTS)
+    assert {n: study.trials[n].values for n in kept} == kept  # completed trials kept, not re-run
+    runs = child_runs(workdir, "tiny")
+    statuses = check_agreement(study, runs, EPOCHS, tracking_client(workdir))
+    assert statuses == {"FINISHED": N_POINTS, "KILLED": len(victims)}
+    killed_runs = [r for r in runs if r.info.status == "KILLED"]
+    assert {r.data.tags["mlp_sweep.reason"] for r in killed_runs} == {"worker process died"}
+
+
+@pytest.mark.postgres
+def test_sigkill_of_a_worker_on_another_host_is_found_by_its_heartbeat(tmp_path, pg_databases, monkeypatch):
+    """PostgreSQL: the dead worker ran on "machine-b", so only its silent heartbeat can tell."""
+    if (why := can_fake_a_host()) is not None:
+        pytest.skip(why)
+    monkeypatch.setenv("MLP_SWEEP_HEARTBEAT", "1")
+    monkeypatch.setenv("MLP_SWEEP_GRACE", "4")
+    storage = database_url(pg_databases())
+    tracking = database_url(pg_databases(), driver="postgresql+psycopg2")
+    common = ["--study", "tiny", "--storage", storage, "--tracking-uri", tracking]
+    spec = load_spec(write_study(tmp_path / "tiny.toml", epochs=EPOCHS, extra=NEVER_PRUNE))
+    create_or_resume(spec, Stores(StorageSpec(storage), tracking))
+
+    on_b = lambda t: t.user_attrs.get("mlp_sweep.worker", {}).get("host") == "machine-b"  # noqa: E731
+    worker_b = start_sweep("worker", *common, cwd=tmp_path, hostname="machine-b")
+    wait_until(lambda: any(on_b(t) for t in rdb_study(storage, "tiny").trials), 60, "machine-b to claim trials")
+    worker_a = start_sweep("worker", *common, cwd=tmp_path)  # works beside machine-b, then without it
+    victims = wait_until(lambda: midway(rdb_study(storage, "tiny"), on_b), 60, "machine-b midway")
+    os.killpg(worker_b.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    finish(worker_b)
+    code, out_a, err_a = finish(worker_a)
+    assert code == 0 and "Traceback" not in err_a, err_a
+
+    time.sleep(max(0.0, killed_at + 4 + 1 - time.monotonic()))  # past the grace period
+    code, out_c, err_c = finish(start_sweep("worker", *common, cwd=tmp_path))  # the later run
+    assert code == 0 and "Traceback" not in err_c, err_c
+
+    study = rdb_study(storage, "tiny")
+    failed = check_retries(study)
+    assert sorted(t.number for t in failed) == victims
+    assert all(on_b(t) and t.user_attrs["mlp_sweep.worker"]["pid"] == worker_b.pid for t in failed)
+    copies = [t for t in study.trials if "mlp_sweep.retry_of" in t.user_attrs]
+    assert {t.user_attrs["mlp_sweep.reason"] for t in copies} == {"worker stopped sending heartbeats"}
+    assert by_state(study) == {"COMPLETE": N_POINTS, "FAIL": len(victims)}
+    check_grid_done(study, N_POINTS)
+    from mlflow.tracking import MlflowClient
+
+    runs = trial_runs(tracking, "tiny")
+    assert check_agreement(study, runs, EPOCHS, MlflowClient(tracking)) == \
+        {"FINISHED": N_POINTS, "KILLED": len(victims)}
+
+
+def test_sigterm_stops_a_two_worker_run_and_a_later_run_continues(workdir):
+    write_study(workdir / "tiny.toml", epochs=EPOCHS, extra=NEVER_PRUNE)
+    proc = start_sweep("run", "tiny.toml", "--workers", 2, "--no-report", cwd=workdir)
+    journal = workdir / "mlruns" / "optuna.journal"
+    victims = wait_until(lambda: journal.exists() and midway(journal_study(workdir, "tiny"), at_least=2), 120,
+                         "trials midway after two complete ones")
+    seen = journal_study(workdir, "tiny").trials
+    done_before = {t.number for t in seen if t.state == TrialState.COMPLETE}
+    proc.send_signal(signal.SIGTERM)  # as `kill PID` or a service manager would: to the launcher only
+    code, out, err = finish(proc, timeout=60)
+    assert code == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+
+    study = journal_study(workdir, "tiny")
+    states = by_state(study)
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    waiting = [t for t in study.trials if t.state == TrialState.WAITING]
+    # the trials that were running; and any the other worker claimed before the signal reached it
+    assert set(victims) <= {t.number for t in failed} and all(t.number >= len(seen) for t in failed
+                                                              if t.number not in victims)
+    assert states == {"COMPLETE": states["COMPLETE"], "FAIL": len(failed), "WAITING": len(failed)}
+    assert done_before <= {t.number for t in study.trials if t.state == TrialState.COMPLETE}
+    assert all(t.user_attrs["mlp_sweep.result"]["reason"] == "interrupted" for t in failed)
+    assert sorted(w.user_attrs["mlp_sweep.retry_of"] for w in waiting) == [t.number for t in failed]
+    assert all(w.system_attrs["fixed_params"] == study.trials[w.user_attrs["mlp_sweep.retry_of"]].params
+               for w in waiting)
+    statuses = check_agreement(study, child_runs(workdir, "tiny"), EPOCHS, tracking_client(workdir))
+    assert statuses == {"FINISHED": states["COMPLETE"], "KILLED": len(failed)}
+
+    assert run_cli("run", "tiny.toml", "--workers", 2, "--no-report") == 0
+    study = journal_study(workdir, "tiny")
+    check_retries(study)
+    check_grid_done(study, N_POINTS)
+    assert by_state(study) == {"COMPLETE": N_POINTS, "FAIL": len(failed)}
+    statuses = check_agreement(study, child_runs(workdir, "tiny"), EPOCHS, tracking_client(workdir))
+    assert statuses == {"FINISHED": N_POINTS, "KILLED": len(failed)}
+
+
+def test_sigterm_stops_a_sweep_worker_at_a_safe_point(workdir):
+    """A worker on another machine stopped by its service manager: no heartbeat wait needed."""
+    spec = load_spec(write_study(workdir / "tiny.toml", epochs=EPOCHS, extra=NEVER_PRUNE))
+    create_or_resume(spec, Stores(StorageSpec(str(workdir / "mlruns" / "optuna.journal")),
+                                  f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}"))
+    proc = start_sweep("worker", "--study", "tiny", cwd=workdir)
+    victims = wait_until(lambda: midway(journal_study(workdir, "tiny"), at_least=2), 120,
+                         "trials midway after two complete ones")
+    complete = sum(t.state == TrialState.COMPLETE for t in journal_study(workdir, "tiny").trials)
+    proc.send_signal(signal.SIGTERM)
+    code, out, err = finish(proc, timeout=60)
+    assert code == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+
+    study = journal_study(workdir, "tiny")
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert [t.number for t in failed] == victims
+    assert all(t.user_attrs["mlp_sweep.result"]["reason"] == "interrupted" for t in failed)
+    assert by_state(study) == {"COMPLETE": complete, "FAIL": len(victims), "WAITING": len(victims)}
+    runs = child_runs(workdir, "tiny")
+    statuses = check_agreement(study, runs, EPOCHS, tracking_client(workdir))
+    assert statuses == {"FINISHED": complete, "KILLED": len(victims)}

@@ -1,0 +1,113 @@
+"""Many workers on one PostgreSQL study: every grid point once, one MLflow run per trial.
+
+Real ``sweep worker`` processes, a real PostgreSQL server (a fresh database per test,
+dropped afterwards) and, for the server path, a real ``mlflow server`` on loopback with
+its own PostgreSQL database. The workers run in a directory that holds no study file: the
+study's settings come from the storage.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from sweep.runner import PARENT_ATTR, Stores, create_or_resume
+from sweep.spec import load_spec
+from sweep.storage import StorageSpec
+from tests.sweep.conftest import TINY
+from tests.sweep.pg import (by_state, can_fake_a_host, check_agreement, check_grid_done, database_url, finish,
+                            mlflow_server, pg_databases, rdb_study, start_sweep, study_ready, trial_runs,
+                            wait_until)
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+__all__ = ["mlflow_server", "pg_databases"]  # fixtures, imported for pytest
+
+EPOCHS = 3
+GRID_SPACE = ('batch_size = { type = "int", low = 10, high = 30, step = 10 }\n'
+              'eta = { type = "float", low = 0.1, high = 0.4, step = 0.1 }\n')  # 3 x 4 = 12 points
+N_POINTS = 12
+
+
+def study_file(path: Path, name: str, epochs: int = EPOCHS, space: str = GRID_SPACE) -> Path:
+    head = TINY.split("[space]")[0].format(name=name, sampler="grid", epochs=epochs, extra="")
+    path.write_text(head + "[space]\n" + space)
+    return path
+
+
+def ran(out: str) -> int:
+    """Trials a ``sweep worker`` says it ran."""
+    match = re.search(r"worker ran (\d+) trials", out)
+    assert match, out
+    return int(match.group(1))
+
+
+@pytest.fixture(params=["database", "server"])
+def tracking(request, pg_databases):
+    """MLflow in a shared PostgreSQL database, or behind the module's ``mlflow server``."""
+    if request.param == "database":
+        return database_url(pg_databases(), driver="postgresql+psycopg2")
+    return request.getfixturevalue("mlflow_server").uri
+
+
+def test_three_workers_share_a_postgresql_study_and_run_every_grid_point_once(tmp_path, pg_databases, tracking):
+    storage = database_url(pg_databases())
+    spec = load_spec(study_file(tmp_path / "dist.toml", "dist"))
+    create_or_resume(spec, Stores(StorageSpec(storage), tracking))  # what `sweep run` does first
+    elsewhere = tmp_path / "other-machine"  # no study file here: the settings come from the storage
+    elsewhere.mkdir()
+
+    procs = [start_sweep("worker", "--study", "dist", "--storage", storage, "--tracking-uri", tracking,
+                         cwd=elsewhere) for _ in range(3)]
+    results = [finish(p) for p in procs]
+
+    for code, out, err in results:
+        assert code == 0 and "Traceback" not in err, err
+    assert sum(ran(out) for _, out, _ in results) == N_POINTS
+    study = rdb_study(storage, "dist")
+    assert by_state(study) == {"COMPLETE": N_POINTS}
+    check_grid_done(study, N_POINTS)
+    from mlflow.tracking import MlflowClient
+
+    runs = trial_runs(tracking, "dist")
+    assert check_agreement(study, runs, EPOCHS, MlflowClient(tracking)) == {"FINISHED": N_POINTS}
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {study.user_attrs[PARENT_ATTR]}
+    pids = {t.user_attrs["mlp_sweep.worker"]["pid"] for t in study.trials}
+    assert pids <= {p.pid for p in procs} and len(pids) >= 2  # the work was shared
+    assert list(elsewhere.iterdir()) == []  # nothing written beside the workers
+
+
+def test_the_readme_two_machine_set_up(tmp_path, pg_databases, mlflow_server):
+    """Machine A: ``sweep run`` creates the study and works; machine B (another host name) joins."""
+    if (why := can_fake_a_host()) is not None:
+        pytest.skip(why)
+    storage = database_url(pg_databases())
+    machine_a, machine_b = tmp_path / "a", tmp_path / "b"
+    machine_a.mkdir(), machine_b.mkdir()
+    path = study_file(machine_a / "two.toml", "two", epochs=100)  # about 10 s of work: B joins in time
+    bigger = path.read_text().replace("n_train = 300", "n_train = 2000").replace("[784, 8, 10]", "[784, 30, 10]")
+    path.write_text(bigger)
+    common = ["--storage", storage, "--tracking-uri", mlflow_server.uri]
+
+    run_a = start_sweep("run", "two.toml", *common, cwd=machine_a)
+    wait_until(lambda: run_a.poll() is not None or study_ready(storage, "two"), 60, "the study to exist")
+    worker_b = start_sweep("worker", "--study", "two", *common, cwd=machine_b, hostname="machine-b")
+    code_a, out_a, err_a = finish(run_a)
+    code_b, out_b, err_b = finish(worker_b)
+
+    assert code_a == 0 and "Traceback" not in err_a, err_a
+    assert code_b == 0 and "Traceback" not in err_b, err_b
+    study = rdb_study(storage, "two")
+    check_grid_done(study, N_POINTS)
+    assert by_state(study) == {"COMPLETE": N_POINTS}
+    hosts = {t.user_attrs["mlp_sweep.worker"]["host"] for t in study.trials}
+    assert 1 <= ran(out_b) == sum(t.user_attrs["mlp_sweep.worker"]["host"] == "machine-b" for t in study.trials)
+    assert "machine-b" in hosts and len(hosts) == 2, hosts
+    runs = trial_runs(mlflow_server.uri, "two")
+    assert check_agreement(study, runs, 100) == {"FINISHED": N_POINTS}
+    # machine A's report went to the study's parent run, through the server, into its artifact store
+    reports = [p.name for p in mlflow_server.artifacts.rglob("*") if p.is_file()]
+    assert "trials.csv" in reports and (machine_a / "reports" / "two" / "trials.csv").exists()
+    assert not (machine_b / "mlruns").exists() and not (machine_a / "mlruns").exists()
+
