@@ -274,9 +274,15 @@ def _null_pool():
     return NullPool  # no connection outlives a call, so the database can be dropped at once
 
 
-def journal(path: Path, name: str) -> optuna.Study:
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-    return optuna.load_study(study_name=name, storage=storage)
+_JOURNALS: dict[Path, optuna.storages.JournalStorage] = {}
+
+
+def journal(workdir: Path, name: str) -> optuna.Study:
+    """A study in workdir's default journal, read incrementally (cheap to poll)."""
+    path = workdir / "mlruns" / "optuna.journal"
+    if path not in _JOURNALS:
+        _JOURNALS[path] = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    return optuna.load_study(study_name=name, storage=_JOURNALS[path])
 
 
 def trial_runs(tracking_uri: str, name: str) -> list:

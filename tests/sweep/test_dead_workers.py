@@ -21,16 +21,25 @@ from optuna.trial import TrialState
 from sweep.runner import Stores, create_or_resume
 from sweep.spec import load_spec
 from sweep.storage import StorageSpec
-from tests.sweep.conftest import child_runs, journal_study, run_cli, tracking_client, write_study
+from tests.sweep.conftest import child_runs, run_cli, tracking_client, write_study
 from tests.sweep.pg import (by_state, can_fake_a_host, check_agreement, check_grid_done, check_retries,
-                            database_url, finish, pg_databases, rdb_study, start_sweep, trial_runs, wait_until)
+                            database_url, finish, journal, pg_databases, rdb_study, start_sweep, trial_runs,
+                            wait_until)
 
 pytestmark = pytest.mark.slow
 __all__ = ["pg_databases"]  # a fixture, imported for pytest
 
-EPOCHS = 600  # a pack of trials takes about 2 s: long enough to catch midway, and to stop before its end
+EPOCHS = 100
 NEVER_PRUNE = '[pruner]\nname = "threshold"\nlower = 0.0\n'
 N_POINTS = 6  # TINY's grid: batch size 10, 20, 30 x eta 0.1, 0.2
+
+
+def slow_study(path):
+    """TINY's grid on 2000 training images for 100 epochs: a pack of trials takes about 2 s,
+    long enough to catch it midway and to stop it before its end."""
+    text = write_study(path, epochs=EPOCHS, extra=NEVER_PRUNE).read_text()
+    path.write_text(text.replace("n_train = 300", "n_train = 2000"))
+    return path
 
 
 def midway(study, pick=lambda t: True, at_least: int = 0) -> list[int]:
@@ -40,22 +49,31 @@ def midway(study, pick=lambda t: True, at_least: int = 0) -> list[int]:
     if sum(t.state == TrialState.COMPLETE for t in trials) < at_least:
         return []
     done = [len(t.intermediate_values) for t in trials if t.state == TrialState.RUNNING and pick(t)]
-    if done and max(done) >= 5 and max(done) <= EPOCHS // 3:
+    if done and max(done) >= 3 and max(done) <= EPOCHS // 3:
         return [t.number for t in trials if t.state == TrialState.RUNNING and pick(t)]
     return []
 
 
+def journal_midway(workdir) -> list[int]:
+    """midway() of the local study, once it is stored; two trials must be complete."""
+    if not (workdir / "mlruns" / "optuna.journal").exists():
+        return []
+    try:
+        return midway(journal(workdir, "tiny"), at_least=2)
+    except KeyError:  # the journal is there, the study not yet
+        return []
+
+
 def test_sigkill_mid_trial_on_the_journal_a_later_run_retries_it(workdir):
-    write_study(workdir / "tiny.toml", epochs=EPOCHS, extra=NEVER_PRUNE)
+    slow_study(workdir / "tiny.toml")
     proc = start_sweep("run", "tiny.toml", cwd=workdir)
-    journal = workdir / "mlruns" / "optuna.journal"
-    victims = wait_until(lambda: journal.exists() and midway(journal_study(workdir, "tiny"), at_least=2), 120,
+    victims = wait_until(lambda: journal_midway(workdir), 120,
                          "a trial midway after two complete ones")
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
     assert proc.returncode == -signal.SIGKILL
 
-    killed = journal_study(workdir, "tiny")  # as the dead worker left it
+    killed = journal(workdir, "tiny")  # as the dead worker left it
     assert [t.number for t in killed.trials if t.state == TrialState.RUNNING] == victims
     kept = {t.number: t.values for t in killed.trials if t.state == TrialState.COMPLETE}
     assert len(kept) >= 2
@@ -64,7 +82,7 @@ def test_sigkill_mid_trial_on_the_journal_a_later_run_retries_it(workdir):
 
     assert run_cli("run", "tiny.toml", "--no-report") == 0  # finds the dead worker's trials, retries them
 
-    study = journal_study(workdir, "tiny")
+    study = journal(workdir, "tiny")
     failed = check_retries(study)
     assert [t.number for t in failed] == victims
     assert by_state(study) == {"COMPLETE": N_POINTS, "FAIL": len(victims)}
@@ -87,7 +105,7 @@ def test_sigkill_of_a_worker_on_another_host_is_found_by_its_heartbeat(tmp_path,
     storage = database_url(pg_databases())
     tracking = database_url(pg_databases(), driver="postgresql+psycopg2")
     common = ["--study", "tiny", "--storage", storage, "--tracking-uri", tracking]
-    spec = load_spec(write_study(tmp_path / "tiny.toml", epochs=EPOCHS, extra=NEVER_PRUNE))
+    spec = load_spec(slow_study(tmp_path / "tiny.toml"))
     create_or_resume(spec, Stores(StorageSpec(storage), tracking))
 
     on_b = lambda t: t.user_attrs.get("mlp_sweep.worker", {}).get("host") == "machine-b"  # noqa: E731
@@ -121,19 +139,18 @@ def test_sigkill_of_a_worker_on_another_host_is_found_by_its_heartbeat(tmp_path,
 
 
 def test_sigterm_stops_a_two_worker_run_and_a_later_run_continues(workdir):
-    write_study(workdir / "tiny.toml", epochs=EPOCHS, extra=NEVER_PRUNE)
+    slow_study(workdir / "tiny.toml")
     proc = start_sweep("run", "tiny.toml", "--workers", 2, "--no-report", cwd=workdir)
-    journal = workdir / "mlruns" / "optuna.journal"
-    victims = wait_until(lambda: journal.exists() and midway(journal_study(workdir, "tiny"), at_least=2), 120,
+    victims = wait_until(lambda: journal_midway(workdir), 120,
                          "trials midway after two complete ones")
-    seen = journal_study(workdir, "tiny").trials
+    seen = journal(workdir, "tiny").trials
     done_before = {t.number for t in seen if t.state == TrialState.COMPLETE}
     proc.send_signal(signal.SIGTERM)  # as `kill PID` or a service manager would: to the launcher only
     code, out, err = finish(proc, timeout=60)
     assert code == 130, err
     assert "interrupted" in err and "Traceback" not in err
 
-    study = journal_study(workdir, "tiny")
+    study = journal(workdir, "tiny")
     states = by_state(study)
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
     waiting = [t for t in study.trials if t.state == TrialState.WAITING]
@@ -150,7 +167,7 @@ def test_sigterm_stops_a_two_worker_run_and_a_later_run_continues(workdir):
     assert statuses == {"FINISHED": states["COMPLETE"], "KILLED": len(failed)}
 
     assert run_cli("run", "tiny.toml", "--workers", 2, "--no-report") == 0
-    study = journal_study(workdir, "tiny")
+    study = journal(workdir, "tiny")
     check_retries(study)
     check_grid_done(study, N_POINTS)
     assert by_state(study) == {"COMPLETE": N_POINTS, "FAIL": len(failed)}
@@ -160,19 +177,19 @@ def test_sigterm_stops_a_two_worker_run_and_a_later_run_continues(workdir):
 
 def test_sigterm_stops_a_sweep_worker_at_a_safe_point(workdir):
     """A worker on another machine stopped by its service manager: no heartbeat wait needed."""
-    spec = load_spec(write_study(workdir / "tiny.toml", epochs=EPOCHS, extra=NEVER_PRUNE))
+    spec = load_spec(slow_study(workdir / "tiny.toml"))
     create_or_resume(spec, Stores(StorageSpec(str(workdir / "mlruns" / "optuna.journal")),
                                   f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}"))
     proc = start_sweep("worker", "--study", "tiny", cwd=workdir)
-    victims = wait_until(lambda: midway(journal_study(workdir, "tiny"), at_least=2), 120,
+    victims = wait_until(lambda: journal_midway(workdir), 120,
                          "trials midway after two complete ones")
-    complete = sum(t.state == TrialState.COMPLETE for t in journal_study(workdir, "tiny").trials)
+    complete = sum(t.state == TrialState.COMPLETE for t in journal(workdir, "tiny").trials)
     proc.send_signal(signal.SIGTERM)
     code, out, err = finish(proc, timeout=60)
     assert code == 130, err
     assert "interrupted" in err and "Traceback" not in err
 
-    study = journal_study(workdir, "tiny")
+    study = journal(workdir, "tiny")
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
     assert [t.number for t in failed] == victims
     assert all(t.user_attrs["mlp_sweep.result"]["reason"] == "interrupted" for t in failed)
