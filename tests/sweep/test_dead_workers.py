@@ -44,12 +44,13 @@ def slow_study(path):
 
 def midway(study, pick=lambda t: True, at_least: int = 0) -> list[int]:
     """Numbers of the RUNNING trials (chosen by ``pick``), once some are under way and none is
-    past a third of its epochs (so none can finish before the signal lands); else []."""
+    past two thirds of its epochs (a third of a trial is left for the signal to land: a
+    polling loop on a loaded machine misses narrower windows); else []."""
     trials = study.get_trials(deepcopy=False)
     if sum(t.state == TrialState.COMPLETE for t in trials) < at_least:
         return []
     done = [len(t.intermediate_values) for t in trials if t.state == TrialState.RUNNING and pick(t)]
-    if done and max(done) >= 3 and max(done) <= EPOCHS // 3:
+    if done and max(done) >= 1 and max(done) <= 2 * EPOCHS // 3:
         return [t.number for t in trials if t.state == TrialState.RUNNING and pick(t)]
     return []
 
