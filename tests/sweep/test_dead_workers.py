@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 __all__ = ["pg_databases"]  # a fixture, imported for pytest
 
 EPOCHS = 100
-EARLY = EPOCHS // 3  # epochs; a trial this far in has most of its 2 s still to go
+EARLY = EPOCHS // 2  # epochs; a trial this far in still has a second or more to go
 NEVER_PRUNE = '[pruner]\nname = "threshold"\nlower = 0.0\n'
 N_POINTS = 6  # TINY's grid: batch size 10, 20, 30 x eta 0.1, 0.2
 
@@ -53,7 +53,7 @@ def midway(study, pick=lambda t: True, at_least: int = 0, seen: list | None = No
     if sum(t.state == TrialState.COMPLETE for t in trials) < at_least:
         return {}
     done = {t.number: len(t.intermediate_values) for t in trials if t.state == TrialState.RUNNING and pick(t)}
-    return done if any(3 <= n <= EARLY for n in done.values()) else {}
+    return done if any(1 <= n <= EARLY for n in done.values()) else {}
 
 
 def journal_midway(workdir, seen: list | None = None) -> dict[int, int]:
