@@ -126,7 +126,6 @@ class TrialRunner:
     def _prepare(self, trial: optuna.Trial) -> _Trial:
         params = suggest(self.spec, trial)
         network, config = trial_config(self.spec, params)
-        trial.set_user_attr(WORKER_ATTR, worker_identity())
         run = None
         if self.tracker is not None:
             run = self.tracker.start_trial(self.parent_run_id, trial.number, all_params(self.spec, params))

@@ -24,9 +24,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from core.data import DataError, Dataset, load_dataset
 from sweep.errors import UsageError
-from sweep.objective import RESULT_ATTR, RUN_ATTR, WORKER_ATTR, TrialRunner, is_alive_here
+from sweep.objective import RESULT_ATTR, RUN_ATTR, WORKER_ATTR, TrialRunner, is_alive_here, worker_identity
 from sweep.samplers import GRID_SAMPLERS, PACKABLE, build_pruner, build_sampler, grid_points, grid_size
-from sweep.spec import StudySpec, parse_spec, spec_to_dict
+from sweep.spec import StudySpec, parse_spec, spec_to_dict, suggest
 from sweep.storage import StorageSpec, open_storage, redact, study_lock
 from sweep.tracking import Tracker, check_reachable
 
@@ -234,23 +234,31 @@ class Worker:
             trials = self.study.get_trials(deepcopy=False)
             waiting = sum(t.state == TrialState.WAITING for t in trials)
             retried = retried_numbers(trials)
-            counted = sum(t.state in COUNTED or (t.state == TrialState.FAIL and t.number not in retried)
+            counted = sum(t.state in COUNTED or (t.state == TrialState.FAIL and t.number not in retried
+                                                  and bool(t.params))  # (no params: never started)
                           for t in trials)
             remaining = self.budget.n_trials - counted
             n = min(self.pack, max(waiting, math.ceil(remaining / self.workers)))
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*Heartbeat.*")
-                return [self.study.ask() for _ in range(n)]
+                claimed = [self.study.ask() for _ in range(n)]
+            for trial in claimed:  # sampled and named under the lock: see reap()
+                suggest(self.spec, trial)
+                trial.set_user_attr(WORKER_ATTR, worker_identity())
+            return claimed
 
     def reap(self) -> list[int]:
         """Fail and re-queue trials whose worker is gone; return their numbers.
 
         On this machine a dead worker is seen at once (its process is gone); for RDB
-        storages Optuna's heartbeat also finds workers that died on other machines.
+        storages Optuna's heartbeat also finds workers that died on other machines. Called
+        under the study's lock, which a worker holds from asking for a trial until it has
+        named itself in it: a RUNNING trial that names no worker lost its worker in between.
         """
         reaped = []
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if is_alive_here(t.user_attrs.get(WORKER_ATTR, {})) is False:
+            identity = t.user_attrs.get(WORKER_ATTR)
+            if identity is None or is_alive_here(identity) is False:
                 try:
                     self.study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
                 except RuntimeError:  # finished meanwhile
@@ -285,7 +293,13 @@ class Worker:
         run_id = trial.user_attrs.get(RUN_ATTR)
         if self.tracker is not None and run_id:
             self.tracker.end_run(run_id, "KILLED", {"mlp_sweep.reason": reason})
-        self.study.enqueue_trial(trial.params, user_attrs={RETRY_OF_ATTR: trial.number, "mlp_sweep.reason": reason})
+        params = trial.params
+        sampler, grid_id = self.study.sampler, trial.system_attrs.get("grid_id")
+        if isinstance(sampler, optuna.samplers.GridSampler) and not params:  # died before sampling:
+            if grid_id is None:  # nor was it given a grid point; nothing to run again (and not counted)
+                return
+            params = dict(zip(sampler._param_names, sampler._all_grids[grid_id]))  # run its point
+        self.study.enqueue_trial(params, user_attrs={RETRY_OF_ATTR: trial.number, "mlp_sweep.reason": reason})
 
     def _heartbeat(self, trials: list[optuna.Trial]):
         return _Heartbeat(self.study._storage, [t._trial_id for t in trials]) if self.rdb else _NoHeartbeat()

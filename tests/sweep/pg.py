@@ -320,6 +320,8 @@ def check_retries(study: optuna.Study) -> list:
     """
     trials = study.get_trials(deepcopy=False)
     failed = [t for t in trials if t.state == TrialState.FAIL]
+    # a trial that died before it was sampled or given a grid point has nothing to run again
+    failed = [t for t in failed if t.params or "grid_id" in t.system_attrs]
     copies = {}
     for t in trials:
         if "mlp_sweep.retry_of" in t.user_attrs:
@@ -328,7 +330,11 @@ def check_retries(study: optuna.Study) -> list:
     assert set(copies) == {t.number for t in failed}
     for t in failed:
         copy = copies[t.number]
-        assert copy.params == t.params and copy.number > t.number
+        if t.params or "grid_id" not in t.system_attrs:
+            assert copy.params == t.params
+        else:  # it died before sampling: the copy runs its grid point
+            assert copy.system_attrs["fixed_params"] == copy.params and len(copy.params) >= 1
+        assert copy.number > t.number
         assert copy.state in (TrialState.COMPLETE, TrialState.FAIL)
     return failed
 
@@ -343,7 +349,8 @@ def check_agreement(study: optuna.Study, runs: list, epochs: int, client=None) -
     retried = {t.user_attrs["mlp_sweep.retry_of"] for t in study.get_trials(deepcopy=False)
                if "mlp_sweep.retry_of" in t.user_attrs}
     trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
-    run_of = {r.info.run_id: r for r in runs}
+    trials = [t for t in trials if not (t.state == TrialState.FAIL and "mlp_sweep.run_id" not in t.user_attrs)]
+    run_of = {r.info.run_id: r for r in runs}  # (a FAIL trial without a run died before the run was made)
     assert len(runs) == len(run_of) == len(trials), f"{len(runs)} runs for {len(trials)} trials"
     assert sorted(int(r.data.tags["mlp_sweep.trial"]) for r in runs) == sorted(t.number for t in trials)
     for t in trials:
