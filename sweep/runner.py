@@ -351,18 +351,20 @@ def _worker_main(study_name: str, stores: Stores, budget: Budget, data_dir: str 
             pass
 
 
-PRELOAD = ["sweep.runner", "mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store"]  # about 2 s of imports
+PRELOAD = ["sweep.runner"]  # about 1 s of imports
+TRACKING_PRELOAD = ["mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store"]  # about 2 s more
 
 
-def prepare_workers() -> None:
-    """Start the fork server now, importing PRELOAD once while this process does other work.
+def prepare_workers(tracking: bool) -> None:
+    """Start the fork server now, importing PRELOAD (and TRACKING_PRELOAD for tracked runs) once
+    while this process does other work.
 
     Workers are then forked from it ready-made (clean, single-threaded, one BLAS thread)
     instead of each importing everything again.
     """
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD)
+    ctx.set_forkserver_preload(PRELOAD + (TRACKING_PRELOAD if tracking else []))
     from multiprocessing import forkserver
 
     forkserver.ensure_running()
@@ -371,7 +373,7 @@ def prepare_workers() -> None:
 def start_workers(study_name: str, stores: Stores, budget: Budget, data_dir: str | None,
                   n: int, pack: bool = True) -> list[multiprocessing.Process]:
     """Start n local worker processes from the fork server (see ``prepare_workers``)."""
-    prepare_workers()
+    prepare_workers(stores.tracking_uri is not None)
     ctx = multiprocessing.get_context("forkserver")
     procs = [ctx.Process(target=_worker_main, args=(study_name, stores, budget, data_dir, i, n, pack), daemon=False,
                          name=f"sweep-worker-{i}") for i in range(n)]
@@ -414,7 +416,7 @@ def run_study(spec: StudySpec, stores: Stores, *, n_trials: int | None = None, t
     finished trials stay, running ones are failed and queued again for the next run.
     """
     if workers > 1:
-        prepare_workers()  # imports in the background while we load data and open the stores
+        prepare_workers(stores.tracking_uri is not None)  # imports in the background while we load data and open the stores
     data = load_data(spec, data_dir, data_progress)  # bad data stops us before anything is stored
     study, parent = create_or_resume(spec, stores)
     timeout = timeout if timeout is not None else spec.timeout
