@@ -55,6 +55,29 @@ def run_cli(*args: str) -> int:
     return info.value.code
 
 
+def stored_tiny_study(root: Path) -> Path:
+    """``root`` made a working directory with a finished tiny study (2 trials) in ./mlruns.
+
+    For module-scoped fixtures, which cannot use the ``workdir`` fixture's chdir."""
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        assert run_cli("run", write_study(root / "tiny.toml", epochs=1), "--n-trials", 2, "--no-report") == 0
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+def one_line_error(capsys) -> str:
+    """The one line a refused command wrote to stderr (no traceback anywhere)."""
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert "Traceback" not in captured.err + captured.out
+    assert lines[0].startswith("sweep"), lines[0]
+    return lines[0]
+
+
 def journal_study(workdir: Path, name: str) -> optuna.Study:
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(workdir / "mlruns" / "optuna.journal")))

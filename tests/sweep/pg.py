@@ -73,35 +73,30 @@ def database_url(name: str, password: str | None = None, driver: str = "postgres
     return f"{driver}://{rest}/{name}"
 
 
-def create_database(prefix: str = "mlpsweep_test") -> str:
-    """Create a fresh, uniquely named database; return its name."""
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+def _admin_sql(statement: str, args: tuple = ()) -> tuple | None:
+    """Run one statement on the maintenance database; its first row, if it returns rows."""
     conn = _admin()
     try:
         with conn.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
+            cur.execute(statement, args)
+            return cur.fetchone() if cur.description else None
     finally:
         conn.close()
+
+
+def create_database(prefix: str = "mlpsweep_test") -> str:
+    """Create a fresh, uniquely named database; return its name."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    _admin_sql(f'CREATE DATABASE "{name}"')
     return name
 
 
 def drop_database(name: str) -> None:
-    conn = _admin()
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        conn.close()
+    _admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def database_exists(name: str) -> bool:
-    conn = _admin()
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-            return cur.fetchone() is not None
-    finally:
-        conn.close()
+    return _admin_sql("SELECT 1 FROM pg_database WHERE datname = %s", (name,)) is not None
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ the stores under ./mlruns are byte-for-byte as before (size and mtime of every f
 from __future__ import annotations
 
 import gzip
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 from sweep.runner import Stores, create_or_resume
 from sweep.spec import load_spec
 from sweep.storage import StorageSpec
-from tests.sweep.conftest import run_cli, tree_snapshot, write_study
+from tests.sweep.conftest import one_line_error, run_cli, stored_tiny_study, tree_snapshot, write_study
 from tests.sweep.pg import database_url, free_port, pg_databases
 
 __all__ = ["pg_databases"]  # a fixture, imported for pytest
@@ -28,15 +27,6 @@ __all__ = ["pg_databases"]  # a fixture, imported for pytest
 UNREACHABLE_PG = "postgresql://nobody:secret@127.0.0.1:1/none"
 MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
                "t10k-labels-idx1-ubyte.gz")
-
-
-def one_line_error(capsys) -> str:
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1, captured.err
-    assert "Traceback" not in captured.err + captured.out
-    assert lines[0].startswith("sweep"), lines[0]
-    return lines[0]
 
 
 def refused(capsys, *args) -> str:
@@ -49,18 +39,11 @@ def refused(capsys, *args) -> str:
 @pytest.fixture(scope="module")
 def template(tmp_path_factory):
     """A workdir with stored studies: "tiny" (2 trials run) and "full" (on MNIST, created, not run)."""
-    root = tmp_path_factory.mktemp("stored")
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        assert run_cli("run", write_study(root / "tiny.toml", epochs=1), "--n-trials", 2, "--no-report") == 0
-        text = write_study(root / "full.toml", name="full", epochs=1).read_text()
-        (root / "full.toml").write_text(text.replace('"mnist-5k"', '"mnist"'))
-        stores = Stores(StorageSpec(str(root / "mlruns" / "optuna.journal")),
-                        f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
-        create_or_resume(load_spec(root / "full.toml"), stores)
-    finally:
-        os.chdir(cwd)
+    root = stored_tiny_study(tmp_path_factory.mktemp("stored"))
+    text = write_study(root / "full.toml", name="full", epochs=1).read_text()
+    (root / "full.toml").write_text(text.replace('"mnist-5k"', '"mnist"'))
+    stores = Stores(StorageSpec(str(root / "mlruns" / "optuna.journal")), f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    create_or_resume(load_spec(root / "full.toml"), stores)
     return root
 
 

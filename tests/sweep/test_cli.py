@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 
 import pytest
 
 from sweep.cli import cli
 from tests.sweep.bad_studies import BAD_STUDIES
-from tests.sweep.conftest import run_cli, tree_snapshot, write_study
+from tests.sweep.conftest import one_line_error, run_cli, stored_tiny_study, tree_snapshot
 
 COMMANDS = sorted(cli.commands)
 
@@ -31,25 +30,10 @@ def test_every_command_has_help(command, capsys):
                 assert param.help, f"{command} {param.opts} has no help"
 
 
-def _one_line_error(capsys) -> str:
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1, captured.err
-    assert "Traceback" not in captured.err
-    return lines[0]
-
-
 @pytest.fixture(scope="module")
 def stored_template(tmp_path_factory):
     """A working directory with a finished tiny study, made once per module."""
-    root = tmp_path_factory.mktemp("stored")
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        assert run_cli("run", write_study(root / "tiny.toml", epochs=1), "--n-trials", 2, "--no-report") == 0
-    finally:
-        os.chdir(cwd)
-    return root
+    return stored_tiny_study(tmp_path_factory.mktemp("stored"))
 
 
 @pytest.fixture
@@ -66,7 +50,7 @@ def test_bad_study_file_gives_one_line_exit_2_and_touches_nothing(workdir, store
     path.write_text(text)
     capsys.readouterr()
     assert run_cli("run", path) == 2
-    line = _one_line_error(capsys)
+    line = one_line_error(capsys)
     assert str(path) in line and phrase in line
     if key:
         assert key in line
@@ -91,7 +75,7 @@ def test_bad_study_file_gives_one_line_exit_2_and_touches_nothing(workdir, store
 def test_bad_flags_and_names_give_one_line_exit_2_and_touch_nothing(workdir, stored, capsys, args, phrase):
     capsys.readouterr()
     assert run_cli(*args) == 2
-    line = _one_line_error(capsys)
+    line = one_line_error(capsys)
     assert phrase in line
     assert "secret" not in line
     assert tree_snapshot(workdir / "mlruns") == stored
@@ -102,7 +86,7 @@ def test_a_study_name_reused_with_other_settings_is_refused(workdir, stored, cap
     (workdir / "other.toml").write_text(changed)
     capsys.readouterr()
     assert run_cli("run", workdir / "other.toml") == 2
-    assert "already exists" in _one_line_error(capsys)
+    assert "already exists" in one_line_error(capsys)
     assert tree_snapshot(workdir / "mlruns") == stored
 
 
