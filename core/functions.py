@@ -71,9 +71,9 @@ def log_softmax(z: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
-def cross_entropy_value(z: np.ndarray, a: np.ndarray, y: np.ndarray) -> float:
+def cross_entropy_value(z: np.ndarray, a: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Σ over the batch of −ln aᵧ, from the logits so that it never takes log(0)."""
-    return float(-log_softmax(z)[np.arange(len(y)), y].sum())
+    return -log_softmax(z)[..., np.arange(len(y)), y].sum(axis=-1, dtype=np.float64)
 
 
 def cross_entropy_delta(a: np.ndarray, y_onehot: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> None:
@@ -81,11 +81,11 @@ def cross_entropy_delta(a: np.ndarray, y_onehot: np.ndarray, out: np.ndarray, sc
     np.subtract(a, y_onehot, out=out)
 
 
-def quadratic_value(z: np.ndarray, a: np.ndarray, y: np.ndarray) -> float:
+def quadratic_value(z: np.ndarray, a: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Σ over the batch of ½‖a − y‖²."""
     diff = a.astype(np.float64)
-    diff[np.arange(len(y)), y] -= 1.0
-    return float(0.5 * np.einsum("ij,ij->", diff, diff))
+    diff[..., np.arange(len(y)), y] -= 1.0
+    return 0.5 * np.einsum("...ij,...ij->...", diff, diff)
 
 
 def quadratic_delta(a: np.ndarray, y_onehot: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> None:
@@ -99,7 +99,7 @@ class Cost:
     """An output activation matched with its cost: value (summed over rows) and δᴸ."""
 
     output: Callable[[np.ndarray, np.ndarray], np.ndarray]
-    value: Callable[[np.ndarray, np.ndarray, np.ndarray], float]
+    value: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]  # (…, rows, k) → (…): stacked nets at once
     delta: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]  # (a, y_onehot, out, scratch)
 
 

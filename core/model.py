@@ -264,7 +264,7 @@ def evaluate(spec: NetworkSpec, params: Params, X: np.ndarray, y: np.ndarray,
     for rows in _chunks(len(X)):
         ws = Workspace(spec, rows.stop - rows.start, params.dtype)
         a = ws.forward(params, np.asarray(X[rows], params.dtype))
-        total += cost_fn.value(ws.z[-1], a, y[rows])
+        total += float(cost_fn.value(ws.z[-1], a, y[rows]))
         correct += int((a.argmax(axis=1) == y[rows]).sum())
     cost = total / len(X)
     if lmbda:

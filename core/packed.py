@@ -144,7 +144,7 @@ def evaluate_stack(spec: NetworkSpec, stack: Stack, X: np.ndarray, y: np.ndarray
             a = cost.output(z, np.empty_like(z))
         correct += (a.argmax(axis=-1) == labels).sum(axis=-1)
         if want_cost:
-            totals += [cost.value(z_k, a_k, labels) for z_k, a_k in zip(z, a)]
+            totals += cost.value(z, a, labels)  # (K,)
     costs = None
     if want_cost:
         costs = [total / len(X) + (0.5 * l / n_train * stack.trial(k).l2() if l else 0.0)
