@@ -35,11 +35,11 @@ NEVER_PRUNE = '[pruner]\nname = "threshold"\nlower = 0.0\n'
 N_POINTS = 6  # TINY's grid: batch size 10, 20, 30 x eta 0.1, 0.2
 
 
-def slow_study(path):
+def slow_study(path, n_train: int = 2000):
     """TINY's grid on 2000 training images for 100 epochs: a pack of trials takes about 2 s,
     long enough to catch it midway and to stop it before its end."""
     text = write_study(path, epochs=EPOCHS, extra=NEVER_PRUNE).read_text()
-    path.write_text(text.replace("n_train = 300", "n_train = 2000"))
+    path.write_text(text.replace("n_train = 300", f"n_train = {n_train}"))
     return path
 
 
@@ -141,7 +141,10 @@ def test_sigkill_of_a_worker_on_another_host_is_found_by_its_heartbeat(tmp_path,
 
 
 def test_sigterm_stops_a_two_worker_run_and_a_later_run_continues(workdir):
-    slow_study(workdir / "tiny.toml")
+    # Near the end two workers run one trial each (a lone trial is twice as fast as a pack of
+    # two): on twice the images an early one has about a second to go, time for the signal to
+    # pass from the launcher to the workers even on a loaded machine.
+    slow_study(workdir / "tiny.toml", n_train=4000)
     proc = start_sweep("run", "tiny.toml", "--workers", 2, "--no-report", cwd=workdir)
     seen: list = []
     running = wait_until(lambda: journal_midway(workdir, seen), 120, "trials midway after two complete ones")
