@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 from core.data import DataError, Dataset, load_dataset
 from sweep.errors import UsageError
 from sweep.objective import RESULT_ATTR, RUN_ATTR, WORKER_ATTR, TrialRunner, is_alive_here, worker_identity
-from sweep.samplers import GRID_SAMPLERS, PACKABLE, build_pruner, build_sampler, grid_points, grid_size
+from sweep.samplers import GRID_SAMPLERS, PACKABLE, GridSampler, build_pruner, build_sampler, grid_points, grid_size
 from sweep.spec import StudySpec, parse_spec, spec_to_dict, suggest
 from sweep.storage import StorageSpec, open_storage, redact, study_lock
 from sweep.tracking import Tracker, check_reachable
@@ -295,10 +295,10 @@ class Worker:
             self.tracker.end_run(run_id, "KILLED", {"mlp_sweep.reason": reason})
         params = trial.params
         sampler, grid_id = self.study.sampler, trial.system_attrs.get("grid_id")
-        if isinstance(sampler, optuna.samplers.GridSampler) and not params:  # died before sampling:
+        if isinstance(sampler, GridSampler) and not params:  # died before sampling:
             if grid_id is None:  # nor was it given a grid point; nothing to run again (and not counted)
                 return
-            params = dict(zip(sampler._param_names, sampler._all_grids[grid_id]))  # run its point
+            params = sampler.point(grid_id)  # run its point
         self.study.enqueue_trial(params, user_attrs={RETRY_OF_ATTR: trial.number, "mlp_sweep.reason": reason})
 
     def _heartbeat(self, trials: list[optuna.Trial]):

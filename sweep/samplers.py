@@ -61,6 +61,10 @@ class GridSampler(_BudgetStops, optuna.samplers.GridSampler):
         fast = [i for i, n in enumerate(names) if n in PACKABLE]
         self._all_grids.sort(key=lambda point: tuple(rank[i][point[i]] for i in slow + fast))
 
+    def point(self, grid_id: int) -> dict[str, Any]:
+        """The parameters of grid point ``grid_id`` (a trial's ``grid_id`` system attribute)."""
+        return dict(zip(self._param_names, self._all_grids[grid_id]))
+
 
 class BruteForceSampler(_BudgetStops, optuna.samplers.BruteForceSampler):
     """Optuna's brute-force sampler, ended by the sweep's budget."""

@@ -325,7 +325,7 @@ def check_retries(study: optuna.Study) -> list:
     assert set(copies) == {t.number for t in failed}
     for t in failed:
         copy = copies[t.number]
-        if t.params or "grid_id" not in t.system_attrs:
+        if t.params:
             assert copy.params == t.params
         else:  # it died before sampling: the copy runs its grid point
             assert copy.system_attrs["fixed_params"] == copy.params and len(copy.params) >= 1
