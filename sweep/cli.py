@@ -20,6 +20,7 @@ from sweep.errors import UsageError
 DEFAULT_STORE_DIR = Path("mlruns")
 REPORT_DIR, STUDY_DIR = Path("reports"), Path("studies")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+SHOWN_PARETO = 5  # Pareto trials `sweep run` prints; summary.txt lists them all
 
 
 def default_storage() -> str:
@@ -93,7 +94,7 @@ def run(study_file, n_trials, timeout, workers, storage, tracking_uri, no_tracki
                           pack=not no_pack, on_progress=on_progress, data_progress=_download_progress())
     finally:
         bar.close()
-    click.echo(summary(study, stores))
+    click.echo(summary(study, stores, None if no_report else REPORT_DIR / spec.name))
     if not no_report:
         _write_report(study, stores, REPORT_DIR / spec.name)
 
@@ -115,8 +116,14 @@ def _download_progress():
     return progress
 
 
-def summary(study, stores) -> str:
-    """A few lines on how the study stands and where its results are."""
+def summary(study, stores, report_dir: Path | None = None) -> str:
+    """A few lines on how the study stands and where its results are.
+
+    Of a multi-objective study's Pareto front it shows the first SHOWN_PARETO trials (best on
+    the first objective first) and says how many more there are and where they all are: the
+    summary.txt in ``report_dir``, or the one ``sweep report`` writes.
+    """
+    from optuna.study import StudyDirection
     from optuna.trial import TrialState
 
     from sweep.storage import redact
@@ -127,14 +134,24 @@ def summary(study, stores) -> str:
              f"({by_state[TrialState.COMPLETE]} complete, {by_state[TrialState.PRUNED]} pruned, "
              f"{by_state[TrialState.FAIL]} failed)"]
     if by_state[TrialState.COMPLETE]:
-        best = study.best_trials if len(study.directions) > 1 else [study.best_trial]
-        for t in best[:5]:
+        multi = len(study.directions) > 1
+        if multi:
+            sign = 1 if study.directions[0] == StudyDirection.MINIMIZE else -1
+            best = sorted(study.best_trials, key=lambda t: (sign * t.values[0], t.number))
+            lines.append(f"Pareto front: {len(best)} trials (values in objective order)")
+        else:
+            best = [study.best_trial]
+        for t in best[:SHOWN_PARETO]:
             metrics = t.user_attrs.get("mlp_sweep.result", {}).get("metrics", {})
             values = ", ".join(f"{v:.4g}" for v in t.values)
-            lines.append(f"Best trial #{t.number}: {values}   " +
+            lines.append(f"{'Pareto' if multi else 'Best'} trial #{t.number}: {values}   " +
                          " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items()))
             shown = ("test_accuracy", "best_validation_accuracy", "gap", "training_seconds")
             lines.append("  " + "  ".join(f"{k} {metrics[k]:.4g}" for k in shown if k in metrics))
+        if len(best) > SHOWN_PARETO:
+            where = (f"see {report_dir / 'summary.txt'}" if report_dir is not None
+                     else f"`sweep report {study.study_name}` lists them all in summary.txt")
+            lines.append(f"... and {len(best) - SHOWN_PARETO} more, {where}")
     if stores.tracking_uri:
         lines.append(f"Runs: {redact(stores.tracking_uri)} (browse with `sweep ui`)")
     return "\n".join(lines)
@@ -168,7 +185,8 @@ def _write_report(study, stores, out_dir: Path, **options) -> None:
 @click.option("--out", type=click.Path(file_okay=False), metavar="DIR",
               help="Directory for the report files [default: reports/STUDY].")
 @click.option("--quantile", type=click.FloatRange(0, 1, min_open=True), default=0.10, show_default=True,
-              help="Fraction of the completed trials that makes the best region.")
+              help="Fraction of the completed trials that makes the best region (single objective; "
+                   "a multi-objective study's is its Pareto front).")
 @click.option("--gap-threshold", type=click.FloatRange(min=0), default=0.05, show_default=True,
               help="Training minus validation accuracy above which a trial is flagged as over-fitting.")
 @click.option("--heatmap", nargs=2, metavar="X Y",
@@ -189,7 +207,8 @@ def report(study_name, storage, tracking_uri, no_tracking, out, quantile, gap_th
 @tracking_option
 @click.option("--no-tracking", is_flag=True, help="With --run: do not log to MLflow.")
 @click.option("--quantile", type=click.FloatRange(0, 1, min_open=True), default=0.10, show_default=True,
-              help="Fraction of the completed trials whose region the new study searches.")
+              help="Fraction of the completed trials whose region the new study searches (single "
+                   "objective; a multi-objective study's region is its Pareto front).")
 @click.option("--out", type=click.Path(dir_okay=False), metavar="FILE",
               help="Study file to write, never overwritten [default: studies/NEW_NAME.toml].")
 @click.option("--run", "run_it", is_flag=True, help="Run the refined study right away.")

@@ -3,6 +3,8 @@
 Numeric ranges shrink to where the top trials are (widened a little, clipped to the
 parent's range), grid steps get finer, categorical choices keep only those the top
 trials used, and the parent's best point is enqueued so the new study starts there.
+The best region is ``study_region``'s: a multi-objective study's is its Pareto front,
+and every point of the front is enqueued.
 """
 
 from __future__ import annotations
@@ -37,29 +39,42 @@ def refined_name(parent: str, taken: Collection[str] = ()) -> str:
 
 def refine(study: optuna.Study, spec: StudySpec, quantile: float = 0.10, *,
            taken: Collection[str] = ()) -> StudySpec:
-    """A new study spec searching the best region of ``study`` (on its first objective).
+    """A new study spec searching the best region of ``study`` (``study_region``: the top
+    ``quantile`` on the objective, or the Pareto front of a multi-objective study).
 
     ``spec`` is the study's own; ``taken`` the study names not to use. Same data,
     objectives, sampler, pruner and training settings; a grid's budget is its new size.
+    The best trial, or every trial of the front (best on the first objective first, as
+    many as the budget holds), is enqueued to run first.
     Raises UsageError when the study has no completed trial.
     """
     region = study_region(study, trials_frame(study), quantile)
     if region is None:
         raise UsageError(f"study {study.study_name!r} has no completed trials: nothing to refine")
     columns = param_columns(study)
-    best = next(t for t in study.get_trials(deepcopy=False) if t.number == region.best_trial).params
     space = {name: _refined(param, region.params[columns[name]]) if name in columns else param
              for name, param in spec.space.items()}
-    metric = objective_names(study)[0]
-    description = (f"Refined from study {spec.name}: its top {quantile * 100:g}% by {metric} ({region.support} "
-                   f"of {region.n_complete} completed trials); its best trial #{region.best_trial} ({metric} "
-                   f"{region.best_value:.4g}) is enqueued to run first.")
+    if region.front:
+        on = " and ".join(label for label, _ in region.front)
+        description = (f"Refined from study {spec.name}: its Pareto front on {on} ({region.support} of "
+                       f"{region.n_complete} completed trials); the front's trials are enqueued to run first.")
+    else:
+        metric = objective_names(study)[0]
+        description = (f"Refined from study {spec.name}: its top {quantile * 100:g}% by {metric} ({region.support} "
+                       f"of {region.n_complete} completed trials); its best trial #{region.best_trial} ({metric} "
+                       f"{region.best_value:.4g}) is enqueued to run first.")
     refined = dataclasses.replace(spec, name=refined_name(spec.name, taken), parent=spec.name,
                                   description=description, space=space, enqueue=(), source=f"refined {spec.name}")
-    start = {name: _tidy(best[name]) for name, param in refined.searched.items()
-             if name in best and param.contains(_tidy(best[name]))}
     budget = grid_size(refined) if spec.sampler.name in GRID_SAMPLERS else spec.n_trials
-    return dataclasses.replace(refined, n_trials=budget, enqueue=(start,) if start else ())
+    by_number = {t.number: t.params for t in study.get_trials(deepcopy=False)}
+    starts = []
+    for number in region.trials if region.front else (region.best_trial,):
+        point = {name: _tidy(value) for name, value in by_number[number].items()}
+        start = {name: point[name] for name, param in refined.searched.items()
+                 if name in point and param.contains(point[name])}
+        if start and start not in starts:
+            starts.append(start)
+    return dataclasses.replace(refined, n_trials=budget, enqueue=tuple(starts[:budget]))
 
 
 def _tidy(value: object) -> object:

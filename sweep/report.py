@@ -1,5 +1,7 @@
 """Study reports: trials and epochs as tables, the best region of the space, files on disk.
 
+The best region of a single-objective study is its top trials by the objective; that of
+a multi-objective study is its Pareto front (``study.best_trials``), over all objectives.
 Everything comes from what a study stores (parameters, values and the trial's
 ``mlp_sweep.result`` attribute), so a report can be made from any storage at any
 time, also while the study still runs.
@@ -48,9 +50,14 @@ def directions(study: optuna.Study) -> list[str]:
     return [d.name.lower() for d in study.directions]
 
 
+def pareto_columns(study: optuna.Study) -> list[str]:
+    """``["pareto"]`` for a multi-objective study (its column in ``trials_frame``), else none."""
+    return ["pareto"] if len(study.directions) > 1 else []
+
+
 def param_columns(study: optuna.Study) -> dict[str, str]:
     """Column of each parameter in ``trials_frame``: its name, or ``param_<name>`` where it would clash."""
-    reserved = {"number", "state", *value_columns(study), *METRIC_COLUMNS, *_TAIL_COLUMNS}
+    reserved = {"number", "state", *value_columns(study), *pareto_columns(study), *METRIC_COLUMNS, *_TAIL_COLUMNS}
     names = dict.fromkeys(name for t in study.get_trials(deepcopy=False) for name in t.params)
     return {name: f"param_{name}" if name in reserved else name for name in names}
 
@@ -64,11 +71,13 @@ def log_scaled(study: optuna.Study) -> set[str]:
 def trials_frame(study: optuna.Study, gap_threshold: float = 0.05) -> pd.DataFrame:
     """One row per trial: number, state, values, parameters, final and best metrics, over-fitting.
 
-    ``overfit`` is gap (training minus validation accuracy) > ``gap_threshold``, and NA
+    A multi-objective study also gets ``pareto``, after the values: whether the trial is
+    on the Pareto front (one of ``study.best_trials``, which are all complete). ``overfit`` is gap (training minus validation accuracy) > ``gap_threshold``, and NA
     where the gap is unknown; metrics a trial does not have (failed, not monitored) are NaN.
     A pruned trial's value is its last reported one (Optuna's rule); filter on state.
     """
-    values, params = value_columns(study), param_columns(study)
+    values, pareto, params = value_columns(study), pareto_columns(study), param_columns(study)
+    front = {t.number for t in study.best_trials} if pareto else set()
     int_params = {params[name] for t in study.get_trials(deepcopy=False)
                   for name, d in t.distributions.items() if isinstance(d, IntDistribution)}
     rows = []
@@ -78,14 +87,16 @@ def trials_frame(study: optuna.Study, gap_threshold: float = 0.05) -> pd.DataFra
         rows.append({
             "number": t.number, "state": t.state.name,
             **dict(zip(values, t.values or [None] * len(values))),
+            **{column: t.number in front for column in pareto},
             **{column: t.params.get(name) for name, column in params.items()},
             **{key: metrics.get(key) for key in METRIC_COLUMNS},
             "epochs_run": metrics.get("epochs_run"), "seconds": metrics.get("training_seconds"),
             "pruned_at_epoch": result.get("pruned_at_epoch"), "reason": result.get("reason"),
         })
-    columns = ["number", "state", *values, *params.values(), *METRIC_COLUMNS, *_TAIL_COLUMNS]
+    columns = ["number", "state", *values, *pareto, *params.values(), *METRIC_COLUMNS, *_TAIL_COLUMNS]
     frame = pd.DataFrame(rows, columns=columns)
     frame = frame.astype({**{c: "float64" for c in (*values, *METRIC_COLUMNS, "seconds")},
+                          **{c: "boolean" for c in pareto},
                           **{c: "Int64" for c in (*int_params, "epochs_run", "pruned_at_epoch")}})
     frame["overfit"] = (frame["gap"] > gap_threshold).astype("boolean").mask(frame["gap"].isna())
     return frame
@@ -131,6 +142,9 @@ class Region:
 
     ``marginals`` holds, per parameter, the objective over all completed trials grouped
     by the parameter's value or quantile bin (columns count, mean, min, max).
+    A Pareto front's region (``pareto_region``) has ``front``, the (label, direction) of
+    every objective; its ``objective`` is the first, which ranks it and gives its marginals,
+    and its ``quantile`` is the share of the completed trials on the front.
     """
 
     objective: str  # the column ranked on
@@ -148,6 +162,7 @@ class Region:
     gap_max: float | None
     n_overfit: int
     marginals: Mapping[str, pd.DataFrame]
+    front: tuple[tuple[str, str], ...] = ()
 
     def table(self) -> pd.DataFrame:
         """One row per parameter (param, kind, low, high, median, best, values, support): region.csv."""
@@ -158,11 +173,19 @@ class Region:
 
     def summary(self) -> str:
         """The region in a few readable lines."""
-        bound = "≥" if self.direction == "maximize" else "≤"
-        lines = [f"Best region: top {self.quantile * 100:g}% of {self.n_complete} completed trials by "
-                 f"{self.label} ({self.direction}): {self.support} trials, {self.label} {bound} "
-                 f"{self.threshold:.4g}",
-                 f"Best trial #{self.best_trial}: {self.label} = {self.best_value:.4g}"]
+        if self.front:
+            on = ", ".join(f"{label} ({direction})" for label, direction in self.front)
+            lines = [f"Best region: the Pareto front of {self.n_complete} completed trials on {on}: "
+                     f"{self.support} trials ({', '.join(f'#{n}' for n in self.trials)}); "
+                     f"the quantile applies to single-objective studies only",
+                     f"Best on {self.label} in the front: trial #{self.best_trial}, "
+                     f"{self.label} = {self.best_value:.4g}"]
+        else:
+            bound = "≥" if self.direction == "maximize" else "≤"
+            lines = [f"Best region: top {self.quantile * 100:g}% of {self.n_complete} completed trials by "
+                     f"{self.label} ({self.direction}): {self.support} trials, {self.label} {bound} "
+                     f"{self.threshold:.4g}",
+                     f"Best trial #{self.best_trial}: {self.label} = {self.best_value:.4g}"]
         width = max((len(name) for name in self.params), default=0)
         for p in self.params.values():
             if p.kind == "categorical":
@@ -231,31 +254,71 @@ def best_region(trials: pd.DataFrame, objective: str, direction: str, quantile: 
     """
     if not 0 < quantile <= 1:
         raise ValueError(f"quantile must be in (0, 1], got {quantile}")
-    done = trials[(trials["state"] == TrialState.COMPLETE.name) & trials[objective].notna()]
+    done = _completed(trials, [objective])
+    ranked = _ranked(done, objective, direction)
+    support = max(1, math.ceil(round(quantile * len(done), 9)))
+    return _region(done, ranked.head(support), objective, label or objective, direction, quantile, params)
+
+
+def pareto_region(trials: pd.DataFrame, objectives: Sequence[str], directions: Sequence[str],
+                  params: Sequence[str] = (), *, labels: Sequence[str] | None = None) -> Region:
+    """The Pareto front (the ``pareto`` column of a multi-objective ``trials_frame``) and the
+    range of each of ``params`` among its trials: the best region over all ``objectives``.
+
+    Every trial of the front is in it and no other, whatever a quantile would say: no trial
+    of the front is better than another. Its trials are ranked by the first objective (ties
+    by number), so its best trial, from which each parameter's ``best`` comes, is the front's
+    best on the first objective. ``labels`` name the objectives (default: the columns).
+    Raises ValueError when no trial is complete.
+    """
+    done = _completed(trials, objectives)
+    front = _ranked(done[done["pareto"].fillna(False).astype(bool)], objectives[0], directions[0])
+    labels = list(labels or objectives)
+    return _region(done, front, objectives[0], labels[0], directions[0], len(front) / len(done), params,
+                   front=tuple(zip(labels, directions)))
+
+
+def _completed(trials: pd.DataFrame, objectives: Sequence[str]) -> pd.DataFrame:
+    """The completed trials that have every objective; ValueError if there is none."""
+    done = trials[(trials["state"] == TrialState.COMPLETE.name) & trials[list(objectives)].notna().all(axis=1)]
     if done.empty:
         raise ValueError("no completed trials: there is no best region")
-    ranked = done.sort_values([objective, "number"], ascending=[direction == "minimize", True])
-    support = max(1, math.ceil(round(quantile * len(done), 9)))
-    top, best = ranked.head(support), ranked.iloc[0]
-    gap = top["gap"].dropna()
+    return done
+
+
+def _ranked(trials: pd.DataFrame, objective: str, direction: str) -> pd.DataFrame:
+    return trials.sort_values([objective, "number"], ascending=[direction == "minimize", True])
+
+
+def _region(done: pd.DataFrame, top: pd.DataFrame, objective: str, label: str, direction: str, quantile: float,
+            params: Sequence[str], front: tuple[tuple[str, str], ...] = ()) -> Region:
+    """The region of the ``top`` trials (best first) among the completed ``done``."""
+    best, gap = top.iloc[0], top["gap"].dropna()
     return Region(
-        objective=objective, label=label or objective, direction=direction, quantile=quantile, n_complete=len(done), support=support,
-        threshold=float(top[objective].iloc[-1]), best_trial=int(best["number"]),
+        objective=objective, label=label, direction=direction, quantile=quantile, n_complete=len(done),
+        support=len(top), threshold=float(top[objective].iloc[-1]), best_trial=int(best["number"]),
         best_value=float(best[objective]),
         trials=tuple(int(n) for n in top["number"]),
         params={p: _param_region(p, top[p], best[p]) for p in params},
         gap_mean=float(gap.mean()) if len(gap) else None, gap_max=float(gap.max()) if len(gap) else None,
         n_overfit=int(top["overfit"].sum()),
         marginals={p: _marginal(done, p, objective) for p in params},
+        front=front,
     )
 
 
 def study_region(study: optuna.Study, trials: pd.DataFrame, quantile: float = 0.10) -> Region | None:
-    """The best region of a study on its first objective, over all its parameters; None if none completed."""
+    """The best region of a study over all its parameters; None if no trial completed.
+
+    A single-objective study's is its top ``quantile`` (``best_region``); a multi-objective
+    study's is its Pareto front over all objectives (``pareto_region``; ``quantile`` unused).
+    """
     if not (trials["state"] == TrialState.COMPLETE.name).any():
         return None
-    return best_region(trials, value_columns(study)[0], directions(study)[0], quantile,
-                       list(param_columns(study).values()), label=objective_names(study)[0])
+    values, params, names = value_columns(study), list(param_columns(study).values()), objective_names(study)
+    if len(values) > 1:
+        return pareto_region(trials, values, directions(study), params, labels=names)
+    return best_region(trials, values[0], directions(study)[0], quantile, params, label=names[0])
 
 
 @dataclass(frozen=True)
@@ -272,7 +335,8 @@ def write_report(study: optuna.Study, out_dir: str | os.PathLike, *, quantile: f
                  gap_threshold: float = 0.05, heatmap_params: Sequence[str] | None = None) -> Report:
     """Write trials.csv, epochs.csv, region.csv, summary.txt and the plots (PNG) into ``out_dir``.
 
-    The region and the heat map are on the first objective. Every file is rendered in
+    The region of a multi-objective study is its Pareto front, which summary.txt lists in
+    full; the heat map and the over-fitting plot are on the first objective. Every file is rendered in
     memory first, then written under a temporary name and renamed into place, so a
     failed write leaves the previous report as it was. Raises UsageError when a
     heat-map parameter is unknown or ``out_dir`` cannot be written.
@@ -335,10 +399,26 @@ def _summary_text(study: optuna.Study, trials: pd.DataFrame, region: Region | No
     states = ", ".join(f"{counts[s]} {s.lower()}" for s in counts.index)
     lines = [f"Study {study.study_name}: {len(trials)} trials ({states or 'none'})"]
     lines.append(region.summary() if region is not None else "No completed trials: no best region.")
+    lines.extend(_pareto_lines(study, trials))
     if skipped:
         lines.append("Plots left out:")
         lines.extend(f"  {name}: {why}" for name, why in skipped.items())
     return "\n".join(lines) + "\n"
+
+
+def _pareto_lines(study: optuna.Study, trials: pd.DataFrame) -> list[str]:
+    """Every trial of a multi-objective study's Pareto front, best on the first objective first:
+    its values and parameters (nothing for a single-objective study)."""
+    if not pareto_columns(study):
+        return []
+    names, values, params = objective_names(study), value_columns(study), param_columns(study)
+    front = _ranked(trials[trials["pareto"].fillna(False).astype(bool)], values[0], directions(study)[0])
+    lines = [f"Pareto front: {len(front)} trials, best {names[0]} first:"]
+    for _, row in front.iterrows():
+        scores = "  ".join(f"{name} {row[value]:.4g}" for name, value in zip(names, values))
+        setting = " ".join(f"{p}={_show(_scalar(row[c]))}" for p, c in params.items())
+        lines.append(f"  #{int(row['number'])}  {scores}   {setting}")
+    return lines
 
 
 def _write_all(out_dir: Path, data: Mapping[str, bytes]) -> tuple[Path, ...]:

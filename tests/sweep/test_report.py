@@ -191,15 +191,57 @@ def test_best_region_needs_a_completed_trial():
         best_region(frame[frame["state"] != "COMPLETE"], "value", "maximize", 0.1, ["x"])
 
 
-def test_multi_objective_columns_and_region_on_the_first():
+def trade_off_study() -> optuna.Study:
+    """Accuracy (maximize) against seconds (minimize): trials 0, 1 and 3 are the Pareto front,
+    2 is dominated by 0, 4 by 1 and 3; then a pruned trial."""
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr(SPEC_ATTR, {"objective": [{"metric": "validation_accuracy", "direction": "maximize"},
+                                                  {"metric": "training_seconds", "direction": "minimize"}]})
+    for i, values in enumerate([(0.9, 5.0), (0.8, 2.0), (0.85, 6.0), (0.7, 1.0), (0.7, 3.0)]):
+        study.add_trial(optuna.create_trial(params=params(i), distributions=DISTRIBUTIONS, values=list(values),
+                                            user_attrs={RESULT_ATTR: result(i)}))
+    study.add_trial(optuna.create_trial(params=params(5), distributions=DISTRIBUTIONS, state=TrialState.PRUNED))
+    return study
+
+
+def test_multi_objective_columns_and_pareto_column():
     study = make_study(n_objectives=2)
     assert value_columns(study) == ["value_0", "value_1"]
     assert objective_names(study) == ["validation_accuracy", "training_seconds"]
     frame = trials_frame(study)
+    assert list(frame.columns[:6]) == ["number", "state", "value_0", "value_1", "pareto", "x"]
     assert frame["value_1"].iloc[:N].tolist() == [N - i for i in range(N)]
+    assert str(frame["pareto"].dtype) == "boolean"
+    assert frame["pareto"].tolist() == [True] * N + [False, False]  # i against N - i, both maximized
+    assert "pareto" not in trials_frame(make_study())  # single objective: no such column
+
+
+def test_pareto_region_is_the_front():
+    study = trade_off_study()
+    frame = trials_frame(study)
+    assert frame.loc[frame["pareto"], "number"].tolist() == [0, 1, 3]
     region = study_region(study, frame, 0.10)
-    assert region.objective == "value_0" and region.trials == (19, 18)
-    assert set(region.params) == {"x", "lr", "act"}
+    assert region.front == (("validation_accuracy", "maximize"), ("training_seconds", "minimize"))
+    # every trial of the front, whatever the quantile, best accuracy first
+    assert region.trials == (0, 1, 3) and region.support == 3 and region.n_complete == 5
+    assert study_region(study, frame, 0.9).trials == region.trials
+    assert region.best_trial == 0 and region.best_value == 0.9
+    x = region.params["x"]
+    assert (x.low, x.high, x.median, x.best) == (0, 3, 1, 0)
+    assert dict(region.params["act"].values) == {"a": 1, "b": 2}
+    assert sum(region.marginals["x"]["count"]) == 5  # the marginals are over every completed trial
+    text = region.summary()
+    assert "Pareto front of 5 completed trials" in text and "(#0, #1, #3)" in text
+    assert "top 10%" not in text and "single-objective studies only" in text
+
+
+def test_pareto_region_when_one_trial_dominates():
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for i, values in enumerate([(0.9, 1.0), (0.8, 2.0), (0.7, 3.0)]):
+        study.add_trial(optuna.create_trial(params=params(i), distributions=DISTRIBUTIONS, values=list(values),
+                                            user_attrs={RESULT_ATTR: result(i)}))
+    region = study_region(study, trials_frame(study))
+    assert region.trials == (0,) and region.params["x"].low == region.params["x"].high == 0
 
 
 def test_objective_names_without_stored_settings():
