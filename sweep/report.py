@@ -72,7 +72,8 @@ def trials_frame(study: optuna.Study, gap_threshold: float = 0.05) -> pd.DataFra
     """One row per trial: number, state, values, parameters, final and best metrics, over-fitting.
 
     A multi-objective study also gets ``pareto``, after the values: whether the trial is
-    on the Pareto front (one of ``study.best_trials``, which are all complete). ``overfit`` is gap (training minus validation accuracy) > ``gap_threshold``, and NA
+    on the Pareto front (one of ``study.best_trials``, which are all complete).
+    ``overfit`` is gap (training minus validation accuracy) > ``gap_threshold``, and NA
     where the gap is unknown; metrics a trial does not have (failed, not monitored) are NaN.
     A pruned trial's value is its last reported one (Optuna's rule); filter on state.
     """
@@ -178,7 +179,7 @@ class Region:
             lines = [f"Best region: the Pareto front of {self.n_complete} completed trials on {on}: "
                      f"{self.support} trials ({', '.join(f'#{n}' for n in self.trials)}); "
                      f"the quantile applies to single-objective studies only",
-                     f"Best on {self.label} in the front: trial #{self.best_trial}, "
+                     f"Best trial #{self.best_trial} of the front on {self.label} (the first objective): "
                      f"{self.label} = {self.best_value:.4g}"]
         else:
             bound = "≥" if self.direction == "maximize" else "≤"
@@ -272,7 +273,7 @@ def pareto_region(trials: pd.DataFrame, objectives: Sequence[str], directions: S
     Raises ValueError when no trial is complete.
     """
     done = _completed(trials, objectives)
-    front = _ranked(done[done["pareto"].fillna(False).astype(bool)], objectives[0], directions[0])
+    front = _ranked(done[done["pareto"]], objectives[0], directions[0])
     labels = list(labels or objectives)
     return _region(done, front, objectives[0], labels[0], directions[0], len(front) / len(done), params,
                    front=tuple(zip(labels, directions)))
@@ -336,8 +337,8 @@ def write_report(study: optuna.Study, out_dir: str | os.PathLike, *, quantile: f
     """Write trials.csv, epochs.csv, region.csv, summary.txt and the plots (PNG) into ``out_dir``.
 
     The region of a multi-objective study is its Pareto front, which summary.txt lists in
-    full; the heat map and the over-fitting plot are on the first objective. Every file is rendered in
-    memory first, then written under a temporary name and renamed into place, so a
+    full; the heat map and the over-fitting plot are on the first objective. Every file is
+    rendered in memory first, then written under a temporary name and renamed into place, so a
     failed write leaves the previous report as it was. Raises UsageError when a
     heat-map parameter is unknown or ``out_dir`` cannot be written.
     """
@@ -412,7 +413,7 @@ def _pareto_lines(study: optuna.Study, trials: pd.DataFrame) -> list[str]:
     if not pareto_columns(study):
         return []
     names, values, params = objective_names(study), value_columns(study), param_columns(study)
-    front = _ranked(trials[trials["pareto"].fillna(False).astype(bool)], values[0], directions(study)[0])
+    front = _ranked(trials[trials["pareto"]], values[0], directions(study)[0])
     lines = [f"Pareto front: {len(front)} trials, best {names[0]} first:"]
     for _, row in front.iterrows():
         scores = "  ".join(f"{name} {row[value]:.4g}" for name, value in zip(names, values))

@@ -112,6 +112,28 @@ def test_name_parent_description_and_settings(grid):
     assert refined_name("a", ()) == "a-refined"
 
 
+def trade_off(params) -> tuple[float, float]:
+    """Accuracy eta (maximize) against seconds eta + (batch_size - 20)² / 1000 (minimize):
+    the Pareto front is batch size 20 at every eta."""
+    return params["eta"], params["eta"] + (params["batch_size"] - 20) ** 2 / 1000
+
+
+def test_multi_objective_refines_the_pareto_front():
+    spec = parse_spec({**GRID, "name": "grid-pair", "objective": [
+        {"metric": "validation_accuracy", "direction": "maximize"},
+        {"metric": "training_seconds", "direction": "minimize"}]}, "pair.toml")
+    study = run(spec, trade_off)
+    assert {t.params["batch_size"] for t in study.best_trials} == {20} and len(study.best_trials) == 10
+    refined = refine(study, spec, 0.1)  # the quantile plays no part: the region is the front
+    # batch size 20 widened by one step, the finest step within 1.5 x 10 points; eta spans the front: kept
+    assert refined.space["batch_size"] == IntRange(16, 24, step=1)
+    assert refined.space["eta"] == spec.space["eta"]  # the top 10% by accuracy alone would keep every batch size
+    assert refined.n_trials == grid_size(refined) == 90
+    assert "Pareto front on validation_accuracy and training_seconds (10 of 100" in refined.description
+    assert [e["batch_size"] for e in refined.enqueue] == [20] * 10  # the whole front, best accuracy first
+    assert [e["eta"] for e in refined.enqueue] == pytest.approx([1.0 - 0.1 * k for k in range(10)])
+
+
 def tpe_score(params) -> float:
     """Best near eta 0.1 and 100 hidden units; sigmoid and batch size 50 are clearly worse."""
     score = 1 - abs(math.log10(params["eta"] / 0.1)) - abs(params["hidden"] - 100) / 200
