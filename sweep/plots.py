@@ -31,6 +31,7 @@ from optuna.visualization import matplotlib as optuna_mpl  # noqa: E402
 SIZE = (8.0, 6.0)  # inches
 DPI = 120
 _MAX_LEGEND = 15  # entries; more and a legend hides the plot
+_MAX_TICKS = 12  # distinct grid values on a heat-map axis that each get a tick
 _LABELS = {
     "batch_size": "mini-batch size m (examples)",
     "eta": "learning rate η",
@@ -84,8 +85,10 @@ def heatmap_scatter(trials: pd.DataFrame, x: str, y: str, value: str, *, directi
                     title: str | None = None) -> Figure:
     """The homework's figure: each trial at (x, y) coloured by ``value`` (named ``label``), the best marked.
 
-    Other trials (pruned, failed, running: Optuna gives a pruned trial its last
-    intermediate value) are drawn as grey crosses. Raises ValueError when no
+    The best point is annotated as the homework did, (x, y, value), an accuracy in
+    per cent. Other trials (pruned, failed, running: Optuna gives a pruned trial its
+    last intermediate value) are drawn as grey crosses. A linear axis with at most
+    ``_MAX_TICKS`` distinct values gets a tick at each. Raises ValueError when no
     completed trial has x, y and the value.
     """
     name = axis_label(label or value)
@@ -106,9 +109,15 @@ def heatmap_scatter(trials: pd.DataFrame, x: str, y: str, value: str, *, directi
     fig.colorbar(points, ax=ax).set_label(name)
     best = scored.loc[scored[value].idxmax() if direction == "maximize" else scored[value].idxmin()]
     ax.scatter([best[x]], [best[y]], marker="*", s=400, c="red", edgecolors="black", linewidths=0.8, zorder=3,
-               label=f"best: trial #{best['number']}")
+               label=f"best: trial #{best['number']}, annotated ({x}, {y}, {name})")
     ax.margins(0.08)
-    _annotate(ax, best[x], best[y], f"{name} {best[value]:.4g}\n{x} = {_num(best[x])}, {y} = {_num(best[y])}")
+    rows = sorted(pd.unique(scored[y]))
+    _annotate(ax, best[x], best[y], f"({_num(best[x])}, {_num(best[y])}, {_metric(label or value, best[value])})",
+              rows if len(rows) <= _MAX_TICKS else ())
+    for axis, column, log in ((ax.xaxis, x, log_x), (ax.yaxis, y, log_y)):
+        values = sorted(pd.unique(scored[column]))
+        if not log and len(values) <= _MAX_TICKS:
+            axis.set_ticks(values, [_num(v) for v in values])
     ax.set_xlabel(axis_label(x))
     ax.set_ylabel(axis_label(y))
     ax.set_title(title or f"{name} by {x} and {y}")
@@ -117,20 +126,37 @@ def heatmap_scatter(trials: pd.DataFrame, x: str, y: str, value: str, *, directi
     return fig
 
 
+def _metric(name: str, value: float) -> str:
+    """A metric's value as the homework wrote it: an accuracy (a fraction) in per cent."""
+    if "accuracy" in name and 0 <= value <= 1:
+        return f"{100 * value:.3g} %"
+    return f"{value:.4g}"
+
+
 def _marker_size(n: int) -> float:
     """Point area (pt²): large for a homework-sized grid, smaller as points crowd."""
     return float(min(220, max(25, 20000 / n)))
 
 
-def _annotate(ax, x: float, y: float, text: str) -> None:
-    """A boxed note pointing at (x, y), placed towards the middle of the axes so it stays inside."""
+def _annotate(ax, x: float, y: float, text: str, rows: Sequence[float] = ()) -> None:
+    """A boxed note pointing at (x, y), placed towards the middle of the axes so it stays inside.
+
+    With ``rows`` (the y values of a grid) the note sits halfway to the next row, between
+    the points rather than over them.
+    """
     ax.autoscale_view()
     fx, fy = ax.transAxes.inverted().transform(ax.transData.transform((x, y)))
     dx, dy = (-1 if fx > 0.5 else 1), (-1 if fy > 0.5 else 1)
-    ax.annotate(text, xy=(x, y), xytext=(dx * 30, dy * 30), textcoords="offset points",
-                ha="right" if dx < 0 else "left", va="top" if dy < 0 else "bottom", fontsize="small",
+    beyond = [row for row in rows if (row - y) * dy > 0]
+    if beyond:
+        nearest = min(beyond, key=lambda row: abs(row - y))
+        between = (y * nearest) ** 0.5 if ax.get_yscale() == "log" else (y + nearest) / 2
+        place = {"xytext": (dx * 12, between), "textcoords": ("offset points", "data"), "va": "center"}
+    else:
+        place = {"xytext": (dx * 30, dy * 30), "textcoords": "offset points", "va": "top" if dy < 0 else "bottom"}
+    ax.annotate(text, xy=(x, y), ha="right" if dx < 0 else "left", fontsize="small",
                 bbox={"boxstyle": "round", "fc": "white", "ec": "0.5", "alpha": 0.9},
-                arrowprops={"arrowstyle": "->", "color": "0.2"}, zorder=4)
+                arrowprops={"arrowstyle": "->", "color": "0.2"}, zorder=4, **place)
 
 
 def best_curves(epochs: pd.DataFrame, trial_number: int, *, title: str | None = None) -> Figure:

@@ -2,6 +2,7 @@
 
 import matplotlib
 import optuna
+import pandas as pd
 import pytest
 from matplotlib import pyplot as plt
 from optuna.distributions import FloatDistribution
@@ -34,14 +35,28 @@ def test_heatmap_scatter(study):
     assert ax.get_xlabel() == "x" and ax.get_title()
     assert figure.axes[1].get_ylabel() == "validation accuracy"  # the colour bar
     notes = [child.get_text() for child in ax.texts]
-    assert any(note.startswith("validation accuracy 19") for note in notes)
+    assert notes == [f"(19, {0.001 * 1.4 ** 19:.4g}, 19)"]  # the best (x, lr, value): not a fraction, no per cent
     assert any("not completed" in text.get_text() for text in ax.get_legend().get_texts())
 
 
 def test_heatmap_scatter_minimize_marks_the_lowest():
     trials = trials_frame(make_study(direction="minimize"))
     figure = plots.heatmap_scatter(trials, "x", "lr", "value", direction="minimize")
-    assert any(text.get_text().startswith("value 0\n") for text in figure.axes[0].texts)
+    assert [text.get_text() for text in figure.axes[0].texts] == ["(0, 0.001, 0)"]
+
+
+def test_heatmap_scatter_of_a_grid_reads_like_the_homeworks_figure():
+    """The best point annotated (batch, eta, accuracy %), between two rows of points; a tick at every grid value."""
+    grid = [(m, eta) for m in (5, 6, 7) for eta in (0.08, 0.09, 0.1)]
+    accuracy = [0.938 if (m, eta) == (6, 0.09) else 0.9 for m, eta in grid]
+    trials = pd.DataFrame({"number": range(9), "state": "COMPLETE", "batch_size": [m for m, _ in grid],
+                           "eta": [eta for _, eta in grid], "validation_accuracy": accuracy})
+    ax = plots.heatmap_scatter(trials, "batch_size", "eta", "validation_accuracy").axes[0]
+    [note] = ax.texts
+    assert note.get_text() == "(6, 0.09, 93.8 %)"
+    assert 0.08 < note.xyann[1] < 0.09 or 0.09 < note.xyann[1] < 0.1
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["5", "6", "7"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0.08", "0.09", "0.1"]
 
 
 def test_heatmap_scatter_without_completed_trials_raises():

@@ -101,8 +101,8 @@ def test_seed_offset_gives_parallel_workers_other_points():
         build_sampler(spec, -1)
 
 
-def test_grid_points_of_the_homework():
-    spec = load_spec(STUDIES / "homework-grid-5k.toml")
+def test_grid_points_of_the_coarse_grid():
+    spec = load_spec(STUDIES / "coarse-grid-5k.toml")
     points = grid_points(spec)
     assert points == {"batch_size": [5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55],
                       "eta": [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55]}

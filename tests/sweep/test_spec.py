@@ -1,6 +1,7 @@
 """The study-file schema: valid files, defaults, round trips, trials, and every refusal."""
 
 import dataclasses
+import itertools
 import json
 import tomllib
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 
 from core import NetworkSpec, TrainConfig
 from sweep.errors import SpecError
-from sweep.samplers import grid_size
+from sweep.samplers import grid_points, grid_size
 from sweep.spec import (DEFAULTS, METRICS, PER_EPOCH_METRICS, Categorical, DataSpec, FloatRange, Fixed,
                         IntRange, InvalidValue, Objective, PrunerSpec, SamplerSpec, StudySpec, all_params,
                         dumps, load_spec, parse_spec, spec_to_dict, suggest, trial_config)
@@ -21,9 +22,10 @@ STUDIES = Path(__file__).resolve().parents[2] / "studies"
 SHIPPED = {
     "homework-grid-5k": 121,
     "homework-grid-mnist": 121,
+    "coarse-grid-5k": 121,
     "activation-cost": 12,
     "hidden-15-vs-30": 2,
-    "overfitting-lambda-width": 12,
+    "overfitting-lambda-width": 6,
     "tpe-hyperband": None,
     "multi-objective": None,
 }
@@ -360,6 +362,31 @@ def test_homework_grid():
     mnist = load_spec(STUDIES / "homework-grid-mnist.toml")
     assert mnist.data == DataSpec("mnist", 5000, 1000, 1000)
     assert (mnist.space, mnist.train) == (spec.space, spec.train)
+
+
+# The homework's grid as it states it: mini-batch size 5, 6, ..., 15 by eta 0.08, 0.09, ..., 0.18.
+HOMEWORK_BATCH_SIZES = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]
+HOMEWORK_ETAS = [0.08, 0.09, 0.10, 0.11, 0.12, 0.13, 0.14, 0.15, 0.16, 0.17, 0.18]
+
+
+@pytest.mark.parametrize("name", ["homework-grid-5k", "homework-grid-mnist"])
+def test_homework_grid_is_the_homeworks(name):
+    spec = load_spec(STUDIES / f"{name}.toml")
+    values = grid_points(spec)
+    points = list(itertools.product(values["batch_size"], values["eta"]))
+    assert len(set(points)) == len(points) == 121
+    assert points == list(itertools.product(HOMEWORK_BATCH_SIZES, HOMEWORK_ETAS))  # == on floats: no 0.09000000000000001
+    assert [repr(eta) for eta in values["eta"]] == [repr(eta) for eta in HOMEWORK_ETAS]
+    network, config = trial_config(spec, {"batch_size": 9, "eta": 0.1})
+    assert network == NetworkSpec((784, 15, 10), "relu", "cross_entropy") and config.epochs == 10
+
+
+def test_coarse_grid_is_the_homework_networks_on_a_wider_grid():
+    coarse, homework = (load_spec(STUDIES / f"{name}.toml") for name in ("coarse-grid-5k", "homework-grid-5k"))
+    assert (coarse.data, coarse.train) == (homework.data, homework.train)
+    values = grid_points(coarse)
+    assert values["batch_size"][0] == 5 and values["batch_size"][-1] == 55
+    assert values["eta"] == [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55]
 
 
 def test_imports_resolve_to_the_real_packages():
