@@ -7,5 +7,6 @@ from core.train import (CURVES, EpochRecord, LearningCheck, NonFiniteError, NotL
 
 __all__ = [
     "CURVES", "EpochRecord", "LearningCheck", "NetworkSpec", "NonFiniteError", "NotLearningError", "Params",
-    "TrainConfig", "TrainResult", "evaluate", "gradients", "init_params", "load_params", "predict", "save_params", "train",
+    "TrainConfig", "TrainResult", "evaluate", "gradients", "init_params", "load_params", "predict", "save_params",
+    "train",
 ]

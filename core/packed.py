@@ -199,7 +199,7 @@ def train_packed(spec: NetworkSpec, configs: Sequence[TrainConfig], training: La
         eval_seconds = (time.perf_counter() - start) / len(active)
         for k, (i, record) in enumerate(zip(active, _records(values, len(active), epoch, seconds, eval_seconds))):
             stopped = (NonFiniteError(epoch, "weights") if not finite[k]  # as train: weights first
-                       else check.judge(record, untrained[i], classes))
+                       else check.judge([*histories[i], record], untrained[i], classes))
             if stopped is not None:
                 results[i] = stopped
                 continue

@@ -124,7 +124,8 @@ def test_a_diverging_trial_fails_as_alone_and_the_others_are_unaffected(dtype):
                      1e-9 if dtype == np.float64 else 1e-4, 50)
 
 
-@pytest.mark.parametrize("activation, cost", [(a, c) for a in ("relu", "sigmoid") for c in ("cross_entropy", "quadratic")])
+@pytest.mark.parametrize("activation", ["relu", "sigmoid"])
+@pytest.mark.parametrize("cost", ["cross_entropy", "quadratic"])
 def test_a_pack_stops_its_trials_that_do_not_learn_as_alone_and_only_them(activation, cost):
     """η = 50 and 1e12 beside healthy η: the first are stopped as ``train`` stops them, the rest go on."""
     data = load_dataset("mnist-5k", n_train=300, n_validation=100, n_test=100)

@@ -112,26 +112,31 @@ def _record(epoch, training_cost=None, validation_cost=None, training_accuracy=N
 def test_learning_check_judges_cost_growth_chance_accuracy_and_non_finite_costs():
     check = LearningCheck(cost_growth=10.0, chance_epochs=3, chance_margin=0.05)
     untrained = _record(0, training_cost=2.0, validation_cost=3.0)
-    judge = lambda record: check.judge(record, untrained, 10)  # noqa: E731  chance 0.1, so at most 0.15
+    judge = lambda *history: check.judge(history, untrained, 10)  # noqa: E731  chance 0.1, so at most 0.15
     assert judge(_record(1, training_cost=19.9, validation_cost=29.9)) is None
-    grown = judge(_record(2, training_cost=1.0, validation_cost=30.1))
+    grown = judge(_record(1), _record(2, training_cost=1.0, validation_cost=30.1))
     assert isinstance(grown, CostGrowthError) and (grown.epoch, grown.what) == (2, "validation cost")
     assert (grown.cost, grown.untrained) == (30.1, 3.0) and "30.1 at epoch 2" in str(grown)
     non_finite = judge(_record(1, training_cost=float("inf"), validation_cost=float("nan")))
     assert isinstance(non_finite, NonFiniteError) and non_finite.what == "training cost"
-    assert judge(_record(2, training_accuracy=0.1, validation_accuracy=0.1)) is None  # too early
-    assert judge(_record(3, training_accuracy=0.151, validation_accuracy=0.1)) is None  # the best one counts
-    at_chance = judge(_record(3, training_accuracy=0.12, validation_accuracy=0.14))
+    low = [_record(e, training_accuracy=0.12, validation_accuracy=0.14) for e in range(1, 6)]
+    assert judge(*low[:2]) is None  # not yet 3 epochs
+    at_chance = judge(*low[:3])
     assert isinstance(at_chance, ChanceAccuracyError)
     assert (at_chance.epoch, at_chance.what, at_chance.accuracy) == (3, "validation accuracy", 0.14)
-    assert isinstance(judge(_record(7, training_accuracy=0.1)), ChanceAccuracyError)  # whatever is monitored
-    assert judge(_record(7)) is None  # nothing monitored, nothing to judge
-    assert check.judge(_record(1, training_cost=1e9), None, 10) is None  # untrained cost not measured
-    assert NO_CHECK.judge(_record(9, training_cost=1e9, training_accuracy=0.0), untrained, 10) is None
-    assert isinstance(NO_CHECK.judge(_record(9, training_cost=float("nan")), untrained, 10), NonFiniteError)
+    dip = _record(3, training_accuracy=0.151, validation_accuracy=0.1)  # the best monitored one counts
+    assert judge(low[0], low[1], dip) is None and judge(low[0], dip, *low[2:4]) is None  # not in a row
+    assert isinstance(judge(dip, *low[2:5]), ChanceAccuracyError)  # only the last 3 epochs count
+    only_training = [_record(e, training_accuracy=0.1) for e in range(1, 4)]
+    assert isinstance(judge(*only_training), ChanceAccuracyError)  # whatever is monitored
+    assert judge(*[_record(e) for e in range(1, 8)]) is None  # nothing monitored, nothing to judge
+    assert check.judge([_record(1, training_cost=1e9)], None, 10) is None  # untrained cost not measured
+    assert NO_CHECK.judge([_record(9, training_cost=1e9, training_accuracy=0.0)] * 3, untrained, 10) is None
+    assert isinstance(NO_CHECK.judge([_record(9, training_cost=float("nan"))], untrained, 10), NonFiniteError)
 
 
-@pytest.mark.parametrize("kwargs, field", [({"cost_growth": 1.0}, "cost_growth"), ({"chance_epochs": 0}, "chance_epochs"),
+@pytest.mark.parametrize("kwargs, field", [({"cost_growth": 1.0}, "cost_growth"),
+                                           ({"chance_epochs": 0}, "chance_epochs"),
                                            ({"chance_margin": -0.1}, "chance_margin")])
 def test_learning_check_validation_names_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
