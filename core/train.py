@@ -1,4 +1,5 @@
-"""Mini-batch SGD with L2 regularisation, returning the per-epoch history as data."""
+"""Mini-batch SGD with L2 regularisation, returning the per-epoch history as data; runs that
+do not learn are stopped with a reason (``LearningCheck``)."""
 
 from __future__ import annotations
 
@@ -117,10 +118,10 @@ class TrainResult:
 
 
 def _best_accuracy(record: EpochRecord) -> tuple[str, float] | None:
-    """The highest monitored accuracy of an epoch, with its name ("validation accuracy"), or None."""
-    accuracies = [(getattr(record, f"{part}_accuracy"), f"{part} accuracy") for part in ("validation", "training")]
-    best = max(((value, what) for value, what in accuracies if value is not None), default=None)
-    return None if best is None else (best[1], best[0])
+    """The highest monitored accuracy of an epoch with its name ("validation accuracy"), or None."""
+    accuracies = {f"{part} accuracy": getattr(record, f"{part}_accuracy") for part in ("validation", "training")}
+    return max(((what, value) for what, value in accuracies.items() if value is not None),
+               key=lambda item: item[1], default=None)
 
 
 @dataclass(frozen=True)
