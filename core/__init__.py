@@ -2,9 +2,11 @@
 
 from core.model import (NetworkSpec, Params, evaluate, gradients, init_params, load_params, predict,
                         save_params)
-from core.train import CURVES, EpochRecord, NonFiniteError, TrainConfig, TrainResult, train
+from core.train import (CURVES, EpochRecord, LearningCheck, NonFiniteError, NotLearningError, TrainConfig,
+                        TrainResult, train)
 
 __all__ = [
-    "CURVES", "EpochRecord", "NetworkSpec", "NonFiniteError", "Params", "TrainConfig", "TrainResult",
-    "evaluate", "gradients", "init_params", "load_params", "predict", "save_params", "train",
+    "CURVES", "EpochRecord", "LearningCheck", "NetworkSpec", "NonFiniteError", "NotLearningError", "Params",
+    "TrainConfig", "TrainResult", "evaluate", "gradients", "init_params", "load_params", "predict", "save_params",
+    "train",
 ]

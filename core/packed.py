@@ -11,7 +11,6 @@ the same BLAS calls as the lone run, so in practice the weights agree bit for bi
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -20,8 +19,8 @@ import numpy as np
 
 from core.functions import ACTIVATIONS, COSTS
 from core.model import EVAL_CHUNK, NetworkSpec, Params, Workspace, init_params, one_hot
-from core.train import (CURVES, GATHER_ROWS, EpochCallback, EpochRecord, LabelledSet, NonFiniteError, monitored,
-                        TrainConfig, TrainResult)
+from core.train import (CURVES, GATHER_ROWS, LEARNING_CHECK, EpochCallback, EpochRecord, LabelledSet,
+                        LearningCheck, NonFiniteError, NotLearningError, TrainConfig, TrainResult, monitored)
 
 PACKED_FIELDS = ("epochs", "batch_size", *(f"monitor_{curve}" for curve in CURVES))  # must agree
 
@@ -154,17 +153,17 @@ def evaluate_stack(spec: NetworkSpec, stack: Stack, X: np.ndarray, y: np.ndarray
 
 def train_packed(spec: NetworkSpec, configs: Sequence[TrainConfig], training: LabelledSet,
                  validation: LabelledSet | None = None, *, params: Sequence[Params] | None = None,
-                 callbacks: Sequence[EpochCallback | None] | None = None
-                 ) -> list[TrainResult | NonFiniteError]:
+                 callbacks: Sequence[EpochCallback | None] | None = None, check: LearningCheck = LEARNING_CHECK
+                 ) -> list[TrainResult | NotLearningError]:
     """Train every config in one pack; result i is what ``train`` would return or raise.
 
     That is ``train(spec, configs[i], training, validation, params=params[i],
-    callback=callbacks[i])``: the same initial weights and permutations from
+    callback=callbacks[i], check=check)``: the same initial weights and permutations from
     ``default_rng(configs[i].seed)``, the same weights, the same history up to the
     rounding of the fused evaluation (``evaluate_stack``: costs to about 1e-7 in
-    float32), or the NonFiniteError it would raise, at the same epoch. A trial
-    whose callback returns True, or that diverges, leaves the pack at the end of that
-    epoch; the others go on undisturbed. The configs must pack together (``can_pack``):
+    float32), or the NotLearningError it would raise, at the same epoch. A trial
+    whose callback returns True, or that ``check`` stops, leaves the pack at the end of
+    that epoch; the others go on undisturbed. The configs must pack together (``can_pack``):
     ValueError names the field that differs. The pack's SGD and monitoring times are
     shared equally: a record's ``seconds`` and ``eval_seconds`` are the pack's for that
     epoch divided by the number of trials in it.
@@ -180,8 +179,11 @@ def train_packed(spec: NetworkSpec, configs: Sequence[TrainConfig], training: La
     n = len(X)
     Y = one_hot(training.y, spec.sizes[-1], X.dtype)  # (n, k)
     lmbda = np.array([c.lmbda for c in configs])
+    classes = spec.sizes[-1]
+    untrained = (_records(_monitor(spec, configs[0], stack, training, validation, n, lmbda), len(configs), 0, 0.0, 0.0)
+                 if check.cost_growth is not None else [None] * len(configs))
     histories: list[list[EpochRecord]] = [[] for _ in configs]
-    results: list[TrainResult | NonFiniteError | None] = [None] * len(configs)
+    results: list[TrainResult | NotLearningError | None] = [None] * len(configs)
     active = list(range(len(configs)))  # the trial of each slice of the stack
     sgd = PackedSGD(spec, stack, n, configs)
     for epoch in range(1, configs[0].epochs + 1):
@@ -195,12 +197,11 @@ def train_packed(spec: NetworkSpec, configs: Sequence[TrainConfig], training: La
         with np.errstate(all="ignore"):
             values = _monitor(spec, configs[0], sgd.stack, training, validation, n, lmbda[active])
         eval_seconds = (time.perf_counter() - start) / len(active)
-        for k, i in enumerate(active):
-            record = EpochRecord(epoch=epoch, seconds=seconds, eval_seconds=eval_seconds,
-                                 **{curve: v if v is None else v[k] for curve, v in values.items()})
-            failed = _non_finite(record, finite[k])
-            if failed:
-                results[i] = NonFiniteError(epoch, failed)
+        for k, (i, record) in enumerate(zip(active, _records(values, len(active), epoch, seconds, eval_seconds))):
+            stopped = (NonFiniteError(epoch, "weights") if not finite[k]  # as train: weights first
+                       else check.judge([*histories[i], record], untrained[i], classes))
+            if stopped is not None:
+                results[i] = stopped
                 continue
             histories[i].append(record)
             stop = callbacks[i] is not None and bool(callbacks[i](record))
@@ -227,13 +228,11 @@ def _monitor(spec: NetworkSpec, config: TrainConfig, stack: Stack, training: Lab
     return values
 
 
-def _non_finite(record: EpochRecord, finite_weights: bool) -> str | None:
-    """What ``train`` would report non-finite after this epoch (weights first), or None."""
-    if not finite_weights:
-        return "weights"
-    return next((f"{part} cost" for part in ("training", "validation")
-                 if getattr(record, f"{part}_cost") is not None
-                 and not math.isfinite(getattr(record, f"{part}_cost"))), None)
+def _records(values: dict[str, list | None], trials: int, epoch: int, seconds: float,
+             eval_seconds: float) -> list[EpochRecord]:
+    """The K networks' EpochRecords from ``_monitor``'s curve → K values."""
+    return [EpochRecord(epoch=epoch, seconds=seconds, eval_seconds=eval_seconds,
+                        **{curve: v if v is None else v[k] for curve, v in values.items()}) for k in range(trials)]
 
 
 def _check(spec: NetworkSpec, configs: list[TrainConfig], params: Sequence[Params] | None,

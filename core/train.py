@@ -1,24 +1,54 @@
-"""Mini-batch SGD with L2 regularisation, returning the per-epoch history as data."""
+"""Mini-batch SGD with L2 regularisation, returning the per-epoch history as data; runs that
+do not learn are stopped with a reason (``LearningCheck``)."""
 
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass, fields
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
 from core.model import NetworkSpec, Params, Workspace, evaluate, init_params, one_hot
 
 
-class NonFiniteError(ArithmeticError):
+class NotLearningError(ArithmeticError):
+    """Training was stopped because the network is not learning (see ``LearningCheck``).
+
+    ``epoch`` is the epoch after which it was stopped, ``what`` the quantity that showed
+    it ("weights", "training cost", "validation accuracy", ...); the message says why.
+    """
+
+    def __init__(self, epoch: int, what: str, message: str) -> None:
+        super().__init__(message)
+        self.epoch = epoch
+        self.what = what
+
+
+class NonFiniteError(NotLearningError):
     """Training diverged: a cost or a weight became NaN or infinite."""
 
     def __init__(self, epoch: int, what: str) -> None:
-        super().__init__(f"non-finite {what} at epoch {epoch} (learning rate too large?)")
-        self.epoch = epoch
-        self.what = what
+        super().__init__(epoch, what, f"non-finite {what} at epoch {epoch} (learning rate too large?)")
+
+
+class CostGrowthError(NotLearningError):
+    """Training diverged: a cost grew far above the untrained network's, yet stayed finite."""
+
+    def __init__(self, epoch: int, what: str, cost: float, untrained: float, factor: float) -> None:
+        super().__init__(epoch, what, f"{what} {cost:.3g} at epoch {epoch} is over {factor:g} × the "
+                                      f"untrained network's {untrained:.3g} (learning rate too large?)")
+        self.cost, self.untrained = cost, untrained
+
+
+class ChanceAccuracyError(NotLearningError):
+    """Training is not learning: the accuracy has stayed at chance level for a few epochs."""
+
+    def __init__(self, epoch: int, what: str, accuracy: float, classes: int, margin: float, epochs: int) -> None:
+        super().__init__(epoch, what, f"{what} {accuracy:.3f} at epoch {epoch}, within {margin:g} of chance "
+                                      f"(1/{classes}) for {epochs} epochs in a row: not learning")
+        self.accuracy = accuracy
 
 
 class LabelledSet(Protocol):
@@ -87,6 +117,70 @@ class TrainResult:
         return {f.name: [getattr(r, f.name) for r in self.history] for f in fields(EpochRecord)}
 
 
+def _best_accuracy(record: EpochRecord) -> tuple[str, float] | None:
+    """The highest monitored accuracy of an epoch with its name ("validation accuracy"), or None."""
+    accuracies = {f"{part} accuracy": getattr(record, f"{part}_accuracy") for part in ("validation", "training")}
+    return max(((what, value) for what, value in accuracies.items() if value is not None),
+               key=lambda item: item[1], default=None)
+
+
+@dataclass(frozen=True)
+class LearningCheck:
+    """When a run counts as not learning and is stopped with a ``NotLearningError``.
+
+    Non-finite weights or costs always stop it (NonFiniteError). After each epoch it is
+    also stopped when
+    * a monitored cost exceeds ``cost_growth`` × the untrained network's cost on the
+      same set, measured before epoch 1 (CostGrowthError: diverged, yet finite); or
+    * for ``chance_epochs`` epochs in a row, every monitored accuracy was at most chance
+      (1 / number of classes) + ``chance_margin`` (ChanceAccuracyError).
+    Learning trials with a large η have one-epoch spikes (a cost of 8.6 × the untrained,
+    an accuracy of 0.34, back to 0.97 the next epoch), hence a far factor and "in a row".
+    None switches a test off. The defaults never fired on a learning trial of the shipped
+    studies (figures in the README, "Trials that do not learn").
+    """
+
+    # Untrained MNIST costs: 2.3–2.6 (cross-entropy), 1.2–1.3 (quadratic); learning trials
+    # peaked at 8.6 ×, sigmoid + cross-entropy at η = 1e12 is at 1e12 × after one epoch.
+    cost_growth: float | None = 100.0
+    chance_epochs: int = 3
+    # Dead networks score 0.096–0.114 on MNIST (its largest class is 11.4%); of learning
+    # trials, none had 3 epochs in a row below 0.19, nor any epoch after the 2nd below 0.16.
+    chance_margin: float | None = 0.05
+
+    def __post_init__(self) -> None:
+        if self.cost_growth is not None and not self.cost_growth > 1:
+            raise ValueError(f"cost_growth must be above 1 or None, got {self.cost_growth!r}")
+        _positive_int("chance_epochs", self.chance_epochs)
+        if self.chance_margin is not None and not 0 <= self.chance_margin < 1:
+            raise ValueError(f"chance_margin must be in [0, 1) or None, got {self.chance_margin!r}")
+
+    def judge(self, history: Sequence[EpochRecord], untrained: EpochRecord | None,
+              classes: int) -> NotLearningError | None:
+        """Why the run should stop after the last epoch of ``history`` (``untrained``: the
+        costs before epoch 1; ``classes``: the number of outputs), or None."""
+        record = history[-1]
+        costs = [(part, getattr(record, f"{part}_cost")) for part in ("training", "validation")]
+        for part, cost in costs:
+            if cost is not None and not math.isfinite(cost):
+                return NonFiniteError(record.epoch, f"{part} cost")
+        for part, cost in costs:
+            start = None if untrained is None else getattr(untrained, f"{part}_cost")
+            if self.cost_growth is not None and cost is not None and start is not None \
+                    and cost > self.cost_growth * start:
+                return CostGrowthError(record.epoch, f"{part} cost", cost, start, self.cost_growth)
+        recent = [_best_accuracy(r) for r in history[-self.chance_epochs:]]
+        if self.chance_margin is None or len(recent) < self.chance_epochs or None in recent:
+            return None
+        if all(accuracy <= 1 / classes + self.chance_margin for _, accuracy in recent):
+            return ChanceAccuracyError(record.epoch, *recent[-1], classes, self.chance_margin, self.chance_epochs)
+        return None
+
+
+LEARNING_CHECK = LearningCheck()  # what ``train`` and ``train_packed`` apply unless told otherwise
+NO_CHECK = LearningCheck(cost_growth=None, chance_margin=None)  # non-finite values only
+
+
 EpochCallback = Callable[[EpochRecord], bool | None]
 
 
@@ -144,14 +238,16 @@ class SGD:
 
 def train(spec: NetworkSpec, config: TrainConfig, training: LabelledSet,
           validation: LabelledSet | None = None, *, params: Params | None = None,
-          callback: EpochCallback | None = None) -> TrainResult:
+          callback: EpochCallback | None = None, check: LearningCheck = LEARNING_CHECK) -> TrainResult:
     """Train by mini-batch SGD and return the parameters and per-epoch history.
 
     All randomness comes from ``np.random.default_rng(config.seed)``: the initial weights
     (unless ``params`` is given; it is then copied, not changed) and one permutation of
     the training set per epoch. Same seed, same data → identical history.
     ``callback(record)`` runs after every epoch; returning True stops training.
-    Raises NonFiniteError naming the epoch when a cost or weight stops being finite.
+    Raises a NotLearningError naming the epoch when ``check`` judges that the network
+    does not learn (with NO_CHECK: only when a cost or weight stops being finite),
+    before the callback sees that epoch.
     """
     rng = np.random.default_rng(config.seed)
     params = init_params(spec, rng) if params is None else params.copy()
@@ -159,6 +255,8 @@ def train(spec: NetworkSpec, config: TrainConfig, training: LabelledSet,
     n = len(X)
     Y = one_hot(training.y, spec.sizes[-1], params.dtype)  # (n, k)
     sgd = SGD(spec, params, n, config)
+    untrained = (_monitor(spec, config, params, training, validation, n, 0, 0.0)
+                 if check.cost_growth is not None else None)
     history: list[EpochRecord] = []
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
@@ -168,6 +266,9 @@ def train(spec: NetworkSpec, config: TrainConfig, training: LabelledSet,
         if not params.is_finite():
             raise NonFiniteError(epoch, "weights")
         record = _monitor(spec, config, params, training, validation, n, epoch, seconds)
+        stop = check.judge([*history, record], untrained, spec.sizes[-1])
+        if stop is not None:
+            raise stop
         history.append(record)
         if callback is not None and callback(record):
             return TrainResult(params, tuple(history), True)
@@ -192,8 +293,6 @@ def _monitor(spec: NetworkSpec, config: TrainConfig, params: Params, training: L
         with np.errstate(all="ignore"):
             cost, accuracy = evaluate(spec, params, data.X, data.y, config.lmbda, n)
         if want_cost:
-            if not math.isfinite(cost):
-                raise NonFiniteError(epoch, f"{part} cost")
             values[f"{part}_cost"] = cost
         if want_acc:
             values[f"{part}_accuracy"] = accuracy

