@@ -45,6 +45,21 @@ def test_grid_runs_every_point_exactly_once_and_tracks_every_trial(workdir, work
         assert len(t.user_attrs["mlp_sweep.result"]["history"]["epoch"]) == 3
 
 
+ENQUEUE = "[[enqueue]]\nbatch_size = 20\neta = 0.2\n\n[[enqueue]]\nbatch_size = 30\n"  # not the grid's first points
+
+
+@pytest.mark.parametrize("sampler, workers", [("grid", 1), ("grid", 2), ("bruteforce", 1)])
+def test_enqueued_points_count_as_their_grid_points(workdir, sampler, workers):
+    """Enqueued trials take the first trial numbers, yet every point runs once (a partial one
+    is made a whole grid point); the budget stays the grid's size."""
+    study_file = write_study(workdir / "tiny.toml", sampler=sampler, epochs=1, extra=ENQUEUE)
+    assert run_cli("run", study_file, "--workers", workers, "--no-tracking", "--no-report") == 0
+    study = journal_study(workdir, "tiny")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * len(GRID)
+    assert Counter(points(study)) == Counter(GRID)
+    assert points(study)[0] == (20, 0.2) and points(study)[1][0] == 30
+
+
 def test_resume_repeats_nothing(workdir):
     study_file = write_study(workdir / "tiny.toml")
     assert run_cli("run", study_file, "--n-trials", 2) == 0
