@@ -151,8 +151,9 @@ def _starting_points(spec: StudySpec) -> list[dict]:
 
 
 def trial_point(trial: FrozenTrial) -> dict:
-    """The parameters a trial ran, or was queued to run (an enqueued or re-queued trial's fixed ones)."""
-    return trial.params or dict(trial.system_attrs.get("fixed_params", {}))
+    """The parameters a trial ran or was queued to run: its fixed ones (an enqueued or re-queued
+    trial's, whole even if it died while sampling them) and those it sampled."""
+    return {**trial.system_attrs.get("fixed_params", {}), **trial.params}
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
