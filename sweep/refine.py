@@ -134,12 +134,13 @@ def _finer_step(param: IntRange | FloatRange, low: float, high: float) -> float:
 
 
 def write_refined(spec: StudySpec, path: str | os.PathLike) -> Path:
-    """Write the spec as a study file at ``path``, never over an existing file.
+    """Write the spec as a study file at ``path`` (making its directory), never over an existing file.
 
     Raises UsageError when the file exists or cannot be written.
     """
     path = Path(path)
     temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    _make_parent(path)
     try:
         try:
             temp.write_text(dumps(spec), encoding="utf-8")
@@ -149,5 +150,17 @@ def write_refined(spec: StudySpec, path: str | os.PathLike) -> Path:
     except FileExistsError:
         raise UsageError(f"{path} already exists; choose another --out or remove it") from None
     except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise _cannot_write(path, exc) from None
     return path
+
+
+def _make_parent(path: Path) -> None:
+    """``path``'s directory, made if missing (a file in its place cannot be written over)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # (FileExistsError too: a file is where the directory should be)
+        raise _cannot_write(path, exc) from None
+
+
+def _cannot_write(path: Path, exc: OSError) -> UsageError:
+    return UsageError(f"cannot write {path}: {exc.strerror or exc}")

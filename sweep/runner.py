@@ -9,6 +9,7 @@ budget of n trials run exactly n, whatever the number of workers and machines.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import multiprocessing
 import os
@@ -25,7 +26,8 @@ from optuna.trial import FrozenTrial, TrialState
 from core.data import DataError, Dataset, load_dataset
 from sweep.errors import UsageError
 from sweep.objective import RESULT_ATTR, RUN_ATTR, WORKER_ATTR, TrialRunner, is_alive_here, worker_identity
-from sweep.samplers import GRID_SAMPLERS, PACKABLE, GridSampler, build_pruner, build_sampler, grid_points, grid_size
+from sweep.samplers import (GRID_SAMPLERS, PACKABLE, build_pruner, build_sampler, grid_key, grid_order, grid_points,
+                            grid_size)
 from sweep.spec import StudySpec, parse_spec, spec_to_dict, suggest
 from sweep.storage import StorageSpec, open_storage, redact, study_lock
 from sweep.tracking import Tracker, check_reachable
@@ -119,8 +121,8 @@ def create_or_resume(spec: StudySpec, stores: Stores) -> tuple[optuna.Study, str
     stored = study.user_attrs.get(SPEC_ATTR)
     if stored is None:
         study.set_user_attr(SPEC_ATTR, given)
-        for params in spec.enqueue:  # known configurations first
-            study.enqueue_trial(dict(params), skip_if_exists=True)
+        for params in _starting_points(spec):  # known configurations first
+            study.enqueue_trial(params, skip_if_exists=True)
     elif changed := _unchanged(stored, given):
         raise UsageError(f"{spec.source}: study {spec.name!r} already exists in {redact(stores.storage.url)} "
                          f"with other settings ({', '.join(changed)}); give the study a new name")
@@ -132,6 +134,26 @@ def create_or_resume(spec: StudySpec, stores: Stores) -> tuple[optuna.Study, str
         if study.user_attrs.get(PARENT_ATTR) != parent:
             study.set_user_attr(PARENT_ATTR, parent)
     return study, parent
+
+
+def _starting_points(spec: StudySpec) -> list[dict]:
+    """The spec's ``enqueue`` points; in a grid study each made whole: the first grid point
+    (in ``grid_order``) that has the given values and is not already one of them."""
+    if spec.sampler.name != "grid":
+        return [dict(params) for params in spec.enqueue]
+    points: list[dict] = []
+    for params in spec.enqueue:
+        given = set(grid_key(params))
+        point = next((p for p in grid_order(spec) if given <= set(grid_key(p)) and p not in points), None)
+        if point is not None:
+            points.append(point)
+    return points
+
+
+def trial_point(trial: FrozenTrial) -> dict:
+    """The parameters a trial ran or was queued to run: its fixed ones (an enqueued or re-queued
+    trial's, whole even if it died while sampling them) and those it sampled."""
+    return {**trial.system_attrs.get("fixed_params", {}), **trial.params}
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -205,6 +227,7 @@ class Worker:
         self.rdb = stores.storage.is_rdb
         self.workers = workers
         self.pack = pack_size(self.spec) if pack else 1
+        self.grid = grid_order(self.spec) if self.spec.sampler.name == "grid" else None
 
     def run(self) -> int:
         """Run trials until the budget or deadline is spent; return how many ran here."""
@@ -228,7 +251,12 @@ class Worker:
         return ran
 
     def _claim(self) -> list[optuna.Trial]:
-        """Up to ``pack`` trials (fewer near the end, so that workers finish together)."""
+        """Up to ``pack`` trials (fewer near the end, so that workers finish together).
+
+        Queued trials (enqueued points, retries) come first, alone. A grid study then
+        enqueues its next free points itself, so that a point is taken by a trial from
+        the moment it is claimed, whatever trial numbers enqueued points took.
+        """
         with study_lock(self.stores.storage, self.spec.name):
             self.reap()
             trials = self.study.get_trials(deepcopy=False)
@@ -238,7 +266,9 @@ class Worker:
                                                   and bool(t.params))  # (no params: never started)
                           for t in trials)
             remaining = self.budget.n_trials - counted
-            n = min(self.pack, max(waiting, math.ceil(remaining / self.workers)))
+            n = min(self.pack, waiting or math.ceil(remaining / self.workers))
+            if self.grid is not None and not waiting:
+                n = self._enqueue_free_points(trials, n)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*Heartbeat.*")
                 claimed = [self.study.ask() for _ in range(n)]
@@ -246,6 +276,23 @@ class Worker:
                 suggest(self.spec, trial)
                 trial.set_user_attr(WORKER_ATTR, worker_identity())
             return claimed
+
+    def _enqueue_free_points(self, trials: list[FrozenTrial], n: int) -> int:
+        """Enqueue up to ``n`` grid points no trial has taken, in grid order and sharing their
+        non-PACKABLE values (so they train as one pack); return how many.
+
+        Every trial takes its point for good: a failed one is either counted or re-queued
+        with its point (see ``_interrupted``)."""
+        taken = {grid_key(trial_point(t)) for t in trials}
+        free = [point for point in self.grid if grid_key(point) not in taken]
+        if not free or n <= 0:
+            return 0
+        structure = {name: value for name, value in free[0].items() if name not in PACKABLE}
+        pack = itertools.takewhile(lambda p: structure.items() <= p.items(), free)
+        points = list(itertools.islice(pack, n))
+        for point in points:
+            self.study.enqueue_trial(point)
+        return len(points)
 
     def reap(self) -> list[int]:
         """Fail and re-queue trials whose worker is gone; return their numbers.
@@ -285,20 +332,18 @@ class Worker:
     def _interrupted(self, trial: FrozenTrial, reason: str) -> None:
         """A trial that did not end by itself: its run is KILLED and it is queued again.
 
-        The copy carries the same parameters (a grid point stays taken by the failed
-        trial, so no other trial runs it meanwhile) and names the trial it re-runs.
+        The copy carries the same parameters (those it was queued with, if it died before
+        sampling; a grid point stays taken by the failed trial, so no other trial runs it
+        meanwhile) and names the trial it re-runs. A trial with neither ran nothing.
         """
         if trial.state != TrialState.FAIL or trial.number in retried_numbers(self.study.get_trials(deepcopy=False)):
             return
         run_id = trial.user_attrs.get(RUN_ATTR)
         if self.tracker is not None and run_id:
             self.tracker.end_run(run_id, "KILLED", {"mlp_sweep.reason": reason})
-        params = trial.params
-        sampler, grid_id = self.study.sampler, trial.system_attrs.get("grid_id")
-        if isinstance(sampler, GridSampler) and not params:  # died before sampling:
-            if grid_id is None:  # nor was it given a grid point; nothing to run again (and not counted)
-                return
-            params = sampler.point(grid_id)  # run its point
+        params = trial_point(trial)
+        if not params:  # died before sampling, and was not queued with parameters: nothing to run again
+            return
         self.study.enqueue_trial(params, user_attrs={RETRY_OF_ATTR: trial.number, "mlp_sweep.reason": reason})
 
     def _heartbeat(self, trials: list[optuna.Trial]):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import math
 import re
 import warnings
@@ -27,7 +28,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GRID_SAMPLERS", "PACKABLE", "PRUNERS", "SAMPLERS", "SINGLE_OBJECTIVE_SAMPLERS", "Option",
-    "build_pruner", "build_sampler", "grid_points", "grid_size", "pruner_options", "sampler_options",
+    "build_pruner", "build_sampler", "grid_key", "grid_order", "grid_points", "grid_size", "pruner_options",
+    "sampler_options",
 ]
 
 class _BudgetStops:
@@ -47,23 +49,11 @@ PACKABLE = ("eta", "lmbda")  # parameters that trials trained in one pack may di
 
 
 class GridSampler(_BudgetStops, optuna.samplers.GridSampler):
-    """Optuna's grid sampler, ended by the sweep's budget, its points in packing order.
+    """Optuna's grid sampler, ended by the sweep's budget.
 
-    Optuna shuffles the grid; here trial numbers walk it with η and λ varying fastest,
-    so consecutive trials share their structure and train together (core.packed).
+    A sweep does not let it choose points: workers enqueue every grid point themselves,
+    in ``grid_order`` (see sweep.runner), so each trial arrives with its point fixed.
     """
-
-    def __init__(self, search_space, seed=None) -> None:
-        super().__init__(search_space, seed=seed)
-        names = self._param_names  # Optuna's (sorted) order of a grid point's values
-        rank = [{v: i for i, v in enumerate(self._search_space[n])} for n in names]
-        slow = [i for i, n in enumerate(names) if n not in PACKABLE]
-        fast = [i for i, n in enumerate(names) if n in PACKABLE]
-        self._all_grids.sort(key=lambda point: tuple(rank[i][point[i]] for i in slow + fast))
-
-    def point(self, grid_id: int) -> dict[str, Any]:
-        """The parameters of grid point ``grid_id`` (a trial's ``grid_id`` system attribute)."""
-        return dict(zip(self._param_names, self._all_grids[grid_id]))
 
 
 class BruteForceSampler(_BudgetStops, optuna.samplers.BruteForceSampler):
@@ -175,19 +165,34 @@ def grid_size(spec: StudySpec) -> int:
     return math.prod(len(values) for values in grid_points(spec).values())
 
 
+def grid_order(spec: StudySpec) -> list[dict[str, Any]]:
+    """Every grid point, η and λ varying fastest: consecutive points that differ only in
+    PACKABLE parameters share their structure and train together (core.packed)."""
+    points = grid_points(spec)
+    names = sorted(points, key=lambda name: name in PACKABLE)  # (stable: file order otherwise)
+    return [dict(zip(names, values)) for values in itertools.product(*(points[name] for name in names))]
+
+
+def grid_key(params: Mapping[str, Any]) -> tuple:
+    """A point's values by name, floats to 9 significant digits: equal for equal grid points
+    whether they come from ``grid_order``, a study file or a trial's stored parameters."""
+    return tuple(sorted((name, float(f"{value:.9g}") if isinstance(value, float) else value)
+                        for name, value in params.items()))
+
+
 def build_sampler(spec: StudySpec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
     """The spec's sampler, seeded with ``spec.sampler.seed + seed_offset``.
 
     Parallel workers pass distinct offsets so they do not draw the same points; grid and
-    brute-force samplers ignore it, since their seed fixes the order in which trial numbers
-    map to points, which all workers must share.
+    brute-force samplers ignore it: they enumerate one space, which all workers share
+    (a sweep's workers enqueue a grid's points themselves, see sweep.runner).
     Raises SpecError naming ``sampler.<option>`` when Optuna rejects an option's value.
     """
     if isinstance(seed_offset, bool) or not isinstance(seed_offset, int) or seed_offset < 0:
         raise ValueError(f"seed_offset must be a non-negative integer, got {seed_offset!r}")
     sampler = spec.sampler
     if sampler.name in GRID_SAMPLERS:
-        seed_offset = 0  # the seed orders the grid: every worker must see the same order
+        seed_offset = 0
     given: dict[str, Any] = {"seed": sampler.seed + seed_offset}
     if sampler.name == "grid":
         given["search_space"] = grid_points(spec)

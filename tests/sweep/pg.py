@@ -315,8 +315,8 @@ def check_retries(study: optuna.Study) -> list:
     """
     trials = study.get_trials(deepcopy=False)
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    # a trial that died before it was sampled or given a grid point has nothing to run again
-    failed = [t for t in failed if t.params or "grid_id" in t.system_attrs]
+    # a trial that died before it was sampled, and was not queued with parameters, has nothing to run again
+    failed = [t for t in failed if t.params or "fixed_params" in t.system_attrs]
     copies = {}
     for t in trials:
         if "mlp_sweep.retry_of" in t.user_attrs:
@@ -325,10 +325,8 @@ def check_retries(study: optuna.Study) -> list:
     assert set(copies) == {t.number for t in failed}
     for t in failed:
         copy = copies[t.number]
-        if t.params:
-            assert copy.params == t.params
-        else:  # it died before sampling: the copy runs its grid point
-            assert copy.system_attrs["fixed_params"] == copy.params and len(copy.params) >= 1
+        point = {**t.system_attrs.get("fixed_params", {}), **t.params}  # whole, even if it died while sampling
+        assert point and copy.system_attrs["fixed_params"] == point and point.items() <= copy.params.items()
         assert copy.number > t.number
         assert copy.state in (TrialState.COMPLETE, TrialState.FAIL)
     return failed

@@ -101,7 +101,6 @@ def test_list_shows_counts_and_best(workdir, stored, capsys):
 def test_report_and_refine_from_the_launcher(workdir, stored, capsys):
     assert run_cli("report", "tiny", "--out", workdir / "rep") == 0
     assert (workdir / "rep" / "trials.csv").exists() and (workdir / "rep" / "heatmap.png").stat().st_size > 0
-    (workdir / "studies").mkdir()
-    assert run_cli("refine", "tiny") == 0
+    assert run_cli("refine", "tiny") == 0  # ./studies did not exist
     assert (workdir / "studies" / "tiny-refined.toml").exists()
     assert run_cli("refine", "tiny", "--out", workdir / "studies" / "tiny-refined.toml") == 2  # never overwrites

@@ -206,14 +206,15 @@ def test_sigterm_stops_a_sweep_worker_at_a_safe_point(workdir):
     assert statuses == {"FINISHED": complete, "KILLED": len(victims)}
 
 
-@pytest.mark.parametrize("given_a_grid_point", [False, True])
-def test_sigkill_between_claiming_a_trial_and_starting_it(workdir, given_a_grid_point):
-    """The narrowest window: the trial is claimed (RUNNING), but does not yet say who runs it;
-    before or after the grid sampler gave it a point, which must then not be lost."""
+@pytest.mark.parametrize("sampled", [False, True])
+def test_sigkill_between_claiming_a_trial_and_starting_it(workdir, sampled):
+    """The narrowest window: the trial is claimed (RUNNING, with the grid point the worker
+    enqueued for it), but does not yet say who runs it; before or after its parameters were
+    sampled. Its point must not be lost either way."""
     write_study(workdir / "tiny.toml", epochs=2)
     for attempt in range(3):  # polling as fast as it can, this catches the window nearly always at once
         proc = start_sweep("run", "tiny.toml", "--no-report", cwd=workdir)
-        caught = wait_until(lambda: proc.poll() is not None or nameless(workdir, given_a_grid_point), 120,
+        caught = wait_until(lambda: proc.poll() is not None or nameless(workdir, sampled), 120,
                             "a claimed trial", every=0)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
@@ -225,22 +226,24 @@ def test_sigkill_between_claiming_a_trial_and_starting_it(workdir, given_a_grid_
         _JOURNALS.clear()
     else:
         pytest.skip("the window between claiming a trial and naming its worker was never caught")
-    assert caught is not True and nameless(workdir, given_a_grid_point) == caught  # still RUNNING, nameless
+    assert caught is not True and nameless(workdir, sampled) == caught  # still RUNNING, nameless
+    dead = nameless(workdir)  # with the other trials of its pack, sampled or not
 
     assert run_cli("run", "tiny.toml", "--no-report") == 0
     study = journal(workdir, "tiny")
-    check_grid_done(study, N_POINTS)  # the claimed trial's grid point was not lost
-    retried = check_retries(study)  # queued again if it had been given a grid point; else nothing was lost
-    assert [study.trials[n].state for n in caught] == [TrialState.FAIL] * len(caught)
-    assert [t.number for t in retried] == (caught if given_a_grid_point else [])
-    assert by_state(study) == {"COMPLETE": N_POINTS, "FAIL": len(caught)}
+    check_grid_done(study, N_POINTS)  # the claimed trials' grid points were not lost
+    retried = check_retries(study)  # queued again with their points
+    assert [study.trials[n].state for n in dead] == [TrialState.FAIL] * len(dead)
+    assert all("fixed_params" in study.trials[n].system_attrs for n in dead)  # its point, from the claim on
+    assert [t.number for t in retried] == dead
+    assert by_state(study) == {"COMPLETE": N_POINTS, "FAIL": len(dead)}
     statuses = check_agreement(study, child_runs(workdir, "tiny"), 2, tracking_client(workdir))
     assert statuses["FINISHED"] == N_POINTS and "RUNNING" not in statuses
 
 
-def nameless(workdir, given_a_grid_point: bool) -> list[int] | bool:
+def nameless(workdir, sampled: bool | None = None) -> list[int] | bool:
     """RUNNING trials that do not name their worker (a worker died, or is about to name itself),
-    and have (or have not yet) been given a grid point."""
+    and have (or have not yet) sampled their parameters (None: either)."""
     if not (workdir / "mlruns" / "optuna.journal").exists():
         return []
     try:
@@ -248,4 +251,4 @@ def nameless(workdir, given_a_grid_point: bool) -> list[int] | bool:
     except KeyError:
         return []
     return [t.number for t in trials if t.state == TrialState.RUNNING and "mlp_sweep.worker" not in t.user_attrs
-            and ("grid_id" in t.system_attrs) == given_a_grid_point]
+            and sampled in (None, bool(t.params))]

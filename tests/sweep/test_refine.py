@@ -1,6 +1,8 @@
 """Refined studies: narrower ranges around the best trials, finer grids, fewer choices, the best point first."""
 
+import itertools
 import math
+import shutil
 
 import optuna
 import pytest
@@ -10,8 +12,9 @@ from sweep.errors import UsageError
 from sweep.objective import RESULT_ATTR
 from sweep.refine import refine, refined_name, write_refined
 from sweep.runner import SPEC_ATTR
-from sweep.samplers import build_sampler, grid_size
+from sweep.samplers import build_sampler, grid_key, grid_points, grid_size
 from sweep.spec import Categorical, FloatRange, Fixed, IntRange, load_spec, parse_spec, spec_to_dict, suggest
+from tests.sweep.conftest import journal_study, run_cli, stored_tiny_study
 from tests.sweep.test_report import result
 
 GRID = {
@@ -205,3 +208,24 @@ def test_write_refined_refuses_to_overwrite(tmp_path, grid):
     with pytest.raises(UsageError, match="cannot write"):
         write_refined(refined, blocker / "refined.toml")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "refined.toml"]  # no temporary files
+
+
+@pytest.fixture(scope="module")
+def tiny_parent(tmp_path_factory):
+    return stored_tiny_study(tmp_path_factory.mktemp("parent"))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_refined_grid_runs_each_of_its_points_once_the_parent_best_first(workdir, tiny_parent, workers):
+    shutil.copytree(tiny_parent, workdir, dirs_exist_ok=True)
+    assert not (workdir / "studies").exists()  # refine makes it
+    assert run_cli("refine", "tiny", "--run", "--workers", workers, "--no-tracking") == 0
+    spec = load_spec(workdir / "studies" / "tiny-refined.toml")
+    grid = grid_points(spec)
+    best = grid_key(journal_study(workdir, "tiny").best_params)
+    study = journal_study(workdir, "tiny-refined")
+    ran = [grid_key(t.params) for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(ran) == len(study.trials) == grid_size(spec) > 4
+    assert set(ran) == {grid_key(dict(zip(grid, values))) for values in itertools.product(*grid.values())}
+    assert ran[0] == best  # enqueued: trial #0
+    assert (workdir / "reports" / "tiny-refined" / "trials.csv").exists()  # the report of a grid study

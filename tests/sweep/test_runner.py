@@ -14,7 +14,10 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
+from sweep.runner import Stores, create_or_resume
 from sweep.samplers import SAMPLERS
+from sweep.spec import load_spec
+from sweep.storage import StorageSpec
 from tests.sweep.conftest import child_runs, journal_study, run_cli, tracking_client, write_study
 
 GRID = {(b, e) for b in (10, 20, 30) for e in (0.1, 0.2)}
@@ -45,6 +48,34 @@ def test_grid_runs_every_point_exactly_once_and_tracks_every_trial(workdir, work
         assert run.data.params["epochs"] == "3" and run.data.params["dataset"] == "mnist-5k"
     for t in study.trials:
         assert len(t.user_attrs["mlp_sweep.result"]["history"]["epoch"]) == 3
+
+
+ENQUEUE = "[[enqueue]]\nbatch_size = 20\neta = 0.2\n\n[[enqueue]]\nbatch_size = 30\n"  # not the grid's first points
+
+
+@pytest.mark.parametrize("sampler, workers", [("grid", 1), ("grid", 2), ("bruteforce", 1)])
+def test_enqueued_points_count_as_their_grid_points(workdir, sampler, workers):
+    """Enqueued trials take the first trial numbers, yet every point runs once (a partial one
+    is made a whole grid point); the budget stays the grid's size."""
+    study_file = write_study(workdir / "tiny.toml", sampler=sampler, epochs=1, extra=ENQUEUE)
+    assert run_cli("run", study_file, "--workers", workers, "--no-tracking", "--no-report") == 0
+    study = journal_study(workdir, "tiny")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * len(GRID)
+    assert Counter(points(study)) == Counter(GRID)
+    assert points(study)[0] == (20, 0.2) and points(study)[1][0] == 30
+
+
+def test_a_trial_that_died_while_sampling_is_run_again_with_its_whole_point(workdir):
+    study_file = write_study(workdir / "tiny.toml", epochs=1)
+    study, _ = create_or_resume(load_spec(study_file), Stores(StorageSpec("mlruns/optuna.journal"), None))
+    study.enqueue_trial({"batch_size": 20, "eta": 0.2})
+    study.ask().suggest_int("batch_size", 10, 30, step=10)  # its worker died here: eta not sampled, no name
+    assert run_cli("run", study_file, "--no-tracking", "--no-report") == 0
+    study = journal_study(workdir, "tiny")
+    assert study.trials[0].state == TrialState.FAIL and study.trials[0].params == {"batch_size": 20}
+    (copy,) = [t for t in study.trials if t.user_attrs.get("mlp_sweep.retry_of") == 0]
+    assert copy.params == {"batch_size": 20, "eta": 0.2}
+    assert Counter(points(study)) == Counter(GRID)
 
 
 def test_resume_repeats_nothing(workdir):

@@ -9,7 +9,8 @@ import pytest
 
 from sweep.errors import SpecError
 from sweep.samplers import (GRID_SAMPLERS, PRUNERS, SAMPLERS, SINGLE_OBJECTIVE_SAMPLERS, build_pruner,
-                            build_sampler, grid_points, grid_size, pruner_options, sampler_options)
+                            build_sampler, grid_key, grid_order, grid_points, grid_size, pruner_options,
+                            sampler_options)
 from sweep.spec import load_spec, parse_spec, suggest
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
@@ -137,6 +138,28 @@ def test_grid_of_a_log_int_range_and_choices():
     spec = parse_spec(data, "test")
     assert grid_points(spec) == {"hidden": list(range(10, 21)), "activation": ["relu", "sigmoid"]}
     assert grid_size(spec) == 22
+
+
+def test_grid_order_walks_every_point_once_eta_and_lambda_fastest():
+    data = homework_spec("grid")
+    data["space"] = {"eta": {"type": "float", "low": 0.1, "high": 0.3, "step": 0.1},
+                     "hidden": {"type": "int", "low": 10, "high": 30, "step": 10},
+                     "lmbda": {"type": "categorical", "choices": [0.0, 5.0]},
+                     "batch_size": {"type": "categorical", "choices": [10, 20]}}
+    spec = parse_spec(data, "test")
+    order = grid_order(spec)
+    points = grid_points(spec)
+    assert len(order) == grid_size(spec) == 36
+    assert sorted(map(grid_key, order)) == sorted(grid_key(dict(zip(points, values)))
+                                                  for values in itertools.product(*points.values()))
+    structures = [(p["hidden"], p["batch_size"]) for p in order]
+    runs = [len(list(group)) for _, group in itertools.groupby(structures)]
+    assert runs == [6] * 6  # each structure once, as one run of its 3 x 2 eta and lmbda values
+
+
+def test_grid_key_matches_a_grid_value_and_its_float_noise():
+    assert grid_key({"eta": 0.1 + 0.2, "batch_size": 10}) == grid_key({"batch_size": 10, "eta": 0.3})
+    assert grid_key({"eta": 0.3}) != grid_key({"eta": 0.35})
 
 
 def test_grid_points_refuses_a_continuous_range():
