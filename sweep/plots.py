@@ -240,9 +240,10 @@ def optuna_plots(study: optuna.Study, objective_names: Sequence[str] | None = No
         "contour": (lambda: optuna_mpl.plot_contour(study, **first), _grow),
         "parallel_coordinate": (lambda: optuna_mpl.plot_parallel_coordinate(study, **first), None),
         "slice": (lambda: optuna_mpl.plot_slice(study, **first), _grow),
-        "intermediate_values": (lambda: optuna_mpl.plot_intermediate_values(study),
-                                lambda figure: _per_epoch(figure, names[0])),
     }
+    if any(t.intermediate_values for t in study.get_trials(deepcopy=False)):  # (reported only when pruning)
+        makers["intermediate_values"] = (lambda: optuna_mpl.plot_intermediate_values(study),
+                                         lambda figure: _per_epoch(figure, names[0]))
     if multi:
         makers["pareto_front"] = (lambda: optuna_mpl.plot_pareto_front(study, target_names=names), None)
     return collect({name: _optuna_figure(draw, finish) for name, (draw, finish) in makers.items()})
