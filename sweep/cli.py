@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from sweep.errors import UsageError
+from sweep.words import plural
 
 DEFAULT_STORE_DIR = Path("mlruns")
 REPORT_DIR, STUDY_DIR = Path("reports"), Path("studies")
@@ -129,7 +130,7 @@ def summary(study, stores) -> str:
 
     trials = study.get_trials(deepcopy=False)
     by_state = {s: sum(t.state == s for t in trials) for s in TrialState}
-    lines = [f"Study {study.study_name}: {len(trials)} trials "
+    lines = [f"Study {study.study_name}: {plural(len(trials), 'trial')} "
              f"({by_state[TrialState.COMPLETE]} complete, {by_state[TrialState.PRUNED]} pruned, "
              f"{by_state[TrialState.FAIL]} failed)"]
     if by_state[TrialState.COMPLETE]:
@@ -162,7 +163,7 @@ def _write_report(study, stores, out_dir: Path, **options) -> None:
         click.echo(f"left out {name}: {why}")
     if stores.tracking_uri and parent:
         Tracker(stores.tracking_uri, study.study_name).log_artifacts(parent, result.out_dir)
-    click.echo(f"Reports: {len(result.files)} files in {result.out_dir}"
+    click.echo(f"Reports: {plural(len(result.files), 'file')} in {result.out_dir}"
                + (" (also artifacts of the study's MLflow run)" if stores.tracking_uri and parent else ""))
 
 
@@ -248,7 +249,7 @@ def worker(study_name, storage, tracking_uri, no_tracking, n_trials, timeout, da
     budget = Budget(study_budget(spec, n_trials), None if timeout is None else time.monotonic() + timeout)
     with threadpool_limits(1), stop_on_signals():  # SIGTERM, like Ctrl-C: stop at the next epoch's end
         ran = Worker(study_name, stores, budget, data_dir).run()
-    click.echo(f"worker ran {ran} trials of {study_name}")
+    click.echo(f"worker ran {plural(ran, 'trial')} of {study_name}")
 
 
 @cli.command(name="list")

@@ -28,6 +28,8 @@ from optuna.exceptions import ExperimentalWarning  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 from optuna.visualization import matplotlib as optuna_mpl  # noqa: E402
 
+from sweep.words import plural  # noqa: E402
+
 SIZE = (8.0, 6.0)  # inches
 DPI = 120
 _MAX_LEGEND = 15  # entries; more and a legend hides the plot
@@ -198,7 +200,7 @@ def overfitting(trials: pd.DataFrame, top: int = 10, *, by: str = "value", direc
     ax.set_yticks(list(rows), [f"#{n}  {name} {v:.4g}" for n, v in zip(ranked["number"], ranked[by])])
     ax.margins(x=0.2)
     ax.set_xlabel("accuracy (fraction correct)")
-    ax.set_title(f"Over-fitting of the top {len(ranked)} trials by {name}")
+    ax.set_title(f"Over-fitting of the top {plural(len(ranked), 'trial')} by {name}")
     ax.grid(axis="x", alpha=0.3)
     handles = [*ax.get_legend_handles_labels()[0],
                Line2D([], [], color="tab:red", linewidth=3, label=f"gap > {gap_threshold:g}")]
