@@ -267,7 +267,7 @@ class Worker:
                 reaped.append(t.number)
         if self.rdb:  # (Optuna's one public way to apply the heartbeat's grace period, marked experimental)
             with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="fail_stale_trials is experimental",
+                warnings.filterwarnings("ignore", message=r".*\.fail_stale_trials is experimental",
                                         category=optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(self.study)
         return reaped
