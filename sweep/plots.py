@@ -236,10 +236,18 @@ def optuna_plots(study: optuna.Study, objective_names: Sequence[str] | None = No
             return optuna_mpl.plot_param_importances(study, target=lambda t: sign * t.values[0],
                                                      target_name=names[0])
 
+    def contour():
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        names = dict.fromkeys(name for t in done for name in t.params)
+        varied = [name for name in names if len({repr(t.params.get(name)) for t in done if name in t.params}) > 1]
+        if len(varied) < 2:
+            raise ValueError("needs 2 parameters that each took 2 values or more in completed trials")
+        return optuna_mpl.plot_contour(study, params=varied, **first)
+
     makers = {
         "history": (lambda: optuna_mpl.plot_optimization_history(study, **first), None),
         "importances": (importances, None),
-        "contour": (lambda: optuna_mpl.plot_contour(study, **first), _grow),
+        "contour": (contour, _grow),
         "parallel_coordinate": (lambda: optuna_mpl.plot_parallel_coordinate(study, **first), None),
         "slice": (lambda: optuna_mpl.plot_slice(study, **first), _grow),
     }
