@@ -16,11 +16,18 @@ from pathlib import Path
 import click
 
 from sweep.errors import UsageError
+from sweep.words import plural
 
 DEFAULT_STORE_DIR = Path("mlruns")
 REPORT_DIR, STUDY_DIR = Path("reports"), Path("studies")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SHOWN_PARETO = 5  # Pareto trials `sweep run` prints; summary.txt lists them all
+# The UI's server: no job runner (seven huey consumers, each importing mlflow, that serve only
+# GenAI features: they doubled the start-up time on two cores), no usage telemetry, and not
+# the starlette deprecation that mlflow's own import triggers.
+UI_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
+          "PYTHONWARNINGS": "ignore:starlette.middleware.wsgi is deprecated"}
+UI_GRACE = 10  # seconds the UI's processes have to stop before they are killed
 
 
 def default_storage() -> str:
@@ -130,7 +137,7 @@ def summary(study, stores, report_dir: Path | None = None) -> str:
 
     trials = study.get_trials(deepcopy=False)
     by_state = {s: sum(t.state == s for t in trials) for s in TrialState}
-    lines = [f"Study {study.study_name}: {len(trials)} trials "
+    lines = [f"Study {study.study_name}: {plural(len(trials), 'trial')} "
              f"({by_state[TrialState.COMPLETE]} complete, {by_state[TrialState.PRUNED]} pruned, "
              f"{by_state[TrialState.FAIL]} failed)"]
     if by_state[TrialState.COMPLETE]:
@@ -173,7 +180,7 @@ def _write_report(study, stores, out_dir: Path, **options) -> None:
         click.echo(f"left out {name}: {why}")
     if stores.tracking_uri and parent:
         Tracker(stores.tracking_uri, study.study_name).log_artifacts(parent, result.out_dir)
-    click.echo(f"Reports: {len(result.files)} files in {result.out_dir}"
+    click.echo(f"Reports: {plural(len(result.files), 'file')} in {result.out_dir}"
                + (" (also artifacts of the study's MLflow run)" if stores.tracking_uri and parent else ""))
 
 
@@ -261,7 +268,7 @@ def worker(study_name, storage, tracking_uri, no_tracking, n_trials, timeout, da
     budget = Budget(study_budget(spec, n_trials), None if timeout is None else time.monotonic() + timeout)
     with threadpool_limits(1), stop_on_signals():  # SIGTERM, like Ctrl-C: stop at the next epoch's end
         ran = Worker(study_name, stores, budget, data_dir).run()
-    click.echo(f"worker ran {ran} trials of {study_name}")
+    click.echo(f"worker ran {plural(ran, 'trial')} of {study_name}")
 
 
 @cli.command(name="list")
@@ -297,13 +304,13 @@ def ui_command(tracking_uri: str, host: str | None = None, port: int = 5000,
 
     It binds to loopback unless ``expose`` (then to every interface if no host is given).
     The store's URI goes through the environment, not the command line that ``ps`` shows
-    to every local user, so that a password in it stays private.
+    to every local user, so that a password in it stays private. See UI_ENV for the rest.
     """
     host = host or ("0.0.0.0" if expose else "127.0.0.1")
     if host not in LOOPBACK and not expose:
         raise UsageError(f"--host {host}: the UI has no authentication; add --expose to bind beyond loopback")
     argv = [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port), "--workers", "1"]
-    return argv, {"MLFLOW_BACKEND_STORE_URI": tracking_uri}
+    return argv, {"MLFLOW_BACKEND_STORE_URI": tracking_uri, **UI_ENV}
 
 
 @cli.command()
@@ -317,10 +324,61 @@ def ui(tracking_uri, host, port, expose) -> None:
     """Open the MLflow UI over the project's tracking store (loopback only unless --expose)."""
     argv, env = ui_command(tracking_uri or default_tracking_uri(), host, port, expose)
     click.echo(f"MLflow UI on http://{argv[argv.index('--host') + 1]}:{port} (Ctrl-C to stop)")
+    raise SystemExit(serve(argv, {**os.environ, **env}))
+
+
+def serve(argv: list[str], env: dict[str, str], grace: float = UI_GRACE) -> int:
+    """Run a server in a session of its own, for as long as it runs; return its exit code.
+
+    SIGINT, SIGTERM and SIGHUP (Ctrl-C, ``kill``, a service manager, a closed terminal) are
+    passed on to the session's whole process group, which is then waited for: processes
+    still there after ``grace`` seconds are killed. Stopped that way, the exit code is 0.
+    """
+    import signal
+    import time
+
+    asked: list[int] = []
+    group: list[int] = []
+
+    def forward(signum, frame) -> None:
+        asked.append(signum)
+        if group:
+            _signal_group(group[0], signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
-        raise SystemExit(subprocess.call(argv, env={**os.environ, **env}))
-    except KeyboardInterrupt:
-        raise SystemExit(0) from None
+        proc = subprocess.Popen(argv, env=env, start_new_session=True)  # its pid is its group's id
+        group.append(proc.pid)
+        if asked:  # a signal came while it started
+            _signal_group(proc.pid, signal.SIGTERM)
+        deadline = None
+        while proc.poll() is None or _group_alive(proc.pid):
+            if deadline is None and (asked or proc.returncode is not None):
+                if proc.returncode is not None:  # the server ended by itself: what it started goes too
+                    _signal_group(proc.pid, signal.SIGTERM)
+                deadline = time.monotonic() + grace
+            if deadline is not None and time.monotonic() >= deadline:
+                _signal_group(proc.pid, signal.SIGKILL)
+            time.sleep(0.1)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0 if asked else proc.returncode
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:  # all gone already
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> None:

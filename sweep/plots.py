@@ -28,6 +28,8 @@ from optuna.exceptions import ExperimentalWarning  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 from optuna.visualization import matplotlib as optuna_mpl  # noqa: E402
 
+from sweep.words import plural  # noqa: E402
+
 SIZE = (8.0, 6.0)  # inches
 DPI = 120
 _MAX_LEGEND = 15  # entries; more and a legend hides the plot
@@ -224,7 +226,7 @@ def overfitting(trials: pd.DataFrame, top: int = 10, *, by: str = "value", direc
     ax.set_yticks(list(rows), [f"#{n}  {name} {v:.4g}" for n, v in zip(ranked["number"], ranked[by])])
     ax.margins(x=0.2)
     ax.set_xlabel("accuracy (fraction correct)")
-    ax.set_title(f"Over-fitting of the top {len(ranked)} trials by {name}")
+    ax.set_title(f"Over-fitting of the top {plural(len(ranked), 'trial')} by {name}")
     ax.grid(axis="x", alpha=0.3)
     handles = [*ax.get_legend_handles_labels()[0],
                Line2D([], [], color="tab:red", linewidth=3, label=f"gap > {gap_threshold:g}")]
@@ -260,15 +262,24 @@ def optuna_plots(study: optuna.Study, objective_names: Sequence[str] | None = No
             return optuna_mpl.plot_param_importances(study, target=lambda t: sign * t.values[0],
                                                      target_name=names[0])
 
+    def contour():
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        names = dict.fromkeys(name for t in done for name in t.params)
+        varied = [name for name in names if len({repr(t.params.get(name)) for t in done if name in t.params}) > 1]
+        if len(varied) < 2:
+            raise ValueError("needs 2 parameters that each took 2 values or more in completed trials")
+        return optuna_mpl.plot_contour(study, params=varied, **first)
+
     makers = {
         "history": (lambda: optuna_mpl.plot_optimization_history(study, **first), None),
         "importances": (importances, None),
-        "contour": (lambda: optuna_mpl.plot_contour(study, **first), _grow),
+        "contour": (contour, _grow),
         "parallel_coordinate": (lambda: optuna_mpl.plot_parallel_coordinate(study, **first), None),
         "slice": (lambda: optuna_mpl.plot_slice(study, **first), _grow),
-        "intermediate_values": (lambda: optuna_mpl.plot_intermediate_values(study),
-                                lambda figure: _per_epoch(figure, names[0])),
     }
+    if any(t.intermediate_values for t in study.get_trials(deepcopy=False)):  # (reported only when pruning)
+        makers["intermediate_values"] = (lambda: optuna_mpl.plot_intermediate_values(study),
+                                         lambda figure: _per_epoch(figure, names[0]))
     if multi:
         makers["pareto_front"] = (lambda: optuna_mpl.plot_pareto_front(study, target_names=names), None)
     return collect({name: _optuna_figure(draw, finish) for name, (draw, finish) in makers.items()})

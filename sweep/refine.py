@@ -22,6 +22,7 @@ from sweep.errors import UsageError
 from sweep.report import ParamRegion, objective_names, param_columns, study_region, trials_frame
 from sweep.samplers import GRID_SAMPLERS, grid_size
 from sweep.spec import Categorical, FloatRange, Fixed, IntRange, Param, StudySpec, dumps
+from sweep.words import plural
 
 MARGIN = 0.10  # of the parent's range (log range for log parameters), added on each side of the region
 _FLOAT_SUBDIVISIONS = (10, 5, 4, 2, 1)  # a float grid step may be divided by these, finest first
@@ -57,11 +58,11 @@ def refine(study: optuna.Study, spec: StudySpec, quantile: float = 0.10, *,
     if region.front:
         on = " and ".join(label for label, _ in region.front)
         description = (f"Refined from study {spec.name}: its Pareto front on {on} ({region.support} of "
-                       f"{region.n_complete} completed trials); the front's trials are enqueued to run first.")
+                       f"{plural(region.n_complete, 'completed trial')}); the front's trials are enqueued to run first.")
     else:
         metric = objective_names(study)[0]
         description = (f"Refined from study {spec.name}: its top {quantile * 100:g}% by {metric} ({region.support} "
-                       f"of {region.n_complete} completed trials); its best trial #{region.best_trial} ({metric} "
+                       f"of {plural(region.n_complete, 'completed trial')}); its best trial #{region.best_trial} ({metric} "
                        f"{region.best_value:.4g}) is enqueued to run first.")
     refined = dataclasses.replace(spec, name=refined_name(spec.name, taken), parent=spec.name,
                                   description=description, space=space, enqueue=(), source=f"refined {spec.name}")

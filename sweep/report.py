@@ -26,6 +26,7 @@ from sweep import plots
 from sweep.errors import UsageError
 from sweep.objective import RESULT_ATTR
 from sweep.runner import SPEC_ATTR
+from sweep.words import plural
 
 #: The trial metrics ``trials_frame`` has a column for, besides epochs_run and seconds.
 METRIC_COLUMNS = (*CURVES, "best_validation_accuracy", "test_accuracy", "gap")
@@ -176,15 +177,15 @@ class Region:
         """The region in a few readable lines."""
         if self.front:
             on = ", ".join(f"{label} ({direction})" for label, direction in self.front)
-            lines = [f"Best region: the Pareto front of {self.n_complete} completed trials on {on}: "
-                     f"{self.support} trials ({', '.join(f'#{n}' for n in self.trials)}); "
+            lines = [f"Best region: the Pareto front of {plural(self.n_complete, 'completed trial')} on {on}: "
+                     f"{plural(self.support, 'trial')} ({', '.join(f'#{n}' for n in self.trials)}); "
                      f"the quantile applies to single-objective studies only",
                      f"Best trial #{self.best_trial} of the front on {self.label} (the first objective): "
                      f"{self.label} = {self.best_value:.4g}"]
         else:
             bound = "≥" if self.direction == "maximize" else "≤"
-            lines = [f"Best region: top {self.quantile * 100:g}% of {self.n_complete} completed trials by "
-                     f"{self.label} ({self.direction}): {self.support} trials, {self.label} {bound} "
+            lines = [f"Best region: top {self.quantile * 100:g}% of {plural(self.n_complete, 'completed trial')} by "
+                     f"{self.label} ({self.direction}): {plural(self.support, 'trial')}, {self.label} {bound} "
                      f"{self.threshold:.4g}",
                      f"Best trial #{self.best_trial}: {self.label} = {self.best_value:.4g}"]
         width = max((len(name) for name in self.params), default=0)
@@ -196,8 +197,8 @@ class Region:
             lines.append(f"  {p.name:<{width}}  {where}   best {_show(p.best)}")
         if self.gap_mean is not None:
             lines.append(f"Over-fitting in the region: gap (training - validation accuracy) mean "
-                         f"{self.gap_mean:.3f}, max {self.gap_max:.3f}; {self.n_overfit} of {self.support} "
-                         f"trials flagged")
+                         f"{self.gap_mean:.3f}, max {self.gap_max:.3f}; {self.n_overfit} of "
+                         f"{plural(self.support, 'trial')} flagged")
         for name, marginal in self.marginals.items():
             lines.append(f"{self.label} by {name}:")
             lines.extend(f"  {str(index):>24}  n={int(row['count']):<4} mean {row['mean']:.4g}  "
@@ -398,7 +399,7 @@ def _summary_text(study: optuna.Study, trials: pd.DataFrame, region: Region | No
                   skipped: Mapping[str, str]) -> str:
     counts = trials["state"].value_counts()
     states = ", ".join(f"{counts[s]} {s.lower()}" for s in counts.index)
-    lines = [f"Study {study.study_name}: {len(trials)} trials ({states or 'none'})"]
+    lines = [f"Study {study.study_name}: {plural(len(trials), 'trial')} ({states or 'none'})"]
     lines.append(region.summary() if region is not None else "No completed trials: no best region.")
     lines.extend(_pareto_lines(study, trials))
     if skipped:

@@ -312,8 +312,11 @@ class Worker:
                     continue
                 self._interrupted(self.study._storage.get_trial(t._trial_id), "worker process died")
                 reaped.append(t.number)
-        if self.rdb:
-            optuna.storages.fail_stale_trials(self.study)
+        if self.rdb:  # (Optuna's one public way to apply the heartbeat's grace period, marked experimental)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r".*\.fail_stale_trials is experimental",
+                                        category=optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(self.study)
         return reaped
 
     def _failed(self, trial: optuna.Trial) -> FrozenTrial:

@@ -226,7 +226,9 @@ class Tracker:
         with _exclusive(self._db):
             run = (self._run(run_id) if run_id else None) or self._find_parent()
             if run is None:
-                tags = {ROLE_TAG: "parent", STUDY_TAG: self.study_name, NOTE_TAG: description}
+                tags = {ROLE_TAG: "parent", STUDY_TAG: self.study_name}
+                if description:  # (no note rather than "None")
+                    tags[NOTE_TAG] = description
                 run = _retry(self._client.create_run, self.experiment_id, run_name=self.study_name,
                              tags=_strings(tags, _MAX_TAG_CHARS))
                 self._log_batch(run.info.run_id, params=params)

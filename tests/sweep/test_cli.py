@@ -8,7 +8,8 @@ import pytest
 
 from sweep.cli import cli
 from tests.sweep.bad_studies import BAD_STUDIES
-from tests.sweep.conftest import one_line_error, run_cli, stored_tiny_study, tree_snapshot
+from sweep.words import plural
+from tests.sweep.conftest import one_line_error, run_cli, stored_tiny_study, tree_snapshot, write_study
 
 COMMANDS = sorted(cli.commands)
 
@@ -104,3 +105,23 @@ def test_report_and_refine_from_the_launcher(workdir, stored, capsys):
     assert run_cli("refine", "tiny") == 0  # ./studies did not exist
     assert (workdir / "studies" / "tiny-refined.toml").exists()
     assert run_cli("refine", "tiny", "--out", workdir / "studies" / "tiny-refined.toml") == 2  # never overwrites
+
+
+def test_counts_are_pluralised(workdir, capsys):
+    """One trial is "1 trial" in the summary, the report's summary and the worker's last line."""
+    assert run_cli("run", write_study(workdir / "one.toml", name="one", epochs=1), "--n-trials", 1) == 0
+    out = capsys.readouterr().out
+    assert "Study one: 1 trial (1 complete" in out and "1 trials" not in out
+    assert "1 completed trial by" in out  # the best region's summary
+    summary = (workdir / "reports" / "one" / "summary.txt").read_text()
+    assert "Study one: 1 trial (" in summary and "1 trials" not in summary
+    assert run_cli("run", write_study(workdir / "two.toml", name="two", epochs=1), "--n-trials", 2,
+                   "--no-report") == 0
+    assert "Study two: 2 trials (2 complete" in capsys.readouterr().out
+    assert run_cli("worker", "--study", "two", "--n-trials", 3) == 0
+    assert "worker ran 1 trial of two" in capsys.readouterr().out
+
+
+def test_plural():
+    assert [plural(n, "trial") for n in (0, 1, 2)] == ["0 trials", "1 trial", "2 trials"]
+    assert plural(1, "process", "processes") == "1 process" and plural(3, "process", "processes") == "3 processes"

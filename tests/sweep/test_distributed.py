@@ -8,7 +8,9 @@ study's settings come from the storage.
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ from sweep.runner import PARENT_ATTR, Stores, create_or_resume
 from sweep.spec import load_spec
 from sweep.storage import StorageSpec
 from tests.sweep.conftest import TINY
-from tests.sweep.pg import (by_state, can_fake_a_host, check_agreement, check_grid_done, database_url, finish,
+from tests.sweep.pg import (QUIET, SWEEP, by_state, can_fake_a_host, check_agreement, check_grid_done, database_url, finish,
                             mlflow_server, pg_databases, rdb_study, start_sweep, study_ready, trial_runs,
                             wait_until)
 
@@ -38,7 +40,7 @@ def study_file(path: Path, name: str, epochs: int = EPOCHS, space: str = GRID_SP
 
 def ran(out: str) -> int:
     """Trials a ``sweep worker`` says it ran."""
-    match = re.search(r"worker ran (\d+) trials", out)
+    match = re.search(r"worker ran (\d+) trials?\b", out)
     assert match, out
     return int(match.group(1))
 
@@ -111,3 +113,34 @@ def test_the_readme_two_machine_set_up(tmp_path, pg_databases, mlflow_server):
     assert "trials.csv" in reports and (machine_a / "reports" / "two" / "trials.csv").exists()
     assert not (machine_b / "mlruns").exists() and not (machine_a / "mlruns").exists()
 
+
+
+LEAKS = ("Warning", "warning", "ExperimentalWarning", "pruning feature", "experimental", "Traceback")
+
+
+def test_a_postgresql_run_says_nothing_but_its_own_words(tmp_path, pg_databases):
+    """No library warning in a tracked PostgreSQL run with two workers, a joining worker and a report.
+
+    Run with the default warning filters and MLflow's default logging (the other tests quiet both).
+    """
+    storage = database_url(pg_databases())
+    env = {k: v for k, v in os.environ.items() if k not in QUIET or k == "OPENBLAS_NUM_THREADS"}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    study_file(tmp_path / "quiet.toml", "quiet", epochs=1)
+
+    def sweep(*args: str) -> str:
+        done = subprocess.run([*SWEEP, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stdout + done.stderr
+
+    said = [sweep("run", "quiet.toml", "--storage", storage, "--workers", "2", "--n-trials", "6"),
+            sweep("worker", "--study", "quiet", "--storage", storage, "--n-trials", "8"),
+            sweep("worker", "--study", "quiet", "--storage", storage, "--no-tracking", "--n-trials", "9"),
+            sweep("report", "quiet", "--storage", storage),
+            sweep("report", "quiet", "--storage", storage, "--no-tracking", "--out", "untracked")]
+    assert "Study quiet: 6 trials" in said[0] and "worker ran 2 trials of quiet" in said[1]
+    assert "worker ran 1 trial of quiet" in said[2]
+    for text in said:
+        assert not [word for word in LEAKS if word in text], text
+    summary = (tmp_path / "reports" / "quiet" / "summary.txt").read_text()
+    assert not [word for word in LEAKS if word in summary], summary

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import os
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -28,7 +30,8 @@ def test_the_ui_command_binds_to_loopback_unless_exposed():
     argv, env = ui_command(uri)
     assert argv[1:4] == ["-m", "mlflow", "ui"]
     assert argv[argv.index("--host") + 1] == "127.0.0.1" and argv[argv.index("--port") + 1] == "5000"
-    assert env == {"MLFLOW_BACKEND_STORE_URI": uri}
+    assert env["MLFLOW_BACKEND_STORE_URI"] == uri
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"  # no job runner: see ui_command
     assert not [a for a in argv if "hunter2" in a]  # the store's URI is not on the command line (ps shows it)
     for host in ("127.0.0.1", "localhost", "::1"):
         assert ui_command(uri, host)[0][argv.index("--host") + 1] == host
@@ -65,14 +68,50 @@ def test_sweep_ui_serves_the_mlflow_ui_on_loopback_only(tmp_path):
         if outside is not None:
             with pytest.raises(ConnectionRefusedError):
                 socket.create_connection((outside, port), timeout=5).close()
-        group = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()
-        assert len(group) >= 3
+        server = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        group = [str(proc.pid), *subprocess.run(["pgrep", "-s", *server], capture_output=True, text=True).stdout.split()]
+        assert len(group) >= 3  # (the server runs in a session of its own)
         for pid in group:  # sweep, mlflow, uvicorn...: none shows the store's URI on its command line
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes() if Path(f"/proc/{pid}").exists() else b""
             assert str(db).encode() not in cmdline
     finally:
         stop_group(proc)
     assert db.exists()  # the UI really used the store it was given
+
+
+def _group(pgid: int) -> list[int]:
+    """The processes (zombies too) of a process group."""
+    return [int(pid) for pid in subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True).stdout.split()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sweep_ui_stopped_by_a_signal_leaves_no_process_and_frees_its_port(tmp_path, sig):
+    """``kill PID`` (or Ctrl-C) on ``sweep ui`` alone stops mlflow, uvicorn and all they started."""
+    port = free_port()
+    db = tmp_path / "store" / "mlflow.db"
+    proc = start_sweep("ui", "--port", port, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": f"sqlite:///{db}"})
+    try:
+        try:
+            wait_for_http(f"http://127.0.0.1:{port}/", proc, timeout=120)
+        except AssertionError as exc:
+            pytest.skip(f"the MLflow UI did not start here ({exc}): {proc.stderr.read() if proc.poll() is not None else ''}")
+        sweep_pid = proc.pid
+        children = subprocess.run(["pgrep", "-P", str(sweep_pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) == 1  # mlflow, in a session and group of its own
+        server_group = os.getpgid(int(children[0]))
+        assert server_group != os.getpgid(sweep_pid)
+        assert len(_group(server_group)) >= 2  # mlflow and uvicorn at least
+        proc.send_signal(sig)  # to sweep alone, as `kill PID` or a service manager would
+        code, out, err = finish(proc, timeout=60)
+        assert code == 0, err
+        assert _group(server_group) == []  # the group is gone, not a process left (not even a zombie)
+        with socket.socket() as s:  # and the port is free again for a server (as uvicorn binds: the
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # closed connection's TIME_WAIT is no owner)
+            s.bind(("127.0.0.1", port))
+            s.listen()
+    finally:
+        stop_group(proc)
 
 
 # --- no code from data ----------------------------------------------------------------------------

@@ -260,3 +260,8 @@ print(is_telemetry_disabled(), get_telemetry_client())
     env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_CURRENT_TEST", "MLFLOW_DISABLE_TELEMETRY")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert (out.stdout, out.stderr) == ("True None\n", "")  # no telemetry, nothing logged
+
+
+def test_a_study_without_a_description_gets_no_note(uri: str) -> None:
+    parent = Tracker(uri, "study-b").parent_run(description=None, params={"epochs": 1})
+    assert "mlflow.note.content" not in MlflowClient(uri).get_run(parent).data.tags  # not the text "None"
