@@ -171,7 +171,7 @@ def grid_points(spec: StudySpec) -> dict[str, list]:
 
 
 def grid_size(spec: StudySpec) -> int:
-    """How many points ``grid_points(spec)`` spans: the product of the value counts (not listed)."""
+    """How many points ``grid_points(spec)`` spans (a grid's spec): the product of the value counts, not listed."""
     return math.prod(param.n_values() for param in spec.searched.values())
 
 

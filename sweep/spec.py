@@ -590,7 +590,7 @@ class StudySpec:
 
     def largest_network(self) -> tuple[tuple[int, ...], int]:
         """The layer sizes of the largest network a trial may train, and the largest batch size."""
-        largest = {name: max(param.grid_values()) if isinstance(param, Categorical) else param.high
+        largest = {name: max(param.choices) if isinstance(param, Categorical) else param.high
                    for name, param in self.searched.items() if name in ("hidden", "depth", "batch_size")}
         settings = {**self.fixed, **largest}
         return _sizes(settings), settings["batch_size"]
@@ -605,8 +605,9 @@ class StudySpec:
 
     def _check_size(self, pack: int, workers: int) -> None:
         sizes, batch_size = self.largest_network()
-        key = next((f"space.{name}" for name in ("hidden", "depth") if name in self.searched), "train.sizes")
-        shown = "-".join(map(str, sizes)) if len(sizes) <= 6 else f"{len(sizes) - 2} hidden layers of {sizes[1]}"
+        key = next((f"space.{name}" for name in ("hidden", "depth") if name in self.space), "train.sizes")
+        shown = ("-".join(map(str, sizes)) if len(sizes) <= 6
+                 else f"{len(sizes) - 2} hidden layers, the widest {max(sizes[1:-1])}")
         network = f"the largest network ({shown}, {limits.parameter_count(sizes):,} parameters)"
         need, have = limits.training_bytes(sizes, batch_size, pack, workers), limits.machine_memory()
         if need > have:

@@ -282,7 +282,7 @@ EXHAUSTING: list[tuple[str, str, str | None, str]] = [
      "space.hidden", "needs about"),
     ("hidden-choice-billion", study(space(hidden=f'{{ type = "categorical", choices = [30, {BIG_WIDTH}] }}')),
      "space.hidden", "needs about"),
-    ("hidden-fixed-billion", study(space(hidden=BIG_WIDTH)), "train.sizes", "needs about"),
+    ("hidden-fixed-billion", study(space(hidden=BIG_WIDTH)), "space.hidden", "needs about"),
     ("grid-billion-widths", study(GRID, space(hidden=f'{{ type = "int", low = 10, high = {BIG_WIDTH} }}')),
      "space.hidden", "the largest network"),
     ("grid-billion-batch-sizes", study(GRID, space(batch_size='{ type = "int", low = 1, high = 1000000000 }'),
