@@ -1,12 +1,14 @@
 """The ``sweep`` launcher: thin commands over the library; errors converted here, once.
 
-Exit codes: 0 ok, 2 bad input (one line, no traceback), 1 unexpected, 130 interrupted.
+Exit codes: 0 ok, 2 bad input (one line, no traceback), 1 unexpected or trials that keep failing,
+130 interrupted.
 Only this module prints, reads flags or picks default paths.
 """
 
 from __future__ import annotations
 
 import gc
+import math
 import os
 import subprocess
 import sys
@@ -15,7 +17,8 @@ from pathlib import Path
 
 import click
 
-from sweep.errors import UsageError
+from sweep import limits
+from sweep.errors import TrialsKeepFailing, UsageError
 from sweep.words import plural
 
 DEFAULT_STORE_DIR = Path("mlruns")
@@ -46,6 +49,21 @@ def _stores(storage: str | None, tracking_uri: str | None, no_tracking: bool = F
                   None if no_tracking else tracking_uri or default_tracking_uri())
 
 
+class FiniteFloatRange(click.FloatRange):
+    """click.FloatRange without nan and inf (which a plain FloatRange lets through)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+TRIALS = click.IntRange(1, limits.MAX_TRIALS)
+WORKERS = click.IntRange(1, limits.max_workers())
+SECONDS = FiniteFloatRange(min=0, min_open=True)
+FRACTION = FiniteFloatRange(0, 1, min_open=True)
+
 storage_option = click.option("--storage", metavar="URL",
                               help="Optuna storage: a journal file path, sqlite:///FILE or postgresql://... "
                                    "[default: mlruns/optuna.journal]")
@@ -63,11 +81,11 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("study_file", type=click.Path(dir_okay=False))
-@click.option("--n-trials", type=click.IntRange(min=1), help="Total trials for the study (overrides the file).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+@click.option("--n-trials", type=TRIALS, help="Total trials for the study (overrides the file).")
+@click.option("--timeout", type=SECONDS, metavar="SECONDS",
               help="Stop starting new trials after this long (overrides the file).")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Local worker processes (one BLAS thread each).")
+@click.option("--workers", type=WORKERS, default=1, show_default=True,
+              help=f"Local worker processes (one BLAS thread each; at most {limits.WORKERS_PER_CPU} per CPU).")
 @storage_option
 @tracking_option
 @click.option("--no-tracking", is_flag=True, help="Do not log to MLflow.")
@@ -191,10 +209,10 @@ def _write_report(study, stores, out_dir: Path, **options) -> None:
 @click.option("--no-tracking", is_flag=True, help="Do not log the report to MLflow.")
 @click.option("--out", type=click.Path(file_okay=False), metavar="DIR",
               help="Directory for the report files [default: reports/STUDY].")
-@click.option("--quantile", type=click.FloatRange(0, 1, min_open=True), default=0.10, show_default=True,
+@click.option("--quantile", type=FRACTION, default=0.10, show_default=True,
               help="Fraction of the completed trials that makes the best region (single objective; "
                    "a multi-objective study's is its Pareto front).")
-@click.option("--gap-threshold", type=click.FloatRange(min=0), default=0.05, show_default=True,
+@click.option("--gap-threshold", type=FiniteFloatRange(min=0), default=0.05, show_default=True,
               help="Training minus validation accuracy above which a trial is flagged as over-fitting.")
 @click.option("--heatmap", nargs=2, metavar="X Y",
               help="Parameters on the heat map's axes [default: the first two numeric ones].")
@@ -213,13 +231,13 @@ def report(study_name, storage, tracking_uri, no_tracking, out, quantile, gap_th
 @storage_option
 @tracking_option
 @click.option("--no-tracking", is_flag=True, help="With --run: do not log to MLflow.")
-@click.option("--quantile", type=click.FloatRange(0, 1, min_open=True), default=0.10, show_default=True,
+@click.option("--quantile", type=FRACTION, default=0.10, show_default=True,
               help="Fraction of the completed trials whose region the new study searches (single "
                    "objective; a multi-objective study's region is its Pareto front).")
 @click.option("--out", type=click.Path(dir_okay=False), metavar="FILE",
               help="Study file to write, never overwritten [default: studies/NEW_NAME.toml].")
 @click.option("--run", "run_it", is_flag=True, help="Run the refined study right away.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--workers", type=WORKERS, default=1, show_default=True,
               help="With --run: local worker processes.")
 @click.pass_context
 def refine(ctx, study_name, storage, tracking_uri, no_tracking, quantile, out, run_it, workers) -> None:
@@ -251,8 +269,8 @@ def refine(ctx, study_name, storage, tracking_uri, no_tracking, quantile, out, r
 @storage_option
 @tracking_option
 @click.option("--no-tracking", is_flag=True, help="Do not log to MLflow.")
-@click.option("--n-trials", type=click.IntRange(min=1), help="Total trials for the study (default: its budget).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+@click.option("--n-trials", type=TRIALS, help="Total trials for the study (default: its budget).")
+@click.option("--timeout", type=SECONDS, metavar="SECONDS",
               help="Stop starting new trials after this long.")
 @data_dir_option
 def worker(study_name, storage, tracking_uri, no_tracking, n_trials, timeout, data_dir) -> None:
@@ -395,6 +413,10 @@ def main(argv: list[str] | None = None) -> None:
     except UsageError as exc:
         click.echo(f"sweep: error: {exc}", err=True)
         code = 2
+    except TrialsKeepFailing as exc:
+        click.echo(f"sweep: error: stopped study {exc.study}: its last {exc.count} trials failed, the last with "
+                   f"{exc.reason.splitlines()[0] if exc.reason else 'no reason'}; `sweep report {exc.study}` lists every trial's reason", err=True)
+        code = 1
     except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("interrupted: finished trials are kept; run the same command again to continue", err=True)
         code = 130

@@ -15,3 +15,12 @@ class SpecError(UsageError):
     def __init__(self, source: str | os.PathLike, key: str | None, problem: str) -> None:
         self.source, self.key, self.problem = os.fspath(source), key, problem
         super().__init__(f"{self.source}: {key}: {problem}" if key else f"{self.source}: {problem}")
+
+
+class TrialsKeepFailing(Exception):
+    """A worker stopped because its last ``count`` trials of study ``study`` all failed (see
+    limits.MAX_FAILED_IN_A_ROW); ``reason`` is why the last one failed."""
+
+    def __init__(self, study: str, count: int, reason: str) -> None:
+        self.study, self.count, self.reason = study, count, reason
+        super().__init__(f"study {study!r}: the last {count} trials failed (the last: {reason})")

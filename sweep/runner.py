@@ -24,7 +24,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from core.data import DataError, Dataset, load_dataset
-from sweep.errors import UsageError
+from sweep.errors import TrialsKeepFailing, UsageError
+from sweep.limits import MAX_FAILED_IN_A_ROW
 from sweep.objective import RESULT_ATTR, RUN_ATTR, WORKER_ATTR, TrialRunner, is_alive_here, worker_identity
 from sweep.samplers import (GRID_SAMPLERS, PACKABLE, build_pruner, build_sampler, grid_key, grid_order, grid_points,
                             grid_size)
@@ -37,6 +38,7 @@ PARENT_ATTR = "mlp_sweep.parent_run_id"
 RETRY_OF_ATTR = "mlp_sweep.retry_of"  # on a queued copy: the number of the trial it re-runs
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 PACK_MAX = 16  # trials trained together at most
+FAILING_EXIT = 3  # exit code of a local worker process that stopped on TrialsKeepFailing
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -205,6 +207,12 @@ def pack_size(spec: StudySpec) -> int:
     return max(1, min(size, PACK_MAX))
 
 
+def last_failure(study: optuna.Study) -> str:
+    """Why the study's last failed trial failed."""
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    return failed[-1].user_attrs.get(RESULT_ATTR, {}).get("reason", "unknown") if failed else "unknown"
+
+
 def retried_numbers(trials: list[FrozenTrial]) -> set[int]:
     """Numbers of the failed trials that were queued again."""
     return {t.user_attrs[RETRY_OF_ATTR] for t in trials if RETRY_OF_ATTR in t.user_attrs}
@@ -230,8 +238,11 @@ class Worker:
         self.grid = grid_order(self.spec) if self.spec.sampler.name == "grid" else None
 
     def run(self) -> int:
-        """Run trials until the budget or deadline is spent; return how many ran here."""
-        ran = 0
+        """Run trials until the budget or deadline is spent; return how many ran here.
+
+        Raises TrialsKeepFailing after MAX_FAILED_IN_A_ROW failed trials in a row.
+        """
+        ran = failed_in_a_row = 0
         while not self.budget.expired():
             if STOP.is_set():
                 raise KeyboardInterrupt
@@ -240,7 +251,7 @@ class Worker:
                 break
             with self._heartbeat(trials):
                 try:
-                    self.runner.run(trials)
+                    states = self.runner.run(trials)
                 except BaseException:
                     for trial in trials:
                         self._interrupted(self._failed(trial), "interrupted")
@@ -248,6 +259,9 @@ class Worker:
             ran += len(trials)
             if self.on_trial is not None:
                 self.on_trial()
+            failed_in_a_row = failed_in_a_row + len(trials) if set(states) == {TrialState.FAIL} else 0
+            if failed_in_a_row >= MAX_FAILED_IN_A_ROW:
+                raise TrialsKeepFailing(self.spec.name, failed_in_a_row, last_failure(self.study))
         return ran
 
     def _claim(self) -> list[optuna.Trial]:
@@ -397,6 +411,8 @@ def _worker_main(study_name: str, stores: Stores, budget: Budget, data_dir: str 
             Worker(study_name, stores, budget, data_dir, seed_offset, workers=workers, pack=pack).run()
         except KeyboardInterrupt:
             pass
+        except TrialsKeepFailing:
+            raise SystemExit(FAILING_EXIT) from None  # the supervisor says why
 
 
 PRELOAD = ["sweep.runner"]  # about 1 s of imports
@@ -463,6 +479,7 @@ def run_study(spec: StudySpec, stores: Stores, *, n_trials: int | None = None, t
     stops the run before any worker starts. Ctrl-C propagates after the workers stopped:
     finished trials stay, running ones are failed and queued again for the next run.
     """
+    spec.check_memory(pack_size(spec) if pack else 1, workers)  # before anything is loaded or stored
     if workers > 1:
         prepare_workers(stores.tracking_uri is not None)  # imports in the background while we load data and open the stores
     data = load_data(spec, data_dir, data_progress)  # bad data stops us before anything is stored
@@ -477,7 +494,7 @@ def run_study(spec: StudySpec, stores: Stores, *, n_trials: int | None = None, t
                 Worker(spec.name, stores, budget, data=data, on_trial=report, pack=pack).run()
             else:
                 del data  # each worker loads its own copy
-                _supervise(start_workers(spec.name, stores, budget, data_dir, workers, pack), report)
+                _supervise(start_workers(spec.name, stores, budget, data_dir, workers, pack), report, study)
             if STOP.is_set():
                 raise KeyboardInterrupt
         status = "FINISHED"
@@ -487,8 +504,11 @@ def run_study(spec: StudySpec, stores: Stores, *, n_trials: int | None = None, t
     return study
 
 
-def _supervise(procs: list[multiprocessing.Process], report: Callable | None) -> None:
-    """Wait for local workers, reporting progress; on Ctrl-C let them stop, then re-raise."""
+def _supervise(procs: list[multiprocessing.Process], report: Callable | None, study: optuna.Study) -> None:
+    """Wait for local workers, reporting progress; on Ctrl-C let them stop, then re-raise.
+
+    Raises TrialsKeepFailing if a worker stopped on it.
+    """
     while any(p.is_alive() for p in procs):
         if STOP.is_set():  # a terminal's Ctrl-C reached the workers too; SIGTERM reaches the rest
             for p in procs:
@@ -503,6 +523,8 @@ def _supervise(procs: list[multiprocessing.Process], report: Callable | None) ->
             p.join(timeout=0.5 / len(procs))
     if report is not None:
         report()
+    if any(p.exitcode == FAILING_EXIT for p in procs):
+        raise TrialsKeepFailing(study.study_name, MAX_FAILED_IN_A_ROW, last_failure(study))
     failed = [p.name for p in procs if p.exitcode not in (0, None)]
     if failed:
         raise RuntimeError(f"worker processes exited with errors: {', '.join(failed)}")

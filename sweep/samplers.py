@@ -161,8 +161,8 @@ def grid_points(spec: StudySpec) -> dict[str, list]:
 
 
 def grid_size(spec: StudySpec) -> int:
-    """How many points ``grid_points(spec)`` spans: the product of the value counts."""
-    return math.prod(len(values) for values in grid_points(spec).values())
+    """How many points ``grid_points(spec)`` spans (a grid's spec): the product of the value counts, not listed."""
+    return math.prod(param.n_values() for param in spec.searched.values())
 
 
 def grid_order(spec: StudySpec) -> list[dict[str, Any]]:
@@ -181,7 +181,8 @@ def grid_key(params: Mapping[str, Any]) -> tuple:
 
 
 def build_sampler(spec: StudySpec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
-    """The spec's sampler, seeded with ``spec.sampler.seed + seed_offset``.
+    """The spec's sampler, seeded with ``spec.sampler.seed + seed_offset`` modulo 2**32
+    (NumPy's seeds are 32-bit: the seeds of a run's workers stay distinct and valid).
 
     Parallel workers pass distinct offsets so they do not draw the same points; grid and
     brute-force samplers ignore it: they enumerate one space, which all workers share
@@ -193,7 +194,7 @@ def build_sampler(spec: StudySpec, seed_offset: int = 0) -> optuna.samplers.Base
     sampler = spec.sampler
     if sampler.name in GRID_SAMPLERS:
         seed_offset = 0
-    given: dict[str, Any] = {"seed": sampler.seed + seed_offset}
+    given: dict[str, Any] = {"seed": (sampler.seed + seed_offset) % 2**32}
     if sampler.name == "grid":
         given["search_space"] = grid_points(spec)
     return _construct(_SAMPLER_CLASSES[sampler.name], given, sampler.options, spec.source, "sampler")

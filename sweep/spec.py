@@ -28,6 +28,7 @@ import tomli_w
 from core import CURVES, NetworkSpec, TrainConfig
 from core.data import DATASETS
 from core.functions import ACTIVATIONS, COSTS
+from sweep import limits
 from sweep.errors import SpecError
 from sweep.samplers import (GRID_SAMPLERS, PRUNERS, SAMPLERS, SINGLE_OBJECTIVE_SAMPLERS, Option,
                             build_pruner, build_sampler, pruner_options, sampler_options)
@@ -66,7 +67,7 @@ DEFAULTS: Mapping[str, Any] = MappingProxyType({
 })
 _REQUIRED_SETTINGS = ("batch_size", "eta")
 _N_INPUTS, _N_OUTPUTS = 784, 10  # MNIST: 28 x 28 pixels in, one output per digit
-_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a path component: never ".", "..", "/" or NUL
 
 
 class InvalidValue(ValueError):
@@ -139,11 +140,14 @@ _ARRAY = _Kind("an array", lambda v: isinstance(v, (list, tuple)))
 _SCALAR = _Kind("a string, number or boolean", lambda v: isinstance(v, (str, bool)) or _is_number(v))
 
 
-def _int_at_least(minimum: int) -> Callable[[Any], int]:
+def _int_at_least(minimum: int, maximum: int | None = None, why: str = "") -> Callable[[Any], int]:
+    """A check of an integer from ``minimum`` to ``maximum`` (None: no upper bound; ``why`` says why)."""
     def check(value: Any) -> int:
         _INT.check(value)
         if value < minimum:
             raise InvalidValue(None, f"must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise InvalidValue(None, f"must be at most {maximum:,}{f' ({why})' if why else ''}, got {value:,}")
         return value
     return check
 
@@ -169,8 +173,13 @@ def _one_of(what: str, names: tuple[str, ...]) -> Callable[[Any], str]:
 
 
 def _study_name(value: Any) -> str:
+    """A study name: a file name, an MLflow experiment and run name (see limits.MAX_NAME_LENGTH)."""
     if not _NAME.fullmatch(_STR.check(value)):
-        raise InvalidValue(None, f"must be letters, digits, '_', '.' or '-' only, got {_show(value)}")
+        raise InvalidValue(None, "must be letters, digits, '_', '.' or '-' only, starting with a letter or "
+                                 f"digit, got {_show(value)[:80]}")
+    if len(value) > limits.MAX_NAME_LENGTH:
+        raise InvalidValue(None, f"must be at most {limits.MAX_NAME_LENGTH} characters (it names files and "
+                                 f"MLflow experiments and runs), got {len(value)}")
     return value
 
 
@@ -181,13 +190,17 @@ def _layer_sizes(value: Any) -> tuple[int, ...]:
             _int_at_least(1)(size)
     if len(sizes) < 2 or sizes[0] != _N_INPUTS or sizes[-1] != _N_OUTPUTS:
         raise InvalidValue(None, f"must run from {_N_INPUTS} inputs (the pixels) to {_N_OUTPUTS} "
-                                 f"outputs (the digits), got {_show(list(sizes))}")
+                                 f"outputs (the digits), got {_show(list(sizes))[:80]}")
+    if len(sizes) - 2 > limits.MAX_DEPTH:
+        raise InvalidValue(None, f"at most {limits.MAX_DEPTH} hidden layers, got {len(sizes) - 2}")
     return sizes
 
 
 # How each training setting is checked and normalised (ints stay ints, numbers become floats).
 _SETTINGS: Mapping[str, Callable[[Any], Any]] = MappingProxyType({
-    **{name: _int_at_least(1) for name in ("epochs", "batch_size", "hidden", "depth")},
+    **{name: _int_at_least(1) for name in ("batch_size", "hidden")},  # (bounded by the memory estimate)
+    "epochs": _int_at_least(1, limits.MAX_EPOCHS, "a trial that long would run for days"),
+    "depth": _int_at_least(1, limits.MAX_DEPTH, "deeper sigmoid networks stop learning"),
     "eta": _positive,
     "lmbda": _non_negative,
     "seed": _int_at_least(0),
@@ -216,6 +229,9 @@ def _check_range(low: float, high: float, step: float | None, log: bool, default
         raise InvalidValue(None, f"inverted range: low {low} > high {high}")
     if step is not None and step <= 0:
         raise InvalidValue("step", f"must be positive, got {step}")
+    if isinstance(step, float) and not (high - low) / step <= limits.MAX_RANGE_STEPS:  # (also catches inf)
+        raise InvalidValue("step", f"{step:g} is too small for the range {low:g}..{high:g}: more than "
+                                   f"2**53 steps, which floating point cannot tell apart")
     if log and step != default_step:
         raise InvalidValue("step", "cannot be combined with log = true")
     if log and low <= 0:
@@ -246,6 +262,10 @@ class IntRange:
 
     def grid_values(self) -> list[int]:
         return list(range(self.low, self.high + 1, self.step))
+
+    def n_values(self) -> int:
+        """How many values ``grid_values`` lists, without listing them."""
+        return (self.high - self.low) // self.step + 1
 
     def contains(self, value: object) -> bool:
         return _is_int(value) and self.low <= value <= self.high and (value - self.low) % self.step == 0
@@ -289,8 +309,11 @@ class FloatRange:
         """The stepped values (rounded to 12 significant digits); None for a continuous range."""
         if self.step is None:
             return None
-        n_steps = round((self.high - self.low) / self.step)
-        return [float(f"{self.low + i * self.step:.12g}") for i in range(n_steps + 1)]
+        return [float(f"{self.low + i * self.step:.12g}") for i in range(self.n_values())]
+
+    def n_values(self) -> int | None:
+        """How many values ``grid_values`` lists, without listing them (None: continuous)."""
+        return None if self.step is None else round((self.high - self.low) / self.step) + 1
 
     def contains(self, value: object) -> bool:
         return (_is_number(value) and self.low <= value <= self.high
@@ -332,6 +355,9 @@ class Categorical:
 
     def grid_values(self) -> list:
         return list(self.choices)
+
+    def n_values(self) -> int:
+        return len(self.choices)
 
     def contains(self, value: object) -> bool:
         return value in self.choices
@@ -446,6 +472,11 @@ def _checked_options(options: Mapping[str, Any], allowed: Mapping[str, Option],
             raise InvalidValue(key, f"unknown option of {owner}{_close(key, allowed)}; options: {known}")
         if not option.accepts(value):
             raise InvalidValue(key, f"must be {option.type_names}, got {_show(value)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidValue(key, f"must be a finite number, got {_show(value)}")
+        maximum, why = limits.OPTION_BOUNDS.get(key, (None, ""))
+        if maximum is not None and _is_int(value) and value > maximum:  # (Optuna checks the lower bound)
+            raise InvalidValue(key, f"must be at most {maximum:,} ({why}), got {value:,}")
     for key, option in allowed.items():
         if option.required and key not in options:
             raise InvalidValue(key, f"required by {owner}")
@@ -464,7 +495,7 @@ class SamplerSpec:
         with _at("name"):
             _one_of("sampler", SAMPLERS)(self.name)
         with _at("seed"):
-            _int_at_least(0)(self.seed)
+            _int_at_least(0, limits.MAX_SEED, "NumPy's seeds are 32-bit")(self.seed)
         options = _checked_options(self.options, sampler_options(self.name), f"the {self.name} sampler")
         object.__setattr__(self, "options", options)
 
@@ -550,12 +581,43 @@ class StudySpec:
         for name in _REQUIRED_SETTINGS:
             if name not in self.train and name not in self.space:
                 raise InvalidValue(name, "must be given in [train] or [space]")
-        if len(self.fixed["sizes"]) > 2:
-            return
-        for name, other in (("hidden", "depth"), ("depth", "hidden")):
-            if name in self.space and other not in self.space:
-                raise InvalidValue(f"space.{name}",
-                                   f"train.sizes has no hidden layer; add {other} to [space]")
+        if len(self.fixed["sizes"]) <= 2:
+            for name, other in (("hidden", "depth"), ("depth", "hidden")):
+                if name in self.space and other not in self.space:
+                    raise InvalidValue(f"space.{name}",
+                                       f"train.sizes has no hidden layer; add {other} to [space]")
+        self._check_size(pack=1, workers=1)
+
+    def largest_network(self) -> tuple[tuple[int, ...], int]:
+        """The layer sizes of the largest network a trial may train, and the largest batch size."""
+        largest = {name: max(param.choices) if isinstance(param, Categorical) else param.high
+                   for name, param in self.searched.items() if name in ("hidden", "depth", "batch_size")}
+        settings = {**self.fixed, **largest}
+        return _sizes(settings), settings["batch_size"]
+
+    def check_memory(self, pack: int = 1, workers: int = 1) -> None:
+        """Raise SpecError (with the estimate) if ``workers`` processes training ``pack`` of the
+        largest networks each would not fit in this machine's memory (see limits.training_bytes)."""
+        try:
+            self._check_size(pack, workers)
+        except InvalidValue as exc:
+            raise SpecError(self.source, exc.key, exc.problem) from None
+
+    def _check_size(self, pack: int, workers: int) -> None:
+        sizes, batch_size = self.largest_network()
+        key = next((f"space.{name}" for name in ("hidden", "depth") if name in self.space), "train.sizes")
+        shown = ("-".join(map(str, sizes)) if len(sizes) <= 6
+                 else f"{len(sizes) - 2} hidden layers, the widest {max(sizes[1:-1])}")
+        network = f"the largest network ({shown}, {limits.parameter_count(sizes):,} parameters)"
+        need, have = limits.training_bytes(sizes, batch_size, pack, workers), limits.machine_memory()
+        if need > have:
+            many = f", {pack} at once in each of {workers} workers," if (pack, workers) != (1, 1) else ""
+            raise InvalidValue(key, f"{network}{many} with batches of {batch_size} needs about "
+                                    f"{limits.show_bytes(need)} to train, more than this machine's "
+                                    f"{limits.show_bytes(have)}")
+        if limits.parameter_count(sizes) > limits.MAX_PARAMETERS:
+            raise InvalidValue(key, f"{network} is larger than {limits.MAX_PARAMETERS:,} parameters "
+                                    "(one MNIST epoch would take hours)")
 
     def _check_objectives(self) -> None:
         if not self.objectives:
@@ -581,14 +643,19 @@ class StudySpec:
             raise InvalidValue("pruner", f"pruning needs a per-epoch metric; {metric} is only known at "
                                          f"the end (per-epoch: {', '.join(PER_EPOCH_METRICS)})")
         if sampler in GRID_SAMPLERS:
+            size = 1
             for name, param in self.searched.items():
-                if param.grid_values() is None:
+                if param.n_values() is None:
                     raise InvalidValue(f"space.{name}", f"the {sampler} sampler needs a step or choices")
+                size *= param.n_values()
+            if size > limits.MAX_GRID_POINTS:
+                raise InvalidValue("space", f"the grid has {size:,} points, more than {limits.MAX_GRID_POINTS:,} "
+                                            "(every worker holds them all; it would run for days)")
 
     def _check_budget(self) -> None:
         if self.n_trials is not None:
             with _at("budget.n_trials"):
-                _int_at_least(1)(self.n_trials)
+                _int_at_least(1, limits.MAX_TRIALS, "every claim reads all trials")(self.n_trials)
         if self.timeout is not None:
             with _at("budget.timeout"):
                 object.__setattr__(self, "timeout", _positive(self.timeout))

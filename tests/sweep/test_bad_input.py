@@ -10,16 +10,21 @@ the stores under ./mlruns are byte-for-byte as before (size and mtime of every f
 from __future__ import annotations
 
 import gzip
+import hashlib
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from sweep.runner import Stores, create_or_resume
+from sweep import limits, objective
+from sweep.runner import Stores, create_or_resume, pack_size
 from sweep.spec import load_spec
 from sweep.storage import StorageSpec
-from tests.sweep.conftest import one_line_error, run_cli, stored_tiny_study, tree_snapshot, write_study
+from tests.sweep.bad_studies import EXHAUSTING, SEEDS
+from tests.sweep.conftest import (journal_study, one_line_error, run_cli, stored_tiny_study, tree_snapshot,
+                                  write_study)
 from tests.sweep.pg import database_url, free_port, pg_databases
 
 __all__ = ["pg_databases"]  # a fixture, imported for pytest
@@ -233,3 +238,90 @@ def test_bad_heartbeat_settings(stored, capsys, monkeypatch, env, phrase):
     line = refused(capsys, "run", "tiny.toml", "--storage", storage)
     assert phrase in line
     assert not (stored / "mlruns" / "optuna.db").exists()
+
+
+# --- limits (sweep/limits.py): refused when validated, before anything is stored ---------------
+
+def journal_hash(workdir: Path) -> str:
+    return hashlib.sha256((workdir / "mlruns" / "optuna.journal").read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("case_id, text, key, phrase", EXHAUSTING + SEEDS, ids=[c[0] for c in EXHAUSTING + SEEDS])
+def test_a_study_beyond_the_limits_is_refused_at_once(stored, capsys, record_property, case_id, text, key, phrase):
+    """Refused from the axes' bounds, not by listing a grid or allocating: the time is recorded
+    (``record_property``), and the proof is that no store file was created or changed."""
+    (stored / "big.toml").write_text(text)
+    before = journal_hash(stored)
+    start = time.perf_counter()
+    line = refused(capsys, "run", "big.toml", "--workers", 2)
+    record_property("seconds", time.perf_counter() - start)
+    assert f"{key}: " in line and phrase in line, line
+    assert journal_hash(stored) == before
+
+
+@pytest.mark.parametrize("args, phrase", [
+    (["run", "tiny.toml", "--timeout", "nan"], "'nan' is not a finite number"),
+    (["run", "tiny.toml", "--timeout", "inf"], "'inf' is not a finite number"),
+    (["run", "tiny.toml", "--timeout", "1e400"], "'1e400' is not a finite number"),
+    (["run", "tiny.toml", "--timeout", "-inf"], "--timeout"),
+    (["worker", "--study", "tiny", "--timeout", "nan"], "'nan' is not a finite number"),
+    (["worker", "--study", "tiny", "--timeout", "infinity"], "'infinity' is not a finite number"),
+    (["report", "tiny", "--quantile", "nan"], "'nan' is not a finite number"),
+    (["report", "tiny", "--gap-threshold", "nan"], "'nan' is not a finite number"),
+    (["report", "tiny", "--gap-threshold", "inf"], "'inf' is not a finite number"),
+    (["refine", "tiny", "--quantile", "nan"], "'nan' is not a finite number"),
+    (["refine", "tiny", "--quantile", "NaN"], "'NaN' is not a finite number"),
+    (["run", "tiny.toml", "--workers", 10**6], "--workers"),
+    (["run", "tiny.toml", "--workers", limits.max_workers() + 1], f"1<=x<={limits.max_workers()}"),
+    (["refine", "tiny", "--run", "--workers", 10**6], "--workers"),
+    (["run", "tiny.toml", "--n-trials", 10**9], "--n-trials"),
+    (["worker", "--study", "tiny", "--n-trials", 10**9], "--n-trials"),
+], ids=lambda v: "-".join(map(str, v)) if isinstance(v, list) else None)
+def test_flags_beyond_the_limits_are_refused(stored, capsys, args, phrase):
+    before = journal_hash(stored)
+    line = refused(capsys, *args)
+    assert phrase in line, line
+    assert journal_hash(stored) == before
+    assert not (stored / "reports").exists() and not (stored / "studies").exists()
+
+
+def test_workers_that_together_do_not_fit_in_memory_are_refused(stored, capsys, monkeypatch):
+    """One worker fits (the machine is made exactly as large as it needs), two do not."""
+    spec = load_spec(stored / "tiny.toml")
+    sizes, batch_size = spec.largest_network()
+    need = limits.training_bytes(sizes, batch_size, pack_size(spec), workers=1)
+    monkeypatch.setattr(limits, "machine_memory", lambda: need)
+    spec.check_memory(pack_size(spec), workers=1)
+    before = journal_hash(stored)
+    line = refused(capsys, "run", "tiny.toml", "--workers", 2)
+    assert f"{pack_size(spec)} at once in each of 2 workers" in line and "needs about" in line, line
+    assert journal_hash(stored) == before
+
+
+def test_a_seed_at_the_top_of_its_range_runs_with_two_workers(workdir, capsys):
+    """Worker 1 seeds its sampler with (2**32 - 1 + 1) mod 2**32, which NumPy accepts."""
+    write_study(workdir / "seeded.toml", name="seeded", sampler="random", epochs=1,
+                extra=f"seed = {2**32 - 1}\n\n[budget]\nn_trials = 2")
+    assert run_cli("run", "seeded.toml", "--workers", 2, "--no-tracking", "--no-report") == 0
+    trials = journal_study(workdir, "seeded").get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+
+
+@pytest.mark.parametrize("space, n_trials", [("", 1), ('hidden = { type = "int", low = 4, high = 8 }', 50)],
+                         ids=["no-searched-parameter", "searched"])
+def test_a_worker_stops_after_a_run_of_failed_trials(workdir, capsys, monkeypatch, space, n_trials):
+    """Trials that all fail stop the run after MAX_FAILED_IN_A_ROW of them, with one line (exit 1);
+    a trial without parameters is not counted against the budget, so the first case never ended."""
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 7.45 TiB for an array")
+
+    monkeypatch.setattr(objective, "train", out_of_memory)
+    (workdir / "failing.toml").write_text(
+        f'name = "failing"\n[data]\nn_train = 100\nn_validation = 50\nn_test = 50\n[budget]\nn_trials = {n_trials}\n'
+        f'[train]\nsizes = [784, 8, 10]\nepochs = 1\nbatch_size = 10\neta = 0.1\n[space]\n{space}\n')
+    capsys.readouterr()
+    assert run_cli("run", "failing.toml", "--no-tracking", "--no-report") == 1
+    line = one_line_error(capsys)
+    assert f"its last {limits.MAX_FAILED_IN_A_ROW} trials failed" in line and "MemoryError: Unable" in line, line
+    trials = journal_study(workdir, "failing").get_trials()
+    assert [t.state.name for t in trials] == ["FAIL"] * limits.MAX_FAILED_IN_A_ROW

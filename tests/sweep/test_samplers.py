@@ -1,6 +1,7 @@
 """Samplers and pruners built from specs, run on small in-memory studies."""
 
 import itertools
+import math
 import warnings
 from pathlib import Path
 
@@ -100,6 +101,26 @@ def test_seed_offset_gives_parallel_workers_other_points():
     assert first != [t.params for t in run(spec, seed_offset=1).trials]
     with pytest.raises(ValueError, match="seed_offset"):
         build_sampler(spec, -1)
+
+
+@pytest.mark.parametrize("name", ["random", "tpe", "cmaes", "nsga2", "qmc", "gp"])
+def test_seeds_at_the_top_of_their_range_wrap_for_later_workers(name):
+    """Worker i seeds with (seed + i) mod 2**32: valid for NumPy, and distinct for every worker."""
+    data = homework_spec(name)
+    data["sampler"]["seed"] = 2**32 - 1
+    spec = parse_spec(data, "test")
+    runs = [[t.params for t in run(spec, seed_offset=offset).trials] for offset in (1, 2)]
+    assert runs[0] == [t.params for t in run(parse_spec({**data, "sampler": {**data["sampler"], "seed": 0}},
+                                                        "test")).trials]  # 2**32 - 1 + 1 wraps to 0
+    assert runs[0] != runs[1]
+
+
+def test_grid_size_is_counted_not_listed():
+    data = homework_spec("grid")
+    data["space"] = {"batch_size": {"type": "int", "low": 1, "high": 298, "step": 3},
+                     "eta": {"type": "float", "low": 0.001, "high": 0.3, "step": 0.001}}
+    spec = parse_spec(data, "test")
+    assert grid_size(spec) == math.prod(len(values) for values in grid_points(spec).values()) == 100 * 300
 
 
 def test_grid_points_of_the_coarse_grid():
