@@ -178,22 +178,29 @@ def cache_dir() -> Path:
 # IDX parsing and verification
 
 
-def _decode_idx(compressed: bytes, spec: _IdxFile, where: str) -> np.ndarray:
-    """Check one gzip-compressed IDX file and return its items as uint8.
-
-    Returns shape (count, 784) for images, (count,) for labels. Header fields and the
-    length are checked before the hash so that a damaged file gets a specific message.
-    Raises ``DataError(f"{where}: {problem}")``.
-    """
+def _inflate(stream: gzip.GzipFile, size: int, where: str) -> bytes:
+    """Up to ``size`` decompressed bytes (fewer at the end of the data); gzip errors become DataErrors."""
     try:
-        raw = gzip.decompress(compressed)
+        return stream.read(size)
     except EOFError:
         problem = "truncated gzip data (stream ends before its end marker)"
         raise DataError(f"{where}: {problem}") from None
     except (gzip.BadGzipFile, zlib.error) as exc:
         raise DataError(f"{where}: corrupt gzip data ({exc})") from None
 
+
+def _decode_idx(compressed: BinaryIO, spec: _IdxFile, where: str) -> np.ndarray:
+    """Check one gzip-compressed IDX file and return its items as uint8.
+
+    Returns shape (count, 784) for images, (count,) for labels. Header fields and the
+    length are checked before the hash so that a damaged file gets a specific message.
+    At most the header, the bytes it promises and one more are decompressed, so a gzip
+    bomb (a small file that inflates to gigabytes) is refused without inflating it.
+    Raises ``DataError(f"{where}: {problem}")``.
+    """
+    stream = gzip.GzipFile(fileobj=compressed, mode="rb")
     header = spec.header_bytes
+    raw = _inflate(stream, header, where)
     if len(raw) < header:
         raise DataError(
             f"{where}: truncated: {len(raw)} bytes, shorter than the {header}-byte IDX header"
@@ -208,15 +215,13 @@ def _decode_idx(compressed: bytes, spec: _IdxFile, where: str) -> np.ndarray:
     if count != spec.count:
         raise DataError(f"{where}: expected {spec.count} items, found {count}")
     expected_len = header + count * spec.item_bytes
+    raw += _inflate(stream, expected_len - header + 1, where)  # one more byte: is there more?
     if len(raw) < expected_len:
         raise DataError(
             f"{where}: truncated: header promises {expected_len} bytes, found {len(raw)}"
         )
     if len(raw) > expected_len:
-        extra = len(raw) - expected_len
-        raise DataError(
-            f"{where}: {extra} unexpected bytes after the {expected_len} the header promises"
-        )
+        raise DataError(f"{where}: more data after the {expected_len} bytes the header promises")
     digest = hashlib.sha256(raw).hexdigest()
     if digest != spec.sha256:
         raise DataError(f"{where}: SHA-256 mismatch: expected {spec.sha256}, got {digest}")
@@ -228,10 +233,10 @@ def _decode_idx(compressed: bytes, spec: _IdxFile, where: str) -> np.ndarray:
 def _read_idx(path: Path) -> np.ndarray:
     """Read and verify one canonical MNIST file (see ``_decode_idx``)."""
     try:
-        compressed = path.read_bytes()
+        with path.open("rb") as compressed:
+            return _decode_idx(compressed, _MNIST_FILES[path.name], str(path))
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return _decode_idx(compressed, _MNIST_FILES[path.name], str(path))
 
 
 # ---------------------------------------------------------------------------
@@ -297,7 +302,8 @@ def _download(
         try:
             with os.fdopen(fd, "wb") as out:
                 _fetch(url, out, name, progress)
-            _decode_idx(Path(tmp).read_bytes(), _MNIST_FILES[name], url)
+            with open(tmp, "rb") as compressed:
+                _decode_idx(compressed, _MNIST_FILES[name], url)
             os.replace(tmp, target)
             return
         except (OSError, http.client.HTTPException, ValueError) as exc:

@@ -34,6 +34,7 @@ from core.data import (
     load_mnist_5k,
     locate_mnist,
 )
+from tests.gzip_bomb import gzip_bomb
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -248,7 +249,12 @@ DAMAGED = {
     "trailing-bytes": (
         TEST_LABELS,
         lambda d: gzip.compress(_test_labels_raw(d) + b"\x00"),
-        ("1 unexpected bytes after the 10008",),
+        ("more data after the 10008 bytes the header promises",),
+    ),
+    "gzip-bomb": (  # a right header, then 4 GiB of zeros: refused after the 47 MB it promises
+        TRAIN_IMAGES,
+        lambda d: gzip_bomb(images_header()),
+        ("more data after the 47040016 bytes the header promises",),
     ),
 }
 
@@ -261,6 +267,15 @@ def test_damaged_file_is_a_one_line_data_error_naming_it(
     directory = mnist_copy(tmp_path / "mnist", mnist_dir, name, make(mnist_dir))
     with pytest.raises(DataError) as exc:
         locate_mnist(directory)
+    assert_one_line_about(exc, directory / name, *fragments)
+
+
+def test_a_gzip_bomb_is_refused_by_load_dataset(tmp_path: Path, mnist_dir: Path) -> None:
+    """The header's promise caps the decompression: 4 GiB of zeros are never inflated."""
+    name, make, fragments = DAMAGED["gzip-bomb"]
+    directory = mnist_copy(tmp_path / "mnist", mnist_dir, name, make(mnist_dir))
+    with pytest.raises(DataError) as exc:
+        load_dataset("mnist", data_dir=directory)
     assert_one_line_about(exc, directory / name, *fragments)
 
 
