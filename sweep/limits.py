@@ -44,6 +44,13 @@ WORKERS_PER_CPU = 4
 #: memory, a bug) would otherwise spend its whole budget failing, or loop for ever on trials
 #: that fail before they are given parameters (those do not count against the budget).
 MAX_FAILED_IN_A_ROW = 10
+#: Bytes of a study file: the largest grid or space fits in a few KiB; a file is read whole
+#: into memory before it is parsed, so /dev/zero or a log passed by mistake must stop early.
+MAX_STUDY_BYTES = 1 << 20
+#: Levels of nested tables and arrays in a study file: a study needs four ([pruner.wrapped],
+#: an inline table with a list of choices); Python's TOML parser recurses once per level and
+#: would hit the interpreter's recursion limit at a few hundred.
+MAX_TOML_NESTING = 32
 #: Bytes per stored number: networks train in float64.
 BYTES_PER_VALUE = 8
 #: Images a dataset holds at most (full MNIST): each worker holds a float64 copy of them (784

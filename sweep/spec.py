@@ -16,6 +16,7 @@ import difflib
 import math
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -857,17 +858,77 @@ def parse_spec(data: Mapping[str, Any], source: str | os.PathLike) -> StudySpec:
         raise SpecError(source, exc.key, exc.problem) from None
 
 
-def load_spec(path: str | os.PathLike) -> StudySpec:
-    """Read and validate a study file; raises SpecError naming the file, key and problem."""
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _not_regular(mode: int) -> str | None:
+    """Why a file of this mode is not a study file, or None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((f"not a regular file ({kind})" for test, kind in _FILE_KINDS if test(mode)),
+                "not a regular file")
+
+
+def _read_study_file(path: str | os.PathLike) -> bytes:
+    """The bytes of a regular file of at most limits.MAX_STUDY_BYTES; never blocks on a FIFO or device.
+
+    Checked by stat before opening (a socket cannot be opened) and by fstat of the file opened
+    (O_NONBLOCK: opening a FIFO does not wait for a writer), in case the path changed between.
+    """
     try:
-        with open(path, "rb") as file:
-            data = tomllib.load(file)
+        problem = _not_regular(os.stat(path).st_mode)
+        if problem:
+            raise SpecError(path, None, problem)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            problem = _not_regular(os.fstat(fd).st_mode)
+            if problem:
+                raise SpecError(path, None, problem)
+            chunks, size = [], 0
+            while size <= limits.MAX_STUDY_BYTES and (chunk := os.read(fd, limits.MAX_STUDY_BYTES + 1 - size)):
+                chunks.append(chunk)
+                size += len(chunk)
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise SpecError(path, None, f"cannot read: {exc.strerror or exc}") from None
+    if size > limits.MAX_STUDY_BYTES:
+        raise SpecError(path, None, f"larger than {limits.show_bytes(limits.MAX_STUDY_BYTES)} "
+                                    "(a study file is a few KiB)")
+    return b"".join(chunks)
+
+
+def _nesting(data: Any) -> int:
+    """Levels of tables and arrays nested in parsed TOML (the document's own table is level 0)."""
+    deepest, todo = 0, [(data, 0)]
+    while todo:
+        value, level = todo.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        for child in children:
+            if isinstance(child, (dict, list)):
+                deepest = max(deepest, level + 1)
+                todo.append((child, level + 1))
+    return deepest
+
+
+def load_spec(path: str | os.PathLike) -> StudySpec:
+    """Read and validate a study file; raises SpecError naming the file, key and problem.
+
+    Only a regular file is read, of at most limits.MAX_STUDY_BYTES, with tables and arrays
+    nested at most limits.MAX_TOML_NESTING deep.
+    """
+    too_deep = f"tables and arrays nested more than {limits.MAX_TOML_NESTING} levels deep"
+    try:
+        data = tomllib.loads(_read_study_file(path).decode("utf-8"))
     except UnicodeDecodeError:
         raise SpecError(path, None, "not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(path, None, f"invalid TOML: {exc}") from None
+    except RecursionError:  # the parser recurses once per level
+        raise SpecError(path, None, too_deep) from None
+    if _nesting(data) > limits.MAX_TOML_NESTING:
+        raise SpecError(path, None, too_deep)
     return parse_spec(data, path)
 
 

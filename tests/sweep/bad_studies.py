@@ -37,11 +37,21 @@ HOMEWORK = space(batch_size='{ type = "int", low = 5, high = 55, step = 5 }',
                  eta='{ type = "float", low = 0.05, high = 0.55, step = 0.05 }')
 NO_BATCH_NO_ETA = train(drop=("batch_size", "eta"))
 
+DEEP = 100_000  # levels of nesting: far beyond Python's recursion limit
+DEEP_ARRAYS = f"{HEAD}\na = {'[' * DEEP}{']' * DEEP}\n"
+DEEP_TABLES = f"{HEAD}\na = {'{ b = ' * DEEP}1{' }' * DEEP}\n"
+OVERSIZED = study() + "#" * (1 << 20) + "\n"  # a valid study, padded with a comment beyond 1 MiB
+#: Study files refused before they are parsed: {id: (text, phrase)}.
+UNREADABLE = {"deep-arrays": (DEEP_ARRAYS, "nested more than 32 levels"),
+              "deep-inline-tables": (DEEP_TABLES, "nested more than 32 levels"),
+              "oversized": (OVERSIZED, "larger than 1 MiB")}
+
 BAD_STUDIES: list[tuple[str, str, str | None, str]] = [
     # --- the file itself
     ("toml-syntax", 'name = "x"\n[train\nepochs = 1\n', None, "line 2"),
     ("toml-missing-value", "name =\n", None, "invalid TOML"),
     ("toml-duplicate-key", 'name = "a"\nname = "b"\n', None, "invalid TOML"),
+    *((case_id, text, None, phrase) for case_id, (text, phrase) in UNREADABLE.items()),
     # --- top level
     ("name-missing", study(head=""), "name", "required"),
     ("name-invalid", study(head='name = "my study"'), "name", "letters, digits"),

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import shutil
+import socket
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -22,7 +25,8 @@ from sweep import limits, objective
 from sweep.runner import Stores, create_or_resume, pack_size
 from sweep.spec import load_spec
 from sweep.storage import StorageSpec
-from tests.sweep.bad_studies import EXHAUSTING, SEEDS
+from tests.gzip_bomb import gzip_bomb
+from tests.sweep.bad_studies import EXHAUSTING, SEEDS, UNREADABLE
 from tests.sweep.conftest import (journal_study, one_line_error, run_cli, stored_tiny_study, tree_snapshot,
                                   write_study)
 from tests.sweep.pg import database_url, free_port, pg_databases
@@ -154,6 +158,9 @@ def damage(directory: Path, mnist_dir: Path, how: str) -> str:
         raw[4:8] = (60000).to_bytes(4, "big")
         images.write_bytes(gzip.compress(bytes(raw[:16]) + bytes(raw[16:]) * 6, compresslevel=1))
         return "SHA-256 mismatch"
+    if how == "gzip-bomb":  # the right header, then 4 GiB of zeros
+        images.write_bytes(gzip_bomb(struct.pack(">IIII", 2051, 60000, 28, 28)))
+        return "more data after the 47040016 bytes the header promises"
     if how == "missing":
         labels.unlink()
         return "train-labels-idx1-ubyte.gz: no such file"
@@ -170,11 +177,45 @@ def test_damaged_mnist_files_stop_a_run_before_anything_is_stored(stored, capsys
     assert phrase in line, line
 
 
-@pytest.mark.parametrize("how", ["truncated", "missing"])
+@pytest.mark.parametrize("how", ["truncated", "missing", "gzip-bomb"])
 def test_damaged_mnist_files_stop_a_worker_joining_a_study(stored, capsys, mnist_dir, how):
     phrase = damage(stored / "data", mnist_dir, how)
     line = refused(capsys, "worker", "--study", "full", "--data-dir", stored / "data")
     assert phrase in line
+
+
+# --- study files that are not study files --------------------------------------------------
+
+def special_file(workdir: Path, kind: str) -> Path:
+    """A FIFO, a listening socket's file, /dev/zero, a directory, or an UNREADABLE study file."""
+    path = workdir / f"{kind}.toml"
+    if kind == "fifo":
+        os.mkfifo(path)  # nobody ever writes to it: opening it to read would wait for ever
+    elif kind == "socket":
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(path))
+        sock.close()
+    elif kind == "dev-zero":
+        return Path("/dev/zero")
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path.write_text(UNREADABLE[kind][0])
+    return path
+
+
+@pytest.mark.parametrize("kind, phrase", [
+    ("fifo", "not a regular file (a FIFO)"), ("socket", "not a regular file (a socket)"),
+    ("dev-zero", "not a regular file (a character device)"), ("directory", "is a directory"),
+    *((kind, phrase) for kind, (_, phrase) in UNREADABLE.items()),
+])
+def test_a_study_file_that_is_not_one_is_refused_without_reading_it(stored, capsys, record_property, kind, phrase):
+    """Never blocks, never reads more than limits.MAX_STUDY_BYTES + 1; the time is recorded."""
+    path = special_file(stored, kind)
+    start = time.perf_counter()
+    line = refused(capsys, "run", path)
+    record_property("seconds", time.perf_counter() - start)
+    assert str(path) in line and phrase in line, line
 
 
 # --- report directories that cannot be written -----------------------------------------------
