@@ -74,6 +74,25 @@ data_dir_option = click.option("--data-dir", type=click.Path(file_okay=False), m
                                help="Directory holding the four MNIST .gz files (else $MNIST_DIR, else the cache).")
 
 
+
+
+def trial_options(command):
+    """The options of the commands that run trials (``run`` and ``worker``), defined once."""
+    for option in reversed((
+        click.option("--n-trials", type=TRIALS, help="Total trials for the study (default: its budget)."),
+        click.option("--timeout", type=SECONDS, metavar="SECONDS", help="Stop starting new trials after this long."),
+        storage_option,
+        tracking_option,
+        click.option("--no-tracking", is_flag=True, help="Do not log to MLflow."),
+        click.option("--no-pack", is_flag=True,
+                     help="Train every trial alone (by default grid trials that differ only in eta and lmbda "
+                          "train together in one vectorised pass, with identical results)."),
+        data_dir_option,
+    )):
+        command = option(command)
+    return command
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Hyperparameter sweeps of a NumPy MLP on MNIST: Optuna studies, tracked in MLflow."""
@@ -81,21 +100,12 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("study_file", type=click.Path(dir_okay=False))
-@click.option("--n-trials", type=TRIALS, help="Total trials for the study (overrides the file).")
-@click.option("--timeout", type=SECONDS, metavar="SECONDS",
-              help="Stop starting new trials after this long (overrides the file).")
+@trial_options
 @click.option("--workers", type=WORKERS, default=1, show_default=True,
               help=f"Local worker processes (one BLAS thread each; at most {limits.WORKERS_PER_CPU} per CPU).")
-@storage_option
-@tracking_option
-@click.option("--no-tracking", is_flag=True, help="Do not log to MLflow.")
 @click.option("--no-report", is_flag=True, help="Do not write the report (reports/STUDY) at the end.")
-@click.option("--no-pack", is_flag=True,
-              help="Train every trial alone (by default grid trials that differ only in eta and lmbda "
-                   "train together in one vectorised pass, with identical results).")
-@data_dir_option
-def run(study_file, n_trials, timeout, workers, storage, tracking_uri, no_tracking, no_report, no_pack,
-        data_dir) -> None:
+def run(study_file, n_trials, timeout, storage, tracking_uri, no_tracking, no_pack, data_dir, workers,
+        no_report) -> None:
     """Create or resume the study in STUDY_FILE and run it to its budget, then report on it."""
     from tqdm import tqdm
 
@@ -266,14 +276,8 @@ def refine(ctx, study_name, storage, tracking_uri, no_tracking, quantile, out, r
 
 @cli.command()
 @click.option("--study", "study_name", required=True, help="Name of an existing study.")
-@storage_option
-@tracking_option
-@click.option("--no-tracking", is_flag=True, help="Do not log to MLflow.")
-@click.option("--n-trials", type=TRIALS, help="Total trials for the study (default: its budget).")
-@click.option("--timeout", type=SECONDS, metavar="SECONDS",
-              help="Stop starting new trials after this long.")
-@data_dir_option
-def worker(study_name, storage, tracking_uri, no_tracking, n_trials, timeout, data_dir) -> None:
+@trial_options
+def worker(study_name, n_trials, timeout, storage, tracking_uri, no_tracking, no_pack, data_dir) -> None:
     """Join an existing study (from any machine) and run trials until its budget is spent."""
     import time
 
@@ -285,7 +289,7 @@ def worker(study_name, storage, tracking_uri, no_tracking, n_trials, timeout, da
     _, spec = load_stored_study(study_name, stores)
     budget = Budget(study_budget(spec, n_trials), None if timeout is None else time.monotonic() + timeout)
     with threadpool_limits(1), stop_on_signals():  # SIGTERM, like Ctrl-C: stop at the next epoch's end
-        ran = Worker(study_name, stores, budget, data_dir).run()
+        ran = Worker(study_name, stores, budget, data_dir, pack=not no_pack).run()
     click.echo(f"worker ran {plural(ran, 'trial')} of {study_name}")
 
 

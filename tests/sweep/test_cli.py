@@ -9,7 +9,7 @@ import pytest
 from sweep.cli import cli
 from tests.sweep.bad_studies import BAD_STUDIES
 from sweep.words import plural
-from tests.sweep.conftest import one_line_error, run_cli, stored_tiny_study, tree_snapshot, write_study
+from tests.sweep.conftest import journal_study, one_line_error, run_cli, stored_tiny_study, tree_snapshot, write_study
 
 COMMANDS = sorted(cli.commands)
 
@@ -125,3 +125,26 @@ def test_counts_are_pluralised(workdir, capsys):
 def test_plural():
     assert [plural(n, "trial") for n in (0, 1, 2)] == ["0 trials", "1 trial", "2 trials"]
     assert plural(1, "process", "processes") == "1 process" and plural(3, "process", "processes") == "3 processes"
+
+
+def test_run_and_worker_share_the_options_that_run_trials():
+    shared = {"--n-trials", "--timeout", "--storage", "--tracking-uri", "--no-tracking", "--no-pack", "--data-dir"}
+    for command in (cli.commands["run"], cli.commands["worker"]):
+        assert shared <= {opt for param in command.params for opt in param.opts}, command.name
+
+
+def overlapping(trials) -> int:
+    """Pairs of trials in a row (by start) where the later one started before the earlier one ended:
+    trials trained together in one pack are claimed, hence started, together."""
+    trials = sorted(trials, key=lambda t: (t.datetime_start, t.number))
+    return sum(b.datetime_start < a.datetime_complete for a, b in zip(trials, trials[1:]))
+
+
+@pytest.mark.parametrize("flags, packed", [((), True), (("--no-pack",), False)], ids=["packed", "no-pack"])
+def test_a_worker_with_no_pack_trains_trials_one_by_one(workdir, flags, packed):
+    write_study(workdir / "tiny.toml")  # a grid whose points pair up by eta: packs of two by default
+    assert run_cli("run", "tiny.toml", "--n-trials", 1, "--no-tracking", "--no-report") == 0
+    assert run_cli("worker", "--study", "tiny", "--no-tracking", *flags) == 0
+    trials = [t for t in journal_study(workdir, "tiny").trials if t.number > 0]
+    assert len(trials) == 5 and all(t.state.name == "COMPLETE" for t in trials)
+    assert (overlapping(trials) > 0) == packed
