@@ -215,18 +215,18 @@ def _decode_idx(compressed: BinaryIO, spec: _IdxFile, where: str) -> np.ndarray:
     if count != spec.count:
         raise DataError(f"{where}: expected {spec.count} items, found {count}")
     expected_len = header + count * spec.item_bytes
-    raw += _inflate(stream, expected_len - header + 1, where)  # one more byte: is there more?
-    if len(raw) < expected_len:
-        raise DataError(
-            f"{where}: truncated: header promises {expected_len} bytes, found {len(raw)}"
-        )
-    if len(raw) > expected_len:
+    payload = _inflate(stream, expected_len - header + 1, where)  # one more byte: is there more?
+    found = header + len(payload)
+    if found < expected_len:
+        raise DataError(f"{where}: truncated: header promises {expected_len} bytes, found {found}")
+    if found > expected_len:
         raise DataError(f"{where}: more data after the {expected_len} bytes the header promises")
-    digest = hashlib.sha256(raw).hexdigest()
-    if digest != spec.sha256:
-        raise DataError(f"{where}: SHA-256 mismatch: expected {spec.sha256}, got {digest}")
+    digest = hashlib.sha256(raw)  # header and payload hashed apart: never a copy of both
+    digest.update(payload)
+    if digest.hexdigest() != spec.sha256:
+        raise DataError(f"{where}: SHA-256 mismatch: expected {spec.sha256}, got {digest.hexdigest()}")
 
-    items = np.frombuffer(raw, dtype=np.uint8, offset=header)
+    items = np.frombuffer(payload, dtype=np.uint8)
     return items.reshape(count, _N_PIXELS) if spec.magic == _IMAGES_MAGIC else items
 
 
