@@ -167,7 +167,7 @@ def damage(directory: Path, mnist_dir: Path, how: str) -> str:
     raise ValueError(how)
 
 
-DAMAGE = ["truncated", "flipped-bytes", "not-gzip", "empty", "swapped", "wrong-content", "missing"]
+DAMAGE = ["truncated", "flipped-bytes", "not-gzip", "empty", "swapped", "wrong-content", "missing", "gzip-bomb"]
 
 
 @pytest.mark.parametrize("how", DAMAGE)
