@@ -2,8 +2,13 @@
 
 ``BAD_STUDIES`` rows are ``(id, toml_text, expected_key, expected_phrase)``; the key is
 the dotted key the SpecError names (None: the file as a whole). Shared by the spec tests
-and the CLI tests (``from tests.sweep.bad_studies import BAD_STUDIES``).
+and the CLI tests (``from tests.sweep.bad_studies import BAD_STUDIES``); ``special_file`` makes
+the study "files" that are not regular files (a FIFO, a socket, /dev/zero, a directory).
 """
+
+import os
+import socket
+from pathlib import Path
 
 HEAD = 'name = "bad-study"'
 BUDGET = "[budget]\nn_trials = 4"
@@ -45,6 +50,24 @@ OVERSIZED = study() + "#" * (1 << 20) + "\n"  # a valid study, padded with a com
 UNREADABLE = {"deep-arrays": (DEEP_ARRAYS, "nested more than 32 levels"),
               "deep-inline-tables": (DEEP_TABLES, "nested more than 32 levels"),
               "oversized": (OVERSIZED, "larger than 1 MiB")}
+
+def special_file(workdir: Path, kind: str) -> Path:
+    """A FIFO, a listening socket's file, /dev/zero, a directory, or an UNREADABLE study file."""
+    path = workdir / f"{kind}.toml"
+    if kind == "fifo":
+        os.mkfifo(path)  # nobody ever writes to it: opening it to read would wait for ever
+    elif kind == "socket":
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(path))
+        sock.close()
+    elif kind == "dev-zero":
+        return Path("/dev/zero")
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path.write_text(UNREADABLE[kind][0])
+    return path
+
 
 BAD_STUDIES: list[tuple[str, str, str | None, str]] = [
     # --- the file itself

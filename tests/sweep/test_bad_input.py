@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import shutil
-import socket
 import struct
 import subprocess
 import time
@@ -26,7 +24,7 @@ from sweep.runner import Stores, create_or_resume, pack_size
 from sweep.spec import load_spec
 from sweep.storage import StorageSpec
 from tests.gzip_bomb import gzip_bomb
-from tests.sweep.bad_studies import EXHAUSTING, SEEDS, UNREADABLE
+from tests.sweep.bad_studies import EXHAUSTING, SEEDS, UNREADABLE, special_file
 from tests.sweep.conftest import (journal_study, one_line_error, run_cli, stored_tiny_study, tree_snapshot,
                                   write_study)
 from tests.sweep.pg import database_url, free_port, pg_databases
@@ -185,24 +183,6 @@ def test_damaged_mnist_files_stop_a_worker_joining_a_study(stored, capsys, mnist
 
 
 # --- study files that are not study files --------------------------------------------------
-
-def special_file(workdir: Path, kind: str) -> Path:
-    """A FIFO, a listening socket's file, /dev/zero, a directory, or an UNREADABLE study file."""
-    path = workdir / f"{kind}.toml"
-    if kind == "fifo":
-        os.mkfifo(path)  # nobody ever writes to it: opening it to read would wait for ever
-    elif kind == "socket":
-        sock = socket.socket(socket.AF_UNIX)
-        sock.bind(str(path))
-        sock.close()
-    elif kind == "dev-zero":
-        return Path("/dev/zero")
-    elif kind == "directory":
-        path.mkdir()
-    else:
-        path.write_text(UNREADABLE[kind][0])
-    return path
-
 
 @pytest.mark.parametrize("kind, phrase", [
     ("fifo", "not a regular file (a FIFO)"), ("socket", "not a regular file (a socket)"),

@@ -15,7 +15,7 @@ from sweep.samplers import grid_points, grid_size
 from sweep.spec import (DEFAULTS, METRICS, PER_EPOCH_METRICS, Categorical, DataSpec, FloatRange, Fixed,
                         IntRange, InvalidValue, Objective, PrunerSpec, SamplerSpec, StudySpec, all_params,
                         dumps, load_spec, parse_spec, spec_to_dict, suggest, trial_config)
-from tests.sweep.bad_studies import BAD_STUDIES
+from tests.sweep.bad_studies import BAD_STUDIES, special_file
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
 # The shipped studies and their grid sizes (None: not a grid).
@@ -395,3 +395,12 @@ def test_imports_resolve_to_the_real_packages():
     root = STUDIES.parent
     assert Path(core.__file__).resolve() == root / "core" / "__init__.py"
     assert Path(tests.sweep.bad_studies.__file__).resolve().parent == root / "tests" / "sweep"
+
+
+@pytest.mark.parametrize("kind, phrase", [("fifo", "(a FIFO)"), ("socket", "(a socket)"),
+                                          ("dev-zero", "(a character device)"), ("directory", "(a directory)")])
+def test_load_spec_reads_regular_files_only(tmp_path, kind, phrase):
+    path = special_file(tmp_path, kind)
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    assert str(caught.value) == f"{path}: not a regular file {phrase}"
