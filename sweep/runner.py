@@ -45,12 +45,18 @@ FAILING_EXIT = 3  # exit code of a local worker process that stopped on TrialsKe
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 STOP = threading.Event()  # set by Ctrl-C / SIGTERM; trials stop at their next epoch
+_RECEIVED: set[int] = set()  # the signals that set STOP
 
 
 def _on_signal(signum, frame) -> None:
-    """First signal: stop at the next safe point (an epoch's end). Second: stop now."""
-    if STOP.is_set():
+    """First signal: stop at the next safe point (an epoch's end). The same one again: stop now.
+
+    (A worker of a terminal's ``sweep run`` gets Ctrl-C's SIGINT and the launcher's SIGTERM:
+    one request to stop.)
+    """
+    if signum in _RECEIVED:
         raise KeyboardInterrupt
+    _RECEIVED.add(signum)
     STOP.set()
 
 
@@ -65,6 +71,7 @@ def stop_on_signals() -> Iterator[None]:
         yield
         return
     STOP.clear()
+    _RECEIVED.clear()
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
