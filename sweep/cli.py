@@ -1,7 +1,7 @@
 """The ``sweep`` launcher: thin commands over the library; errors converted here, once.
 
-Exit codes: 0 ok, 2 bad input (one line, no traceback), 1 unexpected or trials that keep failing,
-130 interrupted.
+Exit codes: 0 ok, 2 bad input (one line, no traceback), 1 unexpected, trials that keep failing or
+workers killed before the budget was spent, 130 interrupted.
 Only this module prints, reads flags or picks default paths.
 """
 

@@ -32,4 +32,5 @@ class WorkersDied(Exception):
 
     def __init__(self, study: str, signals: list[int], done: int, budget: int) -> None:
         self.study, self.signals, self.done, self.budget = study, signals, done, budget
-        super().__init__(f"study {study!r}: {len(signals)} worker processes were killed; {done} of {budget} trials ended")
+        super().__init__(f"study {study!r}: {len(signals)} worker processes were killed; "
+                         f"{done} of {budget} trials ended")

@@ -520,7 +520,8 @@ def run_study(spec: StudySpec, stores: Stores, *, n_trials: int | None = None, t
                 Worker(spec.name, stores, budget, data=data, on_trial=report, pack=pack).run()
             else:
                 del data  # each worker loads its own copy
-                target = min(budget.n_trials, grid_size(spec)) if spec.sampler.name in GRID_SAMPLERS else budget.n_trials
+                target = min(budget.n_trials, grid_size(spec)) if spec.sampler.name in GRID_SAMPLERS \
+                    else budget.n_trials  # (a grid runs out of points)
                 _supervise(start_workers(spec.name, stores, budget, data_dir, workers, pack), report, study, budget,
                            target)
             if STOP.is_set():
