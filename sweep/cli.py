@@ -1,7 +1,7 @@
 """The ``sweep`` launcher: thin commands over the library; errors converted here, once.
 
-Exit codes: 0 ok, 2 bad input (one line, no traceback), 1 unexpected or trials that keep failing,
-130 interrupted.
+Exit codes: 0 ok, 2 bad input (one line, no traceback), 1 unexpected, trials that keep failing or
+workers killed before the budget was spent, 130 interrupted.
 Only this module prints, reads flags or picks default paths.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from sweep import limits
-from sweep.errors import TrialsKeepFailing, UsageError
+from sweep.errors import TrialsKeepFailing, UsageError, WorkersDied
 from sweep.words import plural
 
 DEFAULT_STORE_DIR = Path("mlruns")
@@ -109,7 +109,9 @@ def run(study_file, n_trials, timeout, storage, tracking_uri, no_tracking, no_pa
     """Create or resume the study in STUDY_FILE and run it to its budget, then report on it."""
     from tqdm import tqdm
 
-    from sweep.runner import run_study
+    from datetime import datetime
+
+    from sweep.runner import retried_since, run_study
     from sweep.spec import load_spec
 
     spec = load_spec(study_file)
@@ -124,12 +126,16 @@ def run(study_file, n_trials, timeout, storage, tracking_uri, no_tracking, no_pa
             post = {"best": f"{p.best:.4g}", **post}
         bar.set_postfix(post, refresh=True)
 
+    start = datetime.now()  # (Optuna's trial start times are local and naive)
     try:
         study = run_study(spec, stores, n_trials=n_trials, timeout=timeout, workers=workers, data_dir=data_dir,
                           pack=not no_pack, on_progress=on_progress, data_progress=_download_progress())
     finally:
         bar.close()
     click.echo(summary(study, stores, None if no_report else REPORT_DIR / spec.name))
+    if retried := retried_since(study, start):
+        click.echo(f"{plural(len(retried), 'trial')} retried (their worker process died): "
+                   f"#{', #'.join(map(str, retried))}")
     if not no_report:
         _write_report(study, stores, REPORT_DIR / spec.name)
 
@@ -420,6 +426,14 @@ def main(argv: list[str] | None = None) -> None:
     except TrialsKeepFailing as exc:
         click.echo(f"sweep: error: stopped study {exc.study}: its last {exc.count} trials failed, the last with "
                    f"{exc.reason.splitlines()[0] if exc.reason else 'no reason'}; `sweep report {exc.study}` lists every trial's reason", err=True)
+        code = 1
+    except WorkersDied as exc:
+        import signal
+
+        how = ", ".join(sorted({signal.Signals(n).name for n in exc.signals}))
+        click.echo(f"sweep: error: study {exc.study}: {plural(len(exc.signals), 'worker process', 'worker processes')} "
+                   f"killed ({how}) before its budget was spent ({exc.done} of {exc.budget} trials ended); "
+                   "run the same command again to continue", err=True)
         code = 1
     except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("interrupted: finished trials are kept; run the same command again to continue", err=True)

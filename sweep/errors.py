@@ -24,3 +24,13 @@ class TrialsKeepFailing(Exception):
     def __init__(self, study: str, count: int, reason: str) -> None:
         self.study, self.count, self.reason = study, count, reason
         super().__init__(f"study {study!r}: the last {count} trials failed (the last: {reason})")
+
+
+class WorkersDied(Exception):
+    """Local worker processes of study ``study`` were killed (``signals``: each one's signal
+    number) and the others did not finish its budget: ``done`` of ``budget`` trials ended."""
+
+    def __init__(self, study: str, signals: list[int], done: int, budget: int) -> None:
+        self.study, self.signals, self.done, self.budget = study, signals, done, budget
+        super().__init__(f"study {study!r}: {len(signals)} worker processes were killed; "
+                         f"{done} of {budget} trials ended")

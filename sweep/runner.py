@@ -18,13 +18,15 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass
+from datetime import datetime
+from multiprocessing.connection import wait
 from typing import Callable, Iterator
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from core.data import DataError, Dataset, load_dataset
-from sweep.errors import TrialsKeepFailing, UsageError
+from sweep.errors import TrialsKeepFailing, UsageError, WorkersDied
 from sweep.limits import MAX_FAILED_IN_A_ROW
 from sweep.objective import RESULT_ATTR, RUN_ATTR, WORKER_ATTR, TrialRunner, is_alive_here, worker_identity
 from sweep.samplers import (GRID_SAMPLERS, PACKABLE, build_pruner, build_sampler, grid_key, grid_order, grid_points,
@@ -43,12 +45,18 @@ FAILING_EXIT = 3  # exit code of a local worker process that stopped on TrialsKe
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 STOP = threading.Event()  # set by Ctrl-C / SIGTERM; trials stop at their next epoch
+_RECEIVED: set[int] = set()  # the signals that set STOP
 
 
 def _on_signal(signum, frame) -> None:
-    """First signal: stop at the next safe point (an epoch's end). Second: stop now."""
-    if STOP.is_set():
+    """First signal: stop at the next safe point (an epoch's end). The same one again: stop now.
+
+    (A worker of a terminal's ``sweep run`` gets Ctrl-C's SIGINT and the launcher's SIGTERM:
+    one request to stop.)
+    """
+    if signum in _RECEIVED:
         raise KeyboardInterrupt
+    _RECEIVED.add(signum)
     STOP.set()
 
 
@@ -63,6 +71,7 @@ def stop_on_signals() -> Iterator[None]:
         yield
         return
     STOP.clear()
+    _RECEIVED.clear()
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
@@ -218,6 +227,22 @@ def retried_numbers(trials: list[FrozenTrial]) -> set[int]:
     return {t.user_attrs[RETRY_OF_ATTR] for t in trials if RETRY_OF_ATTR in t.user_attrs}
 
 
+def retried_since(study: optuna.Study, start: datetime) -> list[int]:
+    """Numbers of the trials started at ``start`` or later that were queued again."""
+    trials = study.get_trials(deepcopy=False)
+    return sorted(n for n in retried_numbers(trials)
+                  if trials[n].datetime_start is not None and trials[n].datetime_start >= start)
+
+
+def counted(trials: list[FrozenTrial], states=COUNTED) -> int:
+    """Trials that take a share of the budget: those in ``states``, and failed trials that
+    started and were not queued again."""
+    retried = retried_numbers(trials)
+    return sum(t.state in states or (t.state == TrialState.FAIL and t.number not in retried
+                                     and bool(t.params))  # (no params: never started)
+               for t in trials)
+
+
 class Worker:
     """The loop one process runs: reap dead trials, claim a trial under the lock, train it."""
 
@@ -244,9 +269,11 @@ class Worker:
         """
         ran = failed_in_a_row = 0
         while not self.budget.expired():
-            if STOP.is_set():
-                raise KeyboardInterrupt
             trials = self._claim()
+            if STOP.is_set():  # claimed as the signal came: not started, queued again
+                for trial in trials:
+                    self._interrupted(self._failed(trial), "interrupted")
+                raise KeyboardInterrupt
             if not trials:
                 break
             with self._heartbeat(trials):
@@ -272,14 +299,12 @@ class Worker:
         the moment it is claimed, whatever trial numbers enqueued points took.
         """
         with study_lock(self.stores.storage, self.spec.name):
+            if STOP.is_set():  # (the lock may have taken a while)
+                return []
             self.reap()
             trials = self.study.get_trials(deepcopy=False)
             waiting = sum(t.state == TrialState.WAITING for t in trials)
-            retried = retried_numbers(trials)
-            counted = sum(t.state in COUNTED or (t.state == TrialState.FAIL and t.number not in retried
-                                                  and bool(t.params))  # (no params: never started)
-                          for t in trials)
-            remaining = self.budget.n_trials - counted
+            remaining = self.budget.n_trials - counted(trials)
             n = min(self.pack, waiting or math.ceil(remaining / self.workers))
             if self.grid is not None and not waiting:
                 n = self._enqueue_free_points(trials, n)
@@ -477,7 +502,8 @@ def run_study(spec: StudySpec, stores: Stores, *, n_trials: int | None = None, t
 
     The data is loaded (and, if needed, downloaded and verified) here first, so bad data
     stops the run before any worker starts. Ctrl-C propagates after the workers stopped:
-    finished trials stay, running ones are failed and queued again for the next run.
+    finished trials stay, running ones are failed and queued again for the next run. So are
+    the trials of a worker that was killed; the others run them (see ``_supervise``).
     """
     spec.check_memory(pack_size(spec) if pack else 1, workers)  # before anything is loaded or stored
     if workers > 1:
@@ -494,7 +520,10 @@ def run_study(spec: StudySpec, stores: Stores, *, n_trials: int | None = None, t
                 Worker(spec.name, stores, budget, data=data, on_trial=report, pack=pack).run()
             else:
                 del data  # each worker loads its own copy
-                _supervise(start_workers(spec.name, stores, budget, data_dir, workers, pack), report, study)
+                target = min(budget.n_trials, grid_size(spec)) if spec.sampler.name in GRID_SAMPLERS \
+                    else budget.n_trials  # (a grid runs out of points)
+                _supervise(start_workers(spec.name, stores, budget, data_dir, workers, pack), report, study, budget,
+                           target)
             if STOP.is_set():
                 raise KeyboardInterrupt
         status = "FINISHED"
@@ -504,27 +533,58 @@ def run_study(spec: StudySpec, stores: Stores, *, n_trials: int | None = None, t
     return study
 
 
-def _supervise(procs: list[multiprocessing.Process], report: Callable | None, study: optuna.Study) -> None:
-    """Wait for local workers, reporting progress; on Ctrl-C let them stop, then re-raise.
+@contextlib.contextmanager
+def _signal_wakeup() -> Iterator[int | None]:
+    """A pipe that the interpreter writes to the moment a handled signal arrives, so that
+    waiting on the workers ends then (None off the main thread, where signals never land)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    read, write = os.pipe()
+    os.set_blocking(read, False)
+    os.set_blocking(write, False)
+    previous = signal.set_wakeup_fd(write)
+    try:
+        yield read
+    finally:
+        signal.set_wakeup_fd(previous)
+        os.close(read)
+        os.close(write)
 
-    Raises TrialsKeepFailing if a worker stopped on it.
+
+def _supervise(procs: list[multiprocessing.Process], report: Callable | None, study: optuna.Study,
+               budget: Budget, target: int) -> None:
+    """Wait for local workers, reporting progress; pass Ctrl-C or SIGTERM on to them at once,
+    let them stop, then re-raise.
+
+    A worker killed by a signal is expected: the others fail and retry its trials. Raises
+    TrialsKeepFailing if a worker stopped on it, RuntimeError if one raised, and WorkersDied
+    if workers were killed and fewer than ``target`` trials ended before the deadline.
     """
-    while any(p.is_alive() for p in procs):
-        if STOP.is_set():  # a terminal's Ctrl-C reached the workers too; SIGTERM reaches the rest
-            for p in procs:
-                if p.is_alive():
+    alive = list(procs)
+    with _signal_wakeup() as wakeup:
+        while alive:
+            if STOP.is_set():  # a terminal's Ctrl-C reached the workers too; SIGTERM reaches the rest
+                for p in alive:
                     p.terminate()
-            for p in procs:
-                p.join()
-            raise KeyboardInterrupt
-        if report is not None:
-            report()
-        for p in procs:
-            p.join(timeout=0.5 / len(procs))
+                for p in alive:
+                    p.join()
+                raise KeyboardInterrupt
+            if report is not None:
+                report()
+            ready = wait([p.sentinel for p in alive] + ([] if wakeup is None else [wakeup]), timeout=0.5)
+            if wakeup in ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wakeup, 512)
+            alive = [p for p in alive if p.exitcode is None]
     if report is not None:
         report()
     if any(p.exitcode == FAILING_EXIT for p in procs):
         raise TrialsKeepFailing(study.study_name, MAX_FAILED_IN_A_ROW, last_failure(study))
-    failed = [p.name for p in procs if p.exitcode not in (0, None)]
-    if failed:
-        raise RuntimeError(f"worker processes exited with errors: {', '.join(failed)}")
+    raised = [p.name for p in procs if p.exitcode > 0]
+    if raised:
+        raise RuntimeError(f"worker processes exited with errors: {', '.join(raised)}")
+    killed = [-p.exitcode for p in procs if p.exitcode < 0]
+    done = counted(study.get_trials(deepcopy=False), (TrialState.COMPLETE, TrialState.PRUNED))
+    if killed and done < target and not budget.expired():
+        raise WorkersDied(study.study_name, killed, done, target)

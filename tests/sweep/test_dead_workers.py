@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 import signal
 import time
+from datetime import datetime
+from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
@@ -21,6 +23,7 @@ from optuna.trial import TrialState
 from sweep.runner import Stores, create_or_resume
 from sweep.spec import load_spec
 from sweep.storage import StorageSpec
+from sweep.words import plural
 from tests.sweep.conftest import child_runs, run_cli, tracking_client, write_study
 from tests.sweep.pg import (_JOURNALS, by_state, can_fake_a_host, check_agreement, check_grid_done, check_retries,
                             database_url, finish, journal, pg_databases, rdb_study, start_sweep, trial_runs,
@@ -64,6 +67,96 @@ def journal_midway(workdir, seen: list | None = None) -> dict[int, int]:
         return midway(journal(workdir, "tiny"), at_least=2, seen=seen)
     except KeyError:  # the journal is there, the study not yet
         return {}
+
+
+def early_in_every_worker(workdir, seen: list) -> dict[int, list[int]]:
+    """The RUNNING trials by worker pid, once two workers run trials and all of those are early
+    in their epochs (none ends, none is claimed, for a second or more); else {}."""
+    if not (workdir / "mlruns" / "optuna.journal").exists():
+        return {}
+    try:
+        seen[:] = journal(workdir, "tiny").get_trials(deepcopy=False)
+    except KeyError:  # the journal is there, the study not yet
+        return {}
+    running = [t for t in seen if t.state == TrialState.RUNNING and "mlp_sweep.worker" in t.user_attrs]
+    by_pid: dict[int, list[int]] = {}
+    for t in running:
+        by_pid.setdefault(t.user_attrs["mlp_sweep.worker"]["pid"], []).append(t.number)
+    early = all(1 <= len(t.intermediate_values) <= EARLY for t in running)
+    return by_pid if len(by_pid) == 2 and early else {}
+
+
+def gone(pid: int) -> bool:
+    """Whether a process has ended (a zombie has)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_worker_killed_mid_trial_is_retried_and_the_run_finishes(workdir):
+    slow_study(workdir / "tiny.toml")
+    proc = start_sweep("run", "tiny.toml", "--workers", 2, cwd=workdir)
+    seen: list = []
+    by_pid = wait_until(lambda: early_in_every_worker(workdir, seen), 120, "two workers early in their trials")
+    victim = min(by_pid)
+    os.kill(victim, signal.SIGKILL)
+    code, out, err = finish(proc)
+    assert code == 0 and "Traceback" not in err, err
+    victims = sorted(by_pid[victim])
+    assert f"{plural(len(victims), 'trial')} retried (their worker process died)" in out
+
+    study = journal(workdir, "tiny")
+    assert [t.number for t in check_retries(study)] == victims
+    assert by_state(study) == {"COMPLETE": N_POINTS, "FAIL": len(victims)}
+    check_grid_done(study, N_POINTS)
+    assert (workdir / "reports" / "tiny" / "summary.txt").exists()
+    client = tracking_client(workdir)
+    assert client.get_run(study.user_attrs["mlp_sweep.parent_run_id"]).info.status == "FINISHED"
+    statuses = check_agreement(study, child_runs(workdir, "tiny"), EPOCHS, client)
+    assert statuses == {"FINISHED": N_POINTS, "KILLED": len(victims)}
+
+
+def test_when_every_worker_is_killed_the_run_says_so_and_a_later_run_continues(workdir):
+    slow_study(workdir / "tiny.toml")
+    proc = start_sweep("run", "tiny.toml", "--workers", 2, "--no-report", cwd=workdir)
+    seen: list = []
+    by_pid = wait_until(lambda: early_in_every_worker(workdir, seen), 120, "two workers early in their trials")
+    for pid in by_pid:
+        os.kill(pid, signal.SIGKILL)
+    code, out, err = finish(proc)
+    assert code == 1 and "Traceback" not in err, err
+    done = sum(t.state == TrialState.COMPLETE for t in journal(workdir, "tiny").trials)
+    assert f"2 worker processes killed (SIGKILL) before its budget was spent ({done} of {N_POINTS}" in err
+    assert done < N_POINTS
+
+    assert run_cli("run", "tiny.toml", "--no-report") == 0
+    study = journal(workdir, "tiny")
+    assert sorted(t.number for t in check_retries(study)) == sorted(sum(by_pid.values(), []))
+    check_grid_done(study, N_POINTS)
+
+
+def test_sigterm_reaches_the_workers_at_once_and_no_trial_starts_after_it(workdir, capsys):
+    """The launcher passes the signal on when it lands, not at its next poll. Prints how long
+    the workers took to end (measured, not asserted)."""
+    slow_study(workdir / "tiny.toml")
+    proc = start_sweep("run", "tiny.toml", "--workers", 2, "--no-report", cwd=workdir)
+    seen: list = []
+    by_pid = wait_until(lambda: early_in_every_worker(workdir, seen), 120, "two workers early in their trials")
+    sent, start = datetime.now(), time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    wait_until(lambda: all(gone(pid) for pid in by_pid), 60, "the workers to end", every=0.002)
+    latency = time.monotonic() - start
+    code, out, err = finish(proc, timeout=60)
+    assert code == 130, err
+
+    study = journal(workdir, "tiny")
+    assert not [t.number for t in study.trials if t.state != TrialState.WAITING and t.datetime_start > sent]
+    stopped = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert sorted(t.number for t in stopped) == sorted(sum(by_pid.values(), []))
+    after = [len(t.intermediate_values) - len(seen[t.number].intermediate_values) for t in stopped]
+    with capsys.disabled():
+        print(f"\nworkers gone {latency * 1000:.0f} ms after SIGTERM; epochs after the signal: {after}")
 
 
 def test_sigkill_mid_trial_on_the_journal_a_later_run_retries_it(workdir):
