@@ -1,10 +1,11 @@
-# Two entry points: `make sweep` (the main job) and `make test` (the whole suite).
+# Two entry points: `make sweep` (the main job) and `make test` (the whole suite);
+# `make check` is the fast selection to run while working (about 40 s).
 # Each creates .venv and installs the project on first use.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: sweep test bench ui
+.PHONY: sweep test check bench ui
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +23,13 @@ sweep: $(VENV)/.base
 
 test: $(VENV)/.test
 	$(BIN)/python -m pytest
+
+# The model, the study files, samplers, reports, refine and the bad-input corpus: no whole sweeps.
+CHECK := tests/core tests/sweep/test_spec.py tests/sweep/test_samplers.py tests/sweep/test_report.py \
+	tests/sweep/test_refine.py tests/sweep/test_pareto.py tests/sweep/test_bad_input.py
+
+check: $(VENV)/.test
+	$(BIN)/python -m pytest -q -m "not slow and not postgres" $(CHECK)
 
 bench: $(VENV)/.test
 	$(BIN)/python benchmarks/bench_core.py
