@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from sweep import limits
-from sweep.errors import TrialsKeepFailing, UsageError, WorkersDied
+from sweep.errors import DamagedStore, TrialsKeepFailing, UsageError, WorkersDied
 from sweep.words import plural
 
 DEFAULT_STORE_DIR = Path("mlruns")
@@ -237,7 +237,7 @@ def report(study_name, storage, tracking_uri, no_tracking, out, quantile, gap_th
     from sweep.runner import load_stored_study
 
     stores = _stores(storage, tracking_uri, no_tracking)
-    study, _ = load_stored_study(study_name, stores)
+    study, _ = load_stored_study(study_name, stores, read_only=True)
     _write_report(study, stores, Path(out) if out else REPORT_DIR / study_name, quantile=quantile,
                   gap_threshold=gap_threshold, heatmap_params=heatmap or None)
 
@@ -266,8 +266,8 @@ def refine(ctx, study_name, storage, tracking_uri, no_tracking, quantile, out, r
     from sweep.storage import open_storage
 
     stores = _stores(storage, tracking_uri, no_tracking)
-    study, spec = load_stored_study(study_name, stores)
-    taken = set(optuna.get_all_study_names(open_storage(stores.storage)))
+    study, spec = load_stored_study(study_name, stores, read_only=True)
+    taken = set(optuna.get_all_study_names(open_storage(stores.storage, read_only=True)))
     taken |= {path.stem for path in STUDY_DIR.glob("*.toml")}
     refined = refine_study(study, spec, quantile, taken=taken)
     path = write_refined(refined, Path(out) if out else STUDY_DIR / f"{refined.name}.toml")
@@ -311,13 +311,14 @@ def list_studies(storage) -> None:
     if not spec.is_rdb and not spec.journal_path.exists():
         click.echo("no studies yet")
         return
-    summaries = optuna.get_all_study_summaries(open_storage(spec), include_best_trial=True)
+    storage = open_storage(spec, read_only=True)
+    summaries = optuna.get_all_study_summaries(storage, include_best_trial=True)
     if not summaries:
         click.echo("no studies yet")
         return
     click.echo(f"{'study':32} {'trials':>6} {'complete':>8} {'pruned':>6} {'failed':>6} {'running':>7}  best")
     for s in sorted(summaries, key=lambda s: s.study_name):
-        trials = optuna.load_study(study_name=s.study_name, storage=open_storage(spec)).get_trials(deepcopy=False)
+        trials = optuna.load_study(study_name=s.study_name, storage=storage).get_trials(deepcopy=False)
         count = {state: sum(t.state.name == state for t in trials) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
         best = "-"
         if s.best_trial is not None:
@@ -409,6 +410,22 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+def damaged_store_message(exc: DamagedStore) -> str:
+    """What is wrong with a damaged store file and how to recover it (it is never repaired here)."""
+    if exc.line is None:
+        return (f"{exc.path} is damaged: {exc.problem}; nothing was written to it; restore it from a backup "
+                "or move it aside to start afresh")
+    tail = exc.lines - exc.line + 1
+    if exc.readable:
+        how = (f"copy it aside and remove its last {plural(tail, 'line')}; until then `sweep list`, "
+               "`report` and `refine` still read the lines before it")
+    else:
+        how = (f"copy it aside and remove or mend line {exc.line} and any later line that is not JSON "
+               "(Optuna cannot read past it, so no command can use it until then)")
+    return (f"{exc.path} is damaged: line {exc.line} of {exc.lines} is {exc.problem}; "
+            f"nothing was written to it; {how}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: the one place where errors become messages and exit codes."""
     try:
@@ -419,6 +436,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx else "sweep"
         click.echo(f"{command}: error: {exc.format_message()}", err=True)
+        code = 2
+    except DamagedStore as exc:
+        click.echo(f"sweep: error: {damaged_store_message(exc)}", err=True)
         code = 2
     except UsageError as exc:
         click.echo(f"sweep: error: {exc}", err=True)

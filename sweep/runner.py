@@ -177,10 +177,10 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def load_stored_study(name: str, stores: Stores, seed_offset: int = 0,
-                      heartbeat_callback: Callable | None = None) -> tuple[optuna.Study, StudySpec]:
-    """Open an existing study by name with the settings stored in it."""
-    storage = open_storage(stores.storage, heartbeat_callback, create=False)
+def load_stored_study(name: str, stores: Stores, seed_offset: int = 0, heartbeat_callback: Callable | None = None,
+                      *, read_only: bool = False) -> tuple[optuna.Study, StudySpec]:
+    """Open an existing study by name with the settings stored in it (``read_only``: see open_storage)."""
+    storage = open_storage(stores.storage, heartbeat_callback, create=False, read_only=read_only)
     names = optuna.get_all_study_names(storage)
     if name not in names:
         known = ", ".join(sorted(names)) or "none"

@@ -22,6 +22,7 @@ from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
 from sweep.errors import UsageError
+from sweep.integrity import check_journal, check_sqlite
 from sweep.tracking import redact
 
 DEFAULT_JOURNAL = "mlruns/optuna.journal"
@@ -132,16 +133,39 @@ def _local_file(spec: StorageSpec) -> Path | None:
     return None
 
 
+def _refuse_damaged(spec: StorageSpec, local: Path, read_only: bool) -> None:
+    """DamagedStore if the journal or SQLite file is damaged; a journal whose valid prefix
+    Optuna still reads is let through for a read-only command.
+
+    A journal is read under its write lock (if it has one yet), so that a line another
+    worker is appending is not taken for a torn one.
+    """
+    if spec.is_rdb:
+        check_sqlite(local)
+        return
+    with contextlib.ExitStack() as held:
+        if Path(f"{local}.write.lock").exists():
+            lock = JournalFlock(str(local))
+            lock.acquire()
+            held.callback(lock.release)
+        damage = check_journal(local)
+    if damage is not None and not (read_only and damage.readable):
+        raise damage
+
+
 def open_storage(spec: StorageSpec, heartbeat_callback: Callable | None = None, *,
-                 create: bool = True) -> optuna.storages.BaseStorage:
-    """Open the storage; UsageError if it cannot be reached.
+                 create: bool = True, read_only: bool = False) -> optuna.storages.BaseStorage:
+    """Open the storage; UsageError if it cannot be reached, DamagedStore if its file is damaged.
 
     ``create=False`` is for commands that only use existing studies: a journal or SQLite
-    file that does not exist is then an error, not created empty.
+    file that does not exist is then an error, not created empty. ``read_only`` is for
+    commands that never write to it: they may read what a damaged journal still holds.
     """
     local = _local_file(spec)
     if not create and local is not None and not local.exists():
         raise UsageError(f"--storage: {local} does not exist (no study is stored there)")
+    if local is not None:
+        _refuse_damaged(spec, local, read_only)
     if not spec.is_rdb:
         path = spec.journal_path
         try:

@@ -22,6 +22,7 @@ from urllib.parse import unquote
 
 from core.train import CURVES, EpochRecord
 from sweep.errors import UsageError
+from sweep.integrity import check_sqlite
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -154,10 +155,14 @@ def _exclusive(db: Path | None) -> Iterator[None]:
 
 
 def check_reachable(tracking_uri: str, timeout: float = 10.0) -> None:
-    """UsageError at once when a tracking server or database does not answer.
+    """UsageError at once when a tracking server or database does not answer, DamagedStore
+    when its SQLite file is damaged (MLflow would fail on it after the study is stored).
 
     MLflow itself retries a refused connection for minutes before it gives up.
     """
+    db = _sqlite_file(tracking_uri)
+    if db is not None:
+        check_sqlite(db)
     scheme = tracking_uri.split("://", 1)[0].lower() if "://" in tracking_uri else ""
     try:
         if scheme in ("http", "https"):

@@ -98,9 +98,12 @@ def child_runs(workdir: Path, name: str) -> list:
 
 
 def tree_snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    """Size and mtime of every file below root: to prove nothing stored was touched."""
-    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()} \
-        if root.exists() else {}
+    """Size and mtime of every file below root: to prove nothing stored was touched.
+
+    Less SQLite's ``-shm`` index, which any reader of a WAL database rewrites (it holds no
+    data: SQLite rebuilds it from the database and its ``-wal`` file)."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")
+            if p.is_file() and not p.name.endswith("-shm")} if root.exists() else {}
 
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")

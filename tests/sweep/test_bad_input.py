@@ -1,10 +1,11 @@
 """Bad input beyond study files (those are in test_cli.py): one line, exit 2, nothing stored changes.
 
-Unreachable databases and tracking servers, studies that do not exist, missing or damaged
-MNIST files, report directories that cannot be written (read-only or full file systems)
-and bad heartbeat settings. Every case runs the launcher in this process, checks that it
-printed exactly one line naming the problem (no traceback) and exited with 2, and that
-the stores under ./mlruns are byte-for-byte as before (size and mtime of every file).
+Unreachable databases and tracking servers, damaged store files (journal, SQLite), studies
+that do not exist, missing or damaged MNIST files, report directories that cannot be written
+(read-only or full file systems) and bad heartbeat settings. Every case runs the launcher in
+this process, checks that it printed exactly one line naming the problem (no traceback) and
+exited with 2, and that the stores under ./mlruns are byte-for-byte as before (size and mtime
+of every file; for damaged stores, the sha256 of every file).
 """
 
 from __future__ import annotations
@@ -58,16 +59,10 @@ def template(tmp_path_factory):
 def stored(workdir, template):
     """The template copied into this test's workdir; yields, then checks ./mlruns is unchanged."""
     shutil.copytree(template, workdir, dirs_exist_ok=True)
-    before = stored_files(workdir)
+    before = tree_snapshot(workdir / "mlruns")
     assert before
     yield workdir
-    assert stored_files(workdir) == before
-
-
-def stored_files(workdir: Path) -> dict:
-    """tree_snapshot of ./mlruns less SQLite's ``-shm`` index, which any reader of a WAL database
-    rewrites (it holds no data: SQLite rebuilds it from the database and its ``-wal`` file)."""
-    return {path: stat for path, stat in tree_snapshot(workdir / "mlruns").items() if not path.endswith("-shm")}
+    assert tree_snapshot(workdir / "mlruns") == before
 
 
 # --- unreachable databases and servers -----------------------------------------------------
@@ -346,3 +341,91 @@ def test_a_worker_stops_after_a_run_of_failed_trials(workdir, capsys, monkeypatc
     assert f"its last {limits.MAX_FAILED_IN_A_ROW} trials failed" in line and "MemoryError: Unable" in line, line
     trials = journal_study(workdir, "failing").get_trials()
     assert [t.state.name for t in trials] == ["FAIL"] * limits.MAX_FAILED_IN_A_ROW
+
+
+# --- damaged store files (sweep/integrity.py): refused before anything is written ----------
+
+def file_hashes(workdir: Path) -> dict[str, str]:
+    """sha256 of every file under ./mlruns (less SQLite's ``-shm`` index, see tree_snapshot)."""
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((workdir / "mlruns").rglob("*"))
+            if p.is_file() and not p.name.endswith("-shm")}
+
+
+def damage_store(workdir: Path, template: Path, how: str) -> Path:
+    """The template copied into workdir with one store file damaged; returns that file."""
+    shutil.copytree(template, workdir, dirs_exist_ok=True)
+    journal, db = workdir / "mlruns" / "optuna.journal", workdir / "mlruns" / "mlflow.db"
+    lines = journal.read_bytes().splitlines(keepends=True)
+    if how == "torn-journal":  # a writer killed in the middle of its line
+        journal.write_bytes(b"".join(lines) + lines[-1][: len(lines[-1]) // 2])
+    elif how == "garbage-in-journal":
+        journal.write_bytes(b"".join(lines[:3] + [b"\x00\x17 not json\n"] + lines[3:]))
+    elif how == "truncated-mlflow-db":
+        db.write_bytes(db.read_bytes()[: db.stat().st_size // 3])
+    elif how == "random-mlflow-db":
+        db.write_bytes(hashlib.sha256(b"seed").digest() * 1024)
+    return journal if how.endswith("journal") else db
+
+
+WRITERS = {"run": ["run", "tiny.toml", "--n-trials", 3], "worker": ["worker", "--study", "tiny", "--n-trials", 3]}
+
+
+@pytest.mark.parametrize("command", WRITERS)
+@pytest.mark.parametrize("how", ["torn-journal", "garbage-in-journal", "truncated-mlflow-db", "random-mlflow-db"])
+def test_a_damaged_store_is_refused_before_anything_is_written(workdir, template, capsys, command, how):
+    path = damage_store(workdir, template, how)
+    before = file_hashes(workdir)
+    line = refused(capsys, *WRITERS[command])
+    assert f"{path} is damaged" in line and "nothing was written" in line
+    if how == "torn-journal":
+        count = len(path.read_bytes().splitlines())
+        assert f"line {count} of {count} is cut short" in line and "remove its last 1 line;" in line
+    elif how == "garbage-in-journal":
+        assert "line 4 of" in line and "not a JSON object" in line and "Optuna cannot read past it" in line
+    else:
+        assert "SQLite" in line
+    assert file_hashes(workdir) == before  # nothing appended, no run KILLED, no trial RUNNING
+
+
+def test_a_torn_journal_is_still_listed_and_reported(workdir, template, capsys):
+    damage_store(workdir, template, "torn-journal")
+    before = file_hashes(workdir)
+    capsys.readouterr()
+    assert run_cli("list") == 0
+    listed = capsys.readouterr().out
+    assert "tiny" in listed and "full" in listed
+    assert run_cli("report", "tiny", "--no-tracking", "--out", workdir / "rep") == 0
+    assert (workdir / "rep" / "summary.txt").exists()
+    assert file_hashes(workdir) == before
+
+
+def test_a_journal_optuna_cannot_read_is_not_listed(workdir, template, capsys):
+    path = damage_store(workdir, template, "garbage-in-journal")
+    before = file_hashes(workdir)
+    line = refused(capsys, "list")
+    assert f"{path} is damaged: line 4 of" in line and "Optuna cannot read past it" in line
+    assert file_hashes(workdir) == before
+
+
+def test_an_empty_journal_is_not_damaged(workdir, capsys):
+    journal = workdir / "mlruns" / "optuna.journal"
+    journal.parent.mkdir()
+    journal.touch()
+    capsys.readouterr()
+    assert run_cli("list") == 0
+    assert "no studies yet" in capsys.readouterr().out
+    line = refused(capsys, "worker", "--study", "tiny", "--no-tracking")
+    assert "no study named 'tiny'" in line and "damaged" not in line
+    assert journal.stat().st_size == 0
+
+
+def test_a_truncated_optuna_sqlite_database_is_refused(workdir, capsys):
+    db = workdir / "optuna.db"
+    storage = f"sqlite:///{db}"
+    create_or_resume(load_spec(write_study(workdir / "tiny.toml")), Stores(StorageSpec(storage), None))
+    db.write_bytes(db.read_bytes()[: db.stat().st_size // 3])
+    data = db.read_bytes()
+    for args in (["worker", "--study", "tiny"], ["list"], ["run", "tiny.toml"]):
+        line = refused(capsys, *args, "--storage", storage, *(["--no-tracking"] if args[0] != "list" else []))
+        assert f"{db} is damaged" in line and "SQLite" in line
+    assert db.read_bytes() == data
