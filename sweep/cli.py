@@ -43,10 +43,16 @@ def default_tracking_uri() -> str:
 
 def _stores(storage: str | None, tracking_uri: str | None, no_tracking: bool = False):
     from sweep.runner import Stores
-    from sweep.storage import StorageSpec
+    from sweep.storage import StorageSpec, check_identity
+    from sweep.tracking import check_tracking_uri
 
-    return Stores(StorageSpec(storage or default_storage()),
-                  None if no_tracking else tracking_uri or default_tracking_uri())
+    spec = StorageSpec(storage or default_storage())
+    if storage is not None:  # (the default journal's directory is made when the first study is)
+        check_identity(spec)
+    uri = None if no_tracking else tracking_uri or default_tracking_uri()
+    if uri is not None:
+        check_tracking_uri(uri)
+    return Stores(spec, uri)
 
 
 class FiniteFloatRange(click.FloatRange):
@@ -305,9 +311,11 @@ def list_studies(storage) -> None:
     """List the studies in the storage with trial counts by state and best value."""
     import optuna
 
-    from sweep.storage import StorageSpec, open_storage
+    from sweep.storage import StorageSpec, check_identity, open_storage
 
     spec = StorageSpec(storage or default_storage())
+    if storage is not None:
+        check_identity(spec)
     if not spec.is_rdb and not spec.journal_path.exists():
         click.echo("no studies yet")
         return
@@ -351,6 +359,9 @@ def ui_command(tracking_uri: str, host: str | None = None, port: int = 5000,
                    "can read and change every run.")
 def ui(tracking_uri, host, port, expose) -> None:
     """Open the MLflow UI over the project's tracking store (loopback only unless --expose)."""
+    from sweep.tracking import check_tracking_uri
+
+    check_tracking_uri(tracking_uri or default_tracking_uri())
     argv, env = ui_command(tracking_uri or default_tracking_uri(), host, port, expose)
     click.echo(f"MLflow UI on http://{argv[argv.index('--host') + 1]}:{port} (Ctrl-C to stop)")
     raise SystemExit(serve(argv, {**os.environ, **env}))

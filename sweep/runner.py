@@ -16,6 +16,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,11 +33,12 @@ from sweep.objective import RESULT_ATTR, RUN_ATTR, WORKER_ATTR, TrialRunner, is_
 from sweep.samplers import (GRID_SAMPLERS, PACKABLE, build_pruner, build_sampler, grid_key, grid_order, grid_points,
                             grid_size)
 from sweep.spec import StudySpec, parse_spec, spec_to_dict, suggest
-from sweep.storage import StorageSpec, open_storage, redact, study_lock
+from sweep.storage import StorageSpec, heartbeat_settings, not_yet_made, open_storage, redact, study_lock
 from sweep.tracking import Tracker, check_reachable
 
 SPEC_ATTR = "mlp_sweep.spec"
 PARENT_ATTR = "mlp_sweep.parent_run_id"
+STUDY_ID_ATTR = "mlp_sweep.study_id"  # a random id given at creation: tells apart studies of one name
 RETRY_OF_ATTR = "mlp_sweep.retry_of"  # on a queued copy: the number of the trial it re-runs
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 PACK_MAX = 16  # trials trained together at most
@@ -121,26 +123,32 @@ def create_or_resume(spec: StudySpec, stores: Stores) -> tuple[optuna.Study, str
     """Create the study (or find it again) and its MLflow parent run; return both."""
     if stores.tracking_uri is not None:
         check_reachable(stores.tracking_uri)  # before the study is stored
-    storage = open_storage(stores.storage)
-    kwargs = {"storage": storage, "study_name": spec.name, "sampler": build_sampler(spec),
-              "pruner": build_pruner(spec)}
-    if spec.name in optuna.get_all_study_names(storage):  # (create_study would write even then)
-        study = optuna.load_study(**kwargs)
-    else:
-        study = optuna.create_study(directions=spec.directions, **kwargs)
+    if stores.storage.is_rdb:
+        heartbeat_settings()  # bad settings are refused first, also when the storage is not yet made
+    storage = None if not_yet_made(stores.storage) else open_storage(stores.storage)  # made once no check fails
+    kwargs = {"study_name": spec.name, "sampler": build_sampler(spec), "pruner": build_pruner(spec)}
+    exists = storage is not None and spec.name in optuna.get_all_study_names(storage)  # (create_study writes)
+    study = optuna.load_study(storage=storage, **kwargs) if exists else None
     given = spec_to_dict(spec)
-    stored = study.user_attrs.get(SPEC_ATTR)
+    stored = study.user_attrs.get(SPEC_ATTR) if study else None
+    if stored is not None and (changed := _unchanged(stored, given)):
+        raise UsageError(f"{spec.source}: study {spec.name!r} already exists in {redact(stores.storage.url)} "
+                         f"with other settings ({', '.join(changed)}); give the study a new name")
+    study_id = study.user_attrs.get(STUDY_ID_ATTR) if study else uuid.uuid4().hex
+    tracker = Tracker(stores.tracking_uri, spec.name) if stores.tracking_uri is not None else None
+    if tracker is not None:  # before a new study is stored: its name may be taken in MLflow by another
+        tracker.check_parent(study.user_attrs.get(PARENT_ATTR) if study else None, study_id)
+    if study is None:
+        study = optuna.create_study(directions=spec.directions, storage=storage or open_storage(stores.storage),
+                                    **kwargs)
+        study.set_user_attr(STUDY_ID_ATTR, study_id)
     if stored is None:
         study.set_user_attr(SPEC_ATTR, given)
         for params in _starting_points(spec):  # known configurations first
             study.enqueue_trial(params, skip_if_exists=True)
-    elif changed := _unchanged(stored, given):
-        raise UsageError(f"{spec.source}: study {spec.name!r} already exists in {redact(stores.storage.url)} "
-                         f"with other settings ({', '.join(changed)}); give the study a new name")
     parent = None
-    if stores.tracking_uri is not None:
-        tracker = Tracker(stores.tracking_uri, spec.name)
-        parent = tracker.parent_run(study.user_attrs.get(PARENT_ATTR), description=spec.description,
+    if tracker is not None:
+        parent = tracker.parent_run(study.user_attrs.get(PARENT_ATTR), study_id, description=spec.description,
                                     params={"storage": redact(stores.storage.url), **_flat(given)})
         if study.user_attrs.get(PARENT_ATTR) != parent:
             study.set_user_attr(PARENT_ATTR, parent)

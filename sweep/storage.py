@@ -23,7 +23,7 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
 from sweep.errors import UsageError
 from sweep.integrity import check_journal, check_sqlite
-from sweep.tracking import redact
+from sweep.tracking import MLFLOW_TABLES, OPTUNA_TABLES, in_memory_sqlite, redact, sqlite_tables
 
 DEFAULT_JOURNAL = "mlruns/optuna.journal"
 HEARTBEAT_INTERVAL = 5  # seconds between heartbeats of a running trial (RDB storages)
@@ -151,6 +151,51 @@ def _refuse_damaged(spec: StorageSpec, local: Path, read_only: bool) -> None:
         damage = check_journal(local)
     if damage is not None and not (read_only and damage.readable):
         raise damage
+
+
+def check_identity(spec: StorageSpec) -> None:
+    """UsageError unless ``--storage`` names an Optuna storage, or a place where one can be made.
+
+    Refused: a journal whose directory does not exist (a mistyped path would start a second
+    study of the same name), in-memory SQLite (workers share the storage) and a database
+    that holds tables but not Optuna's (MLflow's ``mlflow.db``, say). Read-only.
+    """
+    where = f"--storage {redact(spec.url)}"
+    if not spec.is_rdb:
+        if not spec.journal_path.parent.is_dir():
+            raise UsageError(f"{where}: {spec.journal_path} does not exist, nor does its directory "
+                             f"{spec.journal_path.parent} (create the directory first)")
+        return
+    if in_memory_sqlite(spec.url):
+        raise UsageError(f"{where}: an in-memory database is private to one process; give a file (sqlite:///FILE)")
+    local = _local_file(spec)
+    tables = sqlite_tables(local) if local is not None and local.is_file() else _server_tables(spec)
+    if tables and not OPTUNA_TABLES <= tables:
+        what = "an MLflow tracking store" if MLFLOW_TABLES <= tables else "a database of something else"
+        raise UsageError(f"{where}: the database is {what}, not an Optuna storage")
+
+
+def not_yet_made(spec: StorageSpec) -> bool:
+    """Whether the storage is a journal or SQLite file that does not exist: it holds no study,
+    and opening it would create it."""
+    local = _local_file(spec)
+    return local is not None and not local.exists()
+
+
+def _server_tables(spec: StorageSpec) -> set[str]:
+    """The table names of a PostgreSQL storage; empty if it cannot be read (open_storage then says why)."""
+    if not spec.scheme.startswith("postgresql"):
+        return set()
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(spec.sqlalchemy_url, poolclass=sqlalchemy.pool.NullPool,
+                                      connect_args={"connect_timeout": CONNECT_TIMEOUT})
+    try:
+        return set(sqlalchemy.inspect(engine).get_table_names())
+    except Exception:  # unreachable or not allowed: open_storage reports it in its own words
+        return set()
+    finally:
+        engine.dispose()
 
 
 def open_storage(spec: StorageSpec, heartbeat_callback: Callable | None = None, *,

@@ -38,6 +38,9 @@ RETRY_FOR_S = 30.0  # how long a call keeps retrying a locked database (each try
 
 PARENT_TAG, NOTE_TAG = "mlflow.parentRunId", "mlflow.note.content"
 ROLE_TAG, STUDY_TAG, TRIAL_TAG = "mlp_sweep.role", "mlp_sweep.study", "mlp_sweep.trial"
+STUDY_ID_TAG = "mlp_sweep.study_id"  # on a parent run: the random id of the Optuna study it belongs to
+TRACKING_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+OPTUNA_TABLES, MLFLOW_TABLES = {"studies", "version_info"}, {"experiments", "runs"}  # what tells the two apart
 # log_batch limits (mlflow/utils/validation.py)
 _MAX_METRICS, _MAX_PARAMS, _MAX_TAGS, _MAX_PARAM_CHARS, _MAX_TAG_CHARS = 1000, 100, 100, 6000, 8000
 _LOCKED = ("database is locked", "database table is locked")
@@ -74,6 +77,54 @@ def _sqlite_file(tracking_uri: str) -> Path | None:
         return None
     path = unquote(tracking_uri.removeprefix("sqlite:///").split("?", 1)[0])
     return Path(path) if path not in ("", ":memory:") else None
+
+
+def sqlite_tables(db: Path) -> set[str]:
+    """The table names of an existing SQLite file (empty if it is not one), read without touching it.
+
+    ``immutable=1``: not even the ``-shm`` index of a WAL database is rewritten (as ``mode=ro``
+    would). Tables still only in an uncheckpointed ``-wal`` are missed; both MLflow and Optuna
+    make theirs before any write-ahead logging starts.
+    """
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro&immutable=1", uri=True)) as conn:
+            return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error:
+        return set()
+
+
+def in_memory_sqlite(url: str) -> bool:
+    """Whether an SQLite URL names a private in-memory database (``sqlite://``, ``sqlite:///:memory:``)."""
+    if not url.lower().startswith("sqlite:"):
+        return False
+    path = url.split("://", 1)[-1].split("?", 1)[0]
+    return path in ("", "/", "/:memory:") or "mode=memory" in url
+
+
+def check_tracking_uri(tracking_uri: str) -> None:
+    """UsageError unless the URI names an MLflow store of a known kind that several processes can share.
+
+    Refused: unknown schemes, plain files, in-memory SQLite and an SQLite file that holds
+    tables but not MLflow's (an Optuna storage, say). Nothing is created or changed.
+    """
+    where = f"--tracking-uri {redact(tracking_uri)}"
+    scheme = tracking_uri.split("://", 1)[0].lower() if "://" in tracking_uri else ""
+    if scheme and scheme.split("+")[0] not in TRACKING_SCHEMES:
+        raise UsageError(f"{where}: unknown scheme {scheme!r} (use sqlite:///FILE, postgresql://..., "
+                         f"http(s)://SERVER or a directory)")
+    if in_memory_sqlite(tracking_uri):
+        raise UsageError(f"{where}: an in-memory database is private to one process; give a file (sqlite:///FILE)")
+    local = Path(unquote(tracking_uri.removeprefix("file://"))) if scheme in ("", "file") else None
+    if local is not None and local.exists() and not local.is_dir():
+        raise UsageError(f"{where}: {local} is a file, not a store directory (for SQLite use sqlite:///{local})")
+    db = _sqlite_file(tracking_uri)
+    if db is not None and db.is_file():
+        tables = sqlite_tables(db)
+        if tables and not MLFLOW_TABLES <= tables:
+            what = "an Optuna storage" if OPTUNA_TABLES <= tables else "a database of something else"
+            raise UsageError(f"{where}: {db} is {what}, not an MLflow tracking store")
 
 
 def artifact_root_for(tracking_uri: str) -> str | None:
@@ -221,17 +272,33 @@ class Tracker:
                              f"{redact(self.tracking_uri)}: restore it (mlflow experiments restore) or purge it (mlflow gc)")
         return experiment.experiment_id
 
-    def parent_run(self, run_id: str | None = None, *, description: str = "",
+    def check_parent(self, run_id: str | None, study_id: str | None) -> None:
+        """UsageError if the parent run found for the study belongs to another study of its name.
+
+        A parent run is tagged with its Optuna study's random id: a study of the same name in
+        another storage (or one made anew) must not log its trials under it. Read-only.
+        """
+        run = (self._run(run_id) if run_id else None) or self._find_parent()
+        if run is not None and run.data.tags.get(STUDY_ID_TAG) != study_id:
+            raise UsageError(f"--tracking-uri {redact(self.tracking_uri)}: MLflow run {run.info.run_id} of study "
+                             f"{self.study_name!r} belongs to another Optuna study of that name (another storage?); "
+                             f"give the study a new name or use its own storage")
+
+    def parent_run(self, run_id: str | None = None, study_id: str | None = None, *, description: str = "",
                    params: dict | None = None) -> str:
-        """The study's parent run: ``run_id`` if it exists, else the experiment's, else a new one.
+        """The study's parent run: ``run_id`` if it exists, else the experiment's, else a new one
+        tagged with ``study_id`` (see check_parent).
 
         ``params`` (the study's fixed settings) are logged when the run is created. The run is
         RUNNING on return, also when a finished sweep is resumed.
         """
         with _exclusive(self._db):
+            self.check_parent(run_id, study_id)
             run = (self._run(run_id) if run_id else None) or self._find_parent()
             if run is None:
                 tags = {ROLE_TAG: "parent", STUDY_TAG: self.study_name}
+                if study_id:
+                    tags[STUDY_ID_TAG] = study_id
                 if description:  # (no note rather than "None")
                     tags[NOTE_TAG] = description
                 run = _retry(self._client.create_run, self.experiment_id, run_name=self.study_name,

@@ -10,6 +10,7 @@ of every file; for damaged stores, the sha256 of every file).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import shutil
@@ -26,8 +27,8 @@ from sweep.spec import load_spec
 from sweep.storage import StorageSpec
 from tests.gzip_bomb import gzip_bomb
 from tests.sweep.bad_studies import EXHAUSTING, SEEDS, UNREADABLE, special_file
-from tests.sweep.conftest import (journal_study, one_line_error, run_cli, stored_tiny_study, tree_snapshot,
-                                  write_study)
+from tests.sweep.conftest import (journal_study, one_line_error, run_cli, stored_tiny_study, tracking_client,
+                                  tree_snapshot, write_study)
 from tests.sweep.pg import database_url, free_port, pg_databases
 
 __all__ = ["pg_databases"]  # a fixture, imported for pytest
@@ -429,3 +430,111 @@ def test_a_truncated_optuna_sqlite_database_is_refused(workdir, capsys):
         line = refused(capsys, *args, "--storage", storage, *(["--no-tracking"] if args[0] != "list" else []))
         assert f"{db} is damaged" in line and "SQLite" in line
     assert db.read_bytes() == data
+
+
+# --- store identity: a path or URL names a store of a known kind, or it is refused ----------
+
+def store_contents(workdir: Path) -> dict:
+    """Every file under the working directory by SHA-256 (less ``-shm``, see stored_files), and
+    the SQL dump of every SQLite database there: to prove nothing was created or changed."""
+    import sqlite3
+
+    files = {str(p.relative_to(workdir)): hashlib.sha256(p.read_bytes()).hexdigest()
+             for p in sorted(workdir.rglob("*")) if p.is_file() and not p.name.endswith("-shm")}
+    dirs = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*") if p.is_dir())
+    dumps = {}
+    for db in sorted(workdir.rglob("*.db")):
+        with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro&immutable=1", uri=True)) as conn:
+            dumps[str(db.relative_to(workdir))] = list(conn.iterdump())
+    return {"files": files, "dirs": dirs, "dumps": dumps}
+
+
+@pytest.fixture
+def identity(stored):
+    """The stored workdir plus an Optuna SQLite storage (optuna.db, study "tiny-db") and a database
+    of neither kind (other.db); yields, then checks that no file under it was created or changed."""
+    import sqlite3
+
+    import optuna
+
+    optuna.create_study(study_name="tiny-db", storage=f"sqlite:///{stored / 'optuna.db'}")
+    with contextlib.closing(sqlite3.connect(stored / "other.db")) as conn:
+        conn.execute("CREATE TABLE notes (text TEXT)")
+        conn.commit()
+    (stored / "notes.txt").write_text("not a store\n")
+    before = store_contents(stored)
+    assert before["dumps"]["mlruns/mlflow.db"] and before["dumps"]["optuna.db"]
+    yield stored
+    assert store_contents(stored) == before
+
+
+@pytest.mark.parametrize("command", [["run", "tiny.toml"], ["worker", "--study", "tiny"], ["report", "tiny"],
+                                     ["list"]], ids=["run", "worker", "report", "list"])
+def test_a_journal_in_a_directory_that_does_not_exist_is_refused(identity, capsys, command):
+    path = identity / "nowhere" / "optuna.journal"
+    line = refused(capsys, *command, "--storage", path)
+    assert f"{path.parent}" in line and "does not exist" in line
+    assert not (identity / "nowhere").exists()
+
+
+@pytest.mark.parametrize("command", [["run", "tiny.toml", "--no-tracking"], ["worker", "--study", "tiny"],
+                                     ["report", "tiny"], ["list"]], ids=["run", "worker", "report", "list"])
+@pytest.mark.parametrize("db, phrase", [("mlruns/mlflow.db", "is an MLflow tracking store, not an Optuna storage"),
+                                        ("other.db", "is a database of something else, not an Optuna storage")],
+                         ids=["mlflow-db", "other-db"])
+def test_a_database_that_is_not_an_optuna_storage_is_refused(identity, capsys, command, db, phrase):
+    line = refused(capsys, *command, "--storage", f"sqlite:///{db}")
+    assert phrase in line and db in line
+
+
+@pytest.mark.parametrize("db, phrase", [("optuna.db", "is an Optuna storage, not an MLflow tracking store"),
+                                        ("other.db", "is a database of something else, not an MLflow")],
+                         ids=["optuna-db", "other-db"])
+@pytest.mark.parametrize("command", [["run", "tiny.toml"], ["report", "tiny"], ["ui"]], ids=["run", "report", "ui"])
+def test_a_database_that_is_not_an_mlflow_store_is_refused_as_tracking_uri(identity, capsys, command, db, phrase):
+    line = refused(capsys, *command, "--tracking-uri", f"sqlite:///{db}")
+    assert phrase in line and db in line
+
+
+@pytest.mark.parametrize("url", ["sqlite:///:memory:", "sqlite://"])
+@pytest.mark.parametrize("flag", ["--storage", "--tracking-uri"])
+def test_an_in_memory_database_is_refused(identity, capsys, url, flag):
+    line = refused(capsys, "run", "tiny.toml", flag, url)
+    assert f"{flag} {url}" in line and "in-memory" in line
+
+
+@pytest.mark.parametrize("uri, phrase", [
+    ("ftp://host/store", "unknown scheme 'ftp'"),
+    ("notes.txt", "is a file, not a store directory"),
+    ("file://{root}/notes.txt", "is a file, not a store directory"),
+], ids=["unknown-scheme", "plain-file", "file-uri-to-a-file"])
+@pytest.mark.parametrize("command", [["run", "tiny.toml"], ["worker", "--study", "tiny"], ["ui"]],
+                         ids=["run", "worker", "ui"])
+def test_a_tracking_uri_of_no_known_kind_is_refused(identity, capsys, command, uri, phrase):
+    line = refused(capsys, *command, "--tracking-uri", uri.format(root=identity))
+    assert "--tracking-uri" in line and phrase in line
+
+
+@pytest.mark.parametrize("storage", ["journal", "sqlite"])
+def test_a_study_of_the_same_name_in_another_storage_does_not_take_over_its_mlflow_run(identity, capsys, storage):
+    """"tiny" in another (new) storage, tracked in the same mlflow.db: its parent run is the first
+    study's, tagged with that study's id, so the run is refused, and the new storage not made."""
+    (identity / "elsewhere").mkdir()
+    path = identity / "elsewhere" / ("optuna.journal" if storage == "journal" else "optuna.db")
+    line = refused(capsys, "run", "tiny.toml", "--storage", path if storage == "journal" else f"sqlite:///{path}")
+    assert "belongs to another Optuna study" in line and "'tiny'" in line
+    assert not list((identity / "elsewhere").iterdir())
+    (identity / "elsewhere").rmdir()
+
+
+def test_a_study_resumed_from_its_own_storage_keeps_its_mlflow_run(workdir, template):
+    """The other side of the identity check: the same study, resumed, logs under its run again."""
+    shutil.copytree(template, workdir, dirs_exist_ok=True)
+    assert run_cli("run", "tiny.toml", "--n-trials", 3, "--no-report") == 0
+    client = tracking_client(workdir)
+    experiment = client.get_experiment_by_name("tiny")
+    parents = client.search_runs([experiment.experiment_id], filter_string="tags.`mlp_sweep.role` = 'parent'")
+    study = journal_study(workdir, "tiny")
+    assert len(parents) == 1 and parents[0].data.tags["mlp_sweep.study_id"] == study.user_attrs["mlp_sweep.study_id"]
+    children = client.search_runs([experiment.experiment_id], filter_string="tags.`mlp_sweep.role` = 'trial'")
+    assert len(children) == len(study.trials) == 3
