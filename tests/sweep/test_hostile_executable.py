@@ -1,0 +1,51 @@
+"""Inputs that would exhaust the machine, through the real ``sweep`` executable in a temp dir:
+refused with one line and exit 2, nothing stored, and without large allocations (peak RSS)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+STUDY = Path(__file__).resolve().parents[2] / "studies" / "homework-grid-5k.toml"
+PEAK_RSS_MB = 300  # a refusal needs the interpreter and its imports (about 60 MB), nothing of the input's size
+ETA = 'eta = { type = "float", low = 0.08, high = 0.18, step = 0.01 }'
+
+# name: (how the shipped study is changed, extra flags)
+CASES = {
+    "billion-hidden-units": (lambda s: s.replace("sizes = [784, 15, 10]", "sizes = [784, 1000000000, 10]"), []),
+    "grid-of-1e15-points": (lambda s: s.replace(ETA, ETA.replace("0.01", "1e-15")), []),
+    "billion-epochs": (lambda s: s.replace("epochs = 10", "epochs = 1000000000"), []),
+    "billion-population": (lambda s: s.replace('name = "grid"', 'name = "nsga2"\npopulation_size = 1000000000'), []),
+    "nested-100000-deep": (lambda s: "a = " + "[" * 100_000 + "]" * 100_000 + "\n", []),
+    "500-workers": (lambda s: s, ["--workers", "500"]),
+    "timeout-nan": (lambda s: s, ["--timeout", "nan"]),
+}
+
+
+def sweep_command() -> list[str]:
+    """The installed console script next to this interpreter, else the module."""
+    script = Path(sys.executable).with_name("sweep")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "sweep"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_an_exhausting_input_is_refused_by_the_real_executable_without_allocating(tmp_path, case):
+    edit, flags = CASES[case]
+    study = tmp_path / "study.toml"
+    study.write_text(edit(STUDY.read_text()))
+    assert flags or study.read_text() != STUDY.read_text()  # the edit took
+    out, err = tmp_path / "out", tmp_path / "err"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        proc = subprocess.Popen([*sweep_command(), "run", str(study), *flags], cwd=tmp_path, stdout=stdout,
+                                stderr=stderr, env={**os.environ, "PYTHONWARNINGS": "default"})
+        _, status, usage = os.wait4(proc.pid, 0)  # (not proc.wait(): wait4 also gives this child's rusage)
+    message = err.read_text()
+    assert os.waitstatus_to_exitcode(status) == 2, (out.read_text(), message)
+    assert len(message.strip().splitlines()) == 1 and "Traceback" not in message, message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["err", "out", "study.toml"]  # no mlruns/, no reports/
+    peak = usage.ru_maxrss / 1024  # Linux reports KiB
+    assert peak < PEAK_RSS_MB, f"{case}: peak RSS {peak:.0f} MB"
