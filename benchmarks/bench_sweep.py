@@ -31,7 +31,7 @@ import optuna
 from core.data import load_mnist
 from core.model import NetworkSpec, evaluate, init_params
 from core.reference import ReferenceNetwork
-from sweep.spec import load_spec
+from sweep.studyfile import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "studies" / "homework-grid-mnist.toml"

@@ -118,7 +118,7 @@ def run(study_file, n_trials, timeout, storage, tracking_uri, no_tracking, no_pa
     from datetime import datetime
 
     from sweep.runner import retried_since, run_study
-    from sweep.spec import load_spec
+    from sweep.studyfile import load_spec
 
     spec = load_spec(study_file)
     stores = _stores(storage, tracking_uri, no_tracking)
@@ -173,6 +173,7 @@ def summary(study, stores, report_dir: Path | None = None) -> str:
     from optuna.study import StudyDirection
     from optuna.trial import TrialState
 
+    from sweep.schema import RESULT_ATTR
     from sweep.storage import redact
 
     trials = study.get_trials(deepcopy=False)
@@ -189,7 +190,7 @@ def summary(study, stores, report_dir: Path | None = None) -> str:
         else:
             best = [study.best_trial]
         for t in best[:SHOWN_PARETO]:
-            metrics = t.user_attrs.get("mlp_sweep.result", {}).get("metrics", {})
+            metrics = t.user_attrs.get(RESULT_ATTR, {}).get("metrics", {})
             values = ", ".join(f"{v:.4g}" for v in t.values)
             lines.append(f"{'Pareto' if multi else 'Best'} trial #{t.number}: {values}   " +
                          " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items()))
@@ -207,7 +208,7 @@ def summary(study, stores, report_dir: Path | None = None) -> str:
 def _write_report(study, stores, out_dir: Path, **options) -> None:
     """Write the report, print its summary, log it to the study's MLflow parent run."""
     from sweep.report import write_report
-    from sweep.runner import PARENT_ATTR
+    from sweep.schema import PARENT_ATTR
     from sweep.tracking import Tracker, check_reachable
 
     parent = study.user_attrs.get(PARENT_ATTR)
@@ -268,7 +269,7 @@ def refine(ctx, study_name, storage, tracking_uri, no_tracking, quantile, out, r
 
     from sweep.refine import refine as refine_study, write_refined
     from sweep.runner import load_stored_study
-    from sweep.spec import Fixed
+    from sweep.space import Fixed
     from sweep.storage import open_storage
 
     stores = _stores(storage, tracking_uri, no_tracking)

@@ -1,4 +1,8 @@
-"""The errors the launcher turns into a one-line message and exit code 2."""
+"""Typed errors carrying the facts; ``sweep.cli`` alone words them for a person and picks exit codes.
+
+UsageError and its subclasses are bad input (exit code 2); the others are runs that could
+not finish (exit code 1).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,14 @@ import os
 
 class UsageError(Exception):
     """Bad input from a person: a study file, a flag, a name, a path. Exit code 2."""
+
+
+class InvalidValue(ValueError):
+    """A value a spec dataclass rejects; ``key`` is the dotted key relative to it (None: the value itself)."""
+
+    def __init__(self, key: str | None, problem: str) -> None:
+        super().__init__(f"{key}: {problem}" if key else problem)
+        self.key, self.problem = key, problem
 
 
 class SpecError(UsageError):

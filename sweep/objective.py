@@ -20,12 +20,10 @@ from core.data import Dataset
 from core.model import NetworkSpec, evaluate
 from core.packed import PACKED_FIELDS, train_packed
 from core.train import CURVES, EpochRecord, NotLearningError, TrainConfig, TrainResult, train
-from sweep.spec import PER_EPOCH_METRICS, StudySpec, all_params, suggest, trial_config
+from sweep.schema import EPOCHS_RUN, HISTORY_KEYS, PER_EPOCH_METRICS, RESULT_ATTR, RUN_ATTR, TrialRecord
+from sweep.study import StudySpec, all_params, suggest, trial_config
 from sweep.tracking import Tracker, TrialRun
 
-WORKER_ATTR = "mlp_sweep.worker"  # {"host", "pid", "started"}: who runs the trial
-RUN_ATTR = "mlp_sweep.run_id"  # the trial's MLflow run
-RESULT_ATTR = "mlp_sweep.result"  # {"metrics", "history", "reason", "pruned_at_epoch"}
 
 
 def _process_start(pid: int) -> str | None:
@@ -64,7 +62,7 @@ def final_metrics(result: TrainResult, test_accuracy: float | None, seconds: flo
         metrics["gap"] = last.training_accuracy - last.validation_accuracy
     metrics["test_accuracy"] = test_accuracy
     metrics["training_seconds"] = seconds
-    metrics["epochs_run"] = len(result.history)
+    metrics[EPOCHS_RUN] = len(result.history)
     return {k: float(v) for k, v in metrics.items() if v is not None}
 
 
@@ -120,7 +118,7 @@ class TrialRunner:
                     pending.remove(t)
         except BaseException:  # Ctrl-C, SIGTERM: fail them, so that a later run retries them
             for t in pending:
-                self._finish(t, TrialState.FAIL, {"reason": "interrupted"}, None, None)
+                self._finish(t, TrialState.FAIL, TrialRecord(_history(t.history), reason="interrupted"), None)
             raise
         return [states[t.number] for t in trials]
 
@@ -173,38 +171,35 @@ class TrialRunner:
 
     def _conclude(self, t: _Trial, outcome: TrainResult | Exception) -> TrialState:
         """Turn a training outcome into the trial's state, metrics and values."""
-        result_attr: dict = {}
+        reason = pruned_at = metrics = None
         if isinstance(outcome, NotLearningError):
-            state = TrialState.PRUNED
-            result_attr.update(reason=str(outcome), pruned_at_epoch=outcome.epoch)
+            state, reason, pruned_at = TrialState.PRUNED, str(outcome), outcome.epoch
         elif isinstance(outcome, Exception):
-            state = TrialState.FAIL
-            result_attr["reason"] = f"{type(outcome).__name__}: {outcome}"
+            state, reason = TrialState.FAIL, f"{type(outcome).__name__}: {outcome}"
         elif outcome.stopped_early:
-            state, epoch = TrialState.PRUNED, outcome.history[-1].epoch
-            result_attr.update(reason=f"pruned at epoch {epoch}", pruned_at_epoch=epoch)
+            state, pruned_at = TrialState.PRUNED, outcome.history[-1].epoch
+            reason = f"pruned at epoch {pruned_at}"
         else:
             state = TrialState.COMPLETE
-        metrics = None
         if isinstance(outcome, TrainResult):
             test = self.data.test
             test_accuracy = (evaluate(t.network, outcome.params, test.X, test.y)[1]
                              if state == TrialState.COMPLETE else None)
             seconds = sum(r.seconds + r.eval_seconds for r in outcome.history)
-            metrics = result_attr["metrics"] = final_metrics(outcome, test_accuracy, seconds)
+            metrics = final_metrics(outcome, test_accuracy, seconds)
         values = [metrics[o.metric] for o in self.spec.objectives] if state == TrialState.COMPLETE else None
-        self._finish(t, state, result_attr, metrics, values)
+        self._finish(t, state, TrialRecord(_history(t.history), metrics, reason, pruned_at), values)
         return state
 
-    def _finish(self, t: _Trial, state: TrialState, result_attr: dict, metrics: dict | None,
-                values: list[float] | None) -> None:
+    def _finish(self, t: _Trial, state: TrialState, record: TrialRecord, values: list[float] | None) -> None:
         """Record the result in the trial, end the MLflow run, then tell Optuna (in that order)."""
-        result_attr["history"] = {k: [getattr(r, k) for r in t.history] for k in
-                                  ("epoch", "training_cost", "training_accuracy", "validation_cost",
-                                   "validation_accuracy", "seconds")}
-        t.trial.set_user_attr(RESULT_ATTR, result_attr)
+        t.trial.set_user_attr(RESULT_ATTR, record.to_attr())
         if t.run is not None:
-            tags = {k: str(result_attr[k]) for k in ("reason", "pruned_at_epoch") if k in result_attr}
-            summary = {k: v for k, v in (metrics or {}).items() if k not in CURVES}  # curves are per epoch
-            t.run.finish(state.name, summary, {f"mlp_sweep.{k}": v for k, v in tags.items()})
+            summary = {k: v for k, v in (record.metrics or {}).items() if k not in CURVES}  # curves are per epoch
+            t.run.finish(state.name, summary, record.tags())
         self.study.tell(t.trial, values, state=state if values is None else None)
+
+
+def _history(records: list[EpochRecord]) -> dict[str, list]:
+    """A trial's epochs as the columns it stores (schema.HISTORY_KEYS)."""
+    return {key: [getattr(record, key) for record in records] for key in HISTORY_KEYS}

@@ -21,7 +21,9 @@ import optuna
 from sweep.errors import UsageError
 from sweep.report import ParamRegion, objective_names, param_columns, study_region, trials_frame
 from sweep.samplers import GRID_SAMPLERS, grid_size
-from sweep.spec import Categorical, FloatRange, Fixed, IntRange, Param, StudySpec, dumps
+from sweep.space import Categorical, Fixed, FloatRange, IntRange, Param
+from sweep.study import StudySpec
+from sweep.studyfile import dumps
 from sweep.words import plural
 
 MARGIN = 0.10  # of the parent's range (log range for log parameters), added on each side of the region
@@ -66,7 +68,7 @@ def refine(study: optuna.Study, spec: StudySpec, quantile: float = 0.10, *,
                        f"{region.best_value:.4g}) is enqueued to run first.")
     refined = dataclasses.replace(spec, name=refined_name(spec.name, taken), parent=spec.name,
                                   description=description, space=space, enqueue=(), source=f"refined {spec.name}")
-    budget = grid_size(refined) if spec.sampler.name in GRID_SAMPLERS else spec.n_trials
+    budget = refined.grid_size if spec.sampler.name in GRID_SAMPLERS else spec.n_trials
     by_number = {t.number: t.params for t in study.get_trials(deepcopy=False)}
     starts = []
     for number in region.trials if region.front else (region.best_trial,):

@@ -24,8 +24,7 @@ from optuna.trial import TrialState
 from core.train import CURVES
 from sweep import plots
 from sweep.errors import UsageError
-from sweep.objective import RESULT_ATTR
-from sweep.runner import SPEC_ATTR
+from sweep.schema import RESULT_ATTR, SPEC_ATTR
 from sweep.words import plural
 
 #: The trial metrics ``trials_frame`` has a column for, besides epochs_run and seconds.

@@ -29,17 +29,15 @@ from optuna.trial import FrozenTrial, TrialState
 from core.data import DataError, Dataset, load_dataset
 from sweep.errors import TrialsKeepFailing, UsageError, WorkersDied
 from sweep.limits import MAX_FAILED_IN_A_ROW
-from sweep.objective import RESULT_ATTR, RUN_ATTR, WORKER_ATTR, TrialRunner, is_alive_here, worker_identity
-from sweep.samplers import (GRID_SAMPLERS, PACKABLE, build_pruner, build_sampler, grid_key, grid_order, grid_points,
-                            grid_size)
-from sweep.spec import StudySpec, parse_spec, spec_to_dict, suggest
+from sweep.objective import TrialRunner, is_alive_here, worker_identity
+from sweep.samplers import GRID_SAMPLERS, PACKABLE, grid_key, grid_order, grid_points
+from sweep.schema import (PARENT_ATTR, REASON_ATTR, REASON_TAG, RESULT_ATTR, RETRY_OF_ATTR, RUN_ATTR, SPEC_ATTR,
+                          STUDY_ID_ATTR, WORKER_ATTR)
+from sweep.study import StudySpec, suggest
+from sweep.studyfile import parse_spec, spec_to_dict
 from sweep.storage import StorageSpec, heartbeat_settings, not_yet_made, open_storage, redact, study_lock
 from sweep.tracking import Tracker, check_reachable
 
-SPEC_ATTR = "mlp_sweep.spec"
-PARENT_ATTR = "mlp_sweep.parent_run_id"
-STUDY_ID_ATTR = "mlp_sweep.study_id"  # a random id given at creation: tells apart studies of one name
-RETRY_OF_ATTR = "mlp_sweep.retry_of"  # on a queued copy: the number of the trial it re-runs
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 PACK_MAX = 16  # trials trained together at most
 FAILING_EXIT = 3  # exit code of a local worker process that stopped on TrialsKeepFailing
@@ -108,7 +106,7 @@ def study_budget(spec: StudySpec, n_trials: int | None) -> int:
     if spec.n_trials is not None:
         return spec.n_trials
     if spec.sampler.name in GRID_SAMPLERS:
-        return grid_size(spec)
+        return spec.grid_size
     return 10**9  # only a timeout bounds this run
 
 
@@ -126,7 +124,7 @@ def create_or_resume(spec: StudySpec, stores: Stores) -> tuple[optuna.Study, str
     if stores.storage.is_rdb:
         heartbeat_settings()  # bad settings are refused first, also when the storage is not yet made
     storage = None if not_yet_made(stores.storage) else open_storage(stores.storage)  # made once no check fails
-    kwargs = {"study_name": spec.name, "sampler": build_sampler(spec), "pruner": build_pruner(spec)}
+    kwargs = {"study_name": spec.name, "sampler": spec.make_sampler(), "pruner": spec.make_pruner()}
     exists = storage is not None and spec.name in optuna.get_all_study_names(storage)  # (create_study writes)
     study = optuna.load_study(storage=storage, **kwargs) if exists else None
     given = spec_to_dict(spec)
@@ -163,7 +161,7 @@ def _starting_points(spec: StudySpec) -> list[dict]:
     points: list[dict] = []
     for params in spec.enqueue:
         given = set(grid_key(params))
-        point = next((p for p in grid_order(spec) if given <= set(grid_key(p)) and p not in points), None)
+        point = next((p for p in grid_order(spec.searched) if given <= set(grid_key(p)) and p not in points), None)
         if point is not None:
             points.append(point)
     return points
@@ -197,8 +195,8 @@ def load_stored_study(name: str, stores: Stores, seed_offset: int = 0, heartbeat
     if stored is None:
         raise UsageError(f"study {name!r} was not created by mlp-sweep (it has no stored settings)")
     spec = parse_spec(stored, source=f"study {name}")
-    study = optuna.load_study(study_name=name, storage=storage, sampler=build_sampler(spec, seed_offset),
-                              pruner=build_pruner(spec))
+    study = optuna.load_study(study_name=name, storage=storage, sampler=spec.make_sampler(seed_offset),
+                              pruner=spec.make_pruner())
     return study, spec
 
 
@@ -218,7 +216,7 @@ def pack_size(spec: StudySpec) -> int:
     if spec.sampler.name != "grid":
         return 1
     size = 1
-    for name, values in grid_points(spec).items():
+    for name, values in grid_points(spec.searched).items():
         if name in PACKABLE:
             size *= len(values)
     return max(1, min(size, PACK_MAX))
@@ -268,7 +266,7 @@ class Worker:
         self.rdb = stores.storage.is_rdb
         self.workers = workers
         self.pack = pack_size(self.spec) if pack else 1
-        self.grid = grid_order(self.spec) if self.spec.sampler.name == "grid" else None
+        self.grid = grid_order(self.spec.searched) if self.spec.sampler.name == "grid" else None
 
     def run(self) -> int:
         """Run trials until the budget or deadline is spent; return how many ran here.
@@ -390,11 +388,11 @@ class Worker:
             return
         run_id = trial.user_attrs.get(RUN_ATTR)
         if self.tracker is not None and run_id:
-            self.tracker.end_run(run_id, "KILLED", {"mlp_sweep.reason": reason})
+            self.tracker.end_run(run_id, "KILLED", {REASON_TAG: reason})
         params = trial_point(trial)
         if not params:  # died before sampling, and was not queued with parameters: nothing to run again
             return
-        self.study.enqueue_trial(params, user_attrs={RETRY_OF_ATTR: trial.number, "mlp_sweep.reason": reason})
+        self.study.enqueue_trial(params, user_attrs={RETRY_OF_ATTR: trial.number, REASON_ATTR: reason})
 
     def _heartbeat(self, trials: list[optuna.Trial]):
         return _Heartbeat(self.study._storage, [t._trial_id for t in trials]) if self.rdb else _NoHeartbeat()
@@ -528,7 +526,7 @@ def run_study(spec: StudySpec, stores: Stores, *, n_trials: int | None = None, t
                 Worker(spec.name, stores, budget, data=data, on_trial=report, pack=pack).run()
             else:
                 del data  # each worker loads its own copy
-                target = min(budget.n_trials, grid_size(spec)) if spec.sampler.name in GRID_SAMPLERS \
+                target = min(budget.n_trials, spec.grid_size) if spec.sampler.name in GRID_SAMPLERS \
                     else budget.n_trials  # (a grid runs out of points)
                 _supervise(start_workers(spec.name, stores, budget, data_dir, workers, pack), report, study, budget,
                            target)

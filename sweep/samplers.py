@@ -1,4 +1,4 @@
-"""Optuna samplers and pruners by name, and how to build them from a study spec.
+"""Optuna samplers and pruners by name, built from plain values; a grid's order.
 
 A study file names a sampler and a pruner and may pass them any constructor argument
 a TOML scalar can express: the options a class accepts are read from its signature
@@ -21,16 +21,17 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.exceptions import ExperimentalWarning
 
-from sweep.errors import SpecError
+from sweep.errors import InvalidValue
 
 if TYPE_CHECKING:
-    from sweep.spec import PrunerSpec, StudySpec
+    from sweep.space import Param
 
 __all__ = [
     "GRID_SAMPLERS", "PACKABLE", "PRUNERS", "SAMPLERS", "SINGLE_OBJECTIVE_SAMPLERS", "Option",
     "build_pruner", "build_sampler", "grid_key", "grid_order", "grid_points", "grid_size", "pruner_options",
     "sampler_options",
 ]
+
 
 class _BudgetStops:
     """Mixin: no ``study.stop()`` after the last point.
@@ -52,7 +53,8 @@ class GridSampler(_BudgetStops, optuna.samplers.GridSampler):
     """Optuna's grid sampler, ended by the sweep's budget.
 
     A sweep does not let it choose points: workers enqueue every grid point themselves,
-    in ``grid_order`` (see sweep.runner), so each trial arrives with its point fixed.
+    in ``grid_order`` (see sweep.runner), so each trial arrives with its point fixed;
+    the sampler only checks that point against the grid and records it as Optuna does.
     """
 
 
@@ -145,14 +147,15 @@ def _options(cls: type) -> Mapping[str, Option]:
     return MappingProxyType(options)
 
 
-def grid_points(spec: StudySpec) -> dict[str, list]:
-    """Every value of every searched parameter, for ``GridSampler(search_space=...)``.
+def grid_points(space: Mapping[str, Param]) -> dict[str, list]:
+    """Every value of every parameter of ``space`` (a study's searched parameters), for
+    ``GridSampler(search_space=...)``.
 
     Float steps are rounded to 12 significant digits (0.15, not 0.15000000000000002).
     Raises ValueError for a continuous range, which has no grid.
     """
     points = {}
-    for name, param in spec.searched.items():
+    for name, param in space.items():
         values = param.grid_values()
         if values is None:
             raise ValueError(f"{name}: a continuous range has no grid points")
@@ -160,15 +163,19 @@ def grid_points(spec: StudySpec) -> dict[str, list]:
     return points
 
 
-def grid_size(spec: StudySpec) -> int:
-    """How many points ``grid_points(spec)`` spans (a grid's spec): the product of the value counts, not listed."""
-    return math.prod(param.n_values() for param in spec.searched.values())
+def grid_size(space: Mapping[str, Param]) -> int:
+    """How many points ``grid_points(space)`` spans: the product of the value counts, not listed."""
+    return math.prod(param.n_values() for param in space.values())
 
 
-def grid_order(spec: StudySpec) -> list[dict[str, Any]]:
+def grid_order(space: Mapping[str, Param]) -> list[dict[str, Any]]:
     """Every grid point, η and λ varying fastest: consecutive points that differ only in
-    PACKABLE parameters share their structure and train together (core.packed)."""
-    points = grid_points(spec)
+    PACKABLE parameters share their structure and train together (core.packed).
+
+    This order, not the sampler's, decides which point a sweep's next trial runs: workers
+    enqueue the points themselves (see sweep.runner), so each trial arrives with its point fixed.
+    """
+    points = grid_points(space)
     names = sorted(points, key=lambda name: name in PACKABLE)  # (stable: file order otherwise)
     return [dict(zip(names, values)) for values in itertools.product(*(points[name] for name in names))]
 
@@ -180,46 +187,40 @@ def grid_key(params: Mapping[str, Any]) -> tuple:
                         for name, value in params.items()))
 
 
-def build_sampler(spec: StudySpec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
-    """The spec's sampler, seeded with ``spec.sampler.seed + seed_offset`` modulo 2**32
-    (NumPy's seeds are 32-bit: the seeds of a run's workers stay distinct and valid).
+def build_sampler(name: str, seed: int, options: Mapping[str, Any], grid: Mapping[str, list] | None = None,
+                  seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+    """The sampler ``name`` (one of ``SAMPLERS``) with ``options``, seeded with ``seed + seed_offset``
+    modulo 2**32 (NumPy's seeds are 32-bit: the seeds of a run's workers stay distinct and valid).
 
-    Parallel workers pass distinct offsets so they do not draw the same points; grid and
-    brute-force samplers ignore it: they enumerate one space, which all workers share
-    (a sweep's workers enqueue a grid's points themselves, see sweep.runner).
-    Raises SpecError naming ``sampler.<option>`` when Optuna rejects an option's value.
+    ``grid`` is the grid sampler's search space (``grid_points``). Parallel workers pass
+    distinct offsets so they do not draw the same points; grid and brute-force samplers
+    ignore it: they enumerate one space, which all workers share.
+    Raises InvalidValue naming the option (None: the sampler) when Optuna rejects a value.
     """
     if isinstance(seed_offset, bool) or not isinstance(seed_offset, int) or seed_offset < 0:
         raise ValueError(f"seed_offset must be a non-negative integer, got {seed_offset!r}")
-    sampler = spec.sampler
-    if sampler.name in GRID_SAMPLERS:
+    if name in GRID_SAMPLERS:
         seed_offset = 0
-    given: dict[str, Any] = {"seed": (sampler.seed + seed_offset) % 2**32}
-    if sampler.name == "grid":
-        given["search_space"] = grid_points(spec)
-    return _construct(_SAMPLER_CLASSES[sampler.name], given, sampler.options, spec.source, "sampler")
+    given: dict[str, Any] = {"seed": (seed + seed_offset) % 2**32}
+    if name == "grid":
+        given["search_space"] = dict(grid or {})
+    return _construct(_SAMPLER_CLASSES[name], given, options)
 
 
-def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
-    """The spec's pruner (a patient pruner wraps the one built from ``[pruner.wrapped]``).
+def build_pruner(name: str, options: Mapping[str, Any],
+                 wrapped: optuna.pruners.BasePruner | None = None) -> optuna.pruners.BasePruner:
+    """The pruner ``name`` (one of ``PRUNERS``) with ``options``; a patient pruner wraps ``wrapped``.
 
-    Raises SpecError naming ``pruner.<option>`` when Optuna rejects an option's value.
+    Raises InvalidValue naming the option (None: the pruner) when Optuna rejects a value.
     """
-    return _pruner(spec.pruner, spec.source, "pruner")
+    given = {"wrapped_pruner": wrapped} if name == "patient" else {}
+    return _construct(_PRUNER_CLASSES[name], given, options)
 
 
-def _pruner(pruner: PrunerSpec, source: str, key: str) -> optuna.pruners.BasePruner:
-    given = {}
-    if pruner.name == "patient":
-        wrapped = pruner.wrapped
-        given["wrapped_pruner"] = None if wrapped is None else _pruner(wrapped, source, f"{key}.wrapped")
-    return _construct(_PRUNER_CLASSES[pruner.name], given, pruner.options, source, key)
-
-
-def _construct(cls: type, given: dict[str, Any], options: Mapping[str, Any], source: str, key: str) -> Any:
+def _construct(cls: type, given: dict[str, Any], options: Mapping[str, Any]) -> Any:
     """``cls(**given, **options)``, without the ExperimentalWarning of the classes we choose to use.
 
-    Optuna's TypeError or ValueError becomes a SpecError naming the option at fault.
+    Optuna's TypeError or ValueError becomes an InvalidValue naming the option at fault.
     """
     try:
         with warnings.catch_warnings():
@@ -227,11 +228,11 @@ def _construct(cls: type, given: dict[str, Any], options: Mapping[str, Any], sou
             return cls(**given, **options)
     except (TypeError, ValueError) as exc:
         problem = f"rejected by optuna.{cls.__name__}: {exc}"
-    raise SpecError(source, _culprit(cls, given, options, key), problem)
+    raise InvalidValue(_culprit(cls, given, options), problem)
 
 
-def _culprit(cls: type, given: dict[str, Any], options: Mapping[str, Any], key: str) -> str:
-    """The key of the first option the class rejects on its own (with the required ones), else ``key``."""
+def _culprit(cls: type, given: dict[str, Any], options: Mapping[str, Any]) -> str | None:
+    """The first option the class rejects on its own (with the required ones), else None."""
     required = {name: value for name, value in options.items() if _options(cls)[name].required}
     for name in sorted(options, key=lambda name: name not in required):  # required ones first
         try:
@@ -239,5 +240,5 @@ def _culprit(cls: type, given: dict[str, Any], options: Mapping[str, Any], key: 
                 warnings.simplefilter("ignore")  # already shown by the attempt that failed
                 cls(**given, **required, **{name: options[name]})
         except (TypeError, ValueError):
-            return f"{key}.{name}"
-    return key
+            return name
+    return None

@@ -23,6 +23,8 @@ from urllib.parse import unquote
 from core.train import CURVES, EpochRecord
 from sweep.errors import UsageError
 from sweep.integrity import check_sqlite
+from sweep.schema import (EPOCH_SECONDS, NOTE_TAG, PARENT_TAG, ROLE_PARENT, ROLE_TAG, ROLE_TRIAL, STUDY_ID_TAG,
+                          STUDY_TAG, TRIAL_TAG)
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -36,9 +38,6 @@ STATUS_FOR_STATE = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"
 FLUSH_EVERY_S = 5.0  # longest a logged epoch waits before it is visible in the UI
 RETRY_FOR_S = 30.0  # how long a call keeps retrying a locked database (each try may wait 20 s more in MLflow)
 
-PARENT_TAG, NOTE_TAG = "mlflow.parentRunId", "mlflow.note.content"
-ROLE_TAG, STUDY_TAG, TRIAL_TAG = "mlp_sweep.role", "mlp_sweep.study", "mlp_sweep.trial"
-STUDY_ID_TAG = "mlp_sweep.study_id"  # on a parent run: the random id of the Optuna study it belongs to
 TRACKING_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks")
 OPTUNA_TABLES, MLFLOW_TABLES = {"studies", "version_info"}, {"experiments", "runs"}  # what tells the two apart
 # log_batch limits (mlflow/utils/validation.py)
@@ -296,7 +295,7 @@ class Tracker:
             self.check_parent(run_id, study_id)
             run = (self._run(run_id) if run_id else None) or self._find_parent()
             if run is None:
-                tags = {ROLE_TAG: "parent", STUDY_TAG: self.study_name}
+                tags = {ROLE_TAG: ROLE_PARENT, STUDY_TAG: self.study_name}
                 if study_id:
                     tags[STUDY_ID_TAG] = study_id
                 if description:  # (no note rather than "None")
@@ -324,7 +323,7 @@ class Tracker:
     def _find_parent(self) -> Run | None:
         """The experiment's oldest run tagged as a parent."""
         runs = _retry(self._client.search_runs, [self.experiment_id],
-                      filter_string=f"tags.`{ROLE_TAG}` = 'parent'", order_by=["attributes.start_time ASC"],
+                      filter_string=f"tags.`{ROLE_TAG}` = '{ROLE_PARENT}'", order_by=["attributes.start_time ASC"],
                       max_results=1)
         return runs[0] if runs else None
 
@@ -337,7 +336,7 @@ class Tracker:
         """Open the trial's child run under the parent; its params (values are str()-ed) go with the
         first batch of metrics, so a short trial costs three writes: create, one batch, terminate."""
         tags = {PARENT_TAG: parent_run_id, STUDY_TAG: self.study_name, TRIAL_TAG: trial_number,
-                ROLE_TAG: "trial", **(tags or {})}
+                ROLE_TAG: ROLE_TRIAL, **(tags or {})}
         run = _retry(self._client.create_run, self.experiment_id, run_name=f"trial-{trial_number:04d}",
                      tags=_strings(tags, _MAX_TAG_CHARS))
         return TrialRun(self, run.info.run_id, params)
@@ -391,7 +390,7 @@ class TrialRun:
     def log_epoch(self, record: EpochRecord) -> None:
         """Buffer the epoch's curves and its SGD time (step = epoch); flush if FLUSH_EVERY_S has passed."""
         values = {name: getattr(record, name) for name in CURVES}
-        self._pending += _rows({**values, "epoch_seconds": record.seconds}, record.epoch)
+        self._pending += _rows({**values, EPOCH_SECONDS: record.seconds}, record.epoch)
         if time.monotonic() - self._sent_at >= FLUSH_EVERY_S:
             self._tracker._log_batch(self.run_id, self._pending, params=self._params)
             self._pending, self._params, self._sent_at = [], None, time.monotonic()

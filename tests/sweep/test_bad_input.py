@@ -23,7 +23,7 @@ import pytest
 
 from sweep import limits, objective
 from sweep.runner import Stores, create_or_resume, pack_size
-from sweep.spec import load_spec
+from sweep.studyfile import load_spec
 from sweep.storage import StorageSpec
 from tests.gzip_bomb import gzip_bomb
 from tests.sweep.bad_studies import EXHAUSTING, SEEDS, UNREADABLE, special_file

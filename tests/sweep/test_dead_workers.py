@@ -21,7 +21,7 @@ import pytest
 from optuna.trial import TrialState
 
 from sweep.runner import Stores, create_or_resume
-from sweep.spec import load_spec
+from sweep.studyfile import load_spec
 from sweep.storage import StorageSpec
 from sweep.words import plural
 from tests.sweep.conftest import child_runs, run_cli, tracking_client, write_study

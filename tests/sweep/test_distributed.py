@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from sweep.runner import PARENT_ATTR, Stores, create_or_resume
-from sweep.spec import load_spec
+from sweep.runner import Stores, create_or_resume
+from sweep.schema import PARENT_ATTR
+from sweep.studyfile import load_spec
 from sweep.storage import StorageSpec
 from tests.sweep.conftest import TINY
 from tests.sweep.pg import (QUIET, SWEEP, by_state, can_fake_a_host, check_agreement, check_grid_done, database_url, finish,

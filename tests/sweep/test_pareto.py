@@ -14,7 +14,7 @@ import pytest
 
 from sweep.cli import SHOWN_PARETO, summary
 from sweep.runner import Stores
-from sweep.spec import load_spec
+from sweep.studyfile import load_spec
 from sweep.storage import StorageSpec
 from tests.sweep.bad_studies import TWO_OBJECTIVES
 from tests.sweep.conftest import journal_study, run_cli, write_study

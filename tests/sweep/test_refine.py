@@ -9,11 +9,12 @@ import pytest
 from optuna.trial import TrialState
 
 from sweep.errors import UsageError
-from sweep.objective import RESULT_ATTR
 from sweep.refine import refine, refined_name, write_refined
-from sweep.runner import SPEC_ATTR
-from sweep.samplers import build_sampler, grid_key, grid_points, grid_size
-from sweep.spec import Categorical, FloatRange, Fixed, IntRange, load_spec, parse_spec, spec_to_dict, suggest
+from sweep.samplers import grid_key, grid_points
+from sweep.schema import RESULT_ATTR, SPEC_ATTR
+from sweep.space import Categorical, Fixed, FloatRange, IntRange
+from sweep.study import suggest
+from sweep.studyfile import load_spec, parse_spec, spec_to_dict
 from tests.sweep.conftest import journal_study, run_cli, stored_tiny_study
 from tests.sweep.test_report import result
 
@@ -42,9 +43,9 @@ TPE = {
 
 def run(spec, score, n_trials=None) -> optuna.Study:
     """The spec's study run on ``score(params)``, each trial storing a minimal result."""
-    study = optuna.create_study(study_name=spec.name, directions=spec.directions, sampler=build_sampler(spec))
+    study = optuna.create_study(study_name=spec.name, directions=spec.directions, sampler=spec.make_sampler())
     study.set_user_attr(SPEC_ATTR, spec_to_dict(spec))
-    for _ in range(n_trials or grid_size(spec)):
+    for _ in range(n_trials or spec.grid_size):
         trial = study.ask()
         params = suggest(spec, trial)
         trial.set_user_attr(RESULT_ATTR, result(0))
@@ -71,7 +72,7 @@ def test_grid_by_hand(grid):
     assert refined.space["batch_size"] == IntRange(12, 28, step=2)  # step 1 would give 17 points
     assert refined.space["eta"] == FloatRange(0.3, 0.7, step=0.05)  # 0.025 would give 17
     assert refined.space["lmbda"] == Fixed(0.5)
-    assert refined.n_trials == grid_size(refined) == 81
+    assert refined.n_trials == refined.grid_size == 81
     assert [dict(entry) for entry in refined.enqueue] == [{"batch_size": 20, "eta": 0.5}]
 
 
@@ -131,7 +132,7 @@ def test_multi_objective_refines_the_pareto_front():
     # batch size 20 widened by one step, the finest step within 1.5 x 10 points; eta spans the front: kept
     assert refined.space["batch_size"] == IntRange(16, 24, step=1)
     assert refined.space["eta"] == spec.space["eta"]  # the top 10% by accuracy alone would keep every batch size
-    assert refined.n_trials == grid_size(refined) == 90
+    assert refined.n_trials == refined.grid_size == 90
     assert "Pareto front on validation_accuracy and training_seconds (10 of 100" in refined.description
     assert [e["batch_size"] for e in refined.enqueue] == [20] * 10  # the whole front, best accuracy first
     assert [e["eta"] for e in refined.enqueue] == pytest.approx([1.0 - 0.1 * k for k in range(10)])
@@ -221,11 +222,11 @@ def test_a_refined_grid_runs_each_of_its_points_once_the_parent_best_first(workd
     assert not (workdir / "studies").exists()  # refine makes it
     assert run_cli("refine", "tiny", "--run", "--workers", workers, "--no-tracking") == 0
     spec = load_spec(workdir / "studies" / "tiny-refined.toml")
-    grid = grid_points(spec)
+    grid = grid_points(spec.searched)
     best = grid_key(journal_study(workdir, "tiny").best_params)
     study = journal_study(workdir, "tiny-refined")
     ran = [grid_key(t.params) for t in study.trials if t.state == TrialState.COMPLETE]
-    assert len(ran) == len(study.trials) == grid_size(spec) > 4
+    assert len(ran) == len(study.trials) == spec.grid_size > 4
     assert set(ran) == {grid_key(dict(zip(grid, values))) for values in itertools.product(*grid.values())}
     assert ran[0] == best  # enqueued: trial #0
     assert (workdir / "reports" / "tiny-refined" / "trials.csv").exists()  # the report of a grid study

@@ -11,10 +11,9 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from sweep.objective import RESULT_ATTR
 from sweep.report import (METRIC_COLUMNS, best_region, epochs_frame, objective_names, param_columns,
                           study_region, trials_frame, value_columns)
-from sweep.runner import SPEC_ATTR
+from sweep.schema import RESULT_ATTR, SPEC_ATTR
 
 N = 20  # completed trials 0..19 with value i
 DISTRIBUTIONS = {"x": IntDistribution(0, 19), "lr": FloatDistribution(1e-3, 1.0, log=True),

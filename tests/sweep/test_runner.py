@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from sweep.runner import Stores, create_or_resume
 from sweep.samplers import SAMPLERS
-from sweep.spec import load_spec
+from sweep.studyfile import load_spec
 from sweep.storage import StorageSpec
 from tests.sweep.conftest import child_runs, journal_study, run_cli, tracking_client, write_study
 

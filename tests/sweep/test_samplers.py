@@ -9,10 +9,10 @@ import optuna
 import pytest
 
 from sweep.errors import SpecError
-from sweep.samplers import (GRID_SAMPLERS, PRUNERS, SAMPLERS, SINGLE_OBJECTIVE_SAMPLERS, build_pruner,
-                            build_sampler, grid_key, grid_order, grid_points, grid_size, pruner_options,
-                            sampler_options)
-from sweep.spec import load_spec, parse_spec, suggest
+from sweep.samplers import (GRID_SAMPLERS, PRUNERS, SAMPLERS, SINGLE_OBJECTIVE_SAMPLERS, grid_key, grid_order,
+                            grid_points, pruner_options, sampler_options)
+from sweep.study import suggest
+from sweep.studyfile import load_spec, parse_spec
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
 
@@ -51,8 +51,8 @@ def toy(spec, trial):
 
 
 def run(spec, n_trials=4, seed_offset=0) -> optuna.Study:
-    study = optuna.create_study(directions=spec.directions, sampler=build_sampler(spec, seed_offset),
-                                pruner=build_pruner(spec))
+    study = optuna.create_study(directions=spec.directions, sampler=spec.make_sampler(seed_offset),
+                                pruner=spec.make_pruner())
     study.optimize(lambda trial: toy(spec, trial), n_trials=n_trials)
     return study
 
@@ -86,7 +86,7 @@ def test_multi_objective_samplers(name):
 @pytest.mark.parametrize("name", SINGLE_OBJECTIVE_SAMPLERS)
 def test_single_objective_samplers_are_refused_by_optuna_too(name):
     """The list matches the installed Optuna: these do fail on a multi-objective study."""
-    sampler = build_sampler(parse_spec(homework_spec(name), "test"))
+    sampler = parse_spec(homework_spec(name), "test").make_sampler()
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
     with pytest.raises(ValueError, match="multi-objective"):
         study.optimize(lambda trial: (trial.suggest_float("x", 0, 1), trial.suggest_int("y", 1, 5)), n_trials=2)
@@ -100,7 +100,7 @@ def test_seed_offset_gives_parallel_workers_other_points():
     assert first == [t.params for t in run(spec, seed_offset=0).trials]  # same seed, same points
     assert first != [t.params for t in run(spec, seed_offset=1).trials]
     with pytest.raises(ValueError, match="seed_offset"):
-        build_sampler(spec, -1)
+        spec.make_sampler(-1)
 
 
 @pytest.mark.parametrize("name", ["random", "tpe", "cmaes", "nsga2", "qmc", "gp"])
@@ -120,32 +120,32 @@ def test_grid_size_is_counted_not_listed():
     data["space"] = {"batch_size": {"type": "int", "low": 1, "high": 298, "step": 3},
                      "eta": {"type": "float", "low": 0.001, "high": 0.3, "step": 0.001}}
     spec = parse_spec(data, "test")
-    assert grid_size(spec) == math.prod(len(values) for values in grid_points(spec).values()) == 100 * 300
+    assert spec.grid_size == math.prod(len(values) for values in grid_points(spec.searched).values()) == 100 * 300
 
 
 def test_grid_points_of_the_coarse_grid():
     spec = load_spec(STUDIES / "coarse-grid-5k.toml")
-    points = grid_points(spec)
+    points = grid_points(spec.searched)
     assert points == {"batch_size": [5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55],
                       "eta": [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55]}
-    assert grid_size(spec) == 121
+    assert spec.grid_size == 121
 
 
 @pytest.mark.filterwarnings("error")  # e.g. Optuna's "value is out of range" for a grid value off the step
 def test_grid_sampler_covers_the_homework_grid_exactly_once():
     spec = load_spec(STUDIES / "homework-grid-5k.toml")
-    study = optuna.create_study(direction="maximize", sampler=build_sampler(spec))
-    study.optimize(lambda trial: toy(spec, trial), n_trials=grid_size(spec))  # the budget ends a sweep
+    study = optuna.create_study(direction="maximize", sampler=spec.make_sampler())
+    study.optimize(lambda trial: toy(spec, trial), n_trials=spec.grid_size)  # the budget ends a sweep
     seen = [(t.params["batch_size"], t.params["eta"]) for t in study.trials]
     assert len(seen) == 121
-    assert sorted(seen) == sorted(itertools.product(*grid_points(spec).values()))
+    assert sorted(seen) == sorted(itertools.product(*grid_points(spec.searched).values()))
 
 
 def test_grid_sampler_does_not_stop_the_study_itself():
     """Sweeps ask and tell outside Study.optimize, where study.stop() would raise."""
     spec = load_spec(STUDIES / "homework-grid-5k.toml")
-    study = optuna.create_study(direction="maximize", sampler=build_sampler(spec))
-    for _ in range(grid_size(spec)):
+    study = optuna.create_study(direction="maximize", sampler=spec.make_sampler())
+    for _ in range(spec.grid_size):
         trial = study.ask()
         study.tell(trial, toy(spec, trial))
     assert len({(t.params["batch_size"], t.params["eta"]) for t in study.trials}) == 121
@@ -157,8 +157,8 @@ def test_grid_of_a_log_int_range_and_choices():
     data["space"] = {"hidden": {"type": "int", "low": 10, "high": 20, "log": True},
                      "activation": {"type": "categorical", "choices": ["relu", "sigmoid"]}, "epochs": 2}
     spec = parse_spec(data, "test")
-    assert grid_points(spec) == {"hidden": list(range(10, 21)), "activation": ["relu", "sigmoid"]}
-    assert grid_size(spec) == 22
+    assert grid_points(spec.searched) == {"hidden": list(range(10, 21)), "activation": ["relu", "sigmoid"]}
+    assert spec.grid_size == 22
 
 
 def test_grid_order_walks_every_point_once_eta_and_lambda_fastest():
@@ -168,9 +168,9 @@ def test_grid_order_walks_every_point_once_eta_and_lambda_fastest():
                      "lmbda": {"type": "categorical", "choices": [0.0, 5.0]},
                      "batch_size": {"type": "categorical", "choices": [10, 20]}}
     spec = parse_spec(data, "test")
-    order = grid_order(spec)
-    points = grid_points(spec)
-    assert len(order) == grid_size(spec) == 36
+    order = grid_order(spec.searched)
+    points = grid_points(spec.searched)
+    assert len(order) == spec.grid_size == 36
     assert sorted(map(grid_key, order)) == sorted(grid_key(dict(zip(points, values)))
                                                   for values in itertools.product(*points.values()))
     structures = [(p["hidden"], p["batch_size"]) for p in order]
@@ -187,7 +187,7 @@ def test_grid_points_refuses_a_continuous_range():
     data = homework_spec("tpe")
     data["space"]["eta"] = {"type": "float", "low": 0.01, "high": 1.0, "log": True}
     with pytest.raises(ValueError, match="eta: a continuous range"):
-        grid_points(parse_spec(data, "test"))
+        grid_points(parse_spec(data, "test").searched)
 
 
 # Required options of each pruner, for building them.
@@ -199,9 +199,9 @@ def test_every_pruner_builds_and_prunes(name):
     data = homework_spec("random", pruner={"name": name, **PRUNER_NEEDS.get(name, {})})
     data["sampler"] = {"name": "random"}
     spec = parse_spec(data, "test")
-    pruner = build_pruner(spec)
+    pruner = spec.make_pruner()
     assert isinstance(pruner, optuna.pruners.BasePruner)
-    study = optuna.create_study(direction="maximize", pruner=pruner, sampler=build_sampler(spec))
+    study = optuna.create_study(direction="maximize", pruner=pruner, sampler=spec.make_sampler())
 
     def objective(trial):
         for epoch in range(1, 4):
@@ -215,7 +215,7 @@ def test_every_pruner_builds_and_prunes(name):
 
 
 def test_hyperband_of_the_shipped_study():
-    pruner = build_pruner(load_spec(STUDIES / "tpe-hyperband.toml"))
+    pruner = load_spec(STUDIES / "tpe-hyperband.toml").make_pruner()
     assert isinstance(pruner, optuna.pruners.HyperbandPruner)
     assert (pruner._min_resource, pruner._max_resource, pruner._reduction_factor) == (1, 30, 3)
 
@@ -224,7 +224,7 @@ def test_patient_wraps_the_wrapped_pruner():
     data = homework_spec("tpe")
     data["pruner"] = {"name": "patient", "patience": 3, "min_delta": 0.01,
                       "wrapped": {"name": "median", "n_warmup_steps": 2}}
-    pruner = build_pruner(parse_spec(data, "test"))
+    pruner = parse_spec(data, "test").make_pruner()
     assert isinstance(pruner, optuna.pruners.PatientPruner)
     assert (pruner._patience, pruner._min_delta) == (3, 0.01)
     assert isinstance(pruner._wrapped_pruner, optuna.pruners.MedianPruner)
@@ -234,7 +234,7 @@ def test_patient_wraps_the_wrapped_pruner():
 def test_patient_alone():
     data = homework_spec("tpe")
     data["pruner"] = {"name": "patient", "patience": 1}
-    assert build_pruner(parse_spec(data, "test"))._wrapped_pruner is None
+    assert parse_spec(data, "test").make_pruner()._wrapped_pruner is None
 
 
 @pytest.mark.parametrize("section, key, problem", [
@@ -277,12 +277,12 @@ def test_option_tables_come_from_the_signatures():
 @pytest.mark.filterwarnings("error::optuna.exceptions.ExperimentalWarning")
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_building_is_free_of_experimental_warnings(name):
-    build_sampler(parse_spec(homework_spec(name), "test"))
+    parse_spec(homework_spec(name), "test").make_sampler()
 
 
 def test_other_warnings_still_surface():
     with pytest.warns(FutureWarning, match="consider_endpoints"):
-        build_sampler(parse_spec(homework_spec("tpe", consider_endpoints=True), "test"))
+        parse_spec(homework_spec("tpe", consider_endpoints=True), "test").make_sampler()
 
 
 def test_experimental_pruner_builds_quietly():
@@ -291,4 +291,4 @@ def test_experimental_pruner_builds_quietly():
     spec = parse_spec(data, "test")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        build_pruner(spec)
+        spec.make_pruner()

@@ -10,11 +10,12 @@ import optuna
 import pytest
 
 from core import NetworkSpec, TrainConfig
-from sweep.errors import SpecError
-from sweep.samplers import grid_points, grid_size
-from sweep.spec import (DEFAULTS, METRICS, PER_EPOCH_METRICS, Categorical, DataSpec, FloatRange, Fixed,
-                        IntRange, InvalidValue, Objective, PrunerSpec, SamplerSpec, StudySpec, all_params,
-                        dumps, load_spec, parse_spec, spec_to_dict, suggest, trial_config)
+from sweep.errors import InvalidValue, SpecError
+from sweep.samplers import grid_points
+from sweep.schema import METRICS, PER_EPOCH_METRICS
+from sweep.space import DEFAULTS, Categorical, Fixed, FloatRange, IntRange
+from sweep.study import DataSpec, Objective, PrunerSpec, SamplerSpec, StudySpec, all_params, suggest, trial_config
+from sweep.studyfile import dumps, load_spec, parse_spec, spec_to_dict
 from tests.sweep.bad_studies import BAD_STUDIES, special_file
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
@@ -168,7 +169,7 @@ def test_grid_needs_no_budget(tmp_path):
     text = 'name = "g"\n[sampler]\nname = "grid"\n[train]\nbatch_size = 10\n[space]\n' \
            'eta = { type = "categorical", choices = [0.1, 0.2] }\n'
     spec = load_spec(write(tmp_path, text))
-    assert spec.n_trials is None and spec.timeout is None and grid_size(spec) == 2
+    assert spec.n_trials is None and spec.timeout is None and spec.grid_size == 2
 
 
 # --- immutability, equality, round trips
@@ -347,7 +348,7 @@ def test_shipped_study(name):
     assert spec.name == name and spec.description
     assert parse_spec(spec_to_dict(spec), spec.source) == spec
     if SHIPPED[name] is not None:
-        assert spec.sampler.name == "grid" and grid_size(spec) == SHIPPED[name]
+        assert spec.sampler.name == "grid" and spec.grid_size == SHIPPED[name]
     else:
         assert spec.n_trials is not None
 
@@ -372,7 +373,7 @@ HOMEWORK_ETAS = [0.08, 0.09, 0.10, 0.11, 0.12, 0.13, 0.14, 0.15, 0.16, 0.17, 0.1
 @pytest.mark.parametrize("name", ["homework-grid-5k", "homework-grid-mnist"])
 def test_homework_grid_is_the_homeworks(name):
     spec = load_spec(STUDIES / f"{name}.toml")
-    values = grid_points(spec)
+    values = grid_points(spec.searched)
     points = list(itertools.product(values["batch_size"], values["eta"]))
     assert len(set(points)) == len(points) == 121
     assert points == list(itertools.product(HOMEWORK_BATCH_SIZES, HOMEWORK_ETAS))  # == on floats: no 0.09000000000000001
@@ -384,7 +385,7 @@ def test_homework_grid_is_the_homeworks(name):
 def test_coarse_grid_is_the_homework_networks_on_a_wider_grid():
     coarse, homework = (load_spec(STUDIES / f"{name}.toml") for name in ("coarse-grid-5k", "homework-grid-5k"))
     assert (coarse.data, coarse.train) == (homework.data, homework.train)
-    values = grid_points(coarse)
+    values = grid_points(coarse.searched)
     assert values["batch_size"][0] == 5 and values["batch_size"][-1] == 55
     assert values["eta"] == [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55]
 

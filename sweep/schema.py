@@ -1,0 +1,72 @@
+"""Every name mlp-sweep stores, defined once: Optuna attributes, MLflow tags, metric names.
+
+A study in any storage and its runs in any tracking store are read back by these names
+(``sweep report`` on another machine, a resumed run, the dead-worker reaper), so they are
+part of the stored format: renaming one makes older studies unreadable. Below every
+module that reads or writes them; stdlib and ``core`` only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from core.train import CURVES
+
+_PREFIX = "mlp_sweep."
+
+# Optuna study user attributes
+SPEC_ATTR = _PREFIX + "spec"  # the study's settings (``studyfile.spec_to_dict``): resume and `sweep worker` read them
+PARENT_ATTR = _PREFIX + "parent_run_id"  # the study's MLflow parent run
+STUDY_ID_ATTR = _PREFIX + "study_id"  # a random id given at creation: tells apart studies of one name
+
+# Optuna trial user attributes
+WORKER_ATTR = _PREFIX + "worker"  # {"host", "pid", "started"}: who runs the trial
+RUN_ATTR = _PREFIX + "run_id"  # the trial's MLflow run
+RESULT_ATTR = _PREFIX + "result"  # a TrialRecord's dict: {"metrics", "history", "reason", "pruned_at_epoch"}
+RETRY_OF_ATTR = _PREFIX + "retry_of"  # on a queued copy: the number of the trial it re-runs
+REASON_ATTR = _PREFIX + "reason"  # on a queued copy: why the trial it re-runs ended (also an MLflow tag)
+
+# MLflow run tags (the first two are MLflow's own)
+PARENT_TAG, NOTE_TAG = "mlflow.parentRunId", "mlflow.note.content"
+ROLE_TAG, STUDY_TAG, TRIAL_TAG = _PREFIX + "role", _PREFIX + "study", _PREFIX + "trial"
+STUDY_ID_TAG = _PREFIX + "study_id"  # on a parent run: the random id of the Optuna study it belongs to
+REASON_TAG, PRUNED_AT_TAG = REASON_ATTR, _PREFIX + "pruned_at_epoch"  # on a trial's run: why it ended
+ROLE_PARENT, ROLE_TRIAL = "parent", "trial"  # values of ROLE_TAG
+
+#: What a trial can be judged on. The per-epoch ones are also reported after every
+#: epoch (best_validation_accuracy as the running maximum), so a pruner can use them.
+METRICS = (*CURVES, "best_validation_accuracy", "test_accuracy", "training_seconds", "gap")
+PER_EPOCH_METRICS = (*CURVES, "best_validation_accuracy")
+EPOCHS_RUN = "epochs_run"  # a final metric besides METRICS: how many epochs the trial trained
+EPOCH_SECONDS = "epoch_seconds"  # an MLflow per-epoch metric besides the curves: that epoch's SGD time
+#: The keys of a trial's stored history, one list each (an epoch per item).
+HISTORY_KEYS = ("epoch", *CURVES, "seconds")
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """What a finished (or interrupted) trial stores under RESULT_ATTR.
+
+    ``metrics``: final metrics (METRICS and EPOCHS_RUN, those known); ``history``: HISTORY_KEYS
+    to per-epoch lists; ``reason``: why it was pruned or failed; ``pruned_at_epoch``: where.
+    """
+
+    history: Mapping[str, list] = field(default_factory=dict)
+    metrics: Mapping[str, float] | None = None
+    reason: str | None = None
+    pruned_at_epoch: int | None = None
+
+    def to_attr(self) -> dict[str, Any]:
+        """The stored form: plain JSON, keys left out when unknown."""
+        out: dict[str, Any] = {"history": dict(self.history)}
+        for key in ("metrics", "reason", "pruned_at_epoch"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = dict(value) if key == "metrics" else value
+        return out
+
+    def tags(self) -> dict[str, str]:
+        """The MLflow tags that say why the trial ended (none for a completed one)."""
+        given = {REASON_TAG: self.reason, PRUNED_AT_TAG: self.pruned_at_epoch}
+        return {key: str(value) for key, value in given.items() if value is not None}
