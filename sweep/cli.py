@@ -174,7 +174,7 @@ def summary(study, stores, report_dir: Path | None = None) -> str:
     from optuna.trial import TrialState
 
     from sweep.schema import RESULT_ATTR
-    from sweep.storage import redact
+    from sweep.urls import redact
 
     trials = study.get_trials(deepcopy=False)
     by_state = {s: sum(t.state == s for t in trials) for s in TrialState}

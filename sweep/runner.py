@@ -27,22 +27,22 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from core.data import DataError, Dataset, load_dataset
+from sweep.adapters import FIXED_PARAMS_ATTR, MLFLOW_PRELOAD
 from sweep.errors import TrialsKeepFailing, UsageError, WorkersDied
 from sweep.limits import MAX_FAILED_IN_A_ROW
 from sweep.objective import TrialRunner, is_alive_here, worker_identity
 from sweep.samplers import GRID_SAMPLERS, PACKABLE, grid_key, grid_order, grid_points
 from sweep.schema import (PARENT_ATTR, REASON_ATTR, REASON_TAG, RESULT_ATTR, RETRY_OF_ATTR, RUN_ATTR, SPEC_ATTR,
                           STUDY_ID_ATTR, WORKER_ATTR)
+from sweep.storage import StorageSpec, heartbeat_settings, not_yet_made, open_storage, study_lock
 from sweep.study import StudySpec, suggest
 from sweep.studyfile import parse_spec, spec_to_dict
-from sweep.storage import StorageSpec, heartbeat_settings, not_yet_made, open_storage, redact, study_lock
 from sweep.tracking import Tracker, check_reachable
+from sweep.urls import redact
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 PACK_MAX = 16  # trials trained together at most
 FAILING_EXIT = 3  # exit code of a local worker process that stopped on TrialsKeepFailing
-
-optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 STOP = threading.Event()  # set by Ctrl-C / SIGTERM; trials stop at their next epoch
 _RECEIVED: set[int] = set()  # the signals that set STOP
@@ -170,7 +170,7 @@ def _starting_points(spec: StudySpec) -> list[dict]:
 def trial_point(trial: FrozenTrial) -> dict:
     """The parameters a trial ran or was queued to run: its fixed ones (an enqueued or re-queued
     trial's, whole even if it died while sampling them) and those it sampled."""
-    return {**trial.system_attrs.get("fixed_params", {}), **trial.params}
+    return {**trial.system_attrs.get(FIXED_PARAMS_ATTR, {}), **trial.params}
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -352,10 +352,10 @@ class Worker:
             identity = t.user_attrs.get(WORKER_ATTR)
             if identity is None or is_alive_here(identity) is False:
                 try:
-                    self.study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-                except RuntimeError:  # finished meanwhile
+                    frozen = self.study.tell(t.number, state=TrialState.FAIL)
+                except (RuntimeError, ValueError):  # finished meanwhile (told, or reaped by another worker)
                     continue
-                self._interrupted(self.study._storage.get_trial(t._trial_id), "worker process died")
+                self._interrupted(frozen, "worker process died")
                 reaped.append(t.number)
         if self.rdb:  # (Optuna's one public way to apply the heartbeat's grace period, marked experimental)
             with warnings.catch_warnings():
@@ -366,12 +366,10 @@ class Worker:
 
     def _failed(self, trial: optuna.Trial) -> FrozenTrial:
         """The trial, told FAIL if it was still running."""
-        frozen = self.study._storage.get_trial(trial._trial_id)
-        if frozen.state == TrialState.RUNNING:
-            trial.set_user_attr(RESULT_ATTR, {**frozen.user_attrs.get(RESULT_ATTR, {}), "reason": "interrupted"})
-            self.study.tell(trial, state=TrialState.FAIL)
-            frozen = self.study._storage.get_trial(trial._trial_id)
-        return frozen
+        running = {t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        if trial.number in running:
+            trial.set_user_attr(RESULT_ATTR, {**trial.user_attrs.get(RESULT_ATTR, {}), "reason": "interrupted"})
+        return self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
 
     def _stale(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """Optuna's heartbeat found a dead worker's trial (already FAIL)."""
@@ -395,7 +393,11 @@ class Worker:
         self.study.enqueue_trial(params, user_attrs={RETRY_OF_ATTR: trial.number, REASON_ATTR: reason})
 
     def _heartbeat(self, trials: list[optuna.Trial]):
-        return _Heartbeat(self.study._storage, [t._trial_id for t in trials]) if self.rdb else _NoHeartbeat()
+        if not self.rdb:
+            return _NoHeartbeat()
+        study_id = self.storage.get_study_id_from_name(self.study.study_name)
+        ids = [self.storage.get_trial_id_from_study_id_trial_number(study_id, t.number) for t in trials]
+        return _Heartbeat(self.storage, ids)
 
 
 class _NoHeartbeat:
@@ -407,7 +409,8 @@ class _NoHeartbeat:
 
 
 class _Heartbeat(threading.Thread):
-    """Records the trials' heartbeats every interval while they run (RDB storages)."""
+    """Records the trials' heartbeats every interval while they run (RDB storages: the storage's
+    own heartbeat methods, which ``Study.optimize`` calls; a sweep asks and tells trials itself)."""
 
     def __init__(self, storage, trial_ids: list[int]) -> None:
         super().__init__(daemon=True)
@@ -447,7 +450,6 @@ def _worker_main(study_name: str, stores: Stores, budget: Budget, data_dir: str 
 
 
 PRELOAD = ["sweep.runner"]  # about 1 s of imports
-TRACKING_PRELOAD = ["mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store"]  # about 2 s more
 
 
 def prepare_workers(tracking: bool) -> None:
@@ -459,7 +461,7 @@ def prepare_workers(tracking: bool) -> None:
     """
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD + (TRACKING_PRELOAD if tracking else []))
+    ctx.set_forkserver_preload(PRELOAD + (list(MLFLOW_PRELOAD) if tracking else []))  # (about 2 s more)
     from multiprocessing import forkserver
 
     forkserver.ensure_running()

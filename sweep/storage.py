@@ -23,7 +23,7 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
 from sweep.errors import UsageError
 from sweep.integrity import check_journal, check_sqlite
-from sweep.tracking import MLFLOW_TABLES, OPTUNA_TABLES, in_memory_sqlite, redact, sqlite_tables
+from sweep.urls import MLFLOW_TABLES, OPTUNA_TABLES, in_memory_sqlite, redact, sqlite_file, sqlite_tables
 
 DEFAULT_JOURNAL = "mlruns/optuna.journal"
 HEARTBEAT_INTERVAL = 5  # seconds between heartbeats of a running trial (RDB storages)
@@ -127,10 +127,7 @@ def _local_file(spec: StorageSpec) -> Path | None:
     """The file of a journal or SQLite storage; None for servers and in-memory SQLite."""
     if not spec.is_rdb:
         return spec.journal_path
-    if spec.scheme == "sqlite":
-        path = spec.url.split(":///", 1)[1].split("?", 1)[0] if ":///" in spec.url else ""
-        return Path(path) if path and path != ":memory:" else None
-    return None
+    return sqlite_file(spec.url)
 
 
 def _refuse_damaged(spec: StorageSpec, local: Path, read_only: bool) -> None:
@@ -253,7 +250,7 @@ def study_lock(spec: StorageSpec, study_name: str) -> Iterator[None]:
         return
     if spec.scheme.startswith("mysql"):
         raise UsageError("--storage: MySQL is not supported for sweeps yet; use PostgreSQL")
-    base = spec.journal_path if not spec.is_rdb else Path(spec.url.split(":///", 1)[1])
+    base = _local_file(spec)  # (never None here: in-memory SQLite is refused by check_identity)
     lock_path = base.with_name(f"{base.name}.{hashlib.sha256(study_name.encode()).hexdigest()[:12]}.lock")
     with open(lock_path, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)

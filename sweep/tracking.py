@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import random
-import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence, TypeVar
@@ -22,16 +22,15 @@ from urllib.parse import unquote
 
 from core.train import CURVES, EpochRecord
 from sweep.errors import UsageError
+from sweep.adapters import MLFLOW_DB_LOGGER, batch_limits
 from sweep.integrity import check_sqlite
 from sweep.schema import (EPOCH_SECONDS, NOTE_TAG, PARENT_TAG, ROLE_PARENT, ROLE_TAG, ROLE_TRIAL, STUDY_ID_TAG,
                           STUDY_TAG, TRIAL_TAG)
+from sweep.urls import MLFLOW_TABLES, OPTUNA_TABLES, in_memory_sqlite, redact, sqlite_file, sqlite_tables
+from sweep.urls import scheme as url_scheme
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
-
-# Before mlflow is first imported: no telemetry thread, no "View run ..." lines on stdout.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 STATUS_FOR_STATE = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
@@ -39,9 +38,6 @@ FLUSH_EVERY_S = 5.0  # longest a logged epoch waits before it is visible in the 
 RETRY_FOR_S = 30.0  # how long a call keeps retrying a locked database (each try may wait 20 s more in MLflow)
 
 TRACKING_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks")
-OPTUNA_TABLES, MLFLOW_TABLES = {"studies", "version_info"}, {"experiments", "runs"}  # what tells the two apart
-# log_batch limits (mlflow/utils/validation.py)
-_MAX_METRICS, _MAX_PARAMS, _MAX_TAGS, _MAX_PARAM_CHARS, _MAX_TAG_CHARS = 1000, 100, 100, 6000, 8000
 _LOCKED = ("database is locked", "database table is locked")
 
 MetricRow = tuple[str, float, int, int]  # key, value, timestamp (ms), step
@@ -57,49 +53,24 @@ def _is_locked(exc: BaseException | None) -> bool:
     return False
 
 
-# Migrations ("Creating initial MLflow database tables...") stay off the console, and so do the
-# tracebacks MLflow logs for lock errors that _retry then recovers from (or re-raises).
-logging.getLogger("alembic").setLevel(logging.WARNING)
-_db_log = logging.getLogger("mlflow.store.db.utils")
-_db_log.setLevel(logging.WARNING)
-_db_log.addFilter(lambda record: not (record.exc_info and _is_locked(record.exc_info[1])))
+@functools.cache
+def configure() -> None:
+    """Set MLflow up for a sweep, once per process and before mlflow is first imported: no
+    telemetry thread, no "View run ..." lines on stdout; migrations ("Creating initial MLflow
+    database tables...") stay off the console, and so do the tracebacks MLflow logs for lock
+    errors that _retry then recovers from (or re-raises). The launcher calls it as it starts;
+    a Tracker calls it too, for library use."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    db_log = logging.getLogger(MLFLOW_DB_LOGGER)
+    db_log.setLevel(logging.WARNING)
+    db_log.addFilter(lambda record: not (record.exc_info and _is_locked(record.exc_info[1])))
 
 
 def default_tracking_uri(root: Path) -> str:
     """The SQLite tracking URI of a store directory."""
     return f"sqlite:///{root}/mlflow.db"
-
-
-def _sqlite_file(tracking_uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI; None for in-memory databases and other schemes."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    path = unquote(tracking_uri.removeprefix("sqlite:///").split("?", 1)[0])
-    return Path(path) if path not in ("", ":memory:") else None
-
-
-def sqlite_tables(db: Path) -> set[str]:
-    """The table names of an existing SQLite file (empty if it is not one), read without touching it.
-
-    ``immutable=1``: not even the ``-shm`` index of a WAL database is rewritten (as ``mode=ro``
-    would). Tables still only in an uncheckpointed ``-wal`` are missed; both MLflow and Optuna
-    make theirs before any write-ahead logging starts.
-    """
-    import sqlite3
-
-    try:
-        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro&immutable=1", uri=True)) as conn:
-            return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.Error:
-        return set()
-
-
-def in_memory_sqlite(url: str) -> bool:
-    """Whether an SQLite URL names a private in-memory database (``sqlite://``, ``sqlite:///:memory:``)."""
-    if not url.lower().startswith("sqlite:"):
-        return False
-    path = url.split("://", 1)[-1].split("?", 1)[0]
-    return path in ("", "/", "/:memory:") or "mode=memory" in url
 
 
 def check_tracking_uri(tracking_uri: str) -> None:
@@ -109,7 +80,7 @@ def check_tracking_uri(tracking_uri: str) -> None:
     tables but not MLflow's (an Optuna storage, say). Nothing is created or changed.
     """
     where = f"--tracking-uri {redact(tracking_uri)}"
-    scheme = tracking_uri.split("://", 1)[0].lower() if "://" in tracking_uri else ""
+    scheme = url_scheme(tracking_uri)
     if scheme and scheme.split("+")[0] not in TRACKING_SCHEMES:
         raise UsageError(f"{where}: unknown scheme {scheme!r} (use sqlite:///FILE, postgresql://..., "
                          f"http(s)://SERVER or a directory)")
@@ -118,7 +89,7 @@ def check_tracking_uri(tracking_uri: str) -> None:
     local = Path(unquote(tracking_uri.removeprefix("file://"))) if scheme in ("", "file") else None
     if local is not None and local.exists() and not local.is_dir():
         raise UsageError(f"{where}: {local} is a file, not a store directory (for SQLite use sqlite:///{local})")
-    db = _sqlite_file(tracking_uri)
+    db = sqlite_file(tracking_uri)
     if db is not None and db.is_file():
         tables = sqlite_tables(db)
         if tables and not MLFLOW_TABLES <= tables:
@@ -128,14 +99,8 @@ def check_tracking_uri(tracking_uri: str) -> None:
 
 def artifact_root_for(tracking_uri: str) -> str | None:
     """``artifacts/`` beside a SQLite database, as a file URI; None lets a tracking server decide."""
-    db = _sqlite_file(tracking_uri)
+    db = sqlite_file(tracking_uri)
     return (db.resolve().parent / "artifacts").as_uri() if db else None
-
-
-def redact(url: str) -> str:
-    """The text with the password of any URL in it (user:PASSWORD@ or ?password=) replaced by ***."""
-    url = re.sub(r"([A-Za-z][\w+.-]*://[^:/@\s]*:)\S*@", r"\1***@", url)  # to the last @: raw @ in a password
-    return re.sub(r"([?&]passw(?:or)?d=)[^&#\s]*", r"\1***", url, flags=re.IGNORECASE)
 
 
 def _strings(values: dict, limit: int) -> dict[str, str]:
@@ -152,10 +117,11 @@ def _rows(values: dict[str, float | None], step: int) -> list[MetricRow]:
 
 def _batches(metrics: list, params: list, tags: list) -> Iterator[tuple[list, list, list]]:
     """Split one logical batch into log_batch calls within MLflow's per-call limits."""
+    limits = batch_limits()
     while metrics or params or tags:
-        p, params = params[:_MAX_PARAMS], params[_MAX_PARAMS:]
-        t, tags = tags[:_MAX_TAGS], tags[_MAX_TAGS:]
-        room = _MAX_METRICS - len(p) - len(t)  # 1000 entities per call in all
+        p, params = params[:limits.params], params[limits.params:]
+        t, tags = tags[:limits.tags], tags[limits.tags:]
+        room = min(limits.metrics, limits.entities - len(p) - len(t))  # (1000 entities per call in all)
         m, metrics = metrics[:room], metrics[room:]
         yield m, p, t
 
@@ -210,10 +176,10 @@ def check_reachable(tracking_uri: str, timeout: float = 10.0) -> None:
 
     MLflow itself retries a refused connection for minutes before it gives up.
     """
-    db = _sqlite_file(tracking_uri)
+    db = sqlite_file(tracking_uri)
     if db is not None:
         check_sqlite(db)
-    scheme = tracking_uri.split("://", 1)[0].lower() if "://" in tracking_uri else ""
+    scheme = url_scheme(tracking_uri)
     try:
         if scheme in ("http", "https"):
             import urllib.error
@@ -242,11 +208,12 @@ class Tracker:
     """MLflow tracking for one study: one experiment, one parent run, one child run per trial."""
 
     def __init__(self, tracking_uri: str, study_name: str) -> None:
+        configure()
         from mlflow.tracking import MlflowClient
 
         self.tracking_uri, self.study_name = tracking_uri, study_name
         check_reachable(tracking_uri)
-        self._db = _sqlite_file(tracking_uri)
+        self._db = sqlite_file(tracking_uri)
         with _exclusive(self._db):
             self._client = _retry(MlflowClient, tracking_uri)
             if self._db is not None:
@@ -301,7 +268,7 @@ class Tracker:
                 if description:  # (no note rather than "None")
                     tags[NOTE_TAG] = description
                 run = _retry(self._client.create_run, self.experiment_id, run_name=self.study_name,
-                             tags=_strings(tags, _MAX_TAG_CHARS))
+                             tags=_strings(tags, batch_limits().tag_chars))
                 self._log_batch(run.info.run_id, params=params)
             elif run.info.status != "RUNNING":
                 _retry(self._client.update_run, run.info.run_id, status="RUNNING")
@@ -338,7 +305,7 @@ class Tracker:
         tags = {PARENT_TAG: parent_run_id, STUDY_TAG: self.study_name, TRIAL_TAG: trial_number,
                 ROLE_TAG: ROLE_TRIAL, **(tags or {})}
         run = _retry(self._client.create_run, self.experiment_id, run_name=f"trial-{trial_number:04d}",
-                     tags=_strings(tags, _MAX_TAG_CHARS))
+                     tags=_strings(tags, batch_limits().tag_chars))
         return TrialRun(self, run.info.run_id, params)
 
     def end_run(self, run_id: str, status: str, tags: dict | None = None) -> None:
@@ -372,8 +339,8 @@ class Tracker:
         from mlflow.entities import Metric, Param, RunTag
 
         for m, p, t in _batches([Metric(*row) for row in metrics],
-                                [Param(*item) for item in _strings(params or {}, _MAX_PARAM_CHARS).items()],
-                                [RunTag(*item) for item in _strings(tags or {}, _MAX_TAG_CHARS).items()]):
+                                [Param(*item) for item in _strings(params or {}, batch_limits().param_chars).items()],
+                                [RunTag(*item) for item in _strings(tags or {}, batch_limits().tag_chars).items()]):
             _retry(self._client.log_batch, run_id, metrics=m, params=p, tags=t, synchronous=True)
 
 

@@ -9,13 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from sweep import tracking  # before mlflow: it turns MLflow's telemetry off
+from sweep import tracking
 
-from mlflow.tracking import MlflowClient  # isort: skip
+tracking.configure()  # before mlflow is imported: it turns MLflow's telemetry off
+
+from mlflow.tracking import MlflowClient  # noqa: E402  isort: skip
 
 from core.train import CURVES, EpochRecord
 from sweep.errors import UsageError
-from sweep.tracking import Tracker, artifact_root_for, default_tracking_uri, redact
+from sweep.tracking import Tracker, artifact_root_for, default_tracking_uri
+from sweep.urls import redact
 
 STATES = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
