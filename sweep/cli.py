@@ -8,6 +8,7 @@ Only this module prints, reads flags or picks default paths.
 from __future__ import annotations
 
 import gc
+import itertools
 import math
 import os
 import subprocess
@@ -18,7 +19,7 @@ from pathlib import Path
 import click
 
 from sweep import limits
-from sweep.errors import DamagedStore, TrialsKeepFailing, UsageError, WorkersDied
+from sweep.errors import DamagedStore, Stopped, TrialsKeepFailing, UsageError, WorkersDied
 from sweep.words import plural
 
 DEFAULT_STORE_DIR = Path("mlruns")
@@ -31,6 +32,7 @@ SHOWN_PARETO = 5  # Pareto trials `sweep run` prints; summary.txt lists them all
 UI_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
           "PYTHONWARNINGS": "ignore:starlette.middleware.wsgi is deprecated"}
 UI_GRACE = 10  # seconds the UI's processes have to stop before they are killed
+DEBUG_ENV = "MLP_SWEEP_DEBUG"  # =1: like --debug
 
 
 def default_storage() -> str:
@@ -76,6 +78,10 @@ storage_option = click.option("--storage", metavar="URL",
 tracking_option = click.option("--tracking-uri", metavar="URI",
                                help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or "
                                     "sqlite:///mlruns/mlflow.db]")
+def no_tracking_option(what: str = "Do not log to MLflow."):
+    return click.option("--no-tracking", is_flag=True, help=what)
+
+
 data_dir_option = click.option("--data-dir", type=click.Path(file_okay=False), metavar="DIR",
                                help="Directory holding the four MNIST .gz files (else $MNIST_DIR, else the cache).")
 
@@ -89,7 +95,7 @@ def trial_options(command):
         click.option("--timeout", type=SECONDS, metavar="SECONDS", help="Stop starting new trials after this long."),
         storage_option,
         tracking_option,
-        click.option("--no-tracking", is_flag=True, help="Do not log to MLflow."),
+        no_tracking_option(),
         click.option("--no-pack", is_flag=True,
                      help="Train every trial alone (by default grid trials that differ only in eta and lmbda "
                           "train together in one vectorised pass, with identical results)."),
@@ -100,8 +106,12 @@ def trial_options(command):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def cli() -> None:
+@click.option("--debug", is_flag=True, help=f"Show the traceback of an unexpected error (also ${DEBUG_ENV}=1).")
+def cli(debug) -> None:
     """Hyperparameter sweeps of a NumPy MLP on MNIST: Optuna studies, tracked in MLflow."""
+    from sweep.runner import configure_libraries
+
+    configure_libraries()  # (``main`` reads --debug itself: it handles what the command raises)
 
 
 @cli.command()
@@ -229,7 +239,7 @@ def _write_report(study, stores, out_dir: Path, **options) -> None:
 @click.argument("study_name", metavar="STUDY")
 @storage_option
 @tracking_option
-@click.option("--no-tracking", is_flag=True, help="Do not log the report to MLflow.")
+@no_tracking_option("Do not log the report to MLflow.")
 @click.option("--out", type=click.Path(file_okay=False), metavar="DIR",
               help="Directory for the report files [default: reports/STUDY].")
 @click.option("--quantile", type=FRACTION, default=0.10, show_default=True,
@@ -253,7 +263,7 @@ def report(study_name, storage, tracking_uri, no_tracking, out, quantile, gap_th
 @click.argument("study_name", metavar="STUDY")
 @storage_option
 @tracking_option
-@click.option("--no-tracking", is_flag=True, help="With --run: do not log to MLflow.")
+@no_tracking_option("With --run: do not log to MLflow.")
 @click.option("--quantile", type=FRACTION, default=0.10, show_default=True,
               help="Fraction of the completed trials whose region the new study searches (single "
                    "objective; a multi-objective study's region is its Pareto front).")
@@ -292,17 +302,16 @@ def refine(ctx, study_name, storage, tracking_uri, no_tracking, quantile, out, r
 @trial_options
 def worker(study_name, n_trials, timeout, storage, tracking_uri, no_tracking, no_pack, data_dir) -> None:
     """Join an existing study (from any machine) and run trials until its budget is spent."""
-    import time
-
     from threadpoolctl import threadpool_limits
 
-    from sweep.runner import Budget, Worker, load_stored_study, stop_on_signals, study_budget
+    from sweep.runner import Budget, Worker, join_stored_study, load_data, stop_on_signals
 
     stores = _stores(storage, tracking_uri, no_tracking)
-    _, spec = load_stored_study(study_name, stores)
-    budget = Budget(study_budget(spec, n_trials), None if timeout is None else time.monotonic() + timeout)
+    opened = join_stored_study(study_name, stores)
+    budget = Budget.start(opened.spec, n_trials, timeout)
+    data = load_data(opened.spec, data_dir)
     with threadpool_limits(1), stop_on_signals():  # SIGTERM, like Ctrl-C: stop at the next epoch's end
-        ran = Worker(study_name, stores, budget, data_dir, pack=not no_pack).run()
+        ran = Worker(opened, budget, data, pack=not no_pack).run()
     click.echo(f"worker ran {plural(ran, 'trial')} of {study_name}")
 
 
@@ -438,8 +447,15 @@ def damaged_store_message(exc: DamagedStore) -> str:
             f"nothing was written to it; {how}")
 
 
+def _debug(args: list[str]) -> bool:
+    """Whether --debug (an option of ``sweep`` itself, before the command) or $MLP_SWEEP_DEBUG=1 asks for tracebacks."""
+    leading = list(itertools.takewhile(lambda arg: arg.startswith("-"), args))
+    return "--debug" in leading or os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: the one place where errors become messages and exit codes."""
+    debug = _debug(sys.argv[1:] if argv is None else list(argv))
     try:
         code = cli.main(args=argv, prog_name="sweep", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:
@@ -467,14 +483,18 @@ def main(argv: list[str] | None = None) -> None:
                    f"killed ({how}) before its budget was spent ({exc.done} of {exc.budget} trials ended); "
                    "run the same command again to continue", err=True)
         code = 1
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (Stopped, KeyboardInterrupt, click.exceptions.Abort):
         click.echo("interrupted: finished trials are kept; run the same command again to continue", err=True)
         code = 130
     except click.exceptions.Exit as exc:
         code = exc.exit_code
-    except Exception:
-        traceback.print_exc()
-        click.echo("sweep: unexpected error (the traceback above says where); please report it", err=True)
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        where = "the traceback above says where" if debug else f"--debug or {DEBUG_ENV}=1 shows where"
+        first = str(exc).strip().splitlines()
+        click.echo(f"sweep: unexpected error: {type(exc).__name__}{': ' + first[0] if first else ''} ({where}); "
+                   "please report it", err=True)
         code = 1
     if argv is None:  # the process's own command line: it ends here
         # Everything is written and closed. The interpreter's teardown would walk every object

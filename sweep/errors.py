@@ -29,6 +29,11 @@ class SpecError(UsageError):
         super().__init__(f"{self.source}: {key}: {problem}" if key else f"{self.source}: {problem}")
 
 
+class Stopped(Exception):
+    """A run stopped when asked to (Ctrl-C, SIGTERM) at a safe point: finished trials are kept,
+    interrupted ones queued again."""
+
+
 class TrialsKeepFailing(Exception):
     """A worker stopped because its last ``count`` trials of study ``study`` all failed (see
     limits.MAX_FAILED_IN_A_ROW); ``reason`` is why the last one failed."""

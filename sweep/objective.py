@@ -76,6 +76,7 @@ class _Trial:
     run: TrialRun | None
     history: list[EpochRecord] = field(default_factory=list)
     best: float = -math.inf
+    interrupted: bool = False  # stopped because a stop was requested, not by the pruner
 
     @property
     def pack_key(self) -> tuple:
@@ -99,28 +100,26 @@ class TrialRunner:
     parent_run_id: str | None
     stop_requested: Callable[[], bool] = lambda: False
 
-    def run(self, trials: list[optuna.Trial]) -> list[TrialState]:
-        """Train the trials, track them, tell Optuna; return their final states.
+    def run(self, trials: list[optuna.Trial]) -> dict[int, TrialState]:
+        """Train the trials, track them, tell Optuna; return the final states of those told, by number.
 
         A trial that does not learn (diverges, or stays at chance: core's LearningCheck)
-        is pruned with the reason, any other exception fails it (the study goes on);
-        KeyboardInterrupt/SystemExit fail every trial not yet told, and propagate.
+        is pruned with the reason, any other exception fails it (the study goes on). Once a
+        stop is requested, trials stop at their next epoch's end: each not done is recorded
+        as interrupted (its epochs so far, its run ended) and left untold, for the caller.
         """
-        pending = [self._prepare(t) for t in trials]
         groups: dict[tuple, list[_Trial]] = {}
-        for t in pending:
+        for t in map(self._prepare, trials):
             groups.setdefault(t.pack_key, []).append(t)
         states = {}
-        try:
-            for group in groups.values():
-                for t, outcome in zip(group, self._train(group)):
+        for group in groups.values():
+            outcomes = [None] * len(group) if self.stop_requested() else self._train(group)
+            for t, outcome in zip(group, outcomes):
+                if outcome is None or t.interrupted:
+                    self._record(t, TrialState.FAIL, TrialRecord(_history(t.history), reason="interrupted"))
+                else:
                     states[t.trial.number] = self._conclude(t, outcome)
-                    pending.remove(t)
-        except BaseException:  # Ctrl-C, SIGTERM: fail them, so that a later run retries them
-            for t in pending:
-                self._finish(t, TrialState.FAIL, TrialRecord(_history(t.history), reason="interrupted"), None)
-            raise
-        return [states[t.number] for t in trials]
+        return states
 
     def _prepare(self, trial: optuna.Trial) -> _Trial:
         params = suggest(self.spec, trial)
@@ -152,8 +151,9 @@ class TrialRunner:
         prune = spec.pruner.name != "none" and not spec.is_multi_objective and metric in PER_EPOCH_METRICS
 
         def on_epoch(record: EpochRecord) -> bool:
-            if self.stop_requested():  # Ctrl-C or SIGTERM, acted on at a safe point
-                raise KeyboardInterrupt
+            if self.stop_requested():  # Ctrl-C or SIGTERM, acted on at a safe point (this epoch is not kept)
+                t.interrupted = True
+                return True
             t.history.append(record)
             if t.run is not None:
                 t.run.log_epoch(record)
@@ -193,11 +193,14 @@ class TrialRunner:
 
     def _finish(self, t: _Trial, state: TrialState, record: TrialRecord, values: list[float] | None) -> None:
         """Record the result in the trial, end the MLflow run, then tell Optuna (in that order)."""
+        self._record(t, state, record)
+        self.study.tell(t.trial, values, state=state if values is None else None)
+
+    def _record(self, t: _Trial, state: TrialState, record: TrialRecord) -> None:
         t.trial.set_user_attr(RESULT_ATTR, record.to_attr())
         if t.run is not None:
             summary = {k: v for k, v in (record.metrics or {}).items() if k not in CURVES}  # curves are per epoch
             t.run.finish(state.name, summary, record.tags())
-        self.study.tell(t.trial, values, state=state if values is None else None)
 
 
 def _history(records: list[EpochRecord]) -> dict[str, list]:

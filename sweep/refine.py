@@ -20,7 +20,7 @@ import optuna
 
 from sweep.errors import UsageError
 from sweep.report import ParamRegion, objective_names, param_columns, study_region, trials_frame
-from sweep.samplers import GRID_SAMPLERS, grid_size
+from sweep.samplers import GRID_SAMPLERS
 from sweep.space import Categorical, Fixed, FloatRange, IntRange, Param
 from sweep.study import StudySpec
 from sweep.studyfile import dumps

@@ -28,12 +28,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from core.data import DataError, Dataset, load_dataset
 from sweep.adapters import FIXED_PARAMS_ATTR, MLFLOW_PRELOAD
-from sweep.errors import TrialsKeepFailing, UsageError, WorkersDied
+from sweep import tracking
+from sweep.errors import Stopped, TrialsKeepFailing, UsageError, WorkersDied
 from sweep.limits import MAX_FAILED_IN_A_ROW
 from sweep.objective import TrialRunner, is_alive_here, worker_identity
 from sweep.samplers import GRID_SAMPLERS, PACKABLE, grid_key, grid_order, grid_points
 from sweep.schema import (PARENT_ATTR, REASON_ATTR, REASON_TAG, RESULT_ATTR, RETRY_OF_ATTR, RUN_ATTR, SPEC_ATTR,
-                          STUDY_ID_ATTR, WORKER_ATTR)
+                          STUDY_ID_ATTR, WORKER_ATTR, TrialRecord)
 from sweep.storage import StorageSpec, heartbeat_settings, not_yet_made, open_storage, study_lock
 from sweep.study import StudySpec, suggest
 from sweep.studyfile import parse_spec, spec_to_dict
@@ -95,6 +96,11 @@ class Budget:
     n_trials: int
     deadline: float | None  # time.monotonic() value, or None
 
+    @classmethod
+    def start(cls, spec: StudySpec, n_trials: int | None, timeout: float | None) -> Budget:
+        """The budget of a run starting now: ``study_budget``'s trials, ``timeout`` seconds (None: no deadline)."""
+        return cls(study_budget(spec, n_trials), None if timeout is None else time.monotonic() + timeout)
+
     def expired(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
@@ -117,13 +123,52 @@ def _unchanged(stored: dict, given: dict) -> list[str]:
     return sorted(k for k in keys if stored.get(k) != given.get(k))
 
 
-def create_or_resume(spec: StudySpec, stores: Stores) -> tuple[optuna.Study, str | None]:
-    """Create the study (or find it again) and its MLflow parent run; return both."""
+STALE_REASON = "worker stopped sending heartbeats"
+
+
+@dataclass
+class OpenStudy:
+    """A study opened in this process, made once and used by everything that runs its trials:
+    its spec, the storage (connections belong to one process), the study with its sampler
+    and pruner, the MLflow tracker (None: not tracked) and the study's parent run."""
+
+    spec: StudySpec
+    stores: Stores
+    storage: optuna.storages.BaseStorage
+    study: optuna.Study
+    tracker: Tracker | None
+    parent: str | None
+
+    def requeue(self, trial: FrozenTrial, reason: str) -> None:
+        """A trial that did not end by itself: its run is KILLED and it is queued again.
+
+        The copy carries the same parameters (those it was queued with, if it died before
+        sampling; a grid point stays taken by the failed trial, so no other trial runs it
+        meanwhile) and names the trial it re-runs. A trial with neither ran nothing.
+        """
+        if trial.state != TrialState.FAIL or trial.number in retried_numbers(self.study.get_trials(deepcopy=False)):
+            return
+        run_id = trial.user_attrs.get(RUN_ATTR)
+        if self.tracker is not None and run_id:
+            self.tracker.end_run(run_id, "KILLED", {REASON_TAG: reason})
+        params = trial_point(trial)
+        if not params:  # died before sampling, and was not queued with parameters: nothing to run again
+            return
+        self.study.enqueue_trial(params, user_attrs={RETRY_OF_ATTR: trial.number, REASON_ATTR: reason})
+
+
+def create_or_resume(spec: StudySpec, stores: Stores) -> OpenStudy:
+    """Create the study (or find it again) and its MLflow parent run: what ``sweep run`` opens once."""
     if stores.tracking_uri is not None:
         check_reachable(stores.tracking_uri)  # before the study is stored
     if stores.storage.is_rdb:
         heartbeat_settings()  # bad settings are refused first, also when the storage is not yet made
-    storage = None if not_yet_made(stores.storage) else open_storage(stores.storage)  # made once no check fails
+
+    def on_stale(study: optuna.Study, trial: FrozenTrial) -> None:  # Optuna's heartbeat found a dead worker's trial
+        opened.requeue(trial, STALE_REASON)  # (``opened`` is made below, before any trial runs)
+
+    # made once no check fails:
+    storage = None if not_yet_made(stores.storage) else open_storage(stores.storage, on_stale)
     kwargs = {"study_name": spec.name, "sampler": spec.make_sampler(), "pruner": spec.make_pruner()}
     exists = storage is not None and spec.name in optuna.get_all_study_names(storage)  # (create_study writes)
     study = optuna.load_study(storage=storage, **kwargs) if exists else None
@@ -137,8 +182,8 @@ def create_or_resume(spec: StudySpec, stores: Stores) -> tuple[optuna.Study, str
     if tracker is not None:  # before a new study is stored: its name may be taken in MLflow by another
         tracker.check_parent(study.user_attrs.get(PARENT_ATTR) if study else None, study_id)
     if study is None:
-        study = optuna.create_study(directions=spec.directions, storage=storage or open_storage(stores.storage),
-                                    **kwargs)
+        storage = storage or open_storage(stores.storage, on_stale)
+        study = optuna.create_study(directions=spec.directions, storage=storage, **kwargs)
         study.set_user_attr(STUDY_ID_ATTR, study_id)
     if stored is None:
         study.set_user_attr(SPEC_ATTR, given)
@@ -150,7 +195,28 @@ def create_or_resume(spec: StudySpec, stores: Stores) -> tuple[optuna.Study, str
                                     params={"storage": redact(stores.storage.url), **_flat(given)})
         if study.user_attrs.get(PARENT_ATTR) != parent:
             study.set_user_attr(PARENT_ATTR, parent)
-    return study, parent
+    opened = OpenStudy(spec, stores, storage, study, tracker, parent)
+    return opened
+
+
+def join_study(spec: StudySpec, stores: Stores, parent: str | None, seed_offset: int = 0) -> OpenStudy:
+    """Open the existing study of ``spec`` in a worker process (its own connections, a sampler
+    seeded with its ``seed_offset``), logging under the parent run ``parent``."""
+    def on_stale(study: optuna.Study, trial: FrozenTrial) -> None:
+        opened.requeue(trial, STALE_REASON)  # (``opened`` is made below, before any trial runs)
+
+    storage = open_storage(stores.storage, on_stale, create=False)
+    study = optuna.load_study(study_name=spec.name, storage=storage, sampler=spec.make_sampler(seed_offset),
+                              pruner=spec.make_pruner())
+    tracker = Tracker(stores.tracking_uri, spec.name) if stores.tracking_uri else None
+    opened = OpenStudy(spec, stores, storage, study, tracker, parent)
+    return opened
+
+
+def join_stored_study(name: str, stores: Stores) -> OpenStudy:
+    """``sweep worker`` on any machine: the study ``name`` with the spec and parent run stored in it."""
+    study, spec = load_stored_study(name, stores)
+    return join_study(spec, stores, study.user_attrs.get(PARENT_ATTR))
 
 
 def _starting_points(spec: StudySpec) -> list[dict]:
@@ -183,10 +249,9 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def load_stored_study(name: str, stores: Stores, seed_offset: int = 0, heartbeat_callback: Callable | None = None,
-                      *, read_only: bool = False) -> tuple[optuna.Study, StudySpec]:
-    """Open an existing study by name with the settings stored in it (``read_only``: see open_storage)."""
-    storage = open_storage(stores.storage, heartbeat_callback, create=False, read_only=read_only)
+def load_stored_study(name: str, stores: Stores, *, read_only: bool = False) -> tuple[optuna.Study, StudySpec]:
+    """Read an existing study by name and the spec stored in it (``read_only``: see open_storage)."""
+    storage = open_storage(stores.storage, create=False, read_only=read_only)
     names = optuna.get_all_study_names(storage)
     if name not in names:
         known = ", ".join(sorted(names)) or "none"
@@ -195,9 +260,8 @@ def load_stored_study(name: str, stores: Stores, seed_offset: int = 0, heartbeat
     if stored is None:
         raise UsageError(f"study {name!r} was not created by mlp-sweep (it has no stored settings)")
     spec = parse_spec(stored, source=f"study {name}")
-    study = optuna.load_study(study_name=name, storage=storage, sampler=spec.make_sampler(seed_offset),
-                              pruner=spec.make_pruner())
-    return study, spec
+    return optuna.load_study(study_name=name, storage=storage, sampler=spec.make_sampler(),
+                             pruner=spec.make_pruner()), spec
 
 
 def load_data(spec: StudySpec, data_dir: str | None, progress=None) -> Dataset:
@@ -252,18 +316,13 @@ def counted(trials: list[FrozenTrial], states=COUNTED) -> int:
 class Worker:
     """The loop one process runs: reap dead trials, claim a trial under the lock, train it."""
 
-    def __init__(self, study_name: str, stores: Stores, budget: Budget, data_dir: str | None = None,
-                 seed_offset: int = 0, data: Dataset | None = None,
+    def __init__(self, opened: OpenStudy, budget: Budget, data: Dataset,
                  on_trial: Callable[[], None] | None = None, workers: int = 1, pack: bool = True) -> None:
-        self.stores = stores
-        self.tracker = Tracker(stores.tracking_uri, study_name) if stores.tracking_uri else None
-        self.study, self.spec = load_stored_study(study_name, stores, seed_offset, self._stale)
+        self.opened, self.study, self.spec, self.stores = opened, opened.study, opened.spec, opened.stores
         self.budget = budget
         self.on_trial = on_trial
-        self.data = data if data is not None else load_data(self.spec, data_dir)
-        parent = self.study.user_attrs.get(PARENT_ATTR)
-        self.runner = TrialRunner(self.study, self.spec, self.data, self.tracker, parent, STOP.is_set)
-        self.rdb = stores.storage.is_rdb
+        self.runner = TrialRunner(self.study, self.spec, data, opened.tracker, opened.parent, STOP.is_set)
+        self.rdb = self.stores.storage.is_rdb
         self.workers = workers
         self.pack = pack_size(self.spec) if pack else 1
         self.grid = grid_order(self.spec.searched) if self.spec.sampler.name == "grid" else None
@@ -276,23 +335,23 @@ class Worker:
         ran = failed_in_a_row = 0
         while not self.budget.expired():
             trials = self._claim()
-            if STOP.is_set():  # claimed as the signal came: not started, queued again
+            states: dict[int, TrialState] = {}
+            try:
+                with self._heartbeat(trials):
+                    if trials and not STOP.is_set():
+                        states = self.runner.run(trials)
+            finally:  # the one place where interrupted trials end: a stop, or an exception (a second Ctrl-C)
                 for trial in trials:
-                    self._interrupted(self._failed(trial), "interrupted")
-                raise KeyboardInterrupt
+                    if trial.number not in states:
+                        self.opened.requeue(self._failed(trial), "interrupted")
+            if STOP.is_set():
+                raise Stopped
             if not trials:
                 break
-            with self._heartbeat(trials):
-                try:
-                    states = self.runner.run(trials)
-                except BaseException:
-                    for trial in trials:
-                        self._interrupted(self._failed(trial), "interrupted")
-                    raise
             ran += len(trials)
             if self.on_trial is not None:
                 self.on_trial()
-            failed_in_a_row = failed_in_a_row + len(trials) if set(states) == {TrialState.FAIL} else 0
+            failed_in_a_row = failed_in_a_row + len(trials) if set(states.values()) == {TrialState.FAIL} else 0
             if failed_in_a_row >= MAX_FAILED_IN_A_ROW:
                 raise TrialsKeepFailing(self.spec.name, failed_in_a_row, last_failure(self.study))
         return ran
@@ -327,7 +386,7 @@ class Worker:
         non-PACKABLE values (so they train as one pack); return how many.
 
         Every trial takes its point for good: a failed one is either counted or re-queued
-        with its point (see ``_interrupted``)."""
+        with its point (see ``OpenStudy.requeue``)."""
         taken = {grid_key(trial_point(t)) for t in trials}
         free = [point for point in self.grid if grid_key(point) not in taken]
         if not free or n <= 0:
@@ -355,7 +414,7 @@ class Worker:
                     frozen = self.study.tell(t.number, state=TrialState.FAIL)
                 except (RuntimeError, ValueError):  # finished meanwhile (told, or reaped by another worker)
                     continue
-                self._interrupted(frozen, "worker process died")
+                self.opened.requeue(frozen, "worker process died")
                 reaped.append(t.number)
         if self.rdb:  # (Optuna's one public way to apply the heartbeat's grace period, marked experimental)
             with warnings.catch_warnings():
@@ -365,39 +424,19 @@ class Worker:
         return reaped
 
     def _failed(self, trial: optuna.Trial) -> FrozenTrial:
-        """The trial, told FAIL if it was still running."""
+        """The trial, told FAIL if it was still running (with a reason, unless it recorded one)."""
         running = {t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-        if trial.number in running:
-            trial.set_user_attr(RESULT_ATTR, {**trial.user_attrs.get(RESULT_ATTR, {}), "reason": "interrupted"})
+        if trial.number in running and RESULT_ATTR not in trial.user_attrs:
+            trial.set_user_attr(RESULT_ATTR, TrialRecord(reason="interrupted").to_attr())
         return self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-
-    def _stale(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        """Optuna's heartbeat found a dead worker's trial (already FAIL)."""
-        self._interrupted(trial, "worker stopped sending heartbeats")
-
-    def _interrupted(self, trial: FrozenTrial, reason: str) -> None:
-        """A trial that did not end by itself: its run is KILLED and it is queued again.
-
-        The copy carries the same parameters (those it was queued with, if it died before
-        sampling; a grid point stays taken by the failed trial, so no other trial runs it
-        meanwhile) and names the trial it re-runs. A trial with neither ran nothing.
-        """
-        if trial.state != TrialState.FAIL or trial.number in retried_numbers(self.study.get_trials(deepcopy=False)):
-            return
-        run_id = trial.user_attrs.get(RUN_ATTR)
-        if self.tracker is not None and run_id:
-            self.tracker.end_run(run_id, "KILLED", {REASON_TAG: reason})
-        params = trial_point(trial)
-        if not params:  # died before sampling, and was not queued with parameters: nothing to run again
-            return
-        self.study.enqueue_trial(params, user_attrs={RETRY_OF_ATTR: trial.number, REASON_ATTR: reason})
 
     def _heartbeat(self, trials: list[optuna.Trial]):
         if not self.rdb:
             return _NoHeartbeat()
-        study_id = self.storage.get_study_id_from_name(self.study.study_name)
-        ids = [self.storage.get_trial_id_from_study_id_trial_number(study_id, t.number) for t in trials]
-        return _Heartbeat(self.storage, ids)
+        storage = self.opened.storage
+        study_id = storage.get_study_id_from_name(self.study.study_name)
+        return _Heartbeat(storage, [storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+                                    for t in trials])
 
 
 class _NoHeartbeat:
@@ -434,16 +473,40 @@ class _Heartbeat(threading.Thread):
             self.beat()
 
 
-def _worker_main(study_name: str, stores: Stores, budget: Budget, data_dir: str | None, seed_offset: int,
-                 workers: int, pack: bool) -> None:
+def configure_libraries() -> None:
+    """Quiet Optuna (warnings only) and set MLflow up (``tracking.configure``): by the launcher
+    as it starts, and by each local worker process (the fork server starts afresh)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    tracking.configure()
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """What the launcher hands a local worker process: plain values, since connections to the
+    stores belong to one process (the worker opens its own, once, with ``join_study``)."""
+
+    spec: dict  # studyfile.spec_to_dict of the launcher's spec
+    source: str
+    stores: Stores
+    parent: str | None
+    budget: Budget
+    data_dir: str | None
+    workers: int
+    pack: bool
+
+
+def _worker_main(plan: WorkerPlan, seed_offset: int) -> None:
     """Entry point of a local worker process: one BLAS thread, SIGTERM like Ctrl-C."""
     from threadpoolctl import threadpool_limits
 
+    configure_libraries()
     threadpool_limits(1)
+    spec = parse_spec(plan.spec, plan.source)
     with stop_on_signals():
         try:
-            Worker(study_name, stores, budget, data_dir, seed_offset, workers=workers, pack=pack).run()
-        except KeyboardInterrupt:
+            opened = join_study(spec, plan.stores, plan.parent, seed_offset)
+            Worker(opened, plan.budget, load_data(spec, plan.data_dir), workers=plan.workers, pack=plan.pack).run()
+        except (Stopped, KeyboardInterrupt):  # (a second signal: at once)
             pass
         except TrialsKeepFailing:
             raise SystemExit(FAILING_EXIT) from None  # the supervisor says why
@@ -453,7 +516,7 @@ PRELOAD = ["sweep.runner"]  # about 1 s of imports
 
 
 def prepare_workers(tracking: bool) -> None:
-    """Start the fork server now, importing PRELOAD (and TRACKING_PRELOAD for tracked runs) once
+    """Start the fork server now, importing PRELOAD (and MLflow's store for tracked runs) once
     while this process does other work.
 
     Workers are then forked from it ready-made (clean, single-threaded, one BLAS thread)
@@ -467,13 +530,12 @@ def prepare_workers(tracking: bool) -> None:
     forkserver.ensure_running()
 
 
-def start_workers(study_name: str, stores: Stores, budget: Budget, data_dir: str | None,
-                  n: int, pack: bool = True) -> list[multiprocessing.Process]:
-    """Start n local worker processes from the fork server (see ``prepare_workers``)."""
-    prepare_workers(stores.tracking_uri is not None)
+def start_workers(plan: WorkerPlan) -> list[multiprocessing.Process]:
+    """Start the plan's local worker processes from the fork server (see ``prepare_workers``)."""
+    prepare_workers(plan.stores.tracking_uri is not None)
     ctx = multiprocessing.get_context("forkserver")
-    procs = [ctx.Process(target=_worker_main, args=(study_name, stores, budget, data_dir, i, n, pack), daemon=False,
-                         name=f"sweep-worker-{i}") for i in range(n)]
+    procs = [ctx.Process(target=_worker_main, args=(plan, i), daemon=False, name=f"sweep-worker-{i}")
+             for i in range(plan.workers)]
     for p in procs:
         p.start()
     return procs
@@ -517,27 +579,28 @@ def run_study(spec: StudySpec, stores: Stores, *, n_trials: int | None = None, t
     if workers > 1:
         prepare_workers(stores.tracking_uri is not None)  # imports in the background while we load data and open the stores
     data = load_data(spec, data_dir, data_progress)  # bad data stops us before anything is stored
-    study, parent = create_or_resume(spec, stores)
-    timeout = timeout if timeout is not None else spec.timeout
-    budget = Budget(study_budget(spec, n_trials), None if timeout is None else time.monotonic() + timeout)
+    opened = create_or_resume(spec, stores)
+    study = opened.study
+    budget = Budget.start(spec, n_trials, timeout if timeout is not None else spec.timeout)
     report = (lambda: on_progress(progress_of(study, budget.n_trials))) if on_progress else None
     status = "KILLED"
     try:
         with stop_on_signals():
             if workers == 1:
-                Worker(spec.name, stores, budget, data=data, on_trial=report, pack=pack).run()
+                Worker(opened, budget, data, on_trial=report, pack=pack).run()
             else:
                 del data  # each worker loads its own copy
                 target = min(budget.n_trials, spec.grid_size) if spec.sampler.name in GRID_SAMPLERS \
                     else budget.n_trials  # (a grid runs out of points)
-                _supervise(start_workers(spec.name, stores, budget, data_dir, workers, pack), report, study, budget,
-                           target)
+                plan = WorkerPlan(spec_to_dict(spec), spec.source, stores, opened.parent, budget, data_dir, workers,
+                                  pack)
+                _supervise(start_workers(plan), report, study, budget, target)
             if STOP.is_set():
-                raise KeyboardInterrupt
+                raise Stopped
         status = "FINISHED"
     finally:
-        if parent is not None:
-            Tracker(stores.tracking_uri, spec.name).finish_parent(parent, status)
+        if opened.tracker is not None and opened.parent is not None:
+            opened.tracker.finish_parent(opened.parent, status)
     return study
 
 
@@ -563,7 +626,7 @@ def _signal_wakeup() -> Iterator[int | None]:
 def _supervise(procs: list[multiprocessing.Process], report: Callable | None, study: optuna.Study,
                budget: Budget, target: int) -> None:
     """Wait for local workers, reporting progress; pass Ctrl-C or SIGTERM on to them at once,
-    let them stop, then re-raise.
+    let them stop, then raise Stopped.
 
     A worker killed by a signal is expected: the others fail and retry its trials. Raises
     TrialsKeepFailing if a worker stopped on it, RuntimeError if one raised, and WorkersDied
@@ -577,7 +640,7 @@ def _supervise(procs: list[multiprocessing.Process], report: Callable | None, st
                     p.terminate()
                 for p in alive:
                     p.join()
-                raise KeyboardInterrupt
+                raise Stopped
             if report is not None:
                 report()
             ready = wait([p.sentinel for p in alive] + ([] if wakeup is None else [wakeup]), timeout=0.5)

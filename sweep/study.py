@@ -24,7 +24,7 @@ from sweep import limits, samplers
 from sweep.errors import InvalidValue, SpecError
 from sweep.samplers import GRID_SAMPLERS, PRUNERS, SAMPLERS, SINGLE_OBJECTIVE_SAMPLERS, Option
 from sweep.schema import METRICS, PER_EPOCH_METRICS
-from sweep.space import (DEFAULTS, MONITORS, SETTINGS, STR, TABLE, TRAIN_KEYS, TUNABLE, Categorical, Fixed,
+from sweep.space import (DEFAULTS, SETTINGS, STR, TABLE, TRAIN_KEYS, TUNABLE, Categorical, Fixed,
                          Param, at_key, check_study_name, checked_param, did_you_mean, int_at_least, is_int,
                          join_key, one_of, positive, show)
 

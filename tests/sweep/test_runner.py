@@ -68,7 +68,7 @@ def test_enqueued_points_count_as_their_grid_points(workdir, sampler, workers):
 
 def test_a_trial_that_died_while_sampling_is_run_again_with_its_whole_point(workdir):
     study_file = write_study(workdir / "tiny.toml", epochs=1)
-    study, _ = create_or_resume(load_spec(study_file), Stores(StorageSpec("mlruns/optuna.journal"), None))
+    study = create_or_resume(load_spec(study_file), Stores(StorageSpec("mlruns/optuna.journal"), None)).study
     study.enqueue_trial({"batch_size": 20, "eta": 0.2})
     study.ask().suggest_int("batch_size", 10, 30, step=10)  # its worker died here: eta not sampled, no name
     assert run_cli("run", study_file, "--no-tracking", "--no-report") == 0
