@@ -1,0 +1,40 @@
+"""The internals sweep/adapters.py relies on are still where it says, in the installed Optuna and MLflow.
+
+Each test fails loudly after an upgrade that moves one, instead of the sweep going quietly wrong.
+"""
+
+import importlib
+import logging
+
+import optuna
+
+from sweep import adapters, tracking
+
+
+def test_an_enqueued_trial_keeps_its_parameters_in_the_fixed_params_system_attr():
+    study = optuna.create_study()
+    study.enqueue_trial({"x": 0.25, "n": 3})
+    trial = study.ask()
+    assert study.get_trials(deepcopy=False)[0].system_attrs[adapters.FIXED_PARAMS_ATTR] == {"x": 0.25, "n": 3}
+    assert trial.suggest_float("x", 0, 1) == 0.25  # (what Optuna itself reads it for)
+
+
+def test_the_preloaded_mlflow_modules_exist():
+    for name in adapters.MLFLOW_PRELOAD:
+        assert importlib.import_module(name).__name__ == name  # the fork server would skip a missing one silently
+
+
+def test_mlflow_logs_lock_retries_to_the_filtered_logger():
+    module = importlib.import_module(adapters.MLFLOW_DB_LOGGER)
+    assert logging.getLogger(adapters.MLFLOW_DB_LOGGER) is getattr(module, "_logger")
+    tracking.configure()
+    assert logging.getLogger(adapters.MLFLOW_DB_LOGGER).filters  # the filter of recovered lock errors
+
+
+def test_batch_limits_are_mlflows_own():
+    limits = adapters.batch_limits()
+    validation = importlib.import_module(adapters.MLFLOW_LIMITS_MODULE)
+    assert (limits.metrics, limits.params, limits.entities, limits.param_chars, limits.tag_chars) == (
+        validation.MAX_METRICS_PER_BATCH, validation.MAX_PARAMS_TAGS_PER_BATCH, validation.MAX_ENTITIES_PER_BATCH,
+        validation.MAX_PARAM_VAL_LENGTH, validation.MAX_TAG_VAL_LENGTH)
+    assert 0 < limits.params <= limits.entities and limits.metrics <= limits.entities
