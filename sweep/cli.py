@@ -19,7 +19,8 @@ from pathlib import Path
 import click
 
 from sweep import limits
-from sweep.errors import DamagedStore, Stopped, TrialsKeepFailing, UsageError, WorkersDied
+from sweep.errors import (DamagedStore, FileExists, ReportOptionError, Stopped, StoreError, TrialsKeepFailing,
+                          UsageError, WorkersDied)
 from sweep.words import plural
 
 DEFAULT_STORE_DIR = Path("mlruns")
@@ -33,6 +34,7 @@ UI_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMET
           "PYTHONWARNINGS": "ignore:starlette.middleware.wsgi is deprecated"}
 UI_GRACE = 10  # seconds the UI's processes have to stop before they are killed
 DEBUG_ENV = "MLP_SWEEP_DEBUG"  # =1: like --debug
+STORE_FLAGS = {StoreError.STORAGE: "--storage", StoreError.TRACKING: "--tracking-uri"}  # the flag naming each store
 
 
 def default_storage() -> str:
@@ -467,6 +469,16 @@ def main(argv: list[str] | None = None) -> None:
         code = 2
     except DamagedStore as exc:
         click.echo(f"sweep: error: {damaged_store_message(exc)}", err=True)
+        code = 2
+    except StoreError as exc:
+        where = f"{STORE_FLAGS[exc.store]} {exc.url}" if exc.url else STORE_FLAGS[exc.store]
+        click.echo(f"sweep: error: {where}: {exc.problem}", err=True)
+        code = 2
+    except ReportOptionError as exc:
+        click.echo(f"sweep: error: --{exc.option} {exc.value}: {exc.problem}", err=True)
+        code = 2
+    except FileExists as exc:  # (refine's study file)
+        click.echo(f"sweep: error: {exc.path} already exists; choose another --out or remove it", err=True)
         code = 2
     except UsageError as exc:
         click.echo(f"sweep: error: {exc}", err=True)

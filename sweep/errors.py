@@ -21,6 +21,33 @@ class InvalidValue(ValueError):
         self.key, self.problem = key, problem
 
 
+class StoreError(UsageError):
+    """A store that cannot be used: ``store`` is STORAGE (Optuna's) or TRACKING (MLflow's), ``url``
+    the store as given, passwords redacted (None: the message does not repeat it), ``problem`` what is wrong."""
+
+    STORAGE, TRACKING = "storage", "tracking"
+
+    def __init__(self, store: str, url: str | None, problem: str) -> None:
+        self.store, self.url, self.problem = store, url, problem
+        super().__init__(f"{store} {url}: {problem}" if url else f"{store}: {problem}")
+
+
+class ReportOptionError(UsageError):
+    """A report setting that does not fit the study: ``option`` (its name), the ``value`` given and the problem."""
+
+    def __init__(self, option: str, value: str, problem: str) -> None:
+        self.option, self.value, self.problem = option, value, problem
+        super().__init__(f"{option} {value}: {problem}")
+
+
+class FileExists(UsageError):
+    """A file that is never written over: ``path``."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = os.fspath(path)
+        super().__init__(f"{self.path} already exists")
+
+
 class SpecError(UsageError):
     """A study file that cannot be used; the message names the file, the key and the problem."""
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import optuna
 
-from sweep.errors import UsageError
+from sweep.errors import FileExists, UsageError
 from sweep.report import ParamRegion, objective_names, param_columns, study_region, trials_frame
 from sweep.samplers import GRID_SAMPLERS
 from sweep.space import Categorical, Fixed, FloatRange, IntRange, Param
@@ -151,7 +151,7 @@ def write_refined(spec: StudySpec, path: str | os.PathLike) -> Path:
         finally:
             temp.unlink(missing_ok=True)
     except FileExistsError:
-        raise UsageError(f"{path} already exists; choose another --out or remove it") from None
+        raise FileExists(path) from None
     except OSError as exc:
         raise _cannot_write(path, exc) from None
     return path

@@ -21,11 +21,12 @@ import optuna
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
-from sweep.errors import UsageError
+from sweep.errors import StoreError, UsageError
 from sweep.integrity import check_journal, check_sqlite
 from sweep.urls import MLFLOW_TABLES, OPTUNA_TABLES, in_memory_sqlite, redact, sqlite_file, sqlite_tables
 
 DEFAULT_JOURNAL = "mlruns/optuna.journal"
+STORAGE = StoreError.STORAGE
 HEARTBEAT_INTERVAL = 5  # seconds between heartbeats of a running trial (RDB storages)
 GRACE_PERIOD = 20  # a trial silent this long is taken for dead
 CONNECT_TIMEOUT = 10  # seconds to reach a database server
@@ -35,7 +36,7 @@ RDB_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "mysql", "mysql+py
 
 @dataclass(frozen=True)
 class StorageSpec:
-    """A parsed ``--storage`` value: an RDB URL or a journal file path."""
+    """A parsed storage location: an RDB URL or a journal file path."""
 
     url: str
 
@@ -60,10 +61,10 @@ class StorageSpec:
 
     def __post_init__(self) -> None:
         if not self.url:
-            raise UsageError("--storage: empty storage URL")
+            raise StoreError(STORAGE, None, "empty storage URL")
         if self.scheme != "journal" and self.scheme not in RDB_SCHEMES:
-            raise UsageError(f"--storage: unknown storage scheme {self.scheme!r} in {redact(self.url)} "
-                             f"(use a journal file path, sqlite:///FILE or postgresql://...)")
+            raise StoreError(STORAGE, None, f"unknown storage scheme {self.scheme!r} in {redact(self.url)} "
+                                            f"(use a journal file path, sqlite:///FILE or postgresql://...)")
 
 
 class JournalFlock(JournalFileOpenLock):  # (Optuna's lock base class is private; only the interface is used)
@@ -151,25 +152,25 @@ def _refuse_damaged(spec: StorageSpec, local: Path, read_only: bool) -> None:
 
 
 def check_identity(spec: StorageSpec) -> None:
-    """UsageError unless ``--storage`` names an Optuna storage, or a place where one can be made.
+    """StoreError unless the storage is an Optuna storage, or a place where one can be made.
 
     Refused: a journal whose directory does not exist (a mistyped path would start a second
     study of the same name), in-memory SQLite (workers share the storage) and a database
     that holds tables but not Optuna's (MLflow's ``mlflow.db``, say). Read-only.
     """
-    where = f"--storage {redact(spec.url)}"
+    where = redact(spec.url)
     if not spec.is_rdb:
         if not spec.journal_path.parent.is_dir():
-            raise UsageError(f"{where}: {spec.journal_path} does not exist, nor does its directory "
+            raise StoreError(STORAGE, where, f"{spec.journal_path} does not exist, nor does its directory "
                              f"{spec.journal_path.parent} (create the directory first)")
         return
     if in_memory_sqlite(spec.url):
-        raise UsageError(f"{where}: an in-memory database is private to one process; give a file (sqlite:///FILE)")
+        raise StoreError(STORAGE, where, "an in-memory database is private to one process; give a file (sqlite:///FILE)")
     local = _local_file(spec)
     tables = sqlite_tables(local) if local is not None and local.is_file() else _server_tables(spec)
     if tables and not OPTUNA_TABLES <= tables:
         what = "an MLflow tracking store" if MLFLOW_TABLES <= tables else "a database of something else"
-        raise UsageError(f"{where}: the database is {what}, not an Optuna storage")
+        raise StoreError(STORAGE, where, f"the database is {what}, not an Optuna storage")
 
 
 def not_yet_made(spec: StorageSpec) -> bool:
@@ -183,13 +184,13 @@ def _server_tables(spec: StorageSpec) -> set[str]:
     """The table names of a PostgreSQL storage; empty if it cannot be read (open_storage then says why)."""
     if not spec.scheme.startswith("postgresql"):
         return set()
-    import sqlalchemy
+    import sqlalchemy  # (only for servers: Optuna imports it only for them too)
 
     engine = sqlalchemy.create_engine(spec.sqlalchemy_url, poolclass=sqlalchemy.pool.NullPool,
                                       connect_args={"connect_timeout": CONNECT_TIMEOUT})
     try:
         return set(sqlalchemy.inspect(engine).get_table_names())
-    except Exception:  # unreachable or not allowed: open_storage reports it in its own words
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError):  # unreachable or not allowed: open_storage says why
         return set()
     finally:
         engine.dispose()
@@ -205,7 +206,7 @@ def open_storage(spec: StorageSpec, heartbeat_callback: Callable | None = None, 
     """
     local = _local_file(spec)
     if not create and local is not None and not local.exists():
-        raise UsageError(f"--storage: {local} does not exist (no study is stored there)")
+        raise StoreError(STORAGE, None, f"{local} does not exist (no study is stored there)")
     if local is not None:
         _refuse_damaged(spec, local, read_only)
     if not spec.is_rdb:
@@ -214,7 +215,9 @@ def open_storage(spec: StorageSpec, heartbeat_callback: Callable | None = None, 
             path.parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFlock(str(path))))
         except OSError as exc:
-            raise UsageError(f"--storage: cannot open journal {path}: {exc.strerror or exc}") from None
+            raise StoreError(STORAGE, None, f"cannot open journal {path}: {exc.strerror or exc}") from None
+    import sqlalchemy
+
     interval, grace = heartbeat_settings()
     engine_kwargs: dict = {"pool_pre_ping": True}
     if spec.scheme.startswith("postgresql"):
@@ -224,9 +227,10 @@ def open_storage(spec: StorageSpec, heartbeat_callback: Callable | None = None, 
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(spec.sqlalchemy_url, heartbeat_interval=interval, grace_period=grace,
                               heartbeat_stale_trial_callback=heartbeat_callback, engine_kwargs=engine_kwargs)
-    except Exception as exc:  # SQLAlchemy raises many kinds; all mean "cannot use this database"
+    # SQLAlchemy's and the driver's errors, a missing driver, an Optuna schema of another version (RuntimeError):
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, OSError, RuntimeError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"--storage: cannot open {redact(spec.url)}: {redact(reason)}") from None
+        raise StoreError(STORAGE, None, f"cannot open {redact(spec.url)}: {redact(reason)}") from None
 
 
 @contextlib.contextmanager
@@ -249,7 +253,7 @@ def study_lock(spec: StorageSpec, study_name: str) -> Iterator[None]:
                 conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
         return
     if spec.scheme.startswith("mysql"):
-        raise UsageError("--storage: MySQL is not supported for sweeps yet; use PostgreSQL")
+        raise StoreError(STORAGE, None, "MySQL is not supported for sweeps yet; use PostgreSQL")
     base = _local_file(spec)  # (never None here: in-memory SQLite is refused by check_identity)
     lock_path = base.with_name(f"{base.name}.{hashlib.sha256(study_name.encode()).hexdigest()[:12]}.lock")
     with open(lock_path, "a") as fh:

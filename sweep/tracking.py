@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import http.client
 import logging
 import os
 import random
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence, TypeVar
 from urllib.parse import unquote
 
 from core.train import CURVES, EpochRecord
-from sweep.errors import UsageError
+from sweep.errors import StoreError, UsageError
 from sweep.adapters import MLFLOW_DB_LOGGER, batch_limits
 from sweep.integrity import check_sqlite
 from sweep.schema import (EPOCH_SECONDS, NOTE_TAG, PARENT_TAG, ROLE_PARENT, ROLE_TAG, ROLE_TRIAL, STUDY_ID_TAG,
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+TRACKING = StoreError.TRACKING
 STATUS_FOR_STATE = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 FLUSH_EVERY_S = 5.0  # longest a logged epoch waits before it is visible in the UI
 RETRY_FOR_S = 30.0  # how long a call keeps retrying a locked database (each try may wait 20 s more in MLflow)
@@ -79,22 +81,22 @@ def check_tracking_uri(tracking_uri: str) -> None:
     Refused: unknown schemes, plain files, in-memory SQLite and an SQLite file that holds
     tables but not MLflow's (an Optuna storage, say). Nothing is created or changed.
     """
-    where = f"--tracking-uri {redact(tracking_uri)}"
+    where = redact(tracking_uri)
     scheme = url_scheme(tracking_uri)
     if scheme and scheme.split("+")[0] not in TRACKING_SCHEMES:
-        raise UsageError(f"{where}: unknown scheme {scheme!r} (use sqlite:///FILE, postgresql://..., "
+        raise StoreError(TRACKING, where, f"unknown scheme {scheme!r} (use sqlite:///FILE, postgresql://..., "
                          f"http(s)://SERVER or a directory)")
     if in_memory_sqlite(tracking_uri):
-        raise UsageError(f"{where}: an in-memory database is private to one process; give a file (sqlite:///FILE)")
+        raise StoreError(TRACKING, where, "an in-memory database is private to one process; give a file (sqlite:///FILE)")
     local = Path(unquote(tracking_uri.removeprefix("file://"))) if scheme in ("", "file") else None
     if local is not None and local.exists() and not local.is_dir():
-        raise UsageError(f"{where}: {local} is a file, not a store directory (for SQLite use sqlite:///{local})")
+        raise StoreError(TRACKING, where, f"{local} is a file, not a store directory (for SQLite use sqlite:///{local})")
     db = sqlite_file(tracking_uri)
     if db is not None and db.is_file():
         tables = sqlite_tables(db)
         if tables and not MLFLOW_TABLES <= tables:
             what = "an Optuna storage" if OPTUNA_TABLES <= tables else "a database of something else"
-            raise UsageError(f"{where}: {db} is {what}, not an MLflow tracking store")
+            raise StoreError(TRACKING, where, f"{db} is {what}, not an MLflow tracking store")
 
 
 def artifact_root_for(tracking_uri: str) -> str | None:
@@ -180,6 +182,7 @@ def check_reachable(tracking_uri: str, timeout: float = 10.0) -> None:
     if db is not None:
         check_sqlite(db)
     scheme = url_scheme(tracking_uri)
+    unreachable: tuple[type[BaseException], ...] = (OSError, ValueError, http.client.HTTPException)  # urllib, socket
     try:
         if scheme in ("http", "https"):
             import urllib.error
@@ -192,16 +195,17 @@ def check_reachable(tracking_uri: str, timeout: float = 10.0) -> None:
         elif scheme.split("+")[0] in ("postgresql", "mysql", "mssql"):
             import sqlalchemy
 
+            unreachable += (sqlalchemy.exc.SQLAlchemyError, ImportError)  # (ImportError: no driver installed)
             args = {"connect_timeout": int(timeout)} if scheme.startswith("postgresql") else {}
             engine = sqlalchemy.create_engine(tracking_uri, poolclass=sqlalchemy.pool.NullPool, connect_args=args)
             try:
                 engine.connect().close()
             finally:
                 engine.dispose()
-    except Exception as exc:  # urllib, socket, SQLAlchemy and driver errors all mean "cannot use it"
+    except unreachable as exc:  # all mean "cannot use it"
         reason = str(getattr(exc, "reason", None) or exc).strip().splitlines()
-        raise UsageError(f"--tracking-uri: cannot reach {redact(tracking_uri)}: "
-                         f"{redact(reason[0]) if reason else type(exc).__name__}") from None
+        raise StoreError(TRACKING, None, f"cannot reach {redact(tracking_uri)}: "
+                                         f"{redact(reason[0]) if reason else type(exc).__name__}") from None
 
 
 class Tracker:
@@ -246,7 +250,7 @@ class Tracker:
         """
         run = (self._run(run_id) if run_id else None) or self._find_parent()
         if run is not None and run.data.tags.get(STUDY_ID_TAG) != study_id:
-            raise UsageError(f"--tracking-uri {redact(self.tracking_uri)}: MLflow run {run.info.run_id} of study "
+            raise StoreError(TRACKING, redact(self.tracking_uri), f"MLflow run {run.info.run_id} of study "
                              f"{self.study_name!r} belongs to another Optuna study of that name (another storage?); "
                              f"give the study a new name or use its own storage")
 

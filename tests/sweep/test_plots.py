@@ -175,7 +175,7 @@ def test_write_report_of_a_study_without_completed_trials(tmp_path):
 
 
 def test_write_report_unknown_heatmap_param(tmp_path):
-    with pytest.raises(UsageError, match="--heatmap x nope"):
+    with pytest.raises(UsageError, match="heatmap x nope"):
         write_report(make_study(), tmp_path / "out", heatmap_params=["x", "nope"])
     assert not (tmp_path / "out").exists()
 
