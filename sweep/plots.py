@@ -28,7 +28,7 @@ from optuna.exceptions import ExperimentalWarning  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 from optuna.visualization import matplotlib as optuna_mpl  # noqa: E402
 
-from sweep.words import plural  # noqa: E402
+from sweep.words import plural, show_number  # noqa: E402
 
 SIZE = (8.0, 6.0)  # inches
 DPI = 120
@@ -53,10 +53,6 @@ def axis_label(name: str) -> str:
 
 def _figure(size: tuple[float, float] = SIZE) -> Figure:
     return Figure(figsize=size, dpi=DPI, layout="constrained")
-
-
-def _num(value: object) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def to_png(figure: Figure) -> bytes:
@@ -114,12 +110,12 @@ def heatmap_scatter(trials: pd.DataFrame, x: str, y: str, value: str, *, directi
                label=f"best: trial #{best['number']}, annotated ({x}, {y}, {name})")
     ax.margins(0.08)
     rows = sorted(pd.unique(scored[y]))
-    _annotate(ax, best[x], best[y], f"({_num(best[x])}, {_num(best[y])}, {_metric(label or value, best[value])})",
+    _annotate(ax, best[x], best[y], f"({show_number(best[x])}, {show_number(best[y])}, {_metric(label or value, best[value])})",
               rows if len(rows) <= _MAX_TICKS else ())
     for axis, column, log in ((ax.xaxis, x, log_x), (ax.yaxis, y, log_y)):
         values = sorted(pd.unique(scored[column]))
         if not log and len(values) <= _MAX_TICKS:
-            axis.set_ticks(values, [_num(v) for v in values])
+            axis.set_ticks(values, [show_number(v) for v in values])
     ax.set_xlabel(axis_label(x))
     ax.set_ylabel(axis_label(y))
     ax.set_title(title or f"{name} by {x} and {y}")

@@ -21,7 +21,7 @@ import optuna
 from sweep.errors import FileExists, UsageError
 from sweep.report import ParamRegion, objective_names, param_columns, study_region, trials_frame
 from sweep.samplers import GRID_SAMPLERS
-from sweep.space import Categorical, Fixed, FloatRange, IntRange, Param
+from sweep.space import Categorical, Fixed, FloatRange, IntRange, Param, significant
 from sweep.study import StudySpec
 from sweep.studyfile import dumps
 from sweep.words import plural
@@ -72,17 +72,12 @@ def refine(study: optuna.Study, spec: StudySpec, quantile: float = 0.10, *,
     by_number = {t.number: t.params for t in study.get_trials(deepcopy=False)}
     starts = []
     for number in region.trials if region.front else (region.best_trial,):
-        point = {name: _tidy(value) for name, value in by_number[number].items()}
+        point = {name: significant(value) for name, value in by_number[number].items()}
         start = {name: point[name] for name, param in refined.searched.items()
                  if name in point and param.contains(point[name])}
         if start and start not in starts:
             starts.append(start)
     return dataclasses.replace(refined, n_trials=budget, enqueue=tuple(starts[:budget]))
-
-
-def _tidy(value: object) -> object:
-    """A float as its 12 significant digits (0.3, not 0.30000000000000004)."""
-    return float(f"{value:.12g}") if isinstance(value, float) else value
 
 
 def _refined(param: Param, region: ParamRegion) -> Param:
@@ -109,7 +104,7 @@ def _narrowed(param: IntRange | FloatRange, lo: float, hi: float) -> IntRange | 
         low, high = math.floor(low), math.ceil(high)
     else:
         low, high = _round_out(low, lo - low, math.floor), _round_out(high, high - hi, math.ceil)
-    low, high = max(_tidy(float(low)), param.low), min(_tidy(float(high)), param.high)
+    low, high = max(significant(float(low)), param.low), min(significant(float(high)), param.high)
     if (low, high) == (param.low, param.high) and lo < hi:
         low, high = lo, hi  # no narrower with the margin: the region itself, still around every top trial
     if isinstance(param, IntRange):
@@ -131,7 +126,7 @@ def _finer_step(param: IntRange | FloatRange, low: float, high: float) -> float:
     if isinstance(param, IntRange):
         candidates = [d for d in range(1, param.step + 1) if param.step % d == 0]
     else:
-        candidates = [_tidy(param.step / k) for k in _FLOAT_SUBDIVISIONS]
+        candidates = [significant(param.step / k) for k in _FLOAT_SUBDIVISIONS]
     most = _GRID_GROWTH * len(param.grid_values())
     return next((step for step in candidates[:-1] if round((high - low) / step) + 1 <= most), param.step)
 

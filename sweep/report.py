@@ -25,7 +25,7 @@ from core.train import CURVES
 from sweep import plots
 from sweep.errors import ReportOptionError, UsageError
 from sweep.schema import RESULT_ATTR, SPEC_ATTR
-from sweep.words import plural
+from sweep.words import plural, show_number
 
 #: The trial metrics ``trials_frame`` has a column for, besides epochs_run and seconds.
 METRIC_COLUMNS = (*CURVES, "best_validation_accuracy", "test_accuracy", "gap")
@@ -193,7 +193,7 @@ class Region:
                 where = _counts(p.values)
             else:
                 where = f"{p.low:.4g} .. {p.high:.4g}   median {p.median:.4g}"
-            lines.append(f"  {p.name:<{width}}  {where}   best {_show(p.best)}")
+            lines.append(f"  {p.name:<{width}}  {where}   best {show_number(p.best)}")
         if self.gap_mean is not None:
             lines.append(f"Over-fitting in the region: gap (training - validation accuracy) mean "
                          f"{self.gap_mean:.3f}, max {self.gap_max:.3f}; {self.n_overfit} of "
@@ -205,12 +205,8 @@ class Region:
         return "\n".join(lines)
 
 
-def _show(value: object) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
 def _counts(values: Mapping[object, int]) -> str:
-    return ", ".join(f"{_show(value)} ×{count}" for value, count in values.items())
+    return ", ".join(f"{show_number(value)} ×{count}" for value, count in values.items())
 
 
 def _kind(column: pd.Series) -> str:
@@ -384,7 +380,7 @@ def _report_plots(study: optuna.Study, trials: pd.DataFrame, epochs: pd.DataFram
         if region is None:
             raise ValueError("no completed trial")
         best = trials.set_index("number").loc[region.best_trial]
-        setting = ", ".join(f"{p}={_show(_scalar(best[c]))}" for p, c in columns.items())
+        setting = ", ".join(f"{p}={show_number(_scalar(best[c]))}" for p, c in columns.items())
         return plots.best_curves(epochs, region.best_trial,
                                  title=f"{study.study_name}: best trial #{region.best_trial} ({setting})")
 
@@ -417,7 +413,7 @@ def _pareto_lines(study: optuna.Study, trials: pd.DataFrame) -> list[str]:
     lines = [f"Pareto front: {len(front)} trials, best {names[0]} first:"]
     for _, row in front.iterrows():
         scores = "  ".join(f"{name} {row[value]:.4g}" for name, value in zip(names, values))
-        setting = " ".join(f"{p}={_show(_scalar(row[c]))}" for p, c in params.items())
+        setting = " ".join(f"{p}={show_number(_scalar(row[c]))}" for p, c in params.items())
         lines.append(f"  #{int(row['number'])}  {scores}   {setting}")
     return lines
 

@@ -157,6 +157,17 @@ class OpenStudy:
         self.study.enqueue_trial(params, user_attrs={RETRY_OF_ATTR: trial.number, REASON_ATTR: reason})
 
 
+class _OnStale:
+    """Optuna's heartbeat callback: a dead worker's trial (already FAIL) is queued again. Given
+    to the storage when it is opened, it learns the study opened with it just after."""
+
+    opened: OpenStudy | None = None
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if self.opened is not None:
+            self.opened.requeue(trial, STALE_REASON)
+
+
 def create_or_resume(spec: StudySpec, stores: Stores) -> OpenStudy:
     """Create the study (or find it again) and its MLflow parent run: what ``sweep run`` opens once."""
     if stores.tracking_uri is not None:
@@ -164,9 +175,7 @@ def create_or_resume(spec: StudySpec, stores: Stores) -> OpenStudy:
     if stores.storage.is_rdb:
         heartbeat_settings()  # bad settings are refused first, also when the storage is not yet made
 
-    def on_stale(study: optuna.Study, trial: FrozenTrial) -> None:  # Optuna's heartbeat found a dead worker's trial
-        opened.requeue(trial, STALE_REASON)  # (``opened`` is made below, before any trial runs)
-
+    on_stale = _OnStale()
     # made once no check fails:
     storage = None if not_yet_made(stores.storage) else open_storage(stores.storage, on_stale)
     kwargs = {"study_name": spec.name, "sampler": spec.make_sampler(), "pruner": spec.make_pruner()}
@@ -195,22 +204,20 @@ def create_or_resume(spec: StudySpec, stores: Stores) -> OpenStudy:
                                     params={"storage": redact(stores.storage.url), **_flat(given)})
         if study.user_attrs.get(PARENT_ATTR) != parent:
             study.set_user_attr(PARENT_ATTR, parent)
-    opened = OpenStudy(spec, stores, storage, study, tracker, parent)
-    return opened
+    on_stale.opened = OpenStudy(spec, stores, storage, study, tracker, parent)
+    return on_stale.opened
 
 
 def join_study(spec: StudySpec, stores: Stores, parent: str | None, seed_offset: int = 0) -> OpenStudy:
     """Open the existing study of ``spec`` in a worker process (its own connections, a sampler
     seeded with its ``seed_offset``), logging under the parent run ``parent``."""
-    def on_stale(study: optuna.Study, trial: FrozenTrial) -> None:
-        opened.requeue(trial, STALE_REASON)  # (``opened`` is made below, before any trial runs)
-
+    on_stale = _OnStale()
     storage = open_storage(stores.storage, on_stale, create=False)
     study = optuna.load_study(study_name=spec.name, storage=storage, sampler=spec.make_sampler(seed_offset),
                               pruner=spec.make_pruner())
     tracker = Tracker(stores.tracking_uri, spec.name) if stores.tracking_uri else None
-    opened = OpenStudy(spec, stores, storage, study, tracker, parent)
-    return opened
+    on_stale.opened = OpenStudy(spec, stores, storage, study, tracker, parent)
+    return on_stale.opened
 
 
 def join_stored_study(name: str, stores: Stores) -> OpenStudy:

@@ -22,6 +22,7 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 
 from sweep.errors import InvalidValue
+from sweep.space import significant
 
 if TYPE_CHECKING:
     from sweep.space import Param
@@ -183,8 +184,7 @@ def grid_order(space: Mapping[str, Param]) -> list[dict[str, Any]]:
 def grid_key(params: Mapping[str, Any]) -> tuple:
     """A point's values by name, floats to 9 significant digits: equal for equal grid points
     whether they come from ``grid_order``, a study file or a trial's stored parameters."""
-    return tuple(sorted((name, float(f"{value:.9g}") if isinstance(value, float) else value)
-                        for name, value in params.items()))
+    return tuple(sorted((name, significant(value, 9)) for name, value in params.items()))
 
 
 def build_sampler(name: str, seed: int, options: Mapping[str, Any], grid: Mapping[str, list] | None = None,

@@ -38,6 +38,11 @@ _N_INPUTS, _N_OUTPUTS = 784, 10  # MNIST: 28 x 28 pixels in, one output per digi
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a path component: never ".", "..", "/" or NUL
 
 
+def significant(value: Any, digits: int = 12) -> Any:
+    """A float rounded to ``digits`` significant digits (0.3, not 0.30000000000000004); other values as they are."""
+    return float(f"{value:.{digits}g}") if isinstance(value, float) else value
+
+
 def join_key(*parts: str | None) -> str | None:
     """Dotted key from parts; an index part ("[2]") sticks to the part before it."""
     key = ""
@@ -269,7 +274,7 @@ class FloatRange:
         """The stepped values (rounded to 12 significant digits); None for a continuous range."""
         if self.step is None:
             return None
-        return [float(f"{self.low + i * self.step:.12g}") for i in range(self.n_values())]
+        return [significant(self.low + i * self.step) for i in range(self.n_values())]
 
     def n_values(self) -> int | None:
         """How many values ``grid_values`` lists, without listing them (None: continuous)."""
