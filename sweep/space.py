@@ -203,6 +203,16 @@ def _check_range(low: float, high: float, step: float | None, log: bool, default
         raise InvalidValue("low", f"must be positive with log = true, got {low}")
 
 
+def _range_toml(kind: str, param: IntRange | FloatRange, default_step: float | None) -> dict[str, Any]:
+    """A range as a study file writes it: step and log only when they are not the defaults."""
+    out: dict[str, Any] = {"type": kind, "low": param.low, "high": param.high}
+    if param.step != default_step:
+        out["step"] = param.step
+    if param.log:
+        out["log"] = True
+    return out
+
+
 @dataclass(frozen=True)
 class IntRange:
     """Integers from low to high (both included) in steps of ``step``, or log-uniform if ``log``."""
@@ -240,12 +250,7 @@ class IntRange:
         return f"integers {self.low}..{self.high}{step}{' log' if self.log else ''}"
 
     def to_toml(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"type": "int", "low": self.low, "high": self.high}
-        if self.step != 1:
-            out["step"] = self.step
-        if self.log:
-            out["log"] = True
-        return out
+        return _range_toml("int", self, default_step=1)
 
 
 @dataclass(frozen=True)
@@ -289,12 +294,7 @@ class FloatRange:
         return f"numbers {self.low:g}..{self.high:g}{step}{' log' if self.log else ''}"
 
     def to_toml(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"type": "float", "low": self.low, "high": self.high}
-        if self.step is not None:
-            out["step"] = self.step
-        if self.log:
-            out["log"] = True
-        return out
+        return _range_toml("float", self, default_step=None)
 
 
 @dataclass(frozen=True)
