@@ -257,18 +257,18 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def load_stored_study(name: str, stores: Stores, *, read_only: bool = False) -> tuple[optuna.Study, StudySpec]:
-    """Read an existing study by name and the spec stored in it (``read_only``: see open_storage)."""
+    """Read an existing study by name and the spec stored in it (``read_only``: see open_storage);
+    to run its trials, ``join_study`` opens it with the spec's sampler."""
     storage = open_storage(stores.storage, create=False, read_only=read_only)
     names = optuna.get_all_study_names(storage)
     if name not in names:
         known = ", ".join(sorted(names)) or "none"
         raise UsageError(f"no study named {name!r} in {redact(stores.storage.url)} (studies there: {known})")
-    stored = optuna.load_study(study_name=name, storage=storage).user_attrs.get(SPEC_ATTR)
+    study = optuna.load_study(study_name=name, storage=storage)  # (its sampler: Optuna's default, never asked)
+    stored = study.user_attrs.get(SPEC_ATTR)
     if stored is None:
         raise UsageError(f"study {name!r} was not created by mlp-sweep (it has no stored settings)")
-    spec = parse_spec(stored, source=f"study {name}")
-    return optuna.load_study(study_name=name, storage=storage, sampler=spec.make_sampler(),
-                             pruner=spec.make_pruner()), spec
+    return study, parse_spec(stored, source=f"study {name}")
 
 
 def load_data(spec: StudySpec, data_dir: str | None, progress=None) -> Dataset:
