@@ -28,6 +28,7 @@ import tomli_w
 
 from core import CURVES, NetworkSpec, TrainConfig
 from core.data import DATASETS
+from core.engine import ENGINES
 from core.functions import ACTIVATIONS, COSTS
 from sweep import limits
 from sweep.errors import SpecError
@@ -207,6 +208,7 @@ _SETTINGS: Mapping[str, Callable[[Any], Any]] = MappingProxyType({
     "seed": _int_at_least(0),
     "activation": _one_of("activation", tuple(ACTIVATIONS)),
     "cost": _one_of("cost", tuple(COSTS)),
+    "engine": _one_of("engine", ENGINES),
     "sizes": _layer_sizes,
     **{name: _BOOL.check for name in _MONITORS},
 })
