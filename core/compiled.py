@@ -36,6 +36,7 @@ from core.train import TrainConfig  # noqa: E402
 ACTIVATION_CODES = {"relu": 0, "sigmoid": 1}
 COST_CODES = {"cross_entropy": 0, "quadratic": 1}  # with softmax and sigmoid outputs
 TINY_SCALE = 1e-20  # a lazy scale this small is folded into the weights before it underflows
+LANES = 8  # float32 lanes of an AVX2 vector: the first layers' width is padded to a multiple
 FAST = {"reassoc", "contract"}  # let LLVM vectorise sums and fuse multiply-adds; NaNs still propagate
 
 _ONE, _ZERO = np.float32(1.0), np.float32(0.0)
@@ -43,12 +44,14 @@ _ONE, _ZERO = np.float32(1.0), np.float32(0.0)
 
 @dataclass(frozen=True)
 class SparseRows:
-    """The non-zero entries of X (N, d), row by row (CSR): row r is
-    ``values[indptr[r]:indptr[r+1]]`` at columns ``indices[...]``."""
+    """The non-zero entries of X (N, d), row by row (CSR): row r's are at columns
+    ``indices[indptr[r]:indptr[r+1]]`` with values ``table[codes[...]]``. Pixels of k/255
+    (MNIST's) take one byte each, codes into GREYS; other data index a table of their values."""
 
     indptr: np.ndarray  # (N + 1,) int64
     indices: np.ndarray  # (nnz,) uint16 (uint32 beyond 65536 columns): unsigned, no wrap-around checks
-    values: np.ndarray  # (nnz,) float32
+    codes: np.ndarray  # (nnz,) uint8 into GREYS, or uint32 into a table of every value
+    table: np.ndarray  # float32
 
 
 @njit(cache=True)
@@ -65,17 +68,33 @@ def _count(X):
     return indptr
 
 
+GREYS = np.divide(np.arange(256, dtype=np.float32), np.float32(255), dtype=np.float32)  # as core.data decodes
+
+
 @njit(cache=True)
-def _fill(X, indptr, indices, values):
-    """The non-zero entries of X into ``indices`` and ``values``, at ``indptr``."""
+def _fill(X, indptr, indices, codes, table, greys):
+    """The non-zero entries of X: columns into ``indices``, ``codes`` into ``table`` at ``indptr``.
+
+    With ``greys`` (uint8 codes, GREYS as the table), returns False at the first value not
+    in it; without, ``table`` gets every value and ``codes`` count up.
+    """
     N, d = X.shape
     for r in range(N):
         p = indptr[r]
         for i in range(d):
-            if X[r, i] != 0:
+            v = X[r, i]
+            if v != 0:
                 indices[p] = i
-                values[p] = X[r, i]
+                if greys:
+                    k = int(v * 255 + 0.5)
+                    if k > 255 or table[k] != v:
+                        return False
+                    codes[p] = k
+                else:
+                    table[p] = v
+                    codes[p] = p
                 p += 1
+    return True
 
 
 _sparse_cache: list = []  # [(X, SparseRows)] for the last data set: X is held, so its address stays its own
@@ -89,9 +108,11 @@ def sparse_rows(X: np.ndarray) -> SparseRows:
         if (held.__array_interface__["data"][0], held.shape) == key:
             return rows
     indptr = _count(X)
-    rows = SparseRows(indptr, np.empty(indptr[-1], np.uint16 if X.shape[1] <= 2**16 else np.uint32),
-                      np.empty(indptr[-1], np.float32))
-    _fill(X, indptr, rows.indices, rows.values)
+    indices = np.empty(indptr[-1], np.uint16 if X.shape[1] <= 2**16 else np.uint32)
+    rows = SparseRows(indptr, indices, np.empty(indptr[-1], np.uint8), GREYS)
+    if not _fill(X, indptr, indices, rows.codes, GREYS, True):
+        rows = SparseRows(indptr, indices, np.empty(indptr[-1], np.uint32), np.empty(indptr[-1], np.float32))
+        _fill(X, indptr, indices, rows.codes, rows.table, False)
     _sparse_cache[:] = [(X, rows)]
     return rows
 
@@ -131,26 +152,27 @@ def _output(z, a, start, w, cost):
 
 
 @njit(cache=True, fastmath=FAST)
-def _epoch(perm, m, indptr, indices, values, labels, sizes, act, cost, W0, b0, W, b, eta, decay):
+def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0, b0, W, b, eta, decay):
     """One epoch of SGD for K trials on the row order ``perm`` (n,), batch size m.
 
-    sizes (L+1,): one trial's layer sizes. W0 (d, K·h) and b0 (K·h,): the first layers
-    side by side; W (L-1, K, fan_in, fan_out) and b (L-1, K, fan_out): the others, padded.
+    sizes (L+1,): one trial's layer sizes. W0 (d, ≥ K·h) and b0 (≥ K·h,): the first layers
+    side by side, padded with zeros to a whole number of SIMD vectors; W (L-1, K, fan_in, fan_out) and b (L-1, K, fan_out): the others, padded.
     eta, decay (K,): η and 1 − ηλ/n. Updates W0, b0, W, b in place.
     """
     K, L, n = eta.shape[0], sizes.shape[0] - 1, perm.shape[0]
     widest = 0
     for l in range(1, L + 1):
         widest = max(widest, K * sizes[l])
-    z = np.empty((L, m, widest), np.float32)
-    a = np.empty((L, m, widest), np.float32)
-    delta = np.empty((L, m, widest), np.float32)
-    H = K * sizes[1]
+    H, Hp = K * sizes[1], W0.shape[1]  # the pack's first-layer width, and padded to whole vectors
+    widest = max(widest, Hp)
+    z = np.zeros((L, m, widest), np.float32)  # zeros: the padding stays zero throughout
+    a = np.zeros((L, m, widest), np.float32)
+    delta = np.zeros((L, m, widest), np.float32)
     h = sizes[1]
     s = np.ones(K)  # lazy scales: W⁰ of trial k is s[k] · W0[:, k·h:(k+1)·h]
-    col_s = np.ones(H, np.float32)  # s per column of W0
-    col_c = np.ones(H, np.float32)  # 1 / s after the step's decay, per column
-    step = np.empty(H, np.float32)
+    col_s = np.ones(Hp, np.float32)  # s per column of W0
+    col_c = np.ones(Hp, np.float32)  # 1 / s after the step's decay, per column
+    step = np.zeros(Hp, np.float32)
     grad = np.empty(widest, np.float32)
     for start in range(0, n, m):
         mb = min(m, n - start)
@@ -158,21 +180,21 @@ def _epoch(perm, m, indptr, indices, values, labels, sizes, act, cost, W0, b0, W
         for r in range(mb):
             e = perm[start + r]
             zr = z[0, r]
-            for j in range(H):
+            for j in range(Hp):
                 zr[j] = _ZERO
             p, end = indptr[e], indptr[e + 1]
             while p + 4 <= end:  # four pixels per pass over z: a quarter of its loads and stores
-                v0, v1, v2, v3 = values[p], values[p + 1], values[p + 2], values[p + 3]
+                v0, v1, v2, v3 = table[codes[p]], table[codes[p + 1]], table[codes[p + 2]], table[codes[p + 3]]
                 r0, r1, r2, r3 = W0[indices[p]], W0[indices[p + 1]], W0[indices[p + 2]], W0[indices[p + 3]]
-                for j in range(H):
+                for j in range(Hp):
                     zr[j] += (v0 * r0[j] + v1 * r1[j]) + (v2 * r2[j] + v3 * r3[j])
                 p += 4
             while p < end:
-                v, row = values[p], W0[indices[p]]
-                for j in range(H):
+                v, row = table[codes[p]], W0[indices[p]]
+                for j in range(Hp):
                     zr[j] += v * row[j]
                 p += 1
-            for j in range(H):
+            for j in range(Hp):
                 zr[j] = zr[j] * col_s[j] + b0[j]
             if L == 1:
                 for k in range(K):
@@ -261,13 +283,13 @@ def _epoch(perm, m, indptr, indices, values, labels, sizes, act, cost, W0, b0, W
         for r in range(mb):
             e = perm[start + r]
             d = delta[0, r]
-            for j in range(H):
+            for j in range(Hp):
                 step[j] = d[j] * col_c[j]
             p, end = indptr[e], indptr[e + 1]
             while p + 4 <= end:  # four lit rows per pass over the step
-                v0, v1, v2, v3 = values[p], values[p + 1], values[p + 2], values[p + 3]
+                v0, v1, v2, v3 = table[codes[p]], table[codes[p + 1]], table[codes[p + 2]], table[codes[p + 3]]
                 r0, r1, r2, r3 = W0[indices[p]], W0[indices[p + 1]], W0[indices[p + 2]], W0[indices[p + 3]]
-                for j in range(H):
+                for j in range(Hp):
                     g = step[j]
                     r0[j] -= v0 * g
                     r1[j] -= v1 * g
@@ -275,8 +297,8 @@ def _epoch(perm, m, indptr, indices, values, labels, sizes, act, cost, W0, b0, W
                     r3[j] -= v3 * g
                 p += 4
             while p < end:
-                v, row = values[p], W0[indices[p]]
-                for j in range(H):
+                v, row = table[codes[p]], W0[indices[p]]
+                for j in range(Hp):
                     row[j] -= v * step[j]
                 p += 1
         for j in range(H):
@@ -310,8 +332,11 @@ class CompiledSGD:
         self.sizes = np.array(spec.sizes, np.int64)
         self.codes = ACTIVATION_CODES[spec.activation], COST_CODES[spec.cost]
         K, L = len(self.trials), spec.n_layers
-        self.W0 = np.ascontiguousarray(np.concatenate([p.layers[0][:, :-1].T for p in self.trials], axis=1))
-        self.b0 = np.concatenate([p.layers[0][:, -1] for p in self.trials])
+        width = -(-K * spec.sizes[1] // LANES) * LANES
+        self.W0 = np.zeros((spec.sizes[0], width), np.float32)  # (d, K·h + padding)
+        self.W0[:, :K * spec.sizes[1]] = np.concatenate([p.layers[0][:, :-1].T for p in self.trials], axis=1)
+        self.b0 = np.zeros(width, np.float32)
+        self.b0[:K * spec.sizes[1]] = np.concatenate([p.layers[0][:, -1] for p in self.trials])
         fan_in, fan_out = max(spec.sizes[1:-1], default=1), max(spec.sizes[2:], default=1)
         self.W = np.zeros((L - 1, K, fan_in, fan_out), np.float32)
         self.b = np.zeros((L - 1, K, fan_out), np.float32)
@@ -324,8 +349,8 @@ class CompiledSGD:
     def epoch(self, perm: np.ndarray) -> None:
         """One pass in the order ``perm`` (n,); then the trials' Params hold the new weights."""
         rows = self.rows
-        _epoch(np.ascontiguousarray(perm, np.int64), self.m, rows.indptr, rows.indices, rows.values, self.labels,
-               self.sizes, *self.codes, self.W0, self.b0, self.W, self.b, self.eta, self.decay)
+        _epoch(np.ascontiguousarray(perm, np.int64), self.m, rows.indptr, rows.indices, rows.codes, rows.table,
+               self.labels, self.sizes, *self.codes, self.W0, self.b0, self.W, self.b, self.eta, self.decay)
         h = self.spec.sizes[1]
         for k, p in enumerate(self.trials):
             p.layers[0][:, :-1] = self.W0[:, k * h:(k + 1) * h].T

@@ -33,12 +33,19 @@ def _config(engine, **kwargs):
     return TrainConfig(**{"epochs": 3, "batch_size": 7, "eta": 0.3, "seed": 5, **kwargs, "engine": engine})
 
 
+def _greys(data):
+    """The set with its pixels rounded to k/255 (zeros included), as MNIST's are."""
+    data.X = np.divide(np.round(np.maximum(data.X - 0.3, 0) * 255), np.float32(255), dtype=np.float32)
+    return data
+
+
+@pytest.mark.parametrize("pixels", [_greys, lambda data: data], ids=["k/255", "any"])
 @pytest.mark.parametrize("lmbda", [0.0, 3.0])
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{len(s.sizes) - 2}hidden-{s.activation}-{s.cost}")
-def test_compiled_engine_matches_the_numpy_reference(spec, lmbda):
+def test_compiled_engine_matches_the_numpy_reference(spec, lmbda, pixels):
     """Same seed → same initial weights and mini-batches (203 rows at 7: a short last one) →
-    the same weights and curves to float32 rounding."""
-    data, val = _data(), _data(n=50, seed=3)
+    the same weights and curves to float32 rounding, whatever the pixels (see SparseRows)."""
+    data, val = pixels(_data()), pixels(_data(n=50, seed=3))
     numpy_run, compiled_run = (train(spec, _config(engine, lmbda=lmbda), data, val, check=NO_CHECK)
                                for engine in ("numpy", "compiled"))
     assert (numpy_run.engine, compiled_run.engine) == ("numpy", "compiled")
@@ -70,6 +77,25 @@ def test_compiled_packs_match_each_trial_alone_and_the_numpy_pack(spec):
         assert packed["compiled"][i].engine == "compiled"
         _assert_same(packed["compiled"][i], alone, 1e-6, 50)
         _assert_same(packed["compiled"][i], packed["numpy"][i], RTOL, 50)
+
+
+@pytest.mark.parametrize("greys", [True, False], ids=["k/255 pixels", "any values"])
+def test_sparse_rows_hold_exactly_the_non_zero_entries(greys):
+    from core.compiled import sparse_rows
+
+    X = _data(n=64).X
+    X[X < 0.6] = 0.0  # about 60 % zeros, a row of them too
+    X[5] = 0.0
+    if greys:
+        X = np.divide(np.round(X * 255), np.float32(255), dtype=np.float32)
+    rows = sparse_rows(X)
+    assert (rows.codes.dtype == np.uint8) == greys
+    dense = np.zeros_like(X)
+    for r in range(len(X)):
+        span = slice(rows.indptr[r], rows.indptr[r + 1])
+        dense[r, rows.indices[span]] = rows.table[rows.codes[span]]
+    np.testing.assert_array_equal(dense, X)
+    assert rows.indptr[-1] == np.count_nonzero(X) and sparse_rows(X) is rows  # once per data set
 
 
 def test_both_engines_stop_a_run_that_does_not_learn_alike():
