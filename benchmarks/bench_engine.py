@@ -12,13 +12,15 @@ images, accuracies monitored) as one pack against one by one on the compiled eng
 first compile (empty cache) and a cached start, each in a fresh process; and the peak
 memory (RSS) of a process that trains one monitored epoch on full MNIST.
 
-    python benchmarks/bench_engine.py [--data-dir DIR] [--repeat 3]
+    python benchmarks/bench_engine.py [--data-dir DIR] [--repeat 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before NumPy and torch: no idle pools spinning on the cores
 import statistics
 import subprocess
 import sys
@@ -39,17 +41,20 @@ OFF = {f"monitor_{part}_{what}": False for part in ("training", "validation") fo
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def median_of(repeat: int, run) -> float:
-    """Median seconds of ``repeat`` calls of run() (other processes may share the machine)."""
-    times = []
+def median_of(repeat: int, *runs) -> list[float]:
+    """Median seconds of each run over ``repeat`` rounds, the runs taking turns in a round
+    (other processes share the machine: turns spread their load over every run alike). A
+    run's seconds are what it returns, or its wall time if it returns None."""
+    times: list[list[float]] = [[] for _ in runs]
     for _ in range(repeat):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for run, spent in zip(runs, times):
+            start = time.perf_counter()
+            seconds = run()
+            spent.append(time.perf_counter() - start if seconds is None else seconds)
+    return [statistics.median(spent) for spent in times]
 
 
-def engine_epoch(spec: NetworkSpec, data, engine: str, epochs: int) -> float:
+def engine_epoch(spec: NetworkSpec, data, engine: str, epochs: int = 1) -> float:
     """Median s/epoch of ``train`` on ``engine`` (the SGD pass alone, as the history records it)."""
     config = TrainConfig(epochs=epochs, batch_size=10, eta=0.1, engine=engine, **OFF)
     return statistics.median(r.seconds for r in train(spec, config, data).history)
@@ -91,7 +96,7 @@ def torch_epoch(spec: NetworkSpec, data, batches: int) -> float:
     net = torch.nn.Sequential(*layers[:-1])
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     loss_fn = torch.nn.CrossEntropyLoss()
-    X, y = torch.from_numpy(np.asarray(data.X)), torch.from_numpy(data.y.astype(np.int64))
+    X, y = torch.from_numpy(np.array(data.X)), torch.from_numpy(data.y.astype(np.int64))  # a writable copy
     perm = torch.randperm(len(X))
     start = time.perf_counter()
     for k in range(0, batches * 10, 10):
@@ -113,6 +118,22 @@ def floor_epoch() -> None:
         np.dot(x, W, out=z)
         np.dot(x.T, d, out=G)
         W -= G
+
+
+def profile(data, rep: int, whole: float) -> None:
+    """Where the compiled [784, 30, 10] epoch spends its time: the sparse first layer (its
+    product and update, timed as the network [784, 30] whose softmax output is that layer),
+    the rest; and the first layer's arithmetic rate (2 · non-zero pixels · 30 multiply-adds)."""
+    from core.compiled import sparse_rows
+
+    first, = median_of(rep, lambda: engine_epoch(NetworkSpec((784, 30)), data, "compiled"))
+    nnz = int(sparse_rows(np.asarray(data.X, np.float32)).indptr[-1])
+    print(f"\nprofile of the compiled [784, 30, 10] epoch ({whole:.3f} s):")
+    print(f"  first layer, sparse product + update (as [784, 30]) {first:8.3f} s  {100 * first / whole:5.1f} %  "
+          f"({2 * nnz * 30 / first / 1e9:.2f} G multiply-adds/s over {nnz / len(data.X):.0f} non-zero "
+          f"pixels per image, {100 * nnz / data.X.size:.0f} % of them)")
+    print(f"  the rest: second layer, output, errors, bookkeeping  {whole - first:8.3f} s  "
+          f"{100 * (whole - first) / whole:5.1f} %")
 
 
 def eta_axis(k: int, engine: str) -> list[TrainConfig]:
@@ -139,7 +160,7 @@ PEAK = ("import resource; from core.data import load_mnist; from core.model impo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=SHARED if SHARED.is_dir() else None)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     rep = args.repeat
     with tempfile.TemporaryDirectory() as cache:  # compile times first, in fresh processes
@@ -147,8 +168,8 @@ def main() -> None:
         start = time.perf_counter()
         cached = float(in_fresh_process(START, {"NUMBA_CACHE_DIR": cache}))
         cached_process = time.perf_counter() - start
-    peaks = {engine: float(in_fresh_process(PEAK.format(str(args.data_dir), engine), {}))
-             for engine in ("numpy", "compiled")}
+        peaks = {engine: float(in_fresh_process(PEAK.format(str(args.data_dir), engine), {"NUMBA_CACHE_DIR": cache}))
+                 for engine in ("numpy", "compiled")}
     mnist = load_mnist(args.data_dir)
     data = mnist.train
     print(f"training set {data.X.shape}, batch 10, eta 0.1, float32, 1 BLAS thread, medians of {rep}")
@@ -156,29 +177,31 @@ def main() -> None:
     with threadpool_limits(1):
         for sizes in ((784, 30, 10), (784, 100, 10)):
             spec = NetworkSpec(sizes)
-            times = {
-                "per-example (core.reference)": reference_epoch(spec, data, 500),
-                "PyTorch CPU, 1 thread": statistics.median(torch_epoch(spec, data, 1000) for _ in range(rep)),
-                "plain vectorised NumPy loop": median_of(rep, lambda: plain_numpy_epoch(spec, data)),
-                "NumPy engine": engine_epoch(spec, data, "numpy", rep),
-                "compiled engine": engine_epoch(spec, data, "compiled", 2 * rep + 1),
+            runs = {
+                "per-example (core.reference)": lambda: reference_epoch(spec, data, 200),
+                "PyTorch CPU, 1 thread": lambda: torch_epoch(spec, data, 500),
+                "plain vectorised NumPy loop": lambda: plain_numpy_epoch(spec, data),
+                "NumPy engine": lambda: engine_epoch(spec, data, "numpy"),
+                "compiled engine": lambda: engine_epoch(spec, data, "compiled"),
             }
+            times = dict(zip(runs, median_of(rep, *runs.values())))
             compiled = times["compiled engine"]
             compiled_at.setdefault("floor", compiled)  # [784, 30, 10]'s, for the floor
             print(f"\n{list(sizes)}: s/epoch, and the compiled engine's speed-up over each")
             for label, seconds in times.items():
                 print(f"  {label:30} {seconds:8.3f} s   compiled is {seconds / compiled:6.1f}x faster")
-        floor = median_of(rep, floor_epoch)
+        floor, = median_of(rep, floor_epoch)
         print(f"\nfloor: 2 GEMMs + W -= G of [784, 30] x 5000  {floor:8.3f} s   "
               f"compiled [784, 30, 10] takes {compiled_at['floor'] / floor:5.2f}x of it")
 
+        profile(data, rep, compiled_at["floor"])
+
         small = load_mnist(args.data_dir, n_train=5000, n_validation=1000)
         spec = NetworkSpec((784, 15, 10))
-        one_by_one = median_of(rep, lambda: [train(spec, c, small.train, small.validation)
-                                             for c in eta_axis(11, "compiled")])
-        packed = median_of(rep, lambda: train_packed(spec, eta_axis(11, "compiled"), small.train, small.validation))
-        numpy_packed = median_of(rep, lambda: train_packed(spec, eta_axis(11, "numpy"), small.train,
-                                                           small.validation))
+        one_by_one, packed, numpy_packed = median_of(
+            2 * rep - 1, lambda: [train(spec, c, small.train, small.validation) for c in eta_axis(11, "compiled")],
+            lambda: train_packed(spec, eta_axis(11, "compiled"), small.train, small.validation),
+            lambda: train_packed(spec, eta_axis(11, "numpy"), small.train, small.validation))
         print(f"\neta axis: 11 trials of [784, 15, 10], one seed, batch 10, 10 epochs, 5000/1000 images, "
               f"accuracies monitored (wall s)")
         print(f"  compiled, one by one     {one_by_one:8.3f} s")
@@ -188,7 +211,8 @@ def main() -> None:
     print(f"cached start (fresh process, warm cache: import + load): {cached:6.2f} s "
           f"({cached_process:.2f} s for the whole process)")
     for engine, peak in peaks.items():
-        print(f"peak RSS, one monitored epoch of [784, 30, 10] on full MNIST, {engine} engine: {peak:6.0f} MB")
+        print(f"peak RSS, one monitored epoch of [784, 30, 10] on full MNIST, {engine} engine "
+              f"(warm cache): {peak:6.0f} MB")
 
 
 if __name__ == "__main__":
