@@ -1,6 +1,6 @@
 """The compiled engine beside every reference, measured in one process (ratios, then absolute times).
 
-SGD epochs (s/epoch, medians of repeats, monitoring off, one BLAS thread, one torch thread)
+SGD epochs (CPU s/epoch, medians of rounds, monitoring off, one BLAS thread, one torch thread)
 on the 50000 full-MNIST training images, batch 10, η 0.1, for [784, 30, 10] and
 [784, 100, 10]: the per-example way (``core.reference``, extrapolated from some batches),
 a plain vectorised NumPy loop written here (a mini-batch as a matrix, nothing
@@ -42,22 +42,24 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def median_of(repeat: int, *runs) -> list[float]:
-    """Median seconds of each run over ``repeat`` rounds, the runs taking turns in a round
-    (other processes share the machine: turns spread their load over every run alike). A
-    run's seconds are what it returns, or its wall time if it returns None."""
+    """Median CPU seconds of each run over ``repeat`` rounds, the runs taking turns in a round.
+
+    Every run is single-threaded, so this process's CPU time is its work, whatever other
+    processes on the shared cores take of the wall time; the turns spread the rest of
+    their disturbance (caches, a busy sibling core) over every run alike. A run's seconds
+    are what it returns (an extrapolation), or its CPU time if it returns None."""
     times: list[list[float]] = [[] for _ in runs]
     for _ in range(repeat):
         for run, spent in zip(runs, times):
-            start = time.perf_counter()
+            start = time.process_time()
             seconds = run()
-            spent.append(time.perf_counter() - start if seconds is None else seconds)
+            spent.append(time.process_time() - start if seconds is None else seconds)
     return [statistics.median(spent) for spent in times]
 
 
-def engine_epoch(spec: NetworkSpec, data, engine: str, epochs: int = 1) -> float:
-    """Median s/epoch of ``train`` on ``engine`` (the SGD pass alone, as the history records it)."""
-    config = TrainConfig(epochs=epochs, batch_size=10, eta=0.1, engine=engine, **OFF)
-    return statistics.median(r.seconds for r in train(spec, config, data).history)
+def engine_epoch(spec: NetworkSpec, data, engine: str) -> None:
+    """One epoch of ``train`` on ``engine``, monitoring off."""
+    train(spec, TrainConfig(epochs=1, batch_size=10, eta=0.1, engine=engine, **OFF), data)
 
 
 def plain_numpy_epoch(spec: NetworkSpec, data) -> None:
@@ -98,13 +100,13 @@ def torch_epoch(spec: NetworkSpec, data, batches: int) -> float:
     loss_fn = torch.nn.CrossEntropyLoss()
     X, y = torch.from_numpy(np.array(data.X)), torch.from_numpy(data.y.astype(np.int64))  # a writable copy
     perm = torch.randperm(len(X))
-    start = time.perf_counter()
+    start = time.process_time()
     for k in range(0, batches * 10, 10):
         rows = perm[k:k + 10]
         opt.zero_grad()
         loss_fn(net(X[rows]), y[rows]).backward()
         opt.step()
-    return (time.perf_counter() - start) * (len(X) / 10) / batches
+    return (time.process_time() - start) * (len(X) / 10) / batches
 
 
 def floor_epoch() -> None:
@@ -149,8 +151,8 @@ def in_fresh_process(code: str, env: dict[str, str]) -> str:
                           check=True).stdout.strip()
 
 
-START = ("import time; t = time.perf_counter(); import core.compiled; core.compiled.warm_up(); "
-         "print(time.perf_counter() - t)")
+START = ("import time; t, c = time.perf_counter(), time.process_time(); import core.compiled; "
+         "core.compiled.warm_up(); print(time.perf_counter() - t, time.process_time() - c)")
 PEAK = ("import resource; from core.data import load_mnist; from core.model import NetworkSpec;"
         "from core.train import TrainConfig, train; data = load_mnist({!r});"
         "train(NetworkSpec((784, 30, 10)), TrainConfig(epochs=1, batch_size=10, eta=0.1, engine={!r}),"
@@ -164,15 +166,16 @@ def main() -> None:
     args = parser.parse_args()
     rep = args.repeat
     with tempfile.TemporaryDirectory() as cache:  # compile times first, in fresh processes
-        first = float(in_fresh_process(START, {"NUMBA_CACHE_DIR": cache}))
+        first = [float(t) for t in in_fresh_process(START, {"NUMBA_CACHE_DIR": cache}).split()]
         start = time.perf_counter()
-        cached = float(in_fresh_process(START, {"NUMBA_CACHE_DIR": cache}))
+        cached = [float(t) for t in in_fresh_process(START, {"NUMBA_CACHE_DIR": cache}).split()]
         cached_process = time.perf_counter() - start
         peaks = {engine: float(in_fresh_process(PEAK.format(str(args.data_dir), engine), {"NUMBA_CACHE_DIR": cache}))
                  for engine in ("numpy", "compiled")}
     mnist = load_mnist(args.data_dir)
     data = mnist.train
-    print(f"training set {data.X.shape}, batch 10, eta 0.1, float32, 1 BLAS thread, medians of {rep}")
+    print(f"training set {data.X.shape}, batch 10, eta 0.1, float32, 1 BLAS thread; CPU seconds, "
+          f"medians of {rep} rounds")
     compiled_at: dict[str, float] = {}
     with threadpool_limits(1):
         for sizes in ((784, 30, 10), (784, 100, 10)):
@@ -203,13 +206,13 @@ def main() -> None:
             lambda: train_packed(spec, eta_axis(11, "compiled"), small.train, small.validation),
             lambda: train_packed(spec, eta_axis(11, "numpy"), small.train, small.validation))
         print(f"\neta axis: 11 trials of [784, 15, 10], one seed, batch 10, 10 epochs, 5000/1000 images, "
-              f"accuracies monitored (wall s)")
+              f"accuracies monitored (CPU s)")
         print(f"  compiled, one by one     {one_by_one:8.3f} s")
         print(f"  compiled, one pack       {packed:8.3f} s   {one_by_one / packed:5.2f}x one by one")
         print(f"  NumPy engine, one pack   {numpy_packed:8.3f} s   compiled pack is {numpy_packed / packed:5.2f}x faster")
-    print(f"\nfirst compile (empty cache, import + compile): {first:6.2f} s")
-    print(f"cached start (fresh process, warm cache: import + load): {cached:6.2f} s "
-          f"({cached_process:.2f} s for the whole process)")
+    print(f"\nfirst compile (empty cache, import + compile): {first[0]:6.2f} s wall, {first[1]:.2f} s CPU")
+    print(f"cached start (fresh process, warm cache: import + load): {cached[0]:6.2f} s wall, {cached[1]:.2f} s CPU "
+          f"({cached_process:.2f} s wall for the whole process)")
     for engine, peak in peaks.items():
         print(f"peak RSS, one monitored epoch of [784, 30, 10] on full MNIST, {engine} engine "
               f"(warm cache): {peak:6.0f} MB")
