@@ -13,7 +13,8 @@ Same maths as the NumPy reference (``SGD``), arranged for speed at small batches
   layers sit side by side in one (d, K·h) matrix, so each input row and its non-zero
   pixels are read once for the pack; their other layers stay apart.
 Importing this module imports numba; its compiled code is cached on disk under
-``cache_dir()/numba`` ($NUMBA_CACHE_DIR wins when set).
+``cache_dir()/numba`` ($NUMBA_CACHE_DIR wins when set; numba reads it when first imported,
+so a process that imported numba before this module keeps numba's own cache location).
 """
 
 from __future__ import annotations
@@ -156,7 +157,9 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
     """One epoch of SGD for K trials on the row order ``perm`` (n,), batch size m.
 
     sizes (L+1,): one trial's layer sizes. W0 (d, ≥ K·h) and b0 (≥ K·h,): the first layers
-    side by side, padded with zeros to a whole number of SIMD vectors; W (L-1, K, fan_in, fan_out) and b (L-1, K, fan_out): the others, padded.
+    side by side, padded with zeros to a whole number of SIMD vectors; W (L-1, K, fan_in,
+    fan_out) and b (L-1, K, fan_out): the others, padded to the widest. The pixels of row e
+    are ``indices`` and ``table[codes]`` at ``indptr[e]:indptr[e+1]`` (see SparseRows).
     eta, decay (K,): η and 1 − ηλ/n. Updates W0, b0, W, b in place.
     """
     K, L, n = eta.shape[0], sizes.shape[0] - 1, perm.shape[0]

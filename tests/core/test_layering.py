@@ -1,4 +1,4 @@
-"""core/ stays pure NumPy + standard library."""
+"""core/ stays NumPy + standard library, with numba for the compiled engine alone."""
 
 import ast
 import subprocess
