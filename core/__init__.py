@@ -1,4 +1,5 @@
-"""mlp-sweep's core: MNIST data, a fast NumPy MLP and its SGD trainer (NumPy + stdlib only)."""
+"""mlp-sweep's core: MNIST data, a fast NumPy MLP and its SGD trainer (NumPy + stdlib only),
+with a compiled engine (numba, imported only when it trains: see ``core.engine``)."""
 
 from core.model import (NetworkSpec, Params, evaluate, gradients, init_params, load_params, predict,
                         save_params)

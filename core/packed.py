@@ -17,12 +17,13 @@ from typing import Sequence
 
 import numpy as np
 
+from core.engine import resolve
 from core.functions import ACTIVATIONS, COSTS
 from core.model import EVAL_CHUNK, NetworkSpec, Params, Workspace, init_params, one_hot
 from core.train import (CURVES, GATHER_ROWS, LEARNING_CHECK, EpochCallback, EpochRecord, LabelledSet,
                         LearningCheck, NonFiniteError, NotLearningError, TrainConfig, TrainResult, monitored)
 
-PACKED_FIELDS = ("epochs", "batch_size", *(f"monitor_{curve}" for curve in CURVES))  # must agree
+PACKED_FIELDS = ("epochs", "batch_size", *(f"monitor_{curve}" for curve in CURVES), "engine")  # must agree
 
 
 def _differing(a: TrainConfig, b: TrainConfig) -> str | None:
@@ -69,8 +70,10 @@ class PackedSGD:
     without a ones column as in SGD; a step's K batches are then a view of it, not a copy.
     """
 
-    def __init__(self, spec: NetworkSpec, stack: Stack, n: int, configs: Sequence[TrainConfig]) -> None:
-        self.stack = stack
+    def __init__(self, spec: NetworkSpec, stack: Stack, X: np.ndarray, Y: np.ndarray,
+                 configs: Sequence[TrainConfig]) -> None:
+        self.stack, self.X, self.Y = stack, X, Y  # X (n, d), one-hot Y (n, k)
+        n = len(X)
         trials, dtype = len(configs), stack.layers[0].dtype
         self.m = m = min(configs[0].batch_size, n)
         eta = np.array([c.eta for c in configs])
@@ -86,9 +89,9 @@ class PackedSGD:
         self.x = np.empty((trials, self.group, spec.sizes[0]), dtype)  # (K, rows, d), no ones column
         self.y = np.empty((trials, self.group, spec.sizes[-1]), dtype)  # (K, rows, k) one-hot
 
-    def epoch(self, X: np.ndarray, Y: np.ndarray, perms: np.ndarray) -> None:
-        """One pass over X (n, d) with one-hot targets Y (n, k); trial k visits rows perms[k]."""
-        m, n, x = self.m, perms.shape[1], self.x
+    def epoch(self, perms: np.ndarray) -> None:
+        """One pass over the training set; trial k visits rows perms[k] (K, n)."""
+        m, n, x, X, Y = self.m, perms.shape[1], self.x, self.X, self.Y
         n_full = n - n % m
         for start in range(0, n_full, self.group):
             rows = perms[:, start:min(start + self.group, n_full)]  # (K, r)
@@ -177,7 +180,7 @@ def train_packed(spec: NetworkSpec, configs: Sequence[TrainConfig], training: La
     stack = Stack.of([init_params(spec, rng) for rng in rngs] if params is None else params)
     X = np.asarray(training.X, dtype=stack.layers[0].dtype)
     n = len(X)
-    Y = one_hot(training.y, spec.sizes[-1], X.dtype)  # (n, k)
+    engine = resolve(configs[0].engine, X.dtype)
     lmbda = np.array([c.lmbda for c in configs])
     classes = spec.sizes[-1]
     untrained = (_records(_monitor(spec, configs[0], stack, training, validation, n, lmbda), len(configs), 0, 0.0, 0.0)
@@ -185,12 +188,12 @@ def train_packed(spec: NetworkSpec, configs: Sequence[TrainConfig], training: La
     histories: list[list[EpochRecord]] = [[] for _ in configs]
     results: list[TrainResult | NotLearningError | None] = [None] * len(configs)
     active = list(range(len(configs)))  # the trial of each slice of the stack
-    sgd = PackedSGD(spec, stack, n, configs)
+    sgd = _sgd(engine, spec, stack, X, training.y, configs)
     for epoch in range(1, configs[0].epochs + 1):
         perms = np.stack([rngs[i].permutation(n) for i in active])  # (K, n)
         start = time.perf_counter()
         with np.errstate(all="ignore"):  # divergence is detected below, once per epoch
-            sgd.epoch(X, Y, perms)
+            sgd.epoch(perms)
         seconds = (time.perf_counter() - start) / len(active)
         start = time.perf_counter()
         finite = sgd.stack.finite()
@@ -206,14 +209,23 @@ def train_packed(spec: NetworkSpec, configs: Sequence[TrainConfig], training: La
             histories[i].append(record)
             stop = callbacks[i] is not None and bool(callbacks[i](record))
             if stop or epoch == configs[0].epochs:
-                results[i] = TrainResult(sgd.stack.trial(k).copy(), tuple(histories[i]), stop)
+                results[i] = TrainResult(sgd.stack.trial(k).copy(), tuple(histories[i]), stop, engine)
         keep = [k for k, i in enumerate(active) if results[i] is None]
         if not keep:
             break
         if len(keep) < len(active):
             active = [active[k] for k in keep]
-            sgd = PackedSGD(spec, sgd.stack.select(keep), n, [configs[i] for i in active])
+            sgd = _sgd(engine, spec, sgd.stack.select(keep), X, training.y, [configs[i] for i in active])
     return results
+
+
+def _sgd(engine: str, spec: NetworkSpec, stack: Stack, X: np.ndarray, y: np.ndarray,
+         configs: Sequence[TrainConfig]) -> PackedSGD:
+    """The pack's SGD on ``engine`` over X (n, d) with labels y (n,): ``PackedSGD`` or its compiled twin."""
+    if engine == "compiled":
+        from core.compiled import PackedCompiledSGD
+        return PackedCompiledSGD(spec, stack, X, y, configs)
+    return PackedSGD(spec, stack, X, one_hot(y, spec.sizes[-1], X.dtype), configs)
 
 
 def _monitor(spec: NetworkSpec, config: TrainConfig, stack: Stack, training: LabelledSet,

@@ -10,6 +10,7 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
+from core.engine import check_engine, resolve
 from core.model import NetworkSpec, Params, Workspace, evaluate, init_params, one_hot
 
 
@@ -63,7 +64,8 @@ def _positive_int(name: str, value: object) -> None:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """What one training run does: epochs, batch size, η, λ, seed and what it monitors."""
+    """What one training run does: epochs, batch size, η, λ, seed, what it monitors and which
+    engine trains it ("auto", "numpy" or "compiled": see ``core.engine``)."""
 
     epochs: int
     batch_size: int
@@ -74,6 +76,7 @@ class TrainConfig:
     monitor_training_accuracy: bool = True
     monitor_validation_cost: bool = True
     monitor_validation_accuracy: bool = True
+    engine: str = "auto"
 
     def __post_init__(self) -> None:
         _positive_int("epochs", self.epochs)
@@ -88,6 +91,7 @@ class TrainConfig:
             raise ValueError(f"lmbda must be zero or positive, got {self.lmbda!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        check_engine(self.engine)
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,7 @@ class TrainResult:
     params: Params
     history: tuple[EpochRecord, ...]
     stopped_early: bool  # the callback asked to stop
+    engine: str = "numpy"  # the engine that trained it: "numpy" or "compiled"
 
     def curves(self) -> dict[str, list]:
         """The history as columns: {"epoch": [...], "training_cost": [...], ...}."""
@@ -197,8 +202,9 @@ class SGD:
     first layer adds its bias apart): gathering whole rows takes half the time.
     """
 
-    def __init__(self, spec: NetworkSpec, params: Params, n: int, config: TrainConfig) -> None:
-        self.params = params
+    def __init__(self, spec: NetworkSpec, params: Params, X: np.ndarray, Y: np.ndarray, config: TrainConfig) -> None:
+        self.params, self.X, self.Y = params, X, Y  # X (n, d), one-hot Y (n, k)
+        n = len(X)
         self.m = m = min(config.batch_size, n)
         self.eta = config.eta
         self.decay = 1.0 - config.eta * config.lmbda / n
@@ -207,10 +213,10 @@ class SGD:
         self.group = max(1, GATHER_ROWS // m) * m  # rows per gather, whole mini-batches
         self.x = np.empty((self.group, spec.sizes[0]), params.dtype)  # (rows, d)
 
-    def epoch(self, X: np.ndarray, Y: np.ndarray, perm: np.ndarray) -> None:
-        """One pass over X (n, d) with one-hot targets Y (n, k) in the order ``perm``."""
-        m, n, x = self.m, len(perm), self.x
-        Y = Y.take(perm, axis=0)  # (n, k): targets in epoch order, so batches are slices
+    def epoch(self, perm: np.ndarray) -> None:
+        """One pass over the training set in the order ``perm`` (n,)."""
+        m, n, x, X = self.m, len(perm), self.x, self.X
+        Y = self.Y.take(perm, axis=0)  # (n, k): targets in epoch order, so batches are slices
         scale = self.eta / m
         n_full = n - n % m
         for start in range(0, n_full, self.group):
@@ -247,21 +253,26 @@ def train(spec: NetworkSpec, config: TrainConfig, training: LabelledSet,
     ``callback(record)`` runs after every epoch; returning True stops training.
     Raises a NotLearningError naming the epoch when ``check`` judges that the network
     does not learn (with NO_CHECK: only when a cost or weight stops being finite),
-    before the callback sees that epoch.
+    before the callback sees that epoch. ``config.engine`` picks the engine (``core.engine.resolve``);
+    both draw the same numbers and train the same mini-batches.
     """
     rng = np.random.default_rng(config.seed)
     params = init_params(spec, rng) if params is None else params.copy()
     X = np.asarray(training.X, dtype=params.dtype)
     n = len(X)
-    Y = one_hot(training.y, spec.sizes[-1], params.dtype)  # (n, k)
-    sgd = SGD(spec, params, n, config)
+    engine = resolve(config.engine, params.dtype)
+    if engine == "compiled":
+        from core.compiled import CompiledSGD
+        sgd = CompiledSGD(spec, [params], X, training.y, [config])
+    else:
+        sgd = SGD(spec, params, X, one_hot(training.y, spec.sizes[-1], params.dtype), config)
     untrained = (_monitor(spec, config, params, training, validation, n, 0, 0.0)
                  if check.cost_growth is not None else None)
     history: list[EpochRecord] = []
     for epoch in range(1, config.epochs + 1):
         start = time.perf_counter()
         with np.errstate(all="ignore"):  # divergence is detected below, once per epoch
-            sgd.epoch(X, Y, rng.permutation(n))
+            sgd.epoch(rng.permutation(n))
         seconds = time.perf_counter() - start
         if not params.is_finite():
             raise NonFiniteError(epoch, "weights")
@@ -271,8 +282,8 @@ def train(spec: NetworkSpec, config: TrainConfig, training: LabelledSet,
             raise stop
         history.append(record)
         if callback is not None and callback(record):
-            return TrainResult(params, tuple(history), True)
-    return TrainResult(params, tuple(history), False)
+            return TrainResult(params, tuple(history), True, engine)
+    return TrainResult(params, tuple(history), False, engine)
 
 
 def monitored(config: TrainConfig, training: LabelledSet, validation: LabelledSet | None):

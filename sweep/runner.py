@@ -519,7 +519,7 @@ def _worker_main(plan: WorkerPlan, seed_offset: int) -> None:
             raise SystemExit(FAILING_EXIT) from None  # the supervisor says why
 
 
-PRELOAD = ["sweep.runner"]  # about 1 s of imports
+PRELOAD = ["sweep.runner", "core.preload"]  # about 1 s of imports; the compiled engine's code, loaded once
 
 
 def prepare_workers(tracking: bool) -> None:

@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Any
 
 from core import NetworkSpec, TrainConfig
+from core.engine import ENGINES
 from core.functions import ACTIVATIONS, COSTS
 from sweep import limits
 from sweep.errors import InvalidValue
@@ -171,6 +172,7 @@ SETTINGS: Mapping[str, Callable[[Any], Any]] = MappingProxyType({
     "seed": int_at_least(0),
     "activation": one_of("activation", tuple(ACTIVATIONS)),
     "cost": one_of("cost", tuple(COSTS)),
+    "engine": one_of("engine", ENGINES),
     "sizes": _layer_sizes,
     **{name: BOOL.check for name in MONITORS},
 })
