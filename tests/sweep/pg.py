@@ -238,6 +238,52 @@ def can_fake_a_host() -> str | None:
     return None
 
 
+HOLD_DIR = Path(__file__).resolve().parent / "hold"
+
+
+def held_env(epoch: int = 1, first: int = 0) -> dict[str, str]:
+    """The environment that makes each worker process stop itself (SIGSTOP) once, right after
+    it reported epoch ``epoch`` of a trial numbered ``first`` or more (see hold/sitecustomize.py)."""
+    path = os.pathsep.join(p for p in (str(HOLD_DIR), os.environ.get("PYTHONPATH")) if p)
+    return {"MLP_SWEEP_TEST_HOLD": f"{epoch}:{first}", "PYTHONPATH": path}
+
+
+def stopped(pid: int) -> bool:
+    """Whether a process is stopped (by SIGSTOP): held, in held_env's words."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+    except FileNotFoundError:
+        return False
+
+
+def gone(pid: int) -> bool:
+    """Whether a process has ended (a zombie has)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def signal_pending(pid: int, sig: int) -> bool:
+    """Whether ``sig`` was sent to the (stopped) process and waits to be handled."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    masks = [int(line.split()[1], 16) for line in status.splitlines() if line.startswith(("SigPnd:", "ShdPnd:"))]
+    return any(mask & (1 << (sig - 1)) for mask in masks)
+
+
+def held_workers(study: optuna.Study) -> dict[int, list[int]]:
+    """The RUNNING trials of each held (stopped) worker process, by pid."""
+    by_pid: dict[int, list[int]] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid = t.user_attrs.get("mlp_sweep.worker", {}).get("pid")
+        if pid is not None and stopped(pid):
+            by_pid.setdefault(pid, []).append(t.number)
+    return by_pid
+
+
 def finish(proc: subprocess.Popen, timeout: float = 180) -> tuple[int, str, str]:
     """Wait for a process; return its exit code, stdout and stderr."""
     try:
