@@ -96,7 +96,11 @@ def test_list_shows_counts_and_best(workdir, stored, capsys):
     assert run_cli("list") == 0
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("tiny "))
-    assert row.split()[1:3] == ["2", "2"]
+    study = journal_study(workdir, "tiny")
+    values = sorted(t.value for t in study.trials)  # both complete, validation accuracy (maximised)
+    assert study.direction.name == "MAXIMIZE" and values[0] < values[-1]  # the best is not just any trial
+    # trials, complete, pruned, failed, running, best
+    assert row.split()[1:] == ["2", "2", "0", "0", "0", f"{values[-1]:.4g}"]
 
 
 def test_report_and_refine_from_the_launcher(workdir, stored, capsys):
