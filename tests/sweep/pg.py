@@ -200,7 +200,7 @@ def mlflow_server(tmp_path_factory) -> Iterator[MlflowServer]:
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     log = open(root / "server.log", "wb")
     proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, **QUIET})
+                            env={**os.environ, **QUIET, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # (as sweep ui)
     try:
         body = wait_for_http(f"http://127.0.0.1:{port}/health", proc)
         assert body.strip() == b"OK"
@@ -239,6 +239,8 @@ def can_fake_a_host() -> str | None:
 
 
 HOLD_DIR = Path(__file__).resolve().parent / "hold"
+#: A pruner that never prunes: it makes every trial report each epoch to Optuna (where held_env holds).
+NEVER_PRUNE = '[pruner]\nname = "threshold"\nlower = 0.0\n'
 
 
 def held_env(epoch: int = 1, first: int = 0) -> dict[str, str]:

@@ -26,15 +26,14 @@ from sweep.spec import load_spec
 from sweep.storage import StorageSpec
 from sweep.words import plural
 from tests.sweep.conftest import child_runs, run_cli, tracking_client, write_study
-from tests.sweep.pg import (_JOURNALS, by_state, can_fake_a_host, check_agreement, check_grid_done, check_retries,
-                            database_url, finish, gone, held_env, held_workers, journal, pg_databases, rdb_study,
-                            signal_pending, start_sweep, trial_runs, wait_until)
+from tests.sweep.pg import (_JOURNALS, NEVER_PRUNE, by_state, can_fake_a_host, check_agreement, check_grid_done,
+                            check_retries, database_url, finish, gone, held_env, held_workers, journal, pg_databases,
+                            rdb_study, signal_pending, start_sweep, trial_runs, wait_until)
 
 pytestmark = pytest.mark.slow
 __all__ = ["pg_databases"]  # a fixture, imported for pytest
 
 EPOCHS = 3  # a held trial has reported epoch 1: two epochs to go when it is let go
-NEVER_PRUNE = '[pruner]\nname = "threshold"\nlower = 0.0\n'
 N_POINTS = 6  # TINY's grid: batch size 10, 20, 30 x eta 0.1, 0.2 (packs of two, by eta)
 
 
