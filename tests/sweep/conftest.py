@@ -16,6 +16,7 @@ import optuna
 import pytest
 
 from sweep.cli import main
+from tests.sweep.pg import kill_started
 
 TINY = """\
 name = "{name}"
@@ -40,6 +41,12 @@ epochs = {epochs}
 batch_size = {{ type = "int", low = 10, high = 30, step = 10 }}
 eta = {{ type = "float", low = 0.1, high = 0.2, step = 0.1 }}
 """
+
+
+@pytest.fixture(autouse=True)
+def no_sweep_left_running():
+    yield
+    kill_started()
 
 
 @pytest.fixture(scope="session")

@@ -222,8 +222,23 @@ def start_sweep(*args, cwd: Path, env: dict | None = None, hostname: str | None 
     cmd = [*SWEEP, *map(str, args)]
     if hostname is not None:
         cmd = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', hostname, *cmd]
-    return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, env={**os.environ, **QUIET, **(env or {})})
+    _STARTED.append(proc)
+    return proc
+
+
+_STARTED: list[subprocess.Popen] = []  # by start_sweep, in this test
+
+
+def kill_started() -> None:
+    """Kill what this test's ``start_sweep`` processes left running (a failed test may leave
+    a worker held by held_env for ever; a passing one leaves nothing). Called after each test."""
+    while _STARTED:
+        proc = _STARTED.pop()
+        if _group_alive(proc.pid):
+            stop_group(proc, signal.SIGKILL)
+        proc.communicate()  # (closes its pipes)
 
 
 def can_fake_a_host() -> str | None:
