@@ -1,6 +1,8 @@
 # Two entry points: `make sweep` (the main job) and `make test` (the whole suite);
-# `make check` is the fast selection to run while working (about 40 s).
-# Each creates .venv and installs the project on first use.
+# `make check` is the fast selection to run while working (under a minute).
+# Each creates .venv and installs the project on first use. Tests run in one process per
+# CPU (pytest-xdist), each test file in one of them: every test keeps its stores, databases
+# and ports to itself.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -21,15 +23,17 @@ $(VENV)/.test: pyproject.toml constraints-test.txt | $(BIN)/python
 sweep: $(VENV)/.base
 	$(BIN)/sweep run studies/homework-grid-5k.toml
 
+PARALLEL := -n auto --dist loadfile
+
 test: $(VENV)/.test
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PARALLEL)
 
 # The model, the study files, samplers, reports, refine and the bad-input corpus: no whole sweeps.
 CHECK := tests/core tests/sweep/test_spec.py tests/sweep/test_samplers.py tests/sweep/test_report.py \
 	tests/sweep/test_refine.py tests/sweep/test_pareto.py tests/sweep/test_bad_input.py
 
 check: $(VENV)/.test
-	$(BIN)/python -m pytest -q -m "not slow and not postgres" $(CHECK)
+	$(BIN)/python -m pytest -q $(PARALLEL) -m "not slow and not postgres" $(CHECK)
 
 bench: $(VENV)/.test
 	$(BIN)/python benchmarks/bench_core.py

@@ -56,6 +56,7 @@ def _is_locked(exc: BaseException | None) -> bool:
 
 
 @functools.cache
+@functools.cache  # once per process: each call would add another log filter
 def configure() -> None:
     """Set MLflow up for a sweep, once per process and before mlflow is first imported: no
     telemetry thread, no "View run ..." lines on stdout; migrations ("Creating initial MLflow

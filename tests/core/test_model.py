@@ -24,7 +24,7 @@ def _problem(spec, seed=0, n=9):
 
 @pytest.mark.parametrize("lmbda", [0.0, 0.7])
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.sizes}-{s.activation}-{s.cost}")
-def test_backprop_matches_finite_differences(spec, lmbda):
+def test_backprop_gradient_matches_finite_differences(spec, lmbda):
     """BP1–BP4 and the L2 term: every partial derivative, central differences in float64."""
     params, X, y = _problem(spec)
     n_train = 50

@@ -1,14 +1,22 @@
-"""Fixtures for whole sweeps: tiny study files, temp stores, the CLI run in-process."""
+"""Fixtures for whole sweeps: tiny study files, temp stores, the CLI run in-process.
+
+MLflow migrates every new SQLite database (seconds each time), so one empty migrated
+database and one stored tiny study are made per test run and copied where a test needs them.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import sqlite3
 from pathlib import Path
 
 import optuna
 import pytest
 
 from sweep.cli import main
+from tests.sweep.pg import kill_started
 
 TINY = """\
 name = "{name}"
@@ -35,11 +43,47 @@ eta = {{ type = "float", low = 0.1, high = 0.2, step = 0.1 }}
 """
 
 
+@pytest.fixture(autouse=True)
+def no_sweep_left_running():
+    yield
+    kill_started()
+
+
+@pytest.fixture(scope="session")
+def empty_tracking_db(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite database, migrated once per test run: copy it, never write to it."""
+    from sweep import tracking
+
+    tracking.configure()  # before mlflow is imported: no telemetry, quiet migrations
+    from mlflow.tracking import MlflowClient
+
+    root = tmp_path_factory.mktemp("empty-tracking-db")
+    made, template = root / "made.db", root / "mlflow.db"
+    cwd = os.getcwd()
+    os.chdir(root)  # MLflow's default experiment points below the working directory
+    try:
+        MlflowClient(f"sqlite:///{made}").search_experiments()  # runs the migrations
+    finally:
+        os.chdir(cwd)
+    with contextlib.closing(sqlite3.connect(made)) as src, contextlib.closing(sqlite3.connect(template)) as dst:
+        src.backup(dst)  # a consistent, self-contained copy (no -wal file beside it)
+    return template
+
+
+def tracking_db(template: Path, directory: Path) -> str:
+    """A copy of the empty migrated MLflow database as ``directory/mlflow.db``; its URI."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, directory / "mlflow.db")
+    return f"sqlite:///{directory / 'mlflow.db'}"
+
+
 @pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    """A fresh working directory whose ./mlruns holds the default stores."""
+def workdir(tmp_path, monkeypatch, empty_tracking_db):
+    """A fresh working directory: ./mlruns holds the default stores, for now an empty (migrated)
+    MLflow database and no study."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracking_db(empty_tracking_db, tmp_path / "mlruns")
     return tmp_path
 
 
@@ -55,16 +99,24 @@ def run_cli(*args: str) -> int:
     return info.value.code
 
 
-def stored_tiny_study(root: Path) -> Path:
-    """``root`` made a working directory with a finished tiny study (2 trials) in ./mlruns.
-
-    For module-scoped fixtures, which cannot use the ``workdir`` fixture's chdir."""
+@pytest.fixture(scope="session")
+def stored_study(tmp_path_factory, empty_tracking_db) -> Path:
+    """A working directory with a finished tiny study (2 trials) in ./mlruns, made once per
+    test run: copy it (``copy_stored``), never write to it."""
+    root = tmp_path_factory.mktemp("stored-study")
+    tracking_db(empty_tracking_db, root / "mlruns")
     cwd = os.getcwd()
     os.chdir(root)
     try:
         assert run_cli("run", write_study(root / "tiny.toml", epochs=1), "--n-trials", 2, "--no-report") == 0
     finally:
         os.chdir(cwd)
+    return root
+
+
+def copy_stored(template: Path, root: Path) -> Path:
+    """The stored study's files copied into ``root`` (which may exist); returns root."""
+    shutil.copytree(template, root, dirs_exist_ok=True)
     return root
 
 

@@ -200,7 +200,7 @@ def mlflow_server(tmp_path_factory) -> Iterator[MlflowServer]:
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     log = open(root / "server.log", "wb")
     proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, **QUIET})
+                            env={**os.environ, **QUIET, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # (as sweep ui)
     try:
         body = wait_for_http(f"http://127.0.0.1:{port}/health", proc)
         assert body.strip() == b"OK"
@@ -222,8 +222,23 @@ def start_sweep(*args, cwd: Path, env: dict | None = None, hostname: str | None 
     cmd = [*SWEEP, *map(str, args)]
     if hostname is not None:
         cmd = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', hostname, *cmd]
-    return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, env={**os.environ, **QUIET, **(env or {})})
+    _STARTED.append(proc)
+    return proc
+
+
+_STARTED: list[subprocess.Popen] = []  # by start_sweep, in this test
+
+
+def kill_started() -> None:
+    """Kill what this test's ``start_sweep`` processes left running (a failed test may leave
+    a worker held by held_env for ever; a passing one leaves nothing). Called after each test."""
+    while _STARTED:
+        proc = _STARTED.pop()
+        if _group_alive(proc.pid):
+            stop_group(proc, signal.SIGKILL)
+        proc.communicate()  # (closes its pipes)
 
 
 def can_fake_a_host() -> str | None:
@@ -236,6 +251,54 @@ def can_fake_a_host() -> str | None:
     if done.returncode != 0 or done.stdout.strip() != "other-machine":
         return f"unshare --uts does not work here (needs root): {done.stderr.strip()}"
     return None
+
+
+HOLD_DIR = Path(__file__).resolve().parent / "hold"
+#: A pruner that never prunes: it makes every trial report each epoch to Optuna (where held_env holds).
+NEVER_PRUNE = '[pruner]\nname = "threshold"\nlower = 0.0\n'
+
+
+def held_env(epoch: int = 1, first: int = 0) -> dict[str, str]:
+    """The environment that makes each worker process stop itself (SIGSTOP) once, right after
+    it reported epoch ``epoch`` of a trial numbered ``first`` or more (see hold/sitecustomize.py)."""
+    path = os.pathsep.join(p for p in (str(HOLD_DIR), os.environ.get("PYTHONPATH")) if p)
+    return {"MLP_SWEEP_TEST_HOLD": f"{epoch}:{first}", "PYTHONPATH": path}
+
+
+def stopped(pid: int) -> bool:
+    """Whether a process is stopped (by SIGSTOP): held, in held_env's words."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+    except FileNotFoundError:
+        return False
+
+
+def gone(pid: int) -> bool:
+    """Whether a process has ended (a zombie has)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def signal_pending(pid: int, sig: int) -> bool:
+    """Whether ``sig`` was sent to the (stopped) process and waits to be handled."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    masks = [int(line.split()[1], 16) for line in status.splitlines() if line.startswith(("SigPnd:", "ShdPnd:"))]
+    return any(mask & (1 << (sig - 1)) for mask in masks)
+
+
+def held_workers(study: optuna.Study) -> dict[int, list[int]]:
+    """The RUNNING trials of each held (stopped) worker process, by pid."""
+    by_pid: dict[int, list[int]] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid = t.user_attrs.get("mlp_sweep.worker", {}).get("pid")
+        if pid is not None and stopped(pid):
+            by_pid.setdefault(pid, []).append(t.number)
+    return by_pid
 
 
 def finish(proc: subprocess.Popen, timeout: float = 180) -> tuple[int, str, str]:

@@ -27,8 +27,8 @@ from sweep.studyfile import load_spec
 from sweep.storage import StorageSpec
 from tests.gzip_bomb import gzip_bomb
 from tests.sweep.bad_studies import EXHAUSTING, SEEDS, UNREADABLE, special_file
-from tests.sweep.conftest import (journal_study, one_line_error, run_cli, stored_tiny_study, tracking_client,
-                                  tree_snapshot, write_study)
+from tests.sweep.conftest import (copy_stored, journal_study, one_line_error, run_cli, tracking_client, tree_snapshot,
+                                  write_study)
 from tests.sweep.pg import database_url, free_port, pg_databases
 
 __all__ = ["pg_databases"]  # a fixture, imported for pytest
@@ -46,9 +46,9 @@ def refused(capsys, *args) -> str:
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory):
+def template(tmp_path_factory, stored_study):
     """A workdir with stored studies: "tiny" (2 trials run) and "full" (on MNIST, created, not run)."""
-    root = stored_tiny_study(tmp_path_factory.mktemp("stored"))
+    root = copy_stored(stored_study, tmp_path_factory.mktemp("stored"))
     text = write_study(root / "full.toml", name="full", epochs=1).read_text()
     (root / "full.toml").write_text(text.replace('"mnist-5k"', '"mnist"'))
     stores = Stores(StorageSpec(str(root / "mlruns" / "optuna.journal")), f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
@@ -410,7 +410,7 @@ def test_a_journal_optuna_cannot_read_is_not_listed(workdir, template, capsys):
 
 def test_an_empty_journal_is_not_damaged(workdir, capsys):
     journal = workdir / "mlruns" / "optuna.journal"
-    journal.parent.mkdir()
+    journal.parent.mkdir(exist_ok=True)  # (workdir holds an empty tracking database there)
     journal.touch()
     capsys.readouterr()
     assert run_cli("list") == 0

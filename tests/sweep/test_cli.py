@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from sweep.cli import cli
-from tests.sweep.bad_studies import BAD_STUDIES
+from tests.sweep.bad_studies import BAD_STUDIES, BY_PART, CLI_SAMPLE
 from sweep.words import plural
-from tests.sweep.conftest import journal_study, one_line_error, run_cli, stored_tiny_study, tree_snapshot, write_study
+from tests.sweep.conftest import copy_stored, journal_study, one_line_error, run_cli, tree_snapshot, write_study
 
 COMMANDS = sorted(cli.commands)
 
@@ -31,20 +29,22 @@ def test_every_command_has_help(command, capsys):
                 assert param.help, f"{command} {param.opts} has no help"
 
 
-@pytest.fixture(scope="module")
-def stored_template(tmp_path_factory):
-    """A working directory with a finished tiny study, made once per module."""
-    return stored_tiny_study(tmp_path_factory.mktemp("stored"))
-
-
 @pytest.fixture
-def stored(workdir, stored_template):
-    """The template copied into this test's workdir; returns a snapshot of its stores."""
-    shutil.copytree(stored_template, workdir, dirs_exist_ok=True)
+def stored(workdir, stored_study):
+    """The stored tiny study copied into this test's workdir; returns a snapshot of its stores."""
+    copy_stored(stored_study, workdir)
     return tree_snapshot(workdir / "mlruns")
 
 
-@pytest.mark.parametrize("case_id, text, key, phrase", BAD_STUDIES, ids=[c[0] for c in BAD_STUDIES])
+def test_the_launchers_sample_of_bad_studies_covers_every_part():
+    """Every row runs through the parser (test_spec.py); the launcher gets at least one of each part."""
+    ids = {row[0] for row in CLI_SAMPLE}
+    assert all(ids & {row[0] for row in rows} for rows in BY_PART.values())
+    assert ids <= {row[0] for row in BAD_STUDIES} and len(ids) == len(CLI_SAMPLE) < len(BAD_STUDIES)
+    assert {row[0] for row in BAD_STUDIES if row[2] is None} <= ids  # files refused as a whole
+
+
+@pytest.mark.parametrize("case_id, text, key, phrase", CLI_SAMPLE, ids=[c[0] for c in CLI_SAMPLE])
 def test_bad_study_file_gives_one_line_exit_2_and_touches_nothing(workdir, stored, capsys, case_id, text, key,
                                                                   phrase):
     path = workdir / "bad.toml"
@@ -96,7 +96,11 @@ def test_list_shows_counts_and_best(workdir, stored, capsys):
     assert run_cli("list") == 0
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("tiny "))
-    assert row.split()[1:3] == ["2", "2"]
+    study = journal_study(workdir, "tiny")
+    values = sorted(t.value for t in study.trials)  # both complete, validation accuracy (maximised)
+    assert study.direction.name == "MAXIMIZE" and values[0] < values[-1]  # the best is not just any trial
+    # trials, complete, pruned, failed, running, best
+    assert row.split()[1:] == ["2", "2", "0", "0", "0", f"{values[-1]:.4g}"]
 
 
 def test_report_and_refine_from_the_launcher(workdir, stored, capsys):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 from pathlib import Path
 
@@ -20,9 +21,9 @@ from sweep.schema import PARENT_ATTR
 from sweep.studyfile import load_spec
 from sweep.storage import StorageSpec
 from tests.sweep.conftest import TINY
-from tests.sweep.pg import (QUIET, SWEEP, by_state, can_fake_a_host, check_agreement, check_grid_done, database_url, finish,
-                            mlflow_server, pg_databases, rdb_study, start_sweep, study_ready, trial_runs,
-                            wait_until)
+from tests.sweep.pg import (NEVER_PRUNE, QUIET, SWEEP, by_state, can_fake_a_host, check_agreement, check_grid_done,
+                            database_url, finish, held_env, held_workers, mlflow_server, pg_databases, rdb_study,
+                            start_sweep, study_ready, trial_runs, wait_until)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 __all__ = ["mlflow_server", "pg_databases"]  # fixtures, imported for pytest
@@ -88,14 +89,20 @@ def test_the_readme_two_machine_set_up(tmp_path, pg_databases, mlflow_server):
     storage = database_url(pg_databases())
     machine_a, machine_b = tmp_path / "a", tmp_path / "b"
     machine_a.mkdir(), machine_b.mkdir()
-    path = study_file(machine_a / "two.toml", "two", epochs=100)  # about 10 s of work: B joins in time
-    bigger = path.read_text().replace("n_train = 300", "n_train = 2000").replace("[784, 8, 10]", "[784, 30, 10]")
-    path.write_text(bigger)
+    path = study_file(machine_a / "two.toml", "two")
+    path.write_text(path.read_text() + NEVER_PRUNE)  # every epoch reported: where A is held
     common = ["--storage", storage, "--tracking-uri", mlflow_server.uri]
 
-    run_a = start_sweep("run", "two.toml", *common, cwd=machine_a)
-    wait_until(lambda: run_a.poll() is not None or study_ready(storage, "two"), 60, "the study to exist")
+    run_a = start_sweep("run", "two.toml", *common, cwd=machine_a, env=held_env())
+    [(pid, held)] = wait_until(lambda: run_a.poll() is not None or
+                               (study_ready(storage, "two") and held_workers(rdb_study(storage, "two"))), 60,
+                               "machine A held in its first trials").items()
+    assert pid == run_a.pid
     worker_b = start_sweep("worker", "--study", "two", *common, cwd=machine_b, hostname="machine-b")
+    wait_until(lambda: worker_b.poll() is not None or any(
+        t.user_attrs.get("mlp_sweep.worker", {}).get("host") == "machine-b" for t in rdb_study(storage, "two").trials),
+        60, "machine B to claim trials")  # B joins while A trains
+    os.kill(pid, signal.SIGCONT)
     code_a, out_a, err_a = finish(run_a)
     code_b, out_b, err_b = finish(worker_b)
 
@@ -108,7 +115,7 @@ def test_the_readme_two_machine_set_up(tmp_path, pg_databases, mlflow_server):
     assert 1 <= ran(out_b) == sum(t.user_attrs["mlp_sweep.worker"]["host"] == "machine-b" for t in study.trials)
     assert "machine-b" in hosts and len(hosts) == 2, hosts
     runs = trial_runs(mlflow_server.uri, "two")
-    assert check_agreement(study, runs, 100) == {"FINISHED": N_POINTS}
+    assert check_agreement(study, runs, EPOCHS) == {"FINISHED": N_POINTS}
     # machine A's report went to the study's parent run, through the server, into its artifact store
     reports = [p.name for p in mlflow_server.artifacts.rglob("*") if p.is_file()]
     assert "trials.csv" in reports and (machine_a / "reports" / "two" / "trials.csv").exists()

@@ -2,7 +2,6 @@
 
 import itertools
 import math
-import shutil
 
 import optuna
 import pytest
@@ -15,7 +14,7 @@ from sweep.schema import RESULT_ATTR, SPEC_ATTR
 from sweep.space import Categorical, Fixed, FloatRange, IntRange
 from sweep.study import suggest
 from sweep.studyfile import load_spec, parse_spec, spec_to_dict
-from tests.sweep.conftest import journal_study, run_cli, stored_tiny_study
+from tests.sweep.conftest import copy_stored, journal_study, run_cli
 from tests.sweep.test_report import result
 
 GRID = {
@@ -211,14 +210,9 @@ def test_write_refined_refuses_to_overwrite(tmp_path, grid):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "refined.toml"]  # no temporary files
 
 
-@pytest.fixture(scope="module")
-def tiny_parent(tmp_path_factory):
-    return stored_tiny_study(tmp_path_factory.mktemp("parent"))
-
-
 @pytest.mark.parametrize("workers", [1, 2])
-def test_a_refined_grid_runs_each_of_its_points_once_the_parent_best_first(workdir, tiny_parent, workers):
-    shutil.copytree(tiny_parent, workdir, dirs_exist_ok=True)
+def test_a_refined_grid_runs_each_of_its_points_once_the_parent_best_first(workdir, stored_study, workers):
+    copy_stored(stored_study, workdir)
     assert not (workdir / "studies").exists()  # refine makes it
     assert run_cli("refine", "tiny", "--run", "--workers", workers, "--no-tracking") == 0
     spec = load_spec(workdir / "studies" / "tiny-refined.toml")

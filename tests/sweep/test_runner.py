@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 
 import pandas as pd
@@ -20,6 +16,7 @@ from sweep.samplers import SAMPLERS
 from sweep.studyfile import load_spec
 from sweep.storage import StorageSpec
 from tests.sweep.conftest import child_runs, journal_study, run_cli, tracking_client, write_study
+from tests.sweep.pg import NEVER_PRUNE, finish, held_env, start_sweep, stopped, wait_until
 
 GRID = {(b, e) for b in (10, 20, 30) for e in (0.1, 0.2)}
 
@@ -169,21 +166,13 @@ def test_a_failing_trial_becomes_fail_and_the_study_goes_on(workdir, monkeypatch
 
 
 def test_ctrl_c_keeps_finished_trials_fails_the_running_one_and_a_later_run_continues(workdir):
-    study_file = write_study(workdir / "tiny.toml", epochs=1000)
-    proc = subprocess.Popen([sys.executable, "-m", "sweep", "run", str(study_file)], cwd=workdir,
-                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # wait until the second pack (two trials: eta 0.1 and 0.2) runs
-        journal = workdir / "mlruns" / "optuna.journal"
-        with contextlib.suppress(KeyError):  # (the journal is there, the study not yet)
-            if journal.exists() and any(t.state == TrialState.RUNNING and t.number == 2
-                                        for t in journal_study(workdir, "tiny").trials):
-                break
-        time.sleep(0.05)
-    time.sleep(0.3)
-    os.killpg(proc.pid, signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    study_file = write_study(workdir / "tiny.toml", epochs=3, extra=NEVER_PRUNE)
+    proc = start_sweep("run", study_file, cwd=workdir, env=held_env(first=2))  # held in its second pack (2, 3)
+    wait_until(lambda: proc.poll() is not None or stopped(proc.pid), 120, "the sweep held in its second pack")
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: to the whole process group
+    os.killpg(proc.pid, signal.SIGCONT)
+    code, out, err = finish(proc, timeout=60)
+    assert code == 130, err
     assert "interrupted" in err and "Traceback" not in err
     study = journal_study(workdir, "tiny")
     failed = [t for t in study.trials if t.state == TrialState.FAIL]

@@ -190,28 +190,41 @@ def test_grid_points_refuses_a_continuous_range():
         grid_points(parse_spec(data, "test").searched)
 
 
-# Required options of each pruner, for building them.
-PRUNER_NEEDS = {"percentile": {"percentile": 25.0}, "patient": {"patience": 2}, "threshold": {"lower": 0.1}}
+# Required options of each pruner, for building them (the threshold one prunes below 0.5).
+PRUNER_NEEDS = {"percentile": {"percentile": 25.0}, "patient": {"patience": 2}, "threshold": {"lower": 0.5}}
+PRUNER_CLASSES = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
+                  "percentile": optuna.pruners.PercentilePruner,
+                  "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+                  "hyperband": optuna.pruners.HyperbandPruner, "patient": optuna.pruners.PatientPruner,
+                  "threshold": optuna.pruners.ThresholdPruner}
+EPOCHS = 9
 
 
 @pytest.mark.parametrize("name", PRUNERS)
 def test_every_pruner_builds_and_prunes(name):
-    data = homework_spec("random", pruner={"name": name, **PRUNER_NEEDS.get(name, {})})
-    data["sampler"] = {"name": "random"}
+    """Each trial is worse than the one before and gets worse every epoch: every pruner but
+    "none" stops some trials early (median and percentile once their 5 startup trials are done)."""
+    data = homework_spec("random")
+    data["pruner"] = {"name": name, **PRUNER_NEEDS.get(name, {})}
     spec = parse_spec(data, "test")
     pruner = spec.make_pruner()
-    assert isinstance(pruner, optuna.pruners.BasePruner)
+    assert type(pruner) is PRUNER_CLASSES[name]
     study = optuna.create_study(direction="maximize", pruner=pruner, sampler=spec.make_sampler())
 
     def objective(trial):
-        for epoch in range(1, 4):
-            trial.report(toy(spec, trial) if epoch == 1 else trial.number / 10, epoch)
+        toy(spec, trial)  # the sampler's parameters, as a sweep suggests them
+        for epoch in range(1, EPOCHS + 1):
+            trial.report(1 - trial.number / 10 - epoch / 100, epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned()
-        return trial.number / 10
+        return 1 - trial.number / 10 - EPOCHS / 100
 
     study.optimize(objective, n_trials=6)
+    pruned = study.get_trials(states=(optuna.trial.TrialState.PRUNED,))
     assert len(study.trials) == 6
+    assert bool(pruned) == (name != "none"), [t.number for t in pruned]
+    assert all(len(t.intermediate_values) < EPOCHS for t in pruned)  # stopped early
+    assert set(PRUNER_CLASSES) == set(PRUNERS)
 
 
 def test_hyperband_of_the_shipped_study():

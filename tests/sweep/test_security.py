@@ -166,11 +166,58 @@ def test_no_pickle_eval_or_exec_in_core_and_sweep():
     text = "\n".join(path.read_text() for path in files)
     assert "allow_pickle=True" not in text  # the grep, as well as the parse
     assert "allow_pickle=False" in (REPO_ROOT / "core" / "model.py").read_text()  # weights: explicitly no pickle
-    import inspect
 
+
+class Payload:
+    """Unpickling it runs code: it creates the file ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return Path.touch, (self.path,)
+
+
+def pickled(marker: Path):
+    """An object array: NumPy writes it as a pickle, which would create ``marker`` when loaded."""
     import numpy as np
 
-    assert inspect.signature(np.load).parameters["allow_pickle"].default is False  # so a plain np.load is safe
+    array = np.empty(1, dtype=object)
+    array[0] = Payload(marker)
+    return array
+
+
+def test_a_saved_network_holding_a_pickle_is_refused_without_running_it(tmp_path):
+    import numpy as np
+
+    from core.model import NetworkSpec, init_params, load_params, save_params
+
+    spec = NetworkSpec((4, 3, 2))
+    path = tmp_path / "net.npz"
+    save_params(path, spec, init_params(spec, np.random.default_rng(0)))
+    with np.load(path) as saved:
+        arrays = dict(saved)
+    marker = tmp_path / "ran"
+    np.savez(path, **{**arrays, "W0": pickled(marker)})
+    with pytest.raises(ValueError, match="not a saved network"):
+        load_params(path)
+    assert not marker.exists()
+
+
+def test_a_cached_dataset_holding_a_pickle_is_built_again_without_running_it(tmp_path, mnist_dir, monkeypatch):
+    import numpy as np
+
+    from core.data import cache_dir, load_mnist
+
+    monkeypatch.setenv("MLP_SWEEP_CACHE", str(tmp_path / "cache"))
+    good = load_mnist(mnist_dir, n_train=50, n_validation=10, n_test=10)
+    [entry] = (cache_dir() / "decoded").iterdir()
+    marker = tmp_path / "ran"
+    np.save(entry / "test_y.npy", pickled(marker), allow_pickle=True)
+    again = load_mnist(mnist_dir, n_train=50, n_validation=10, n_test=10)
+    assert not marker.exists()
+    np.testing.assert_array_equal(again.test.y, good.test.y)
+    assert np.load(entry / "test_y.npy").dtype == good.test.y.dtype  # the entry was built again
 
 
 # --- passwords ---------------------------------------------------------------------------------------

@@ -19,12 +19,15 @@ from core.train import CURVES, EpochRecord
 from sweep.errors import UsageError
 from sweep.tracking import Tracker, artifact_root_for, default_tracking_uri
 from sweep.urls import redact
+from tests.sweep.conftest import tracking_db
 
 STATES = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 
 @pytest.fixture
-def uri(tmp_path: Path) -> str:
+def uri(tmp_path: Path, empty_tracking_db: Path) -> str:
+    """The default tracking store of tmp_path, an empty MLflow database (migrated once per run)."""
+    assert tracking_db(empty_tracking_db, tmp_path) == default_tracking_uri(tmp_path)
     return default_tracking_uri(tmp_path)
 
 
