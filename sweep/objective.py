@@ -21,7 +21,7 @@ from core.model import NetworkSpec, evaluate
 from core.packed import PACKED_FIELDS, train_packed
 from core.train import CURVES, EpochRecord, NotLearningError, TrainConfig, TrainResult, train
 from sweep.spec import PER_EPOCH_METRICS, StudySpec, all_params, suggest, trial_config
-from sweep.tracking import Tracker, TrialRun
+from sweep.tracking import TIMING_TAG, Tracker, TrialRun
 
 WORKER_ATTR = "mlp_sweep.worker"  # {"host", "pid", "started"}: who runs the trial
 RUN_ATTR = "mlp_sweep.run_id"  # the trial's MLflow run
@@ -78,6 +78,7 @@ class _Trial:
     run: TrialRun | None
     history: list[EpochRecord] = field(default_factory=list)
     best: float = -math.inf
+    pack: int = 1  # trials trained together with it (core.packed), itself included
 
     @property
     def pack_key(self) -> tuple:
@@ -112,6 +113,9 @@ class TrialRunner:
         groups: dict[tuple, list[_Trial]] = {}
         for t in pending:
             groups.setdefault(t.pack_key, []).append(t)
+        for group in groups.values():
+            for t in group:
+                t.pack = len(group)
         states = {}
         try:
             for group in groups.values():
@@ -129,7 +133,8 @@ class TrialRunner:
         network, config = trial_config(self.spec, params)
         run = None
         if self.tracker is not None:
-            run = self.tracker.start_trial(self.parent_run_id, trial.number, all_params(self.spec, params))
+            run = self.tracker.start_trial(self.parent_run_id, trial.number, all_params(self.spec, params),
+                                           searched=params, data=self.data)
             trial.set_user_attr(RUN_ATTR, run.run_id)
         return _Trial(trial, network, config, run)
 
@@ -206,5 +211,8 @@ class TrialRunner:
         if t.run is not None:
             tags = {k: str(result_attr[k]) for k in ("reason", "pruned_at_epoch") if k in result_attr}
             summary = {k: v for k, v in (metrics or {}).items() if k not in CURVES}  # curves are per epoch
-            t.run.finish(state.name, summary, {f"mlp_sweep.{k}": v for k, v in tags.items()})
+            tags = {f"mlp_sweep.{k}": v for k, v in tags.items()}
+            tags[TIMING_TAG] = (f"pack of {t.pack}: seconds are the pack's, shared equally" if t.pack > 1
+                                else "own")
+            t.run.finish(state.name, summary, tags)
         self.study.tell(t.trial, values, state=state if values is None else None)

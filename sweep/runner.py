@@ -32,9 +32,10 @@ from sweep.limits import MAX_FAILED_IN_A_ROW
 from sweep.objective import RESULT_ATTR, RUN_ATTR, WORKER_ATTR, TrialRunner, is_alive_here, worker_identity
 from sweep.samplers import (GRID_SAMPLERS, PACKABLE, build_pruner, build_sampler, grid_key, grid_order, grid_points,
                             grid_size)
-from sweep.spec import StudySpec, parse_spec, spec_to_dict, suggest
+from sweep.spec import StudySpec, dumps, parse_spec, spec_to_dict, suggest
 from sweep.storage import StorageSpec, heartbeat_settings, not_yet_made, open_storage, redact, study_lock
-from sweep.tracking import Tracker, check_reachable
+from sweep.study_summary import parent_summary
+from sweep.tracking import Tracker, check_reachable, runs_view
 
 SPEC_ATTR = "mlp_sweep.spec"
 PARENT_ATTR = "mlp_sweep.parent_run_id"
@@ -149,7 +150,8 @@ def create_or_resume(spec: StudySpec, stores: Stores) -> tuple[optuna.Study, str
     parent = None
     if tracker is not None:
         parent = tracker.parent_run(study.user_attrs.get(PARENT_ATTR), study_id, description=spec.description,
-                                    params={"storage": redact(stores.storage.url), **_flat(given)})
+                                    config=dumps(spec), storage=stores.storage.url,
+                                    view=runs_view(spec.space, [o.metric for o in spec.objectives]))
         if study.user_attrs.get(PARENT_ATTR) != parent:
             study.set_user_attr(PARENT_ATTR, parent)
     return study, parent
@@ -173,16 +175,6 @@ def trial_point(trial: FrozenTrial) -> dict:
     """The parameters a trial ran or was queued to run: its fixed ones (an enqueued or re-queued
     trial's, whole even if it died while sampling them) and those it sampled."""
     return {**trial.system_attrs.get("fixed_params", {}), **trial.params}
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def load_stored_study(name: str, stores: Stores, seed_offset: int = 0, heartbeat_callback: Callable | None = None,
@@ -537,7 +529,8 @@ def run_study(spec: StudySpec, stores: Stores, *, n_trials: int | None = None, t
         status = "FINISHED"
     finally:
         if parent is not None:
-            Tracker(stores.tracking_uri, spec.name).finish_parent(parent, status)
+            tracker = Tracker(stores.tracking_uri, spec.name)
+            tracker.finish_parent(parent, status, **parent_summary(study, spec, tracker.experiment_id))
     return study
 
 
