@@ -120,8 +120,8 @@ def _unchanged(stored: dict, given: dict) -> list[str]:
     return sorted(k for k in keys if stored.get(k) != given.get(k))
 
 
-def create_or_resume(spec: StudySpec, stores: Stores) -> tuple[optuna.Study, str | None]:
-    """Create the study (or find it again) and its MLflow parent run; return both."""
+def create_or_resume(spec: StudySpec, stores: Stores, data: Dataset | None = None) -> tuple[optuna.Study, str | None]:
+    """Create the study (or find it again) and its MLflow parent run (``data`` its dataset input); return both."""
     if stores.tracking_uri is not None:
         check_reachable(stores.tracking_uri)  # before the study is stored
     if stores.storage.is_rdb:
@@ -150,7 +150,7 @@ def create_or_resume(spec: StudySpec, stores: Stores) -> tuple[optuna.Study, str
     parent = None
     if tracker is not None:
         parent = tracker.parent_run(study.user_attrs.get(PARENT_ATTR), study_id, description=spec.description,
-                                    config=dumps(spec), storage=stores.storage.url,
+                                    config=dumps(spec), storage=stores.storage.url, data=data,
                                     view=runs_view(spec.space, [o.metric for o in spec.objectives]))
         if study.user_attrs.get(PARENT_ATTR) != parent:
             study.set_user_attr(PARENT_ATTR, parent)
@@ -509,7 +509,7 @@ def run_study(spec: StudySpec, stores: Stores, *, n_trials: int | None = None, t
     if workers > 1:
         prepare_workers(stores.tracking_uri is not None)  # imports in the background while we load data and open the stores
     data = load_data(spec, data_dir, data_progress)  # bad data stops us before anything is stored
-    study, parent = create_or_resume(spec, stores)
+    study, parent = create_or_resume(spec, stores, data)
     timeout = timeout if timeout is not None else spec.timeout
     budget = Budget(study_budget(spec, n_trials), None if timeout is None else time.monotonic() + timeout)
     report = (lambda: on_progress(progress_of(study, budget.n_trials))) if on_progress else None

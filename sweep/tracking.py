@@ -58,11 +58,11 @@ CONFIG_ARTIFACT = "study.toml"  # the study file, an artifact of the parent run
 SUMMARY = "summary/"  # one-value metrics of a trial: a chart section of their own, apart from the curves
 COUNT = "trials/"  # a parent run's counts: trials/complete, trials/pruned, trials/failed, trials/best
 DATA_CONTEXT = "training"  # the dataset input's context (MLflow's mlflow.data.context tag)
+DIGEST_BYTES = 4  # a dataset's digest: 8 hex digits, as MLflow's own datasets have
 TRACKING_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks")
 OPTUNA_TABLES, MLFLOW_TABLES = {"studies", "version_info"}, {"experiments", "runs"}  # what tells the two apart
 # log_batch limits (mlflow/utils/validation.py)
 _MAX_METRICS, _MAX_PARAMS, _MAX_TAGS, _MAX_PARAM_CHARS, _MAX_TAG_CHARS = 1000, 100, 100, 6000, 8000
-MAX_DIGEST_CHARS = 36  # a dataset's digest (MAX_DATASET_DIGEST_SIZE)
 _LOCKED = ("database is locked", "database table is locked")
 
 MetricRow = tuple[str, float, int, int]  # key, value, timestamp (ms), step
@@ -185,7 +185,8 @@ def runs_view(searched: Sequence[str], objectives: Sequence[str]) -> str:
     parameters, the objectives, the trial state and best-trial tags, the dataset; nested runs shown."""
     columns = ([f"params.`{name}`" for name in searched] + [f"metrics.`{logged_metric(m)}`" for m in objectives]
                + [f"tags.`{STATE_TAG}`", f"tags.`{BEST_TAG}`", "attributes.`Dataset`"])
-    return json.dumps({"selectedColumns": columns, "runsHiddenMode": "SHOW_ALL",
+    return json.dumps({"selectedColumns": columns, "columnOrder": columns, "runsHiddenMode": "SHOW_ALL",
+                       "columnWidths": {"attributes.`Run Name`": 300},
                        "orderByKey": "attributes.start_time", "orderByAsc": True})
 
 
@@ -195,6 +196,18 @@ def view_path(experiment_id: str, run_id: str = "") -> str:
     if run_id:
         return f"#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
     return f"#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+
+
+def study_views(tracking_uri: str) -> dict[str, str]:
+    """Each study's runs-table address (view_path) in the store, by study name; none while an
+    SQLite store is not made yet (nothing is created)."""
+    db = _sqlite_file(tracking_uri)
+    if db is not None and not db.is_file():
+        return {}
+    from mlflow.tracking import MlflowClient
+
+    experiments = _retry(_retry(MlflowClient, tracking_uri).search_experiments)
+    return {e.name: view_path(e.experiment_id) for e in experiments if VIEW_TAG in e.tags}
 
 
 def _rows(values: dict[str, float | None], step: int) -> list[MetricRow]:
@@ -338,14 +351,14 @@ class Tracker:
                              f"give the study a new name or use its own storage")
 
     def parent_run(self, run_id: str | None = None, study_id: str | None = None, *, description: str = "",
-                   config: str = "", storage: str = "", view: str | None = None) -> str:
+                   config: str = "", storage: str = "", view: str | None = None, data: Dataset | None = None) -> str:
         """The study's parent run: ``run_id`` if it exists, else the experiment's, else a new one
         tagged with ``study_id`` (see check_parent).
 
-        A new run gets the study file's text (``config``) as CONFIG_ARTIFACT and the storage as a
-        tag. The experiment is marked as model training, described by ``description`` and given the
-        runs-table ``view`` (see runs_view). The run is RUNNING on return, also when a finished
-        sweep is resumed.
+        A new run gets the study file's text (``config``) as CONFIG_ARTIFACT, the storage as a tag
+        and ``data`` as its dataset input. The experiment is marked as model training, described by
+        ``description`` and given the runs-table ``view`` (see runs_view). The run is RUNNING on
+        return, also when a finished sweep is resumed.
         """
         with _exclusive(self._db):
             self.check_parent(run_id, study_id)
@@ -363,6 +376,8 @@ class Tracker:
                              tags=_strings(tags, _MAX_TAG_CHARS))
                 if config:
                     _retry(self._client.log_text, run.info.run_id, redact(config), CONFIG_ARTIFACT)
+                if data is not None:
+                    _retry(self._client.log_inputs, run.info.run_id, datasets=[self._dataset_input(data)])
             elif run.info.status != "RUNNING":
                 _retry(self._client.update_run, run.info.run_id, status="RUNNING")
         return run.info.run_id
@@ -425,12 +440,12 @@ class Tracker:
         from mlflow.entities import Dataset as LoggedDataset, DatasetInput, InputTag
 
         if self._input is None or self._input[0] is not data:
-            digest = hashlib.blake2b(digest_size=16)
+            digest = hashlib.blake2b(digest_size=DIGEST_BYTES)
             for split in (data.train, data.validation, data.test):
                 digest.update(split.X.data)
                 digest.update(split.y.data)
             sizes = {name: getattr(data, name).n for name in ("train", "validation", "test")}
-            logged = LoggedDataset(name=data.name, digest=digest.hexdigest()[:MAX_DIGEST_CHARS], source_type="local",
+            logged = LoggedDataset(name=data.name, digest=digest.hexdigest(), source_type="local",
                                    source=json.dumps({"dataset": data.name}), profile=json.dumps(sizes),
                                    schema=json.dumps({"X": ["n", data.train.X.shape[1]], "y": ["n"]}))
             self._input = (data, DatasetInput(logged, [InputTag("mlflow.data.context", DATA_CONTEXT)]))
@@ -481,7 +496,6 @@ class TrialRun:
         self._tracker = tracker
         self._params = params  # sent with the first batch
         self._pending: list[MetricRow] = []
-        self._last_step = 0  # of the epochs sent so far
         self._sent_at = time.monotonic()
 
     def log_epoch(self, record: EpochRecord) -> None:
@@ -490,16 +504,14 @@ class TrialRun:
         self._pending += _rows({**values, "epoch_seconds": record.seconds}, record.epoch)
         if time.monotonic() - self._sent_at >= FLUSH_EVERY_S:
             self._tracker._log_batch(self.run_id, self._pending, params=self._params)
-            self._last_step = record.epoch
             self._pending, self._params, self._sent_at = [], None, time.monotonic()
 
     def finish(self, state: str, metrics: dict | None = None, tags: dict | None = None) -> None:
-        """End the run: buffered epochs, one-value metrics (under SUMMARY, at the last epoch's step) and
-        tags, the Optuna ``state`` as STATE_TAG, then the MLflow status for it."""
+        """End the run: buffered epochs, one-value metrics (under SUMMARY: bar charts in a section of
+        their own) and tags, the Optuna ``state`` as STATE_TAG, then the MLflow status for it."""
         if state not in STATUS_FOR_STATE:
             raise ValueError(f"not a finished Optuna trial state: {state!r} (one of {list(STATUS_FOR_STATE)})")
-        last = max((row[3] for row in self._pending), default=self._last_step)
-        final = self._pending + _rows({logged_metric(k): v for k, v in (metrics or {}).items()}, last)
+        final = self._pending + _rows({logged_metric(k): v for k, v in (metrics or {}).items()}, 0)
         self._tracker._end(self.run_id, STATUS_FOR_STATE[state], final, {**(tags or {}), STATE_TAG: state},
                            self._params)
         self._pending, self._params = [], None
