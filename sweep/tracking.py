@@ -42,7 +42,7 @@ PARENT_TAG, NOTE_TAG = "mlflow.parentRunId", "mlflow.note.content"
 ROLE_TAG, STUDY_TAG, TRIAL_TAG = "mlp_sweep.role", "mlp_sweep.study", "mlp_sweep.trial"
 STUDY_ID_TAG = "mlp_sweep.study_id"  # on a parent run: the random id of the Optuna study it belongs to
 
-# What the MLflow UI is shown (names it reads are in mlflow/server/js/build: see README, "Browsing runs").
+# What the MLflow UI is shown (the names it reads are in mlflow/server/js/build; README, "The UI").
 # A pruned trial ended as the pruner asked: FINISHED, told apart by its state tag (KILLED is
 # kept for trials that were interrupted, and the UI draws it like a crash).
 STATUS_FOR_STATE = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
