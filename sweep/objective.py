@@ -21,7 +21,7 @@ from core.model import NetworkSpec, evaluate
 from core.packed import PACKED_FIELDS, train_packed
 from core.train import CURVES, EpochRecord, NotLearningError, TrainConfig, TrainResult, train
 from sweep.spec import PER_EPOCH_METRICS, StudySpec, all_params, suggest, trial_config
-from sweep.tracking import TIMING_TAG, Tracker, TrialRun
+from sweep.tracking import TIMING_TAG, Tracker, TrialRun, timing_note
 
 WORKER_ATTR = "mlp_sweep.worker"  # {"host", "pid", "started"}: who runs the trial
 RUN_ATTR = "mlp_sweep.run_id"  # the trial's MLflow run
@@ -212,7 +212,6 @@ class TrialRunner:
             tags = {k: str(result_attr[k]) for k in ("reason", "pruned_at_epoch") if k in result_attr}
             summary = {k: v for k, v in (metrics or {}).items() if k not in CURVES}  # curves are per epoch
             tags = {f"mlp_sweep.{k}": v for k, v in tags.items()}
-            tags[TIMING_TAG] = (f"pack of {t.pack}: seconds are the pack's, shared equally" if t.pack > 1
-                                else "own")
+            tags[TIMING_TAG] = timing_note(t.pack)
             t.run.finish(state.name, summary, tags)
         self.study.tell(t.trial, values, state=state if values is None else None)

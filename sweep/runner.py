@@ -120,8 +120,9 @@ def _unchanged(stored: dict, given: dict) -> list[str]:
     return sorted(k for k in keys if stored.get(k) != given.get(k))
 
 
-def create_or_resume(spec: StudySpec, stores: Stores, data: Dataset | None = None) -> tuple[optuna.Study, str | None]:
-    """Create the study (or find it again) and its MLflow parent run (``data`` its dataset input); return both."""
+def create_or_resume(spec: StudySpec, stores: Stores,
+                     data: Dataset | None = None) -> tuple[optuna.Study, str | None]:
+    """Create the study (or find it again) and its MLflow parent run (``data``: its dataset input); return both."""
     if stores.tracking_uri is not None:
         check_reachable(stores.tracking_uri)  # before the study is stored
     if stores.storage.is_rdb:

@@ -175,6 +175,11 @@ def run_label(number: int, searched: dict) -> str:
     return " ".join([f"#{number:04d}", *(f"{key}={short(value)}" for key, value in searched.items())])
 
 
+def timing_note(pack: int) -> str:
+    """TIMING_TAG's value for a trial trained in a pack of ``pack`` trials (1: alone)."""
+    return f"pack of {pack}: seconds are the pack's, shared equally" if pack > 1 else "own"
+
+
 def logged_metric(name: str) -> str:
     """The MLflow key of a trial metric: curves as they are, one-value metrics under SUMMARY."""
     return name if name in CURVES else SUMMARY + name
