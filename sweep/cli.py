@@ -371,11 +371,14 @@ def ui_command(tracking_uri: str, host: str | None = None, port: int = 5000,
                    "can read and change every run.")
 def ui(tracking_uri, host, port, expose) -> None:
     """Open the MLflow UI over the project's tracking store (loopback only unless --expose)."""
-    from sweep.tracking import check_tracking_uri
+    from sweep.tracking import check_tracking_uri, study_views
 
     check_tracking_uri(tracking_uri or default_tracking_uri())
     argv, env = ui_command(tracking_uri or default_tracking_uri(), host, port, expose)
-    click.echo(f"MLflow UI on http://{argv[argv.index('--host') + 1]}:{port} (Ctrl-C to stop)")
+    address = f"http://{argv[argv.index('--host') + 1]}:{port}"
+    click.echo(f"MLflow UI on {address} (Ctrl-C to stop)")
+    for name, path in sorted(study_views(tracking_uri or default_tracking_uri()).items()):
+        click.echo(f"  {name}: {address}/{path}")
     raise SystemExit(serve(argv, {**os.environ, **env}))
 
 

@@ -20,9 +20,9 @@ from core.data import Dataset
 from core.model import NetworkSpec, evaluate
 from core.packed import PACKED_FIELDS, train_packed
 from core.train import CURVES, EpochRecord, NotLearningError, TrainConfig, TrainResult, train
-from sweep.schema import EPOCHS_RUN, HISTORY_KEYS, PER_EPOCH_METRICS, RESULT_ATTR, RUN_ATTR, TrialRecord
+from sweep.schema import EPOCHS_RUN, HISTORY_KEYS, PER_EPOCH_METRICS, RESULT_ATTR, RUN_ATTR, TIMING_TAG, TrialRecord
 from sweep.study import StudySpec, all_params, suggest, trial_config
-from sweep.tracking import Tracker, TrialRun
+from sweep.tracking import Tracker, TrialRun, timing_note
 
 
 
@@ -77,6 +77,7 @@ class _Trial:
     history: list[EpochRecord] = field(default_factory=list)
     best: float = -math.inf
     interrupted: bool = False  # stopped because a stop was requested, not by the pruner
+    pack: int = 1  # trials trained together with it (core.packed), itself included
 
     @property
     def pack_key(self) -> tuple:
@@ -111,6 +112,9 @@ class TrialRunner:
         groups: dict[tuple, list[_Trial]] = {}
         for t in map(self._prepare, trials):
             groups.setdefault(t.pack_key, []).append(t)
+        for group in groups.values():
+            for t in group:
+                t.pack = len(group)
         states = {}
         for group in groups.values():
             outcomes = [None] * len(group) if self.stop_requested() else self._train(group)
@@ -126,7 +130,8 @@ class TrialRunner:
         network, config = trial_config(self.spec, params)
         run = None
         if self.tracker is not None:
-            run = self.tracker.start_trial(self.parent_run_id, trial.number, all_params(self.spec, params))
+            run = self.tracker.start_trial(self.parent_run_id, trial.number, all_params(self.spec, params),
+                                           searched=params, data=self.data)
             trial.set_user_attr(RUN_ATTR, run.run_id)
         return _Trial(trial, network, config, run)
 
@@ -200,7 +205,7 @@ class TrialRunner:
         t.trial.set_user_attr(RESULT_ATTR, record.to_attr())
         if t.run is not None:
             summary = {k: v for k, v in (record.metrics or {}).items() if k not in CURVES}  # curves are per epoch
-            t.run.finish(state.name, summary, record.tags())
+            t.run.finish(state.name, summary, {**record.tags(), TIMING_TAG: timing_note(t.pack)})
 
 
 def _history(records: list[EpochRecord]) -> dict[str, list]:

@@ -37,8 +37,9 @@ from sweep.schema import (PARENT_ATTR, REASON_ATTR, REASON_TAG, RESULT_ATTR, RET
                           STUDY_ID_ATTR, WORKER_ATTR, TrialRecord)
 from sweep.storage import StorageSpec, heartbeat_settings, not_yet_made, open_storage, study_lock
 from sweep.study import StudySpec, suggest
-from sweep.studyfile import parse_spec, spec_to_dict
-from sweep.tracking import Tracker, check_reachable
+from sweep.study_summary import parent_summary
+from sweep.studyfile import dumps, parse_spec, spec_to_dict
+from sweep.tracking import Tracker, check_reachable, runs_view
 from sweep.urls import redact
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
@@ -168,8 +169,9 @@ class _OnStale:
             self.opened.requeue(trial, STALE_REASON)
 
 
-def create_or_resume(spec: StudySpec, stores: Stores) -> OpenStudy:
-    """Create the study (or find it again) and its MLflow parent run: what ``sweep run`` opens once."""
+def create_or_resume(spec: StudySpec, stores: Stores, data: Dataset | None = None) -> OpenStudy:
+    """Create the study (or find it again) and its MLflow parent run (``data``: its dataset
+    input): what ``sweep run`` opens once."""
     if stores.tracking_uri is not None:
         check_reachable(stores.tracking_uri)  # before the study is stored
     if stores.storage.is_rdb:
@@ -201,7 +203,8 @@ def create_or_resume(spec: StudySpec, stores: Stores) -> OpenStudy:
     parent = None
     if tracker is not None:
         parent = tracker.parent_run(study.user_attrs.get(PARENT_ATTR), study_id, description=spec.description,
-                                    params={"storage": redact(stores.storage.url), **_flat(given)})
+                                    config=dumps(spec), storage=stores.storage.url, data=data,
+                                    view=runs_view(spec.space, [o.metric for o in spec.objectives]))
         if study.user_attrs.get(PARENT_ATTR) != parent:
             study.set_user_attr(PARENT_ATTR, parent)
     on_stale.opened = OpenStudy(spec, stores, storage, study, tracker, parent)
@@ -244,16 +247,6 @@ def trial_point(trial: FrozenTrial) -> dict:
     """The parameters a trial ran or was queued to run: its fixed ones (an enqueued or re-queued
     trial's, whole even if it died while sampling them) and those it sampled."""
     return {**trial.system_attrs.get(FIXED_PARAMS_ATTR, {}), **trial.params}
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def load_stored_study(name: str, stores: Stores, *, read_only: bool = False) -> tuple[optuna.Study, StudySpec]:
@@ -586,7 +579,7 @@ def run_study(spec: StudySpec, stores: Stores, *, n_trials: int | None = None, t
     if workers > 1:
         prepare_workers(stores.tracking_uri is not None)  # imports in the background while we load data and open the stores
     data = load_data(spec, data_dir, data_progress)  # bad data stops us before anything is stored
-    opened = create_or_resume(spec, stores)
+    opened = create_or_resume(spec, stores, data)
     study = opened.study
     budget = Budget.start(spec, n_trials, timeout if timeout is not None else spec.timeout)
     report = (lambda: on_progress(progress_of(study, budget.n_trials))) if on_progress else None
@@ -607,7 +600,8 @@ def run_study(spec: StudySpec, stores: Stores, *, n_trials: int | None = None, t
         status = "FINISHED"
     finally:
         if opened.tracker is not None and opened.parent is not None:
-            opened.tracker.finish_parent(opened.parent, status)
+            opened.tracker.finish_parent(opened.parent, status,
+                                         **parent_summary(study, spec, opened.tracker.experiment_id))
     return study
 
 

@@ -33,6 +33,22 @@ ROLE_TAG, STUDY_TAG, TRIAL_TAG = _PREFIX + "role", _PREFIX + "study", _PREFIX + 
 STUDY_ID_TAG = _PREFIX + "study_id"  # on a parent run: the random id of the Optuna study it belongs to
 REASON_TAG, PRUNED_AT_TAG = REASON_ATTR, _PREFIX + "pruned_at_epoch"  # on a trial's run: why it ended
 ROLE_PARENT, ROLE_TRIAL = "parent", "trial"  # values of ROLE_TAG
+STATE_TAG = _PREFIX + "state"  # a trial's Optuna state (COMPLETE, PRUNED, FAIL)
+BEST_TAG = _PREFIX + "best"  # on the best trial's run: "best", on each of a Pareto front's: "pareto"
+TIMING_TAG = _PREFIX + "timing"  # what a trial's seconds measure: its own time or its share of a pack's
+STORAGE_TAG = _PREFIX + "storage"  # on a parent run: the Optuna storage (password hidden)
+BEST_RUN_TAG, BEST_PARAMS_TAG = _PREFIX + "best_run", _PREFIX + "best_params"  # on a parent run
+CONFIG_ARTIFACT = "study.toml"  # the study file, an artifact of the parent run
+#: MLflow run status of a trial's run, by Optuna state. A pruned trial ended as the pruner
+#: asked: FINISHED, told apart by STATE_TAG (KILLED is kept for interrupted trials, and the
+#: UI draws it like a crash).
+STATUS_FOR_STATE = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
+
+# What the MLflow UI reads (names from its JS bundle, mlflow/server/js/build; README, "The UI")
+KIND_TAG, ML_KIND = "mlflow.experimentKind", "custom_model_development"  # an experiment's kind: model training
+VIEW_TAG = "mlflow.sharedViewState.mlp-sweep"  # an experiment's runs-table view, opened by VIEW_KEY in a link
+VIEW_KEY = VIEW_TAG.rsplit(".", 1)[1]
+DATA_CONTEXT_TAG, DATA_CONTEXT = "mlflow.data.context", "training"  # a dataset input's context
 
 #: What a trial can be judged on. The per-epoch ones are also reported after every
 #: epoch (best_validation_accuracy as the running maximum), so a pruner can use them.
@@ -40,6 +56,8 @@ METRICS = (*CURVES, "best_validation_accuracy", "test_accuracy", "training_secon
 PER_EPOCH_METRICS = (*CURVES, "best_validation_accuracy")
 EPOCHS_RUN = "epochs_run"  # a final metric besides METRICS: how many epochs the trial trained
 EPOCH_SECONDS = "epoch_seconds"  # an MLflow per-epoch metric besides the curves: that epoch's SGD time
+SUMMARY = "summary/"  # one-value metrics of a trial: a chart section of their own, apart from the curves
+COUNT = "trials/"  # a parent run's counts: trials/complete, trials/pruned, trials/failed, trials/best
 #: The keys of a trial's stored history, one list each (an epoch per item).
 HISTORY_KEYS = ("epoch", *CURVES, "seconds")
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import hashlib
 import http.client
+import json
 import logging
 import os
 import random
@@ -21,24 +23,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence, TypeVar
 from urllib.parse import unquote
 
+from core.data import Dataset
 from core.train import CURVES, EpochRecord
 from sweep.errors import StoreError, UsageError
 from sweep.adapters import MLFLOW_DB_LOGGER, batch_limits
 from sweep.integrity import check_sqlite
-from sweep.schema import (EPOCH_SECONDS, NOTE_TAG, PARENT_TAG, ROLE_PARENT, ROLE_TAG, ROLE_TRIAL, STUDY_ID_TAG,
-                          STUDY_TAG, TRIAL_TAG)
+from sweep.schema import (BEST_TAG, CONFIG_ARTIFACT, DATA_CONTEXT, DATA_CONTEXT_TAG, EPOCH_SECONDS, KIND_TAG, ML_KIND,
+                          NOTE_TAG, PARENT_TAG, ROLE_PARENT, ROLE_TAG, ROLE_TRIAL, STATE_TAG, STATUS_FOR_STATE,
+                          STORAGE_TAG, STUDY_ID_TAG, STUDY_TAG, SUMMARY, TRIAL_TAG, VIEW_KEY, VIEW_TAG)
 from sweep.urls import MLFLOW_TABLES, OPTUNA_TABLES, in_memory_sqlite, redact, sqlite_file, sqlite_tables
 from sweep.urls import scheme as url_scheme
 
 if TYPE_CHECKING:
-    from mlflow.entities import Run
+    from mlflow.entities import DatasetInput, Run
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 TRACKING = StoreError.TRACKING
-STATUS_FOR_STATE = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 FLUSH_EVERY_S = 5.0  # longest a logged epoch waits before it is visible in the UI
 RETRY_FOR_S = 30.0  # how long a call keeps retrying a locked database (each try may wait 20 s more in MLflow)
 
+DIGEST_BYTES = 4  # a dataset's digest: 8 hex digits, as MLflow's own datasets have
 TRACKING_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks")
 _LOCKED = ("database is locked", "database table is locked")
 
@@ -55,7 +59,6 @@ def _is_locked(exc: BaseException | None) -> bool:
     return False
 
 
-@functools.cache
 @functools.cache  # once per process: each call would add another log filter
 def configure() -> None:
     """Set MLflow up for a sweep, once per process and before mlflow is first imported: no
@@ -110,6 +113,56 @@ def _strings(values: dict, limit: int) -> dict[str, str]:
     """Param or tag values as MLflow takes them: str(), passwords redacted, cut to ``limit`` characters."""
     texts = {key: redact(str(value)) for key, value in values.items()}
     return {key: text if len(text) <= limit else text[: limit - 1] + "…" for key, text in texts.items()}
+
+
+def short(value: object) -> str:
+    """A value as the UI shows it: floats to four significant digits (0.30000000000000004 is 0.3)."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def run_label(number: int, searched: dict) -> str:
+    """A trial run's name: its number and the values searched (``#0005 batch_size=20 eta=0.3``)."""
+    return " ".join([f"#{number:04d}", *(f"{key}={short(value)}" for key, value in searched.items())])
+
+
+def timing_note(pack: int) -> str:
+    """TIMING_TAG's value for a trial trained in a pack of ``pack`` trials (1: alone)."""
+    return f"pack of {pack}: seconds are the pack's, shared equally" if pack > 1 else "own"
+
+
+def logged_metric(name: str) -> str:
+    """The MLflow key of a trial metric: curves as they are, one-value metrics under SUMMARY."""
+    return name if name in CURVES else SUMMARY + name
+
+
+def runs_view(searched: Sequence[str], objectives: Sequence[str]) -> str:
+    """The runs-table view a study's experiment opens with (VIEW_TAG's value): the searched
+    parameters, the objectives, the trial state and best-trial tags, the dataset; nested runs shown."""
+    columns = ([f"params.`{name}`" for name in searched] + [f"metrics.`{logged_metric(m)}`" for m in objectives]
+               + [f"tags.`{STATE_TAG}`", f"tags.`{BEST_TAG}`", "attributes.`Dataset`"])
+    return json.dumps({"selectedColumns": columns, "columnOrder": columns, "runsHiddenMode": "SHOW_ALL",
+                       "columnWidths": {"attributes.`Run Name`": 300},
+                       "orderByKey": "attributes.start_time", "orderByAsc": True})
+
+
+def view_path(experiment_id: str, run_id: str = "") -> str:
+    """The UI's address (after host:port/) of an experiment's runs table, or of one run, in the
+    model-training view (and the table in VIEW_TAG's view)."""
+    if run_id:
+        return f"#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+    return f"#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+
+
+def study_views(tracking_uri: str) -> dict[str, str]:
+    """Each study's runs-table address (view_path) in the store, by study name; none while an
+    SQLite store is not made yet (nothing is created)."""
+    db = sqlite_file(tracking_uri)
+    if db is not None and not db.is_file():
+        return {}
+    from mlflow.tracking import MlflowClient
+
+    experiments = _retry(_retry(MlflowClient, tracking_uri).search_experiments)
+    return {e.name: view_path(e.experiment_id) for e in experiments if VIEW_TAG in e.tags}
 
 
 def _rows(values: dict[str, float | None], step: int) -> list[MetricRow]:
@@ -224,6 +277,7 @@ class Tracker:
             if self._db is not None:
                 _write_ahead_log(self._db)
             self.experiment_id = self._experiment_id()
+        self._input: tuple[Dataset, DatasetInput] | None = None
 
     def _experiment_id(self) -> str:
         """The study's experiment, created if missing; safe against another process creating it too."""
@@ -256,15 +310,18 @@ class Tracker:
                              f"give the study a new name or use its own storage")
 
     def parent_run(self, run_id: str | None = None, study_id: str | None = None, *, description: str = "",
-                   params: dict | None = None) -> str:
+                   config: str = "", storage: str = "", view: str | None = None, data: Dataset | None = None) -> str:
         """The study's parent run: ``run_id`` if it exists, else the experiment's, else a new one
         tagged with ``study_id`` (see check_parent).
 
-        ``params`` (the study's fixed settings) are logged when the run is created. The run is
-        RUNNING on return, also when a finished sweep is resumed.
+        A new run gets the study file's text (``config``) as CONFIG_ARTIFACT, the storage as a tag
+        and ``data`` as its dataset input. The experiment is marked as model training, described by
+        ``description`` and given the runs-table ``view`` (see runs_view). The run is RUNNING on
+        return, also when a finished sweep is resumed.
         """
         with _exclusive(self._db):
             self.check_parent(run_id, study_id)
+            self._describe_experiment(description, view)
             run = (self._run(run_id) if run_id else None) or self._find_parent()
             if run is None:
                 tags = {ROLE_TAG: ROLE_PARENT, STUDY_TAG: self.study_name}
@@ -272,12 +329,24 @@ class Tracker:
                     tags[STUDY_ID_TAG] = study_id
                 if description:  # (no note rather than "None")
                     tags[NOTE_TAG] = description
+                if storage:
+                    tags[STORAGE_TAG] = redact(storage)
                 run = _retry(self._client.create_run, self.experiment_id, run_name=self.study_name,
                              tags=_strings(tags, batch_limits().tag_chars))
-                self._log_batch(run.info.run_id, params=params)
+                if config:
+                    _retry(self._client.log_text, run.info.run_id, redact(config), CONFIG_ARTIFACT)
+                if data is not None:
+                    _retry(self._client.log_inputs, run.info.run_id, datasets=[self._dataset_input(data)])
             elif run.info.status != "RUNNING":
                 _retry(self._client.update_run, run.info.run_id, status="RUNNING")
         return run.info.run_id
+
+    def _describe_experiment(self, description: str, view: str | None) -> None:
+        """Experiment tags the UI reads: its kind (model training), description and runs-table view."""
+        tags = {KIND_TAG: ML_KIND, **({NOTE_TAG: description} if description else {}),
+                **({VIEW_TAG: view} if view else {})}
+        for key, value in _strings(tags, batch_limits().tag_chars).items():
+            _retry(self._client.set_experiment_tag, self.experiment_id, key, value)
 
     def _run(self, run_id: str) -> Run | None:
         """The run if it exists, is not deleted and belongs to this experiment."""
@@ -299,23 +368,52 @@ class Tracker:
                       max_results=1)
         return runs[0] if runs else None
 
-    def finish_parent(self, run_id: str, status: str = "FINISHED", metrics: dict | None = None) -> None:
-        """End the parent run with an MLflow status and the study's summary metrics."""
-        self._end(run_id, status, _rows(metrics or {}, 0))
+    def finish_parent(self, run_id: str, status: str = "FINISHED", metrics: dict | None = None,
+                      tags: dict | None = None, best: dict[str, str] | None = None) -> None:
+        """End the parent run with an MLflow status, the study's summary metrics and tags; mark the
+        trial runs in ``best`` (run id: "best" or "pareto") with BEST_TAG and unmark the others."""
+        if best is not None:
+            for run in self.trial_runs(run_id):
+                mark = best.get(run.info.run_id)
+                if mark is not None and run.data.tags.get(BEST_TAG) != mark:
+                    _retry(self._client.set_tag, run.info.run_id, BEST_TAG, mark)
+                elif mark is None and BEST_TAG in run.data.tags:
+                    _retry(self._client.delete_tag, run.info.run_id, BEST_TAG)
+        self._end(run_id, status, _rows(metrics or {}, 0), tags=tags)
 
-    def start_trial(self, parent_run_id: str, trial_number: int, params: dict,
-                    tags: dict | None = None) -> TrialRun:
-        """Open the trial's child run under the parent; its params (values are str()-ed) go with the
-        first batch of metrics, so a short trial costs three writes: create, one batch, terminate."""
+    def start_trial(self, parent_run_id: str, trial_number: int, params: dict, tags: dict | None = None, *,
+                    searched: dict | None = None, data: Dataset | None = None) -> TrialRun:
+        """Open the trial's child run under the parent, named by the ``searched`` values, with
+        ``data`` as its dataset input; its params (None left out, floats short) go with the first
+        batch of metrics, so a short trial costs four writes: create, inputs, one batch, terminate."""
         tags = {PARENT_TAG: parent_run_id, STUDY_TAG: self.study_name, TRIAL_TAG: trial_number,
-                ROLE_TAG: ROLE_TRIAL, **(tags or {})}
-        run = _retry(self._client.create_run, self.experiment_id, run_name=f"trial-{trial_number:04d}",
+                ROLE_TAG: ROLE_TRIAL, STATE_TAG: "RUNNING", **(tags or {})}
+        run = _retry(self._client.create_run, self.experiment_id, run_name=run_label(trial_number, searched or {}),
                      tags=_strings(tags, batch_limits().tag_chars))
-        return TrialRun(self, run.info.run_id, params)
+        if data is not None:
+            _retry(self._client.log_inputs, run.info.run_id, datasets=[self._dataset_input(data)])
+        return TrialRun(self, run.info.run_id, {k: short(v) for k, v in params.items() if v is not None})
+
+    def _dataset_input(self, data: Dataset) -> DatasetInput:
+        """The data as an MLflow dataset input: name, digest of the arrays, split sizes (made once)."""
+        from mlflow.entities import Dataset as LoggedDataset, DatasetInput, InputTag
+
+        if self._input is None or self._input[0] is not data:
+            digest = hashlib.blake2b(digest_size=DIGEST_BYTES)
+            for split in (data.train, data.validation, data.test):
+                digest.update(split.X.data)
+                digest.update(split.y.data)
+            sizes = {name: getattr(data, name).n for name in ("train", "validation", "test")}
+            logged = LoggedDataset(name=data.name, digest=digest.hexdigest(), source_type="local",
+                                   source=json.dumps({"dataset": data.name}), profile=json.dumps(sizes),
+                                   schema=json.dumps({"X": ["n", data.train.X.shape[1]], "y": ["n"]}))
+            self._input = (data, DatasetInput(logged, [InputTag(DATA_CONTEXT_TAG, DATA_CONTEXT)]))
+        return self._input[1]
 
     def end_run(self, run_id: str, status: str, tags: dict | None = None) -> None:
-        """End a run another process left open (a dead worker's trial) with an MLflow status and tags."""
-        self._end(run_id, status, tags=tags)
+        """End a run another process left open (a dead worker's trial, whose Optuna state is FAIL)
+        with an MLflow status and tags."""
+        self._end(run_id, status, tags={STATE_TAG: "FAIL", **(tags or {})})
 
     def trial_runs(self, parent_run_id: str) -> list[Run]:
         """All child runs of the parent, in trial order."""
@@ -368,9 +466,11 @@ class TrialRun:
             self._pending, self._params, self._sent_at = [], None, time.monotonic()
 
     def finish(self, state: str, metrics: dict | None = None, tags: dict | None = None) -> None:
-        """End the run: buffered epochs, final metrics and tags, then the status for Optuna's ``state``."""
+        """End the run: buffered epochs, one-value metrics (under SUMMARY: bar charts in a section of
+        their own) and tags, the Optuna ``state`` as STATE_TAG, then the MLflow status for it."""
         if state not in STATUS_FOR_STATE:
             raise ValueError(f"not a finished Optuna trial state: {state!r} (one of {list(STATUS_FOR_STATE)})")
-        final = self._pending + _rows(metrics or {}, 0)
-        self._tracker._end(self.run_id, STATUS_FOR_STATE[state], final, tags, self._params)
+        final = self._pending + _rows({logged_metric(k): v for k, v in (metrics or {}).items()}, 0)
+        self._tracker._end(self.run_id, STATUS_FOR_STATE[state], final, {**(tags or {}), STATE_TAG: state},
+                           self._params)
         self._pending, self._params = [], None

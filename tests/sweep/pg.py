@@ -399,8 +399,8 @@ def check_agreement(study: optuna.Study, runs: list, epochs: int, client=None) -
     """Optuna and MLflow agree: one run per started trial, its status from the trial's state.
 
     COMPLETE -> FINISHED with every epoch of every curve (when ``client`` is given),
-    PRUNED -> KILLED, FAIL -> KILLED when it was interrupted and queued again (else FAILED),
-    nothing RUNNING. Returns the run statuses counted.
+    PRUNED -> FINISHED (not drawn as a crash), FAIL -> KILLED when it was interrupted and queued again
+    (else FAILED), nothing RUNNING; the Optuna state in the run's state tag. Returns the run statuses counted.
     """
     retried = {t.user_attrs["mlp_sweep.retry_of"] for t in study.get_trials(deepcopy=False)
                if "mlp_sweep.retry_of" in t.user_attrs}
@@ -412,11 +412,13 @@ def check_agreement(study: optuna.Study, runs: list, epochs: int, client=None) -
     for t in trials:
         run = run_of[t.user_attrs["mlp_sweep.run_id"]]
         assert int(run.data.tags["mlp_sweep.trial"]) == t.number
-        expected = {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}.get(
+        expected = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED"}.get(
             t.state.name, "KILLED" if t.number in retried else "FAILED")
         assert run.info.status == expected, (t.number, t.state, run.info.status)
+        assert run.data.tags["mlp_sweep.state"] == t.state.name, (t.number, run.data.tags)
         if t.state == TrialState.COMPLETE:
-            assert {k: float(run.data.params[k]) for k in t.params} == {k: float(v) for k, v in t.params.items()}
+            logged = {k: float(run.data.params[k]) for k in t.params}  # to 4 significant digits
+            assert logged == pytest.approx({k: float(v) for k, v in t.params.items()}, rel=1e-3)
             if client is not None:
                 for curve in CURVE_NAMES:
                     steps = [m.step for m in client.get_metric_history(run.info.run_id, curve)]

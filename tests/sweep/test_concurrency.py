@@ -29,5 +29,6 @@ def test_four_local_workers_share_one_grid_without_losing_anything(workdir):
     # one FINISHED run per trial, each with every epoch of each curve (no lost metrics)
     assert check_agreement(study, runs, EPOCHS, tracking_client(workdir)) == {"FINISHED": 20}
     for run in runs:
-        assert {"test_accuracy", "best_validation_accuracy", "gap", "training_seconds"} <= set(run.data.metrics)
+        assert {f"summary/{name}" for name in ("test_accuracy", "best_validation_accuracy", "gap",
+                                               "training_seconds")} <= set(run.data.metrics)
     assert "Study shared: 20 trials (20 complete, 0 pruned, 0 failed)" in out

@@ -42,8 +42,21 @@ def test_grid_runs_every_point_exactly_once_and_tracks_every_trial(workdir, work
         for curve in ("training_cost", "training_accuracy", "validation_cost", "validation_accuracy"):
             history = client.get_metric_history(run.info.run_id, curve)
             assert [m.step for m in history] == [1, 2, 3]
-        assert {"test_accuracy", "gap", "best_validation_accuracy"} <= set(run.data.metrics)
+        assert {"summary/test_accuracy", "summary/gap", "summary/best_validation_accuracy"} <= set(run.data.metrics)
         assert run.data.params["epochs"] == "3" and run.data.params["dataset"] == "mnist-5k"
+        assert "None" not in run.data.params.values() and "n_train" in run.data.params  # (n_test is all: left out)
+        trial = study.trials[int(run.data.tags["mlp_sweep.trial"])]
+        assert run.info.run_name == f"#{trial.number:04d} batch_size={trial.params['batch_size']} " \
+                                    f"eta={trial.params['eta']:.4g}"
+        packed = "pack of 2: seconds are the pack's, shared equally"  # η packs; two workers may split a pack
+        assert run.data.tags["mlp_sweep.timing"] in ({packed} if workers == 1 else {packed, "own"})
+    parent = client.get_run(parents.pop())
+    best = study.best_trial
+    assert parent.data.metrics == {"trials/complete": 6, "trials/pruned": 0, "trials/failed": 0,
+                                   "trials/best": best.number, "validation_accuracy": best.value}
+    assert [int(r.data.tags["mlp_sweep.trial"]) for r in runs if "mlp_sweep.best" in r.data.tags] == [best.number]
+    assert parent.data.tags["mlp_sweep.best_run"].endswith(best.user_attrs["mlp_sweep.run_id"] +
+                                                           "?workflowType=machine_learning")
     for t in study.trials:
         assert len(t.user_attrs["mlp_sweep.result"]["history"]["epoch"]) == 3
 
@@ -98,7 +111,8 @@ def test_pruned_and_diverged_trials_are_recorded_as_such(workdir):
         assert t.user_attrs["mlp_sweep.result"]["pruned_at_epoch"] == 1
         assert len(t.user_attrs["mlp_sweep.result"]["history"]["epoch"]) == 1
     runs = child_runs(workdir, "tiny")
-    assert {r.info.status for r in runs} == {"KILLED"}
+    assert {r.info.status for r in runs} == {"FINISHED"}  # as the pruner asked, not a crash
+    assert {r.data.tags["mlp_sweep.state"] for r in runs} == {"PRUNED"}
     assert {r.data.tags["mlp_sweep.pruned_at_epoch"] for r in runs} == {"1"}
 
 
@@ -132,7 +146,8 @@ eta = { type = "categorical", choices = [0.5, 50.0, 1e12] }
         assert match, result["reason"]
         assert result["pruned_at_epoch"] == int(match.group(5)) <= 3  # stopped early: 4 epochs were asked for
         run = runs[t.number]
-        assert run.info.status == "KILLED" and run.data.tags["mlp_sweep.reason"] == result["reason"]
+        assert run.info.status == "FINISHED" and run.data.tags["mlp_sweep.reason"] == result["reason"]
+        assert run.data.tags["mlp_sweep.state"] == "PRUNED"
         assert run.data.tags["mlp_sweep.pruned_at_epoch"] == str(result["pruned_at_epoch"])
         row = report.loc[t.number]
         assert row["state"] == "PRUNED" and row["reason"] == result["reason"]

@@ -268,7 +268,7 @@ def test_database_passwords_never_reach_output_reports_runs_or_the_databases(tmp
         for key, value in {**run.data.params, **run.data.tags}.items():
             assert PASSWORD not in f"{key}={value}", run.info.run_name
     parent = next(r for r in runs if r.data.tags.get("mlp_sweep.role") == "parent")
-    assert parent.data.params["storage"] == storage.replace(PASSWORD, "***")
+    assert parent.data.tags["mlp_sweep.storage"] == storage.replace(PASSWORD, "***")
 
     assert (tmp_path / "rep" / "trials.csv").exists() and (tmp_path / "reports" / "tiny" / "summary.txt").exists()
     assert _grep_tree(tmp_path, PASSWORD.encode()) == []  # reports, artifacts, study files, everything

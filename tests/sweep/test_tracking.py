@@ -1,5 +1,6 @@
 """sweep.tracking against a real SQLite MLflow store in a temp dir: runs, metrics, resume, concurrency."""
 
+import json
 import multiprocessing
 import os
 import sqlite3
@@ -7,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sweep import tracking
@@ -15,13 +17,16 @@ tracking.configure()  # before mlflow is imported: it turns MLflow's telemetry o
 
 from mlflow.tracking import MlflowClient  # noqa: E402  isort: skip
 
+from core.data import Dataset, Split
 from core.train import CURVES, EpochRecord
 from sweep.errors import UsageError
-from sweep.tracking import Tracker, artifact_root_for, default_tracking_uri
+from sweep.schema import BEST_PARAMS_TAG
+from sweep.tracking import (Tracker, artifact_root_for, default_tracking_uri, logged_metric, run_label, runs_view,
+                            short, study_views, view_path)
 from sweep.urls import redact
 from tests.sweep.conftest import tracking_db
 
-STATES = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+STATES = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}  # pruned: not drawn as a crash
 
 
 @pytest.fixture
@@ -40,13 +45,25 @@ def steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
+def tiny_data(seed: int = 0) -> Dataset:
+    rng = np.random.default_rng(seed)
+
+    def split(n: int) -> Split:
+        return Split(rng.random((n, 784), dtype=np.float32), rng.integers(0, 10, n))
+
+    return Dataset("mnist-toy", split(6), split(4), split(2))
+
+
 def test_study_parent_and_trials_round_trip(uri: str, tmp_path: Path) -> None:
     tracker = Tracker(uri, "study-a")
-    parent = tracker.parent_run(description="a test study",
-                                params={"storage": "postgresql://sweep:s3cret@db/optuna", "epochs": 10})
+    data = tiny_data()
+    view = runs_view(["eta", "batch_size"], ["validation_accuracy", "test_accuracy"])
+    parent = tracker.parent_run(description="a test study", config='name = "study-a"\n', data=data, view=view,
+                                storage="postgresql://sweep:s3cret@db/optuna")
     for number, state in enumerate(STATES):
-        run = tracker.start_trial(parent, number, {"eta": 0.5 * (number + 1), "sizes": [784, 30, 10]},
-                                  tags={"mlp_sweep.worker": "w1"})
+        eta = 0.1 * (number + 1) + 0.2  # 0.30000000000000004 first
+        run = tracker.start_trial(parent, number, {"eta": eta, "batch_size": 10, "n_test": None, "sizes": "784-30-10"},
+                                  tags={"mlp_sweep.worker": "w1"}, searched={"eta": eta, "batch_size": 10}, data=data)
         for epoch in range(1, 11):
             run.log_epoch(record(epoch, training_cost=None if state == "FAIL" else 1.0))
         run.finish(state, {"test_accuracy": 0.9 + number / 100, "gap": 0.01, "training_seconds": 1.5},
@@ -56,20 +73,30 @@ def test_study_parent_and_trials_round_trip(uri: str, tmp_path: Path) -> None:
     experiment = client.get_experiment(tracker.experiment_id)
     assert experiment.name == "study-a"
     assert experiment.artifact_location == (tmp_path / "artifacts").as_uri() == artifact_root_for(uri)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the model-training view
+    assert experiment.tags["mlflow.note.content"] == "a test study"  # its Description column
+    shown = json.loads(experiment.tags["mlflow.sharedViewState.mlp-sweep"])["selectedColumns"]
+    assert shown[:4] == ["params.`eta`", "params.`batch_size`", "metrics.`validation_accuracy`",
+                         "metrics.`summary/test_accuracy`"]
+    assert {"tags.`mlp_sweep.state`", "tags.`mlp_sweep.best`", "attributes.`Dataset`"} <= set(shown)
     parent_run = client.get_run(parent)
     assert parent_run.info.run_name == "study-a" and parent_run.info.status == "RUNNING"
     assert parent_run.data.tags["mlp_sweep.role"] == "parent"
     assert parent_run.data.tags["mlflow.note.content"] == "a test study"
-    assert parent_run.data.params == {"storage": "postgresql://sweep:***@db/optuna", "epochs": "10"}
+    assert parent_run.data.tags["mlp_sweep.storage"] == "postgresql://sweep:***@db/optuna"
+    assert parent_run.data.params == {}  # the settings are one file instead:
+    assert (tmp_path / "artifacts" / parent / "artifacts" / "study.toml").read_text() == 'name = "study-a"\n'
 
     runs = tracker.trial_runs(parent)
-    assert [r.info.run_name for r in runs] == ["trial-0000", "trial-0001", "trial-0002"]
+    assert [r.info.run_name for r in runs] == ["#0000 eta=0.3 batch_size=10", "#0001 eta=0.4 batch_size=10",
+                                               "#0002 eta=0.5 batch_size=10"]
     for number, (run, (state, status)) in enumerate(zip(runs, STATES.items())):
         tags = run.data.tags
         assert tags["mlflow.parentRunId"] == parent and tags["mlp_sweep.study"] == "study-a"
         assert tags["mlp_sweep.trial"] == str(number) and tags["mlp_sweep.role"] == "trial"
         assert tags["mlp_sweep.worker"] == "w1" and tags["mlp_sweep.reason"] == state.lower()
-        assert run.data.params == {"eta": str(0.5 * (number + 1)), "sizes": "[784, 30, 10]"}
+        assert tags["mlp_sweep.state"] == state
+        assert run.data.params == {"eta": f"{0.1 * number + 0.3:.1f}", "batch_size": "10", "sizes": "784-30-10"}
         assert run.info.status == status and run.info.end_time is not None
         for key in (*CURVES, "epoch_seconds"):
             expected = [] if (state == "FAIL" and key == "training_cost") else list(range(1, 11))
@@ -78,8 +105,16 @@ def test_study_parent_and_trials_round_trip(uri: str, tmp_path: Path) -> None:
         assert [m.value for m in history] == pytest.approx([2.0 / epoch for epoch in range(1, 11)])
         assert run.data.metrics["validation_accuracy"] == pytest.approx(0.5)  # latest = epoch 10
         assert run.data.metrics["epoch_seconds"] == pytest.approx(0.1)
-        assert run.data.metrics["test_accuracy"] == pytest.approx(0.9 + number / 100)
-        assert run.data.metrics["gap"] == 0.01 and run.data.metrics["training_seconds"] == 1.5
+        assert run.data.metrics["summary/test_accuracy"] == pytest.approx(0.9 + number / 100)
+        assert run.data.metrics["summary/gap"] == 0.01 and run.data.metrics["summary/training_seconds"] == 1.5
+        assert "test_accuracy" not in run.data.metrics and steps(client, run.info.run_id, "summary/gap") == [0]
+        (logged,) = run.inputs.dataset_inputs
+        assert logged.dataset.name == "mnist-toy" and len(logged.dataset.digest) == 8
+        assert json.loads(logged.dataset.profile) == {"train": 6, "validation": 4, "test": 2}
+        assert {t.key: t.value for t in logged.tags} == {"mlflow.data.context": "training"}
+    assert client.get_run(parent).inputs.dataset_inputs[0].dataset.digest == logged.dataset.digest
+    other = Tracker(uri, "study-a")._dataset_input(tiny_data(seed=1))
+    assert other.dataset.digest != logged.dataset.digest  # the digest is of the arrays
 
     resumed = Tracker(uri, "study-a")
     assert resumed.experiment_id == tracker.experiment_id
@@ -88,6 +123,41 @@ def test_study_parent_and_trials_round_trip(uri: str, tmp_path: Path) -> None:
     assert resumed.parent_run("f" * 32) == parent  # a stale id: found again by its tag
     parents = client.search_runs([tracker.experiment_id], "tags.`mlp_sweep.role` = 'parent'")
     assert [r.info.run_id for r in parents] == [parent]
+
+
+def test_the_best_mark_moves_with_the_best_trial(uri: str) -> None:
+    tracker = Tracker(uri, "s")
+    parent = tracker.parent_run()
+    runs = [tracker.start_trial(parent, n, {}) for n in range(3)]
+    for run in runs:
+        run.finish("COMPLETE")
+    tracker.finish_parent(parent, metrics={"trials/complete": 3}, tags={BEST_PARAMS_TAG: "#0001"},
+                          best={runs[1].run_id: "best"})
+    client = MlflowClient(uri)
+    assert [r.data.tags.get("mlp_sweep.best") for r in tracker.trial_runs(parent)] == [None, "best", None]
+    assert client.get_run(parent).data.tags[BEST_PARAMS_TAG] == "#0001"
+    tracker.parent_run(parent)  # resumed: the next best is another
+    tracker.finish_parent(parent, best={runs[0].run_id: "pareto", runs[2].run_id: "pareto"})
+    assert [r.data.tags.get("mlp_sweep.best") for r in tracker.trial_runs(parent)] == ["pareto", None, "pareto"]
+
+
+def test_names_and_views() -> None:
+    assert run_label(12, {"batch_size": 20, "eta": 0.1 + 0.2, "activation": "relu"}) == \
+        "#0012 batch_size=20 eta=0.3 activation=relu"
+    assert short(1.23456789e-5) == "1.235e-05" and short(3) == "3" and short("tanh") == "tanh"
+    assert logged_metric("validation_cost") == "validation_cost" and logged_metric("gap") == "summary/gap"
+    assert view_path("7") == "#/experiments/7/runs?workflowType=machine_learning&viewStateShareKey=mlp-sweep"
+    assert view_path("7", "abc") == "#/experiments/7/runs/abc?workflowType=machine_learning"
+
+
+def test_study_views_lists_tracked_studies_and_creates_nothing(uri: str, tmp_path: Path) -> None:
+    unmade = default_tracking_uri(tmp_path / "unmade")
+    assert study_views(unmade) == {} and not (tmp_path / "unmade").exists()
+    assert study_views(uri) == {}
+    tracker = Tracker(uri, "s")
+    tracker.parent_run(view=runs_view(["eta"], ["gap"]))
+    Tracker(uri, "untracked-by-us")  # an experiment without the view: not a study's
+    assert study_views(uri) == {"s": view_path(tracker.experiment_id)}
 
 
 def test_finish_parent_then_resume_runs_again(uri: str) -> None:
@@ -116,7 +186,7 @@ def test_epochs_wait_in_the_buffer_until_flush_every_s(uri: str, monkeypatch) ->
     assert steps(client, live.run_id, "validation_cost") == [1, 2, 3]  # before finish
     live.finish("PRUNED")
     assert steps(client, live.run_id, "validation_cost") == [1, 2, 3]
-    assert client.get_run(live.run_id).info.status == "KILLED"
+    assert client.get_run(live.run_id).info.status == "FINISHED"
 
 
 def test_batches_beyond_mlflow_limits_are_split(uri: str) -> None:
@@ -141,7 +211,7 @@ def test_end_run_from_another_tracker_kills_with_tags(uri: str) -> None:
     Tracker(uri, "s").end_run(run.run_id, "KILLED", {"mlp_sweep.reason": "worker 123 died"})
     ended = MlflowClient(uri).get_run(run.run_id)
     assert ended.info.status == "KILLED" and ended.info.end_time is not None
-    assert ended.data.tags["mlp_sweep.reason"] == "worker 123 died"
+    assert ended.data.tags["mlp_sweep.reason"] == "worker 123 died" and ended.data.tags["mlp_sweep.state"] == "FAIL"
 
 
 def test_finish_rejects_a_state_that_is_not_final(uri: str) -> None:
@@ -269,5 +339,7 @@ print(is_telemetry_disabled(), get_telemetry_client())
 
 
 def test_a_study_without_a_description_gets_no_note(uri: str) -> None:
-    parent = Tracker(uri, "study-b").parent_run(description=None, params={"epochs": 1})
+    tracker = Tracker(uri, "study-b")
+    parent = tracker.parent_run(description=None)
     assert "mlflow.note.content" not in MlflowClient(uri).get_run(parent).data.tags  # not the text "None"
+    assert "mlflow.note.content" not in MlflowClient(uri).get_experiment(tracker.experiment_id).tags

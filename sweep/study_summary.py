@@ -1,0 +1,40 @@
+"""What a study's MLflow parent run says of it when the study stops: counts, best trial, best runs."""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import TrialState
+
+from sweep.schema import BEST_PARAMS_TAG, BEST_RUN_TAG, COUNT, RUN_ATTR
+from sweep.study import StudySpec
+from sweep.tracking import logged_metric, run_label, view_path
+
+COUNTED = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
+
+
+def parent_summary(study: optuna.Study, spec: StudySpec, experiment_id: str) -> dict:
+    """``finish_parent``'s metrics, tags and best runs for the study as it stands.
+
+    Metrics: trials by state (COUNT + complete, pruned, failed) and, with one objective, the
+    best value under the objective's own key (so the parent's row shows it in the objective's
+    column) and the best trial's number (COUNT + best). Tags: the best trial's parameters and
+    the address of its run. Best runs: the best trial's, or those of the Pareto front.
+    """
+    trials = study.get_trials(deepcopy=False)
+    count = {state: sum(t.state == state for t in trials) for state in COUNTED}
+    metrics = {f"{COUNT}{name}": count[state] for state, name in COUNTED.items()}
+    tags, best = {}, {}
+    if count[TrialState.COMPLETE]:
+        multi = len(study.directions) > 1
+        front = study.best_trials if multi else [study.best_trial]
+        best = {t.user_attrs[RUN_ATTR]: "pareto" if multi else "best" for t in front if RUN_ATTR in t.user_attrs}
+        if multi:
+            metrics[f"{COUNT}pareto"] = len(front)
+        else:
+            top = front[0]
+            metrics[logged_metric(spec.objectives[0].metric)] = top.value
+            metrics[f"{COUNT}best"] = top.number
+            tags[BEST_PARAMS_TAG] = run_label(top.number, top.params)
+            if RUN_ATTR in top.user_attrs:
+                tags[BEST_RUN_TAG] = view_path(experiment_id, top.user_attrs[RUN_ATTR])
+    return {"metrics": metrics, "tags": tags, "best": best}
