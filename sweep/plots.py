@@ -249,14 +249,17 @@ def optuna_plots(study: optuna.Study, objective_names: Sequence[str] | None = No
             raise ValueError("needs at least 2 completed trials")
         if len({name for t in done for name in t.params}) < 2:
             raise ValueError("needs at least 2 searched parameters")
-        if not multi:
-            return optuna_mpl.plot_param_importances(study, target_name=names[0])
         # PED-ANOVA takes a target as something to minimise: turn a maximised objective round.
         sign = -1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1
+        target = None if not multi else (lambda t: sign * t.values[0])
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes", category=UserWarning)
-            return optuna_mpl.plot_param_importances(study, target=lambda t: sign * t.values[0],
-                                                     target_name=names[0])
+            # too few trials for its quantiles: every importance would be drawn equal
+            warnings.filterwarnings("error", message="Target and region quantiles select", category=UserWarning)
+            try:
+                return optuna_mpl.plot_param_importances(study, target=target, target_name=names[0])
+            except UserWarning:
+                raise ValueError("too few completed trials to tell the parameters' importances apart") from None
 
     def contour():
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
