@@ -29,7 +29,9 @@ from dataclasses import dataclass  # noqa: E402  (numba reads NUMBA_CACHE_DIR wh
 from typing import Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
-from numba import njit  # noqa: E402
+from llvmlite import ir  # noqa: E402  (numba's code generator: the first layer's vector steps)
+from numba import njit, types  # noqa: E402
+from numba.extending import intrinsic  # noqa: E402
 
 from core.model import NetworkSpec, Params  # noqa: E402
 from core.train import TrainConfig  # noqa: E402
@@ -118,12 +120,69 @@ def sparse_rows(X: np.ndarray) -> SparseRows:
     return rows
 
 
+# --- the first layer's steps: one SIMD vector of LANES floats at a time ---------------------
+# Written as LLVM vector code because numba's loops over a runtime width of a few vectors
+# pay, per lit pixel, for alias checks between the rows and the accumulator, loop set-up and
+# remainder loops (the width 16 got only 4-float vectors); constant-width loops instead get
+# the pixel loop itself vectorised with gathers. Offsets count floats; nothing is bounds-checked.
+
+_VECTOR = ir.VectorType(ir.FloatType(), LANES)
+
+
+def _vector_at(context, builder, array_type, array, offset_type, offset):
+    """Pointer to the LANES floats of a float32 array from ``offset``."""
+    data = context.make_array(array_type)(context, builder, array).data
+    offset = context.cast(builder, offset, offset_type, types.intp)
+    return builder.bitcast(builder.gep(data, [offset]), _VECTOR.as_pointer())
+
+
+def _splat(builder, value):
+    """value in every lane."""
+    lane0 = builder.insert_element(ir.Constant(_VECTOR, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(lane0, ir.Constant(_VECTOR, ir.Undefined),
+                                  ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
+
+
+def _fma(builder, a, b, c):
+    """a·b + c lane by lane, one rounding (llvm.fma)."""
+    name = f"llvm.fma.v{LANES}f32"
+    fn = builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(_VECTOR, [_VECTOR] * 3), name)
+    return builder.call(fn, [a, b, c])
+
+
+@intrinsic
+def _add_rows(typingctx, z, zo, W, o0, o1, o2, o3, v0, v1, v2, v3):
+    """z[zo:zo+LANES] += (v0·W[o0:o0+LANES] + v1·W[o1:…]) + (v2·W[o2:…] + v3·W[o3:…]): four lit pixels."""
+    def codegen(context, builder, sig, args):
+        at = sig.args
+        rows = [builder.load(_vector_at(context, builder, at[2], args[2], at[i], args[i]), align=4) for i in range(3, 7)]
+        v = [_splat(builder, x) for x in args[7:]]
+        pair01 = _fma(builder, v[1], rows[1], builder.fmul(v[0], rows[0]))
+        pair23 = _fma(builder, v[3], rows[3], builder.fmul(v[2], rows[2]))
+        target = _vector_at(context, builder, at[0], args[0], at[1], args[1])
+        builder.store(builder.fadd(builder.load(target, align=4), builder.fadd(pair01, pair23)), target, align=4)
+        return context.get_dummy_value()
+    return types.void(z, zo, W, o0, o1, o2, o3, v0, v1, v2, v3), codegen
+
+
+@intrinsic
+def _add_row(typingctx, z, zo, W, o, v):
+    """z[zo:zo+LANES] += v·W[o:o+LANES] (one rounding per lane)."""
+    def codegen(context, builder, sig, args):
+        at = sig.args
+        target = _vector_at(context, builder, at[0], args[0], at[1], args[1])
+        row = builder.load(_vector_at(context, builder, at[2], args[2], at[3], args[3]), align=4)
+        builder.store(_fma(builder, _splat(builder, args[4]), row, builder.load(target, align=4)), target, align=4)
+        return context.get_dummy_value()
+    return types.void(z, zo, W, o, v), codegen
+
+
 # --- the kernel: one epoch of K packed trials --------------------------------------------
 # Layer l's weighted inputs, activations and errors for row r of the batch are
 # z[l, r, k·w:(k+1)·w] for trial k (w = sizes[l+1]); buffers are padded to the widest layer.
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, fastmath=FAST, error_model="numpy")
 def _hidden(z, a, w, code):
     """a[:w] = f(z[:w]) for a hidden activation (0 relu, 1 sigmoid)."""
     if code == 0:
@@ -134,7 +193,7 @@ def _hidden(z, a, w, code):
             a[j] = _ONE / (_ONE + np.exp(-z[j]))
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, fastmath=FAST, error_model="numpy")
 def _output(z, a, start, w, cost):
     """a = softmax (cost 0) or sigmoid (cost 1) of z over [start, start + w)."""
     if cost == 0:
@@ -152,7 +211,7 @@ def _output(z, a, start, w, cost):
             a[j] = _ONE / (_ONE + np.exp(-z[j]))
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, fastmath=FAST, error_model="numpy")
 def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0, b0, W, b, eta, decay):
     """One epoch of SGD for K trials on the row order ``perm`` (n,), batch size m.
 
@@ -167,6 +226,7 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
     for l in range(1, L + 1):
         widest = max(widest, K * sizes[l])
     H, Hp = K * sizes[1], W0.shape[1]  # the pack's first-layer width, and padded to whole vectors
+    flat = W0.reshape(W0.size)  # row i of W0 from i·Hp
     widest = max(widest, Hp)
     z = np.zeros((L, m, widest), np.float32)  # zeros: the padding stays zero throughout
     a = np.zeros((L, m, widest), np.float32)
@@ -188,14 +248,14 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
             p, end = indptr[e], indptr[e + 1]
             while p + 4 <= end:  # four pixels per pass over z: a quarter of its loads and stores
                 v0, v1, v2, v3 = table[codes[p]], table[codes[p + 1]], table[codes[p + 2]], table[codes[p + 3]]
-                r0, r1, r2, r3 = W0[indices[p]], W0[indices[p + 1]], W0[indices[p + 2]], W0[indices[p + 3]]
-                for j in range(Hp):
-                    zr[j] += (v0 * r0[j] + v1 * r1[j]) + (v2 * r2[j] + v3 * r3[j])
+                o0, o1, o2, o3 = indices[p] * Hp, indices[p + 1] * Hp, indices[p + 2] * Hp, indices[p + 3] * Hp
+                for c in range(0, Hp, LANES):
+                    _add_rows(zr, c, flat, o0 + c, o1 + c, o2 + c, o3 + c, v0, v1, v2, v3)
                 p += 4
             while p < end:
-                v, row = table[codes[p]], W0[indices[p]]
-                for j in range(Hp):
-                    zr[j] += v * row[j]
+                v, o = table[codes[p]], indices[p] * Hp
+                for c in range(0, Hp, LANES):
+                    _add_row(zr, c, flat, o + c, v)
                 p += 1
             for j in range(Hp):
                 zr[j] = zr[j] * col_s[j] + b0[j]
@@ -288,22 +348,10 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
             d = delta[0, r]
             for j in range(Hp):
                 step[j] = d[j] * col_c[j]
-            p, end = indptr[e], indptr[e + 1]
-            while p + 4 <= end:  # four lit rows per pass over the step
-                v0, v1, v2, v3 = table[codes[p]], table[codes[p + 1]], table[codes[p + 2]], table[codes[p + 3]]
-                r0, r1, r2, r3 = W0[indices[p]], W0[indices[p + 1]], W0[indices[p + 2]], W0[indices[p + 3]]
-                for j in range(Hp):
-                    g = step[j]
-                    r0[j] -= v0 * g
-                    r1[j] -= v1 * g
-                    r2[j] -= v2 * g
-                    r3[j] -= v3 * g
-                p += 4
-            while p < end:
-                v, row = table[codes[p]], W0[indices[p]]
-                for j in range(Hp):
-                    row[j] -= v * step[j]
-                p += 1
+            for p in range(indptr[e], indptr[e + 1]):
+                v, o = table[codes[p]], indices[p] * Hp
+                for c in range(0, Hp, LANES):
+                    _add_row(flat, o + c, step, c, -v)
         for j in range(H):
             total = _ZERO
             for r in range(mb):
