@@ -120,61 +120,64 @@ def sparse_rows(X: np.ndarray) -> SparseRows:
     return rows
 
 
-# --- the first layer's steps: one SIMD vector of LANES floats at a time ---------------------
+# --- the first layer's steps: SIMD vectors of 16 and 8 floats ------------------------------
 # Written as LLVM vector code because numba's loops over a runtime width of a few vectors
 # pay, per lit pixel, for alias checks between the rows and the accumulator, loop set-up and
 # remainder loops (the width 16 got only 4-float vectors); constant-width loops instead get
 # the pixel loop itself vectorised with gathers. Offsets count floats; nothing is bounds-checked.
 
-_VECTOR = ir.VectorType(ir.FloatType(), LANES)
+
+def _vector_steps(lanes: int):
+    """(add_rows, add_row): numba intrinsics that step ``lanes`` floats at a time."""
+    vector = ir.VectorType(ir.FloatType(), lanes)
+
+    def at(context, builder, array_type, array, offset_type, offset):
+        """Pointer to the ``lanes`` floats of a float32 array from ``offset``."""
+        data = context.make_array(array_type)(context, builder, array).data
+        offset = context.cast(builder, offset, offset_type, types.intp)
+        return builder.bitcast(builder.gep(data, [offset]), vector.as_pointer())
+
+    def splat(builder, value):
+        lane0 = builder.insert_element(ir.Constant(vector, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(lane0, ir.Constant(vector, ir.Undefined),
+                                      ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
+
+    def fma(builder, a, b, c):
+        """a·b + c lane by lane, one rounding (llvm.fma)."""
+        name = f"llvm.fma.v{lanes}f32"
+        fn = builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(vector, [vector] * 3), name)
+        return builder.call(fn, [a, b, c])
+
+    @intrinsic
+    def add_rows(typingctx, z, zo, W, o0, o1, o2, o3, v0, v1, v2, v3):
+        """z[zo:zo+lanes] += (v0·W[o0:o0+lanes] + v1·W[o1:…]) + (v2·W[o2:…] + v3·W[o3:…]): four lit pixels."""
+        def codegen(context, builder, sig, args):
+            t = sig.args
+            rows = [builder.load(at(context, builder, t[2], args[2], t[i], args[i]), align=4) for i in range(3, 7)]
+            v = [splat(builder, x) for x in args[7:]]
+            pair01 = fma(builder, v[1], rows[1], builder.fmul(v[0], rows[0]))
+            pair23 = fma(builder, v[3], rows[3], builder.fmul(v[2], rows[2]))
+            target = at(context, builder, t[0], args[0], t[1], args[1])
+            builder.store(builder.fadd(builder.load(target, align=4), builder.fadd(pair01, pair23)), target, align=4)
+            return context.get_dummy_value()
+        return types.void(z, zo, W, o0, o1, o2, o3, v0, v1, v2, v3), codegen
+
+    @intrinsic
+    def add_row(typingctx, z, zo, W, o, v):
+        """z[zo:zo+lanes] += v·W[o:o+lanes] (one rounding per lane)."""
+        def codegen(context, builder, sig, args):
+            t = sig.args
+            target = at(context, builder, t[0], args[0], t[1], args[1])
+            row = builder.load(at(context, builder, t[2], args[2], t[3], args[3]), align=4)
+            builder.store(fma(builder, splat(builder, args[4]), row, builder.load(target, align=4)), target, align=4)
+            return context.get_dummy_value()
+        return types.void(z, zo, W, o, v), codegen
+
+    return add_rows, add_row
 
 
-def _vector_at(context, builder, array_type, array, offset_type, offset):
-    """Pointer to the LANES floats of a float32 array from ``offset``."""
-    data = context.make_array(array_type)(context, builder, array).data
-    offset = context.cast(builder, offset, offset_type, types.intp)
-    return builder.bitcast(builder.gep(data, [offset]), _VECTOR.as_pointer())
-
-
-def _splat(builder, value):
-    """value in every lane."""
-    lane0 = builder.insert_element(ir.Constant(_VECTOR, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
-    return builder.shuffle_vector(lane0, ir.Constant(_VECTOR, ir.Undefined),
-                                  ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
-
-
-def _fma(builder, a, b, c):
-    """a·b + c lane by lane, one rounding (llvm.fma)."""
-    name = f"llvm.fma.v{LANES}f32"
-    fn = builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(_VECTOR, [_VECTOR] * 3), name)
-    return builder.call(fn, [a, b, c])
-
-
-@intrinsic
-def _add_rows(typingctx, z, zo, W, o0, o1, o2, o3, v0, v1, v2, v3):
-    """z[zo:zo+LANES] += (v0·W[o0:o0+LANES] + v1·W[o1:…]) + (v2·W[o2:…] + v3·W[o3:…]): four lit pixels."""
-    def codegen(context, builder, sig, args):
-        at = sig.args
-        rows = [builder.load(_vector_at(context, builder, at[2], args[2], at[i], args[i]), align=4) for i in range(3, 7)]
-        v = [_splat(builder, x) for x in args[7:]]
-        pair01 = _fma(builder, v[1], rows[1], builder.fmul(v[0], rows[0]))
-        pair23 = _fma(builder, v[3], rows[3], builder.fmul(v[2], rows[2]))
-        target = _vector_at(context, builder, at[0], args[0], at[1], args[1])
-        builder.store(builder.fadd(builder.load(target, align=4), builder.fadd(pair01, pair23)), target, align=4)
-        return context.get_dummy_value()
-    return types.void(z, zo, W, o0, o1, o2, o3, v0, v1, v2, v3), codegen
-
-
-@intrinsic
-def _add_row(typingctx, z, zo, W, o, v):
-    """z[zo:zo+LANES] += v·W[o:o+LANES] (one rounding per lane)."""
-    def codegen(context, builder, sig, args):
-        at = sig.args
-        target = _vector_at(context, builder, at[0], args[0], at[1], args[1])
-        row = builder.load(_vector_at(context, builder, at[2], args[2], at[3], args[3]), align=4)
-        builder.store(_fma(builder, _splat(builder, args[4]), row, builder.load(target, align=4)), target, align=4)
-        return context.get_dummy_value()
-    return types.void(z, zo, W, o, v), codegen
+_add_rows16, _add_row16 = _vector_steps(2 * LANES)  # a 512-bit register: half the instructions per row
+_add_rows8, _add_row8 = _vector_steps(LANES)  # the last 8 of a width that is no multiple of 16
 
 
 # --- the kernel: one epoch of K packed trials --------------------------------------------
@@ -249,13 +252,18 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
             while p + 4 <= end:  # four pixels per pass over z: a quarter of its loads and stores
                 v0, v1, v2, v3 = table[codes[p]], table[codes[p + 1]], table[codes[p + 2]], table[codes[p + 3]]
                 o0, o1, o2, o3 = indices[p] * Hp, indices[p + 1] * Hp, indices[p + 2] * Hp, indices[p + 3] * Hp
-                for c in range(0, Hp, LANES):
-                    _add_rows(zr, c, flat, o0 + c, o1 + c, o2 + c, o3 + c, v0, v1, v2, v3)
+                for c in range(0, Hp - LANES, 2 * LANES):
+                    _add_rows16(zr, c, flat, o0 + c, o1 + c, o2 + c, o3 + c, v0, v1, v2, v3)
+                if Hp % (2 * LANES):
+                    c = Hp - LANES
+                    _add_rows8(zr, c, flat, o0 + c, o1 + c, o2 + c, o3 + c, v0, v1, v2, v3)
                 p += 4
             while p < end:
                 v, o = table[codes[p]], indices[p] * Hp
-                for c in range(0, Hp, LANES):
-                    _add_row(zr, c, flat, o + c, v)
+                for c in range(0, Hp - LANES, 2 * LANES):
+                    _add_row16(zr, c, flat, o + c, v)
+                if Hp % (2 * LANES):
+                    _add_row8(zr, Hp - LANES, flat, o + Hp - LANES, v)
                 p += 1
             for j in range(Hp):
                 zr[j] = zr[j] * col_s[j] + b0[j]
@@ -350,8 +358,10 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
                 step[j] = d[j] * col_c[j]
             for p in range(indptr[e], indptr[e + 1]):
                 v, o = table[codes[p]], indices[p] * Hp
-                for c in range(0, Hp, LANES):
-                    _add_row(flat, o + c, step, c, -v)
+                for c in range(0, Hp - LANES, 2 * LANES):
+                    _add_row16(flat, o + c, step, c, -v)
+                if Hp % (2 * LANES):
+                    _add_row8(flat, o + Hp - LANES, step, Hp - LANES, -v)
         for j in range(H):
             total = _ZERO
             for r in range(mb):
