@@ -180,6 +180,39 @@ _add_rows16, _add_row16 = _vector_steps(2 * LANES)  # a 512-bit register: half t
 _add_rows8, _add_row8 = _vector_steps(LANES)  # the last 8 of a width that is no multiple of 16
 
 
+@njit(cache=True, fastmath=FAST, error_model="numpy")
+def _first_product(zr, flat, Hp, pixels, codes, table):
+    """zr (Hp,) += the first layer's rows of one input's lit ``pixels`` (values table[codes]);
+    row i of W0 is flat[i·Hp : (i+1)·Hp]. One row's pixels as views indexed from 0: no
+    wrap-around arithmetic on the indices, and a small function of its own keeps them in registers."""
+    n = pixels.shape[0]
+    for q in range(0, n - 3, 4):  # four pixels per pass over z: a quarter of its loads and stores
+        v0, v1, v2, v3 = table[codes[q]], table[codes[q + 1]], table[codes[q + 2]], table[codes[q + 3]]
+        o0, o1, o2, o3 = pixels[q] * Hp, pixels[q + 1] * Hp, pixels[q + 2] * Hp, pixels[q + 3] * Hp
+        for c in range(0, Hp - LANES, 2 * LANES):
+            _add_rows16(zr, c, flat, o0 + c, o1 + c, o2 + c, o3 + c, v0, v1, v2, v3)
+        if Hp % (2 * LANES):
+            c = Hp - LANES
+            _add_rows8(zr, c, flat, o0 + c, o1 + c, o2 + c, o3 + c, v0, v1, v2, v3)
+    for q in range(n - n % 4, n):
+        v, o = table[codes[q]], pixels[q] * Hp
+        for c in range(0, Hp - LANES, 2 * LANES):
+            _add_row16(zr, c, flat, o + c, v)
+        if Hp % (2 * LANES):
+            _add_row8(zr, Hp - LANES, flat, o + Hp - LANES, v)
+
+
+@njit(cache=True, fastmath=FAST, error_model="numpy")
+def _first_update(flat, Hp, pixels, codes, table, step):
+    """The rows of one input's lit ``pixels`` −= value · step (Hp,), as _first_product reads them."""
+    for q in range(pixels.shape[0]):
+        v, o = table[codes[q]], pixels[q] * Hp
+        for c in range(0, Hp - LANES, 2 * LANES):
+            _add_row16(flat, o + c, step, c, -v)
+        if Hp % (2 * LANES):
+            _add_row8(flat, o + Hp - LANES, step, Hp - LANES, -v)
+
+
 # --- the kernel: one epoch of K packed trials --------------------------------------------
 # Layer l's weighted inputs, activations and errors for row r of the batch are
 # z[l, r, k·w:(k+1)·w] for trial k (w = sizes[l+1]); buffers are padded to the widest layer.
@@ -248,23 +281,7 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
             zr = z[0, r]
             for j in range(Hp):
                 zr[j] = _ZERO
-            p, end = indptr[e], indptr[e + 1]
-            while p + 4 <= end:  # four pixels per pass over z: a quarter of its loads and stores
-                v0, v1, v2, v3 = table[codes[p]], table[codes[p + 1]], table[codes[p + 2]], table[codes[p + 3]]
-                o0, o1, o2, o3 = indices[p] * Hp, indices[p + 1] * Hp, indices[p + 2] * Hp, indices[p + 3] * Hp
-                for c in range(0, Hp - LANES, 2 * LANES):
-                    _add_rows16(zr, c, flat, o0 + c, o1 + c, o2 + c, o3 + c, v0, v1, v2, v3)
-                if Hp % (2 * LANES):
-                    c = Hp - LANES
-                    _add_rows8(zr, c, flat, o0 + c, o1 + c, o2 + c, o3 + c, v0, v1, v2, v3)
-                p += 4
-            while p < end:
-                v, o = table[codes[p]], indices[p] * Hp
-                for c in range(0, Hp - LANES, 2 * LANES):
-                    _add_row16(zr, c, flat, o + c, v)
-                if Hp % (2 * LANES):
-                    _add_row8(zr, Hp - LANES, flat, o + Hp - LANES, v)
-                p += 1
+            _first_product(zr, flat, Hp, indices[indptr[e]:indptr[e + 1]], codes[indptr[e]:indptr[e + 1]], table)
             for j in range(Hp):
                 zr[j] = zr[j] * col_s[j] + b0[j]
             if L == 1:
@@ -356,12 +373,7 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
             d = delta[0, r]
             for j in range(Hp):
                 step[j] = d[j] * col_c[j]
-            for p in range(indptr[e], indptr[e + 1]):
-                v, o = table[codes[p]], indices[p] * Hp
-                for c in range(0, Hp - LANES, 2 * LANES):
-                    _add_row16(flat, o + c, step, c, -v)
-                if Hp % (2 * LANES):
-                    _add_row8(flat, o + Hp - LANES, step, Hp - LANES, -v)
+            _first_update(flat, Hp, indices[indptr[e]:indptr[e + 1]], codes[indptr[e]:indptr[e + 1]], table, step)
         for j in range(H):
             total = _ZERO
             for r in range(mb):
