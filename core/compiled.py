@@ -29,7 +29,9 @@ from dataclasses import dataclass  # noqa: E402  (numba reads NUMBA_CACHE_DIR wh
 from typing import Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
-from numba import njit  # noqa: E402
+from llvmlite import ir  # noqa: E402  (numba's code generator: the first layer's vector steps)
+from numba import njit, types  # noqa: E402
+from numba.extending import intrinsic  # noqa: E402
 
 from core.model import NetworkSpec, Params  # noqa: E402
 from core.train import TrainConfig  # noqa: E402
@@ -118,12 +120,105 @@ def sparse_rows(X: np.ndarray) -> SparseRows:
     return rows
 
 
+# --- the first layer's steps: SIMD vectors of 16 and 8 floats ------------------------------
+# Written as LLVM vector code because numba's loops over a runtime width of a few vectors
+# pay, per lit pixel, for alias checks between the rows and the accumulator, loop set-up and
+# remainder loops (the width 16 got only 4-float vectors); constant-width loops instead get
+# the pixel loop itself vectorised with gathers. Offsets count floats; nothing is bounds-checked.
+
+
+def _vector_steps(lanes: int):
+    """(add_rows, add_row): numba intrinsics that step ``lanes`` floats at a time."""
+    vector = ir.VectorType(ir.FloatType(), lanes)
+
+    def at(context, builder, array_type, array, offset_type, offset):
+        """Pointer to the ``lanes`` floats of a float32 array from ``offset``."""
+        data = context.make_array(array_type)(context, builder, array).data
+        offset = context.cast(builder, offset, offset_type, types.intp)
+        return builder.bitcast(builder.gep(data, [offset]), vector.as_pointer())
+
+    def splat(builder, value):
+        lane0 = builder.insert_element(ir.Constant(vector, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(lane0, ir.Constant(vector, ir.Undefined),
+                                      ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
+
+    def fma(builder, a, b, c):
+        """a·b + c lane by lane, one rounding (llvm.fma)."""
+        name = f"llvm.fma.v{lanes}f32"
+        fn = builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(vector, [vector] * 3), name)
+        return builder.call(fn, [a, b, c])
+
+    @intrinsic
+    def add_rows(typingctx, z, zo, W, o0, o1, o2, o3, v0, v1, v2, v3):
+        """z[zo:zo+lanes] += (v0·W[o0:o0+lanes] + v1·W[o1:…]) + (v2·W[o2:…] + v3·W[o3:…]): four lit pixels."""
+        def codegen(context, builder, sig, args):
+            t = sig.args
+            rows = [builder.load(at(context, builder, t[2], args[2], t[i], args[i]), align=4) for i in range(3, 7)]
+            v = [splat(builder, x) for x in args[7:]]
+            pair01 = fma(builder, v[1], rows[1], builder.fmul(v[0], rows[0]))
+            pair23 = fma(builder, v[3], rows[3], builder.fmul(v[2], rows[2]))
+            target = at(context, builder, t[0], args[0], t[1], args[1])
+            builder.store(builder.fadd(builder.load(target, align=4), builder.fadd(pair01, pair23)), target, align=4)
+            return context.get_dummy_value()
+        return types.void(z, zo, W, o0, o1, o2, o3, v0, v1, v2, v3), codegen
+
+    @intrinsic
+    def add_row(typingctx, z, zo, W, o, v):
+        """z[zo:zo+lanes] += v·W[o:o+lanes] (one rounding per lane)."""
+        def codegen(context, builder, sig, args):
+            t = sig.args
+            target = at(context, builder, t[0], args[0], t[1], args[1])
+            row = builder.load(at(context, builder, t[2], args[2], t[3], args[3]), align=4)
+            builder.store(fma(builder, splat(builder, args[4]), row, builder.load(target, align=4)), target, align=4)
+            return context.get_dummy_value()
+        return types.void(z, zo, W, o, v), codegen
+
+    return add_rows, add_row
+
+
+_add_rows16, _add_row16 = _vector_steps(2 * LANES)  # a 512-bit register: half the instructions per row
+_add_rows8, _add_row8 = _vector_steps(LANES)  # the last 8 of a width that is no multiple of 16
+
+
+@njit(cache=True, fastmath=FAST, error_model="numpy")
+def _first_product(zr, flat, Hp, pixels, codes, table):
+    """zr (Hp,) += the first layer's rows of one input's lit ``pixels`` (values table[codes]);
+    row i of W0 is flat[i·Hp : (i+1)·Hp]. One row's pixels as views indexed from 0: no
+    wrap-around arithmetic on the indices, and a small function of its own keeps them in registers."""
+    n = pixels.shape[0]
+    for q in range(0, n - 3, 4):  # four pixels per pass over z: a quarter of its loads and stores
+        v0, v1, v2, v3 = table[codes[q]], table[codes[q + 1]], table[codes[q + 2]], table[codes[q + 3]]
+        o0, o1, o2, o3 = pixels[q] * Hp, pixels[q + 1] * Hp, pixels[q + 2] * Hp, pixels[q + 3] * Hp
+        for c in range(0, Hp - LANES, 2 * LANES):
+            _add_rows16(zr, c, flat, o0 + c, o1 + c, o2 + c, o3 + c, v0, v1, v2, v3)
+        if Hp % (2 * LANES):
+            c = Hp - LANES
+            _add_rows8(zr, c, flat, o0 + c, o1 + c, o2 + c, o3 + c, v0, v1, v2, v3)
+    for q in range(n - n % 4, n):
+        v, o = table[codes[q]], pixels[q] * Hp
+        for c in range(0, Hp - LANES, 2 * LANES):
+            _add_row16(zr, c, flat, o + c, v)
+        if Hp % (2 * LANES):
+            _add_row8(zr, Hp - LANES, flat, o + Hp - LANES, v)
+
+
+@njit(cache=True, fastmath=FAST, error_model="numpy")
+def _first_update(flat, Hp, pixels, codes, table, step):
+    """The rows of one input's lit ``pixels`` −= value · step (Hp,), as _first_product reads them."""
+    for q in range(pixels.shape[0]):
+        v, o = table[codes[q]], pixels[q] * Hp
+        for c in range(0, Hp - LANES, 2 * LANES):
+            _add_row16(flat, o + c, step, c, -v)
+        if Hp % (2 * LANES):
+            _add_row8(flat, o + Hp - LANES, step, Hp - LANES, -v)
+
+
 # --- the kernel: one epoch of K packed trials --------------------------------------------
 # Layer l's weighted inputs, activations and errors for row r of the batch are
 # z[l, r, k·w:(k+1)·w] for trial k (w = sizes[l+1]); buffers are padded to the widest layer.
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, fastmath=FAST, error_model="numpy")
 def _hidden(z, a, w, code):
     """a[:w] = f(z[:w]) for a hidden activation (0 relu, 1 sigmoid)."""
     if code == 0:
@@ -134,7 +229,7 @@ def _hidden(z, a, w, code):
             a[j] = _ONE / (_ONE + np.exp(-z[j]))
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, fastmath=FAST, error_model="numpy")
 def _output(z, a, start, w, cost):
     """a = softmax (cost 0) or sigmoid (cost 1) of z over [start, start + w)."""
     if cost == 0:
@@ -152,7 +247,7 @@ def _output(z, a, start, w, cost):
             a[j] = _ONE / (_ONE + np.exp(-z[j]))
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, fastmath=FAST, error_model="numpy")
 def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0, b0, W, b, eta, decay):
     """One epoch of SGD for K trials on the row order ``perm`` (n,), batch size m.
 
@@ -167,6 +262,7 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
     for l in range(1, L + 1):
         widest = max(widest, K * sizes[l])
     H, Hp = K * sizes[1], W0.shape[1]  # the pack's first-layer width, and padded to whole vectors
+    flat = W0.reshape(W0.size)  # row i of W0 from i·Hp
     widest = max(widest, Hp)
     z = np.zeros((L, m, widest), np.float32)  # zeros: the padding stays zero throughout
     a = np.zeros((L, m, widest), np.float32)
@@ -185,18 +281,7 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
             zr = z[0, r]
             for j in range(Hp):
                 zr[j] = _ZERO
-            p, end = indptr[e], indptr[e + 1]
-            while p + 4 <= end:  # four pixels per pass over z: a quarter of its loads and stores
-                v0, v1, v2, v3 = table[codes[p]], table[codes[p + 1]], table[codes[p + 2]], table[codes[p + 3]]
-                r0, r1, r2, r3 = W0[indices[p]], W0[indices[p + 1]], W0[indices[p + 2]], W0[indices[p + 3]]
-                for j in range(Hp):
-                    zr[j] += (v0 * r0[j] + v1 * r1[j]) + (v2 * r2[j] + v3 * r3[j])
-                p += 4
-            while p < end:
-                v, row = table[codes[p]], W0[indices[p]]
-                for j in range(Hp):
-                    zr[j] += v * row[j]
-                p += 1
+            _first_product(zr, flat, Hp, indices[indptr[e]:indptr[e + 1]], codes[indptr[e]:indptr[e + 1]], table)
             for j in range(Hp):
                 zr[j] = zr[j] * col_s[j] + b0[j]
             if L == 1:
@@ -288,22 +373,7 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
             d = delta[0, r]
             for j in range(Hp):
                 step[j] = d[j] * col_c[j]
-            p, end = indptr[e], indptr[e + 1]
-            while p + 4 <= end:  # four lit rows per pass over the step
-                v0, v1, v2, v3 = table[codes[p]], table[codes[p + 1]], table[codes[p + 2]], table[codes[p + 3]]
-                r0, r1, r2, r3 = W0[indices[p]], W0[indices[p + 1]], W0[indices[p + 2]], W0[indices[p + 3]]
-                for j in range(Hp):
-                    g = step[j]
-                    r0[j] -= v0 * g
-                    r1[j] -= v1 * g
-                    r2[j] -= v2 * g
-                    r3[j] -= v3 * g
-                p += 4
-            while p < end:
-                v, row = table[codes[p]], W0[indices[p]]
-                for j in range(Hp):
-                    row[j] -= v * step[j]
-                p += 1
+            _first_update(flat, Hp, indices[indptr[e]:indptr[e + 1]], codes[indptr[e]:indptr[e + 1]], table, step)
         for j in range(H):
             total = _ZERO
             for r in range(mb):
