@@ -1,8 +1,13 @@
 """Trials: sample, train (packed when they share a structure), prune, track, tell Optuna.
 
-The order of writes keeps Optuna and MLflow in agreement even if the process dies at
-any point: the MLflow run is ended before the trial is told, so a trial that is still
-RUNNING in Optuna is always safe to fail, retry, and have its run marked KILLED.
+The order of writes keeps Optuna and MLflow in agreement even if a process dies at any
+point. The trial's record (epochs, metrics, reason) is stored in Optuna and its run's end
+is sent to MLflow before the trial is told, so a trial that is still RUNNING in Optuna is
+always safe to fail, retry, and have its run marked KILLED. With its own Tracker (one
+worker, ``sweep worker``) the run has ended when the trial is told; a local worker of
+``sweep run`` hands the end to the launcher (sweep.relay), which logs it even if the worker
+dies meanwhile, and runs a dead launcher left open are ended from the stored records when
+the study is next opened (``relay.reconcile``).
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from optuna.trial import TrialState
 from core.data import Dataset
 from core.model import NetworkSpec, evaluate
 from core.packed import PACKED_FIELDS, train_packed
-from core.train import CURVES, EpochRecord, NotLearningError, TrainConfig, TrainResult, train
+from core.train import EpochRecord, NotLearningError, TrainConfig, TrainResult, train
+from sweep.relay import RelayedRun, RelayedTracker, finish_run
 from sweep.schema import EPOCHS_RUN, HISTORY_KEYS, PER_EPOCH_METRICS, RESULT_ATTR, RUN_ATTR, TrialRecord
 from sweep.study import StudySpec, all_params, suggest, trial_config
 from sweep.tracking import Tracker, TrialRun
@@ -73,7 +79,7 @@ class _Trial:
     trial: optuna.Trial
     network: NetworkSpec
     config: TrainConfig
-    run: TrialRun | None
+    run: TrialRun | RelayedRun | None
     history: list[EpochRecord] = field(default_factory=list)
     best: float = -math.inf
     interrupted: bool = False  # stopped because a stop was requested, not by the pruner
@@ -96,7 +102,7 @@ class TrialRunner:
     study: optuna.Study
     spec: StudySpec
     data: Dataset
-    tracker: Tracker | None
+    tracker: Tracker | RelayedTracker | None
     parent_run_id: str | None
     stop_requested: Callable[[], bool] = lambda: False
 
@@ -192,15 +198,14 @@ class TrialRunner:
         return state
 
     def _finish(self, t: _Trial, state: TrialState, record: TrialRecord, values: list[float] | None) -> None:
-        """Record the result in the trial, end the MLflow run, then tell Optuna (in that order)."""
+        """Record the result in the trial, end (or send the end of) the MLflow run, then tell Optuna."""
         self._record(t, state, record)
         self.study.tell(t.trial, values, state=state if values is None else None)
 
     def _record(self, t: _Trial, state: TrialState, record: TrialRecord) -> None:
         t.trial.set_user_attr(RESULT_ATTR, record.to_attr())
         if t.run is not None:
-            summary = {k: v for k, v in (record.metrics or {}).items() if k not in CURVES}  # curves are per epoch
-            t.run.finish(state.name, summary, record.tags())
+            finish_run(t.run, state.name, record)
 
 
 def _history(records: list[EpochRecord]) -> dict[str, list]:
