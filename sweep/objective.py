@@ -83,6 +83,16 @@ class _Trial:
     history: list[EpochRecord] = field(default_factory=list)
     best: float = -math.inf
     interrupted: bool = False  # stopped because a stop was requested, not by the pruner
+    named: bool = False  # whether the trial stores its run's id (RUN_ATTR) yet
+
+    def name_run(self) -> None:
+        """Store the run's id in the trial, once. A run another process creates (a RelayedRun)
+        is named when the first trial of its pack ends its first epoch: by then its id has long
+        arrived, so no trial waits for it (a worker killed before then leaves runs that the
+        launcher ends KILLED but that no trial names)."""
+        if self.run is not None and not self.named:
+            self.trial.set_user_attr(RUN_ATTR, self.run.run_id)
+            self.named = True
 
     @property
     def pack_key(self) -> tuple:
@@ -133,12 +143,14 @@ class TrialRunner:
         run = None
         if self.tracker is not None:
             run = self.tracker.start_trial(self.parent_run_id, trial.number, all_params(self.spec, params))
-            trial.set_user_attr(RUN_ATTR, run.run_id)
-        return _Trial(trial, network, config, run)
+        t = _Trial(trial, network, config, run)
+        if not isinstance(run, RelayedRun):
+            t.name_run()
+        return t
 
     def _train(self, group: list[_Trial]) -> list[TrainResult | Exception]:
         """Outcomes in order: a result, or the exception that ended the trial."""
-        data, callbacks = self.data, [self._on_epoch(t) for t in group]
+        data, callbacks = self.data, [self._on_epoch(t, group) for t in group]
         if len(group) > 1:
             try:
                 return train_packed(group[0].network, [t.config for t in group], data.train, data.validation,
@@ -150,8 +162,8 @@ class TrialRunner:
         except Exception as exc:
             return [exc]
 
-    def _on_epoch(self, t: _Trial) -> Callable[[EpochRecord], bool]:
-        """Per epoch: log to MLflow, report to Optuna, ask the pruner; True stops the trial."""
+    def _on_epoch(self, t: _Trial, pack: list[_Trial]) -> Callable[[EpochRecord], bool]:
+        """Per epoch: name the pack's runs, log to MLflow, report to Optuna, ask the pruner; True stops the trial."""
         spec = self.spec
         metric = spec.objectives[0].metric
         prune = spec.pruner.name != "none" and not spec.is_multi_objective and metric in PER_EPOCH_METRICS
@@ -161,6 +173,8 @@ class TrialRunner:
                 t.interrupted = True
                 return True
             t.history.append(record)
+            for other in pack:
+                other.name_run()
             if t.run is not None:
                 t.run.log_epoch(record)
             if not prune:
@@ -203,6 +217,7 @@ class TrialRunner:
         self.study.tell(t.trial, values, state=state if values is None else None)
 
     def _record(self, t: _Trial, state: TrialState, record: TrialRecord) -> None:
+        t.name_run()
         t.trial.set_user_attr(RESULT_ATTR, record.to_attr())
         if t.run is not None:
             finish_run(t.run, state.name, record)

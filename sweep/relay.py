@@ -3,20 +3,24 @@
 MLflow costs a second or more to import and tens of milliseconds of CPU per run; each local
 worker would pay both. Instead a worker gets one end of a pipe (``RelayedTracker``: the
 Tracker calls a TrialRunner makes, sent as messages) and the launcher logs every message,
-in the order its worker sent it, through its one Tracker in a thread (``Relay``). A run is
-created when its trial starts (the worker waits for the run's id, which the trial stores);
-its epochs and its end follow without waiting, so a trial may be told to Optuna before its
-run has ended in MLflow.
+in the order its worker sent it, through its one Tracker in a thread (``Relay``). Nothing
+waits for the launcher: a run is created when its trial starts, and its id comes back while
+the trial trains (the trial stores it after its first epoch, see sweep.objective); the
+run's epochs and end follow, named by the trial's number, so a trial may be told to Optuna
+before its run has ended in MLflow.
 
 A worker that dies loses nothing it sent: the launcher still reads and logs what is in the
-pipe. A launcher that dies may leave runs of finished trials RUNNING; ``reconcile`` ends
-them from the records Optuna stores (RESULT_ATTR) when the study is next opened.
+pipe, then ends the runs it left open (KILLED). A launcher that dies may leave runs of
+finished trials RUNNING; ``reconcile`` ends them from the records Optuna stores
+(RESULT_ATTR) when the study is next opened.
 ``sweep worker`` on another machine logs through its own Tracker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections import deque
 from multiprocessing.connection import Connection, wait
 
 from optuna import Study
@@ -28,6 +32,7 @@ from sweep.study import StudySpec, all_params
 from sweep.tracking import Tracker, TrialRun
 
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+DIED = "worker process died"  # why a run is KILLED when its worker is gone
 
 
 def finish_run(run, state: str, record: TrialRecord) -> None:
@@ -38,16 +43,24 @@ def finish_run(run, state: str, record: TrialRecord) -> None:
 
 
 class RelayedRun:
-    """A trial's run as a worker sees it: its epochs and its end go to the launcher."""
+    """A trial's run as a worker sees it: its epochs and its end go to the launcher, named by
+    the trial's number; its id is known once the launcher has answered (``run_id`` waits)."""
 
-    def __init__(self, conn: Connection, run_id: str) -> None:
-        self.conn, self.run_id = conn, run_id
+    def __init__(self, tracker: RelayedTracker, number: int) -> None:
+        self.tracker, self.number = tracker, number
+        self.id: str | None = None
+
+    @property
+    def run_id(self) -> str:
+        while self.id is None:
+            self.tracker.receive()
+        return self.id
 
     def log_epoch(self, record: EpochRecord) -> None:
-        self.conn.send(("epoch", self.run_id, record))
+        self.tracker.conn.send(("epoch", self.number, record))
 
     def finish(self, state: str, metrics: dict | None = None, tags: dict | None = None) -> None:
-        self.conn.send(("finish", self.run_id, state, metrics, tags))
+        self.tracker.conn.send(("finish", self.number, state, metrics, tags))
 
 
 class RelayedTracker:
@@ -55,14 +68,22 @@ class RelayedTracker:
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        self.unnamed: deque[RelayedRun] = deque()  # runs started, in order, whose ids have not come yet
 
     def start_trial(self, parent_run_id: str, trial_number: int, params: dict,
                     tags: dict | None = None) -> RelayedRun:
         self.conn.send(("start", parent_run_id, trial_number, params, tags))
+        run = RelayedRun(self, trial_number)
+        self.unnamed.append(run)
+        return run
+
+    def receive(self) -> None:
+        """Wait for the launcher's next answer: the id of the oldest run started (the Relay
+        answers each worker in order), or the error that kept it from creating the run."""
         reply = self.conn.recv()
-        if isinstance(reply, BaseException):  # the launcher could not create the run
+        if isinstance(reply, BaseException):
             raise reply
-        return RelayedRun(self.conn, reply)
+        self.unnamed.popleft().id = reply
 
     def end_run(self, run_id: str, status: str, tags: dict | None = None) -> None:
         self.conn.send(("end", run_id, status, tags))
@@ -75,7 +96,7 @@ class Relay(threading.Thread):
     def __init__(self, tracker: Tracker, conns: list[Connection]) -> None:
         super().__init__(daemon=True, name="sweep-relay")
         self.tracker, self.conns = tracker, list(conns)
-        self.runs: dict[str, TrialRun] = {}  # open runs by id
+        self.runs: dict[tuple[Connection, int], TrialRun] = {}  # open runs by worker and trial number
         self.error: Exception | None = None
 
     def run(self) -> None:
@@ -84,10 +105,16 @@ class Relay(threading.Thread):
                 try:
                     message = conn.recv()
                 except (EOFError, OSError):  # the worker is gone, and all it sent was read
-                    self.conns.remove(conn)
-                    conn.close()
+                    self._gone(conn)
                     continue
                 self.handle(conn, message)
+
+    def _gone(self, conn: Connection) -> None:
+        """A worker ended: the runs it left open lost their worker (a worker that stops ends its own)."""
+        self.conns.remove(conn)
+        conn.close()
+        for key in [key for key in self.runs if key[0] is conn]:
+            self.handle(conn, ("end", self.runs.pop(key).run_id, "KILLED", {REASON_TAG: DIED}))
 
     def handle(self, conn: Connection, message: tuple) -> None:
         """Do what one message asks; a logging error is kept (and sent back to a waiting worker)."""
@@ -96,28 +123,25 @@ class Relay(threading.Thread):
             if kind == "start":
                 self._start(conn, *args)
             elif kind == "epoch":
-                run_id, record = args
-                self.runs[run_id].log_epoch(record)
+                number, record = args
+                self.runs[conn, number].log_epoch(record)
             elif kind == "finish":
-                run_id, *rest = args
-                self.runs.pop(run_id).finish(*rest)
-            else:  # "end": a run another worker left open
-                run_id, *rest = args
-                self.runs.pop(run_id, None)
-                self.tracker.end_run(run_id, *rest)
+                number, *rest = args
+                self.runs.pop((conn, number)).finish(*rest)
+            else:  # "end": a run whose worker is gone
+                self.tracker.end_run(*args)
         except Exception as exc:  # (a store that fails now, for the launcher to raise when its workers are done)
             self.error = self.error or exc
             if kind == "start":
-                conn.send(RuntimeError(f"tracking failed: {exc}"))
+                with contextlib.suppress(OSError):  # (a worker that is gone)
+                    conn.send(RuntimeError(f"tracking failed: {exc}"))
 
     def _start(self, conn: Connection, parent_run_id: str, number: int, params: dict, tags: dict | None) -> None:
-        run = self.tracker.start_trial(parent_run_id, number, params, tags)
+        self.runs[conn, number] = run = self.tracker.start_trial(parent_run_id, number, params, tags)
         try:
             conn.send(run.run_id)
-        except OSError:  # the worker died waiting: its trial names no run
-            self.tracker.end_run(run.run_id, "KILLED")
-            return
-        self.runs[run.run_id] = run
+        except OSError:  # the worker is gone (its end is read next)
+            pass
 
 
 def reconcile(study: Study, spec: StudySpec, tracker: Tracker, parent_run_id: str) -> list[int]:

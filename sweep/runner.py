@@ -32,7 +32,7 @@ from sweep import tracking
 from sweep.errors import Stopped, TrialsKeepFailing, UsageError, WorkersDied
 from sweep.limits import MAX_FAILED_IN_A_ROW
 from sweep.objective import TrialRunner, is_alive_here, worker_identity
-from sweep.relay import Relay, RelayedTracker, reconcile
+from sweep.relay import DIED, Relay, RelayedTracker, reconcile
 from sweep.samplers import GRID_SAMPLERS, PACKABLE, grid_key, grid_order, grid_points
 from sweep.schema import (PARENT_ATTR, REASON_ATTR, REASON_TAG, RESULT_ATTR, RETRY_OF_ATTR, RUN_ATTR, SPEC_ATTR,
                           STUDY_ID_ATTR, WORKER_ATTR, TrialRecord)
@@ -430,7 +430,7 @@ class Worker:
                     frozen = self.study.tell(t.number, state=TrialState.FAIL)
                 except (RuntimeError, ValueError):  # finished meanwhile (told, or reaped by another worker)
                     continue
-                self.opened.requeue(frozen, "worker process died")
+                self.opened.requeue(frozen, DIED)
                 reaped.append(t.number)
         if self.rdb:  # (Optuna's one public way to apply the heartbeat's grace period, marked experimental)
             with warnings.catch_warnings():

@@ -263,6 +263,7 @@ def tracked_stores(workdir) -> Stores:
 
 
 def test_the_launcher_logs_all_a_worker_sent_before_it_died(workdir):
+    """And ends the runs it left open."""
     spec = load_spec(write_study(workdir / "tiny.toml"))
     opened = create_or_resume(spec, tracked_stores(workdir))
     ours, theirs = multiprocessing.Pipe()
@@ -272,10 +273,15 @@ def test_the_launcher_logs_all_a_worker_sent_before_it_died(workdir):
     for epoch in (1, 2):
         run.log_epoch(EpochRecord(epoch, 1.0 / epoch, 0.5, 1.0, 0.5, 0.01, 0.0))
     run.finish("COMPLETE", {"test_accuracy": 0.5})
+    run_id = run.run_id
+    open_run = RelayedTracker(theirs).start_trial(opened.parent, 1, {"eta": 0.2})  # its run is left open
     theirs.close()  # the worker is gone, what it sent is still in the pipe
     relay.join()
     assert relay.error is None
-    logged = tracking_client(workdir).get_run(run.run_id)
+    runs = {int(r.data.tags["mlp_sweep.trial"]): r for r in child_runs(workdir, "tiny")}
+    assert runs[1].info.status == "KILLED" and runs[1].data.tags["mlp_sweep.reason"] == "worker process died"
+    assert open_run.id is None
+    logged = tracking_client(workdir).get_run(run_id)
     assert logged.info.status == "FINISHED" and logged.data.params == {"eta": "0.1"}
     assert logged.data.metrics["test_accuracy"] == 0.5
     assert len(tracking_client(workdir).get_metric_history(run.run_id, "training_cost")) == 2
