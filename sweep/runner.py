@@ -596,7 +596,8 @@ def run_study(spec: StudySpec, stores: Stores, *, n_trials: int | None = None, t
     The data is loaded (and, if needed, downloaded and verified) here first, so bad data
     stops the run before any worker starts. Ctrl-C propagates after the workers stopped:
     finished trials stay, running ones are failed and queued again for the next run. So are
-    the trials of a worker that was killed; the others run them (see ``_supervise``).
+    the trials of a worker that was killed; the others run them (see ``_supervise``). The
+    local workers' MLflow runs are logged here, by a Relay thread (sweep.relay).
     """
     spec.check_memory(pack_size(spec) if pack else 1, workers)  # before anything is loaded or stored
     if workers > 1:
@@ -628,10 +629,12 @@ def run_study(spec: StudySpec, stores: Stores, *, n_trials: int | None = None, t
     finally:
         if relay is not None:
             relay.join()  # every worker has ended: the relay has logged all they sent
-        if relay is not None and relay.error is not None and status == "FINISHED":
-            raise relay.error
+            if relay.error is not None:
+                status = "FAILED"
         if opened.tracker is not None and opened.parent is not None:
             opened.tracker.finish_parent(opened.parent, status)
+    if relay is not None and relay.error is not None:
+        raise relay.error  # (after the trials: a store that failed in the meantime)
     return study
 
 
