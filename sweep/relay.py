@@ -49,11 +49,14 @@ class RelayedRun:
     def __init__(self, tracker: RelayedTracker, number: int) -> None:
         self.tracker, self.number = tracker, number
         self.id: str | None = None
+        self.error: BaseException | None = None  # why the launcher could not create it
 
     @property
     def run_id(self) -> str:
-        while self.id is None:
+        while self.id is None and self.error is None:
             self.tracker.receive()
+        if self.error is not None:
+            raise self.error
         return self.id
 
     def log_epoch(self, record: EpochRecord) -> None:
@@ -78,12 +81,13 @@ class RelayedTracker:
         return run
 
     def receive(self) -> None:
-        """Wait for the launcher's next answer: the id of the oldest run started (the Relay
-        answers each worker in order), or the error that kept it from creating the run."""
-        reply = self.conn.recv()
+        """Wait for the launcher's next answer, for the oldest run started (the Relay answers
+        each worker in order): its id, or the error that kept the launcher from creating it."""
+        reply, run = self.conn.recv(), self.unnamed.popleft()
         if isinstance(reply, BaseException):
-            raise reply
-        self.unnamed.popleft().id = reply
+            run.error = reply
+        else:
+            run.id = reply
 
     def end_run(self, run_id: str, status: str, tags: dict | None = None) -> None:
         self.conn.send(("end", run_id, status, tags))
