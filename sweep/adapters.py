@@ -9,10 +9,6 @@ bounds both packages to the major versions tested.
   attribute (``Study.enqueue_trial``; ``Trial`` reads it back). A trial that died while it
   sampled has only some of them in ``params``; no public API gives the rest, and a grid
   point or a retried trial must be queued again whole.
-- ``MLFLOW_PRELOAD``: the modules of MLflow's SQL tracking store, imported once in the fork
-  server so that local workers are forked with them (about 2 s each otherwise). MLflow has
-  no public way to load its store ahead of use. A name that moved would only be slower:
-  the fork server skips modules it cannot import.
 - ``MLFLOW_DB_LOGGER``: the logger MLflow's database module writes its lock-retry
   tracebacks to; ``quiet_mlflow_logs`` filters the ones our own retries recover from.
 - ``batch_limits``: MLflow's per-call ``log_batch`` limits, which its client checks but
@@ -25,7 +21,6 @@ import functools
 from dataclasses import dataclass
 
 FIXED_PARAMS_ATTR = "fixed_params"
-MLFLOW_PRELOAD = ("mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store")
 MLFLOW_DB_LOGGER = "mlflow.store.db.utils"
 MLFLOW_LIMITS_MODULE = "mlflow.utils.validation"
 

@@ -1,8 +1,13 @@
 """Trials: sample, train (packed when they share a structure), prune, track, tell Optuna.
 
-The order of writes keeps Optuna and MLflow in agreement even if the process dies at
-any point: the MLflow run is ended before the trial is told, so a trial that is still
-RUNNING in Optuna is always safe to fail, retry, and have its run marked KILLED.
+The order of writes keeps Optuna and MLflow in agreement even if a process dies at any
+point. The trial's record (epochs, metrics, reason) is stored in Optuna and its run's end
+is sent to MLflow before the trial is told, so a trial that is still RUNNING in Optuna is
+always safe to fail, retry, and have its run marked KILLED. With its own Tracker (one
+worker, ``sweep worker``) the run has ended when the trial is told; a local worker of
+``sweep run`` hands the end to the launcher (sweep.relay), which logs it even if the worker
+dies meanwhile, and runs a dead launcher left open are ended from the stored records when
+the study is next opened (``relay.reconcile``).
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ from optuna.trial import TrialState
 from core.data import Dataset
 from core.model import NetworkSpec, evaluate
 from core.packed import PACKED_FIELDS, train_packed
-from core.train import CURVES, EpochRecord, NotLearningError, TrainConfig, TrainResult, train
-from sweep.schema import EPOCHS_RUN, HISTORY_KEYS, PER_EPOCH_METRICS, RESULT_ATTR, RUN_ATTR, TIMING_TAG, TrialRecord
+from core.train import EpochRecord, NotLearningError, TrainConfig, TrainResult, train
+from sweep.relay import RelayedRun, RelayedTracker, finish_run
+from sweep.schema import EPOCHS_RUN, HISTORY_KEYS, PER_EPOCH_METRICS, RESULT_ATTR, RUN_ATTR, TrialRecord
 from sweep.study import StudySpec, all_params, suggest, trial_config
-from sweep.tracking import Tracker, TrialRun, timing_note
+from sweep.tracking import Tracker, TrialRun
 
 
 
@@ -73,11 +79,21 @@ class _Trial:
     trial: optuna.Trial
     network: NetworkSpec
     config: TrainConfig
-    run: TrialRun | None
+    run: TrialRun | RelayedRun | None
     history: list[EpochRecord] = field(default_factory=list)
     best: float = -math.inf
     interrupted: bool = False  # stopped because a stop was requested, not by the pruner
     pack: int = 1  # trials trained together with it (core.packed), itself included
+    named: bool = False  # whether the trial stores its run's id (RUN_ATTR) yet
+
+    def name_run(self) -> None:
+        """Store the run's id in the trial, once. A run another process creates (a RelayedRun)
+        is named when the first trial of its pack ends its first epoch: by then its id has long
+        arrived, so no trial waits for it (a worker killed before then leaves runs that the
+        launcher ends KILLED but that no trial names)."""
+        if self.run is not None and not self.named:
+            self.trial.set_user_attr(RUN_ATTR, self.run.run_id)
+            self.named = True
 
     @property
     def pack_key(self) -> tuple:
@@ -97,7 +113,7 @@ class TrialRunner:
     study: optuna.Study
     spec: StudySpec
     data: Dataset
-    tracker: Tracker | None
+    tracker: Tracker | RelayedTracker | None
     parent_run_id: str | None
     stop_requested: Callable[[], bool] = lambda: False
 
@@ -132,12 +148,14 @@ class TrialRunner:
         if self.tracker is not None:
             run = self.tracker.start_trial(self.parent_run_id, trial.number, all_params(self.spec, params),
                                            searched=params, data=self.data)
-            trial.set_user_attr(RUN_ATTR, run.run_id)
-        return _Trial(trial, network, config, run)
+        t = _Trial(trial, network, config, run)
+        if not isinstance(run, RelayedRun):
+            t.name_run()
+        return t
 
     def _train(self, group: list[_Trial]) -> list[TrainResult | Exception]:
         """Outcomes in order: a result, or the exception that ended the trial."""
-        data, callbacks = self.data, [self._on_epoch(t) for t in group]
+        data, callbacks = self.data, [self._on_epoch(t, group) for t in group]
         if len(group) > 1:
             try:
                 return train_packed(group[0].network, [t.config for t in group], data.train, data.validation,
@@ -149,8 +167,8 @@ class TrialRunner:
         except Exception as exc:
             return [exc]
 
-    def _on_epoch(self, t: _Trial) -> Callable[[EpochRecord], bool]:
-        """Per epoch: log to MLflow, report to Optuna, ask the pruner; True stops the trial."""
+    def _on_epoch(self, t: _Trial, pack: list[_Trial]) -> Callable[[EpochRecord], bool]:
+        """Per epoch: name the pack's runs, log to MLflow, report to Optuna, ask the pruner; True stops the trial."""
         spec = self.spec
         metric = spec.objectives[0].metric
         prune = spec.pruner.name != "none" and not spec.is_multi_objective and metric in PER_EPOCH_METRICS
@@ -160,6 +178,8 @@ class TrialRunner:
                 t.interrupted = True
                 return True
             t.history.append(record)
+            for other in pack:
+                other.name_run()
             if t.run is not None:
                 t.run.log_epoch(record)
             if not prune:
@@ -197,15 +217,15 @@ class TrialRunner:
         return state
 
     def _finish(self, t: _Trial, state: TrialState, record: TrialRecord, values: list[float] | None) -> None:
-        """Record the result in the trial, end the MLflow run, then tell Optuna (in that order)."""
+        """Record the result in the trial, end (or send the end of) the MLflow run, then tell Optuna."""
         self._record(t, state, record)
         self.study.tell(t.trial, values, state=state if values is None else None)
 
     def _record(self, t: _Trial, state: TrialState, record: TrialRecord) -> None:
+        t.name_run()
         t.trial.set_user_attr(RESULT_ATTR, record.to_attr())
         if t.run is not None:
-            summary = {k: v for k, v in (record.metrics or {}).items() if k not in CURVES}  # curves are per epoch
-            t.run.finish(state.name, summary, {**record.tags(), TIMING_TAG: timing_note(t.pack)})
+            finish_run(t.run, state.name, record, t.pack)
 
 
 def _history(records: list[EpochRecord]) -> dict[str, list]:

@@ -20,18 +20,19 @@ import uuid
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
 from typing import Callable, Iterator
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from core.data import DataError, Dataset, load_dataset
-from sweep.adapters import FIXED_PARAMS_ATTR, MLFLOW_PRELOAD
+from sweep.adapters import FIXED_PARAMS_ATTR
 from sweep import tracking
 from sweep.errors import Stopped, TrialsKeepFailing, UsageError, WorkersDied
 from sweep.limits import MAX_FAILED_IN_A_ROW
 from sweep.objective import TrialRunner, is_alive_here, worker_identity
+from sweep.relay import DIED, Relay, RelayedTracker, reconcile
 from sweep.samplers import GRID_SAMPLERS, PACKABLE, grid_key, grid_order, grid_points
 from sweep.schema import (PARENT_ATTR, REASON_ATTR, REASON_TAG, RESULT_ATTR, RETRY_OF_ATTR, RUN_ATTR, SPEC_ATTR,
                           STUDY_ID_ATTR, WORKER_ATTR, TrialRecord)
@@ -131,13 +132,14 @@ STALE_REASON = "worker stopped sending heartbeats"
 class OpenStudy:
     """A study opened in this process, made once and used by everything that runs its trials:
     its spec, the storage (connections belong to one process), the study with its sampler
-    and pruner, the MLflow tracker (None: not tracked) and the study's parent run."""
+    and pruner, the MLflow tracker (None: not tracked; a local worker's relays to the
+    launcher) and the study's parent run."""
 
     spec: StudySpec
     stores: Stores
     storage: optuna.storages.BaseStorage
     study: optuna.Study
-    tracker: Tracker | None
+    tracker: Tracker | RelayedTracker | None
     parent: str | None
 
     def requeue(self, trial: FrozenTrial, reason: str) -> None:
@@ -207,18 +209,23 @@ def create_or_resume(spec: StudySpec, stores: Stores, data: Dataset | None = Non
                                     view=runs_view(spec.space, [o.metric for o in spec.objectives]))
         if study.user_attrs.get(PARENT_ATTR) != parent:
             study.set_user_attr(PARENT_ATTR, parent)
+        if stored is not None:  # runs a launcher that died left open (see sweep.relay)
+            reconcile(study, spec, tracker, parent)
     on_stale.opened = OpenStudy(spec, stores, storage, study, tracker, parent)
     return on_stale.opened
 
 
-def join_study(spec: StudySpec, stores: Stores, parent: str | None, seed_offset: int = 0) -> OpenStudy:
+def join_study(spec: StudySpec, stores: Stores, parent: str | None, seed_offset: int = 0,
+               relay: Connection | None = None) -> OpenStudy:
     """Open the existing study of ``spec`` in a worker process (its own connections, a sampler
-    seeded with its ``seed_offset``), logging under the parent run ``parent``."""
+    seeded with its ``seed_offset``), logging under the parent run ``parent``: through the
+    launcher over ``relay`` if given (sweep.relay), else with its own Tracker."""
     on_stale = _OnStale()
     storage = open_storage(stores.storage, on_stale, create=False)
     study = optuna.load_study(study_name=spec.name, storage=storage, sampler=spec.make_sampler(seed_offset),
                               pruner=spec.make_pruner())
-    tracker = Tracker(stores.tracking_uri, spec.name) if stores.tracking_uri else None
+    tracker = (RelayedTracker(relay) if relay is not None
+               else Tracker(stores.tracking_uri, spec.name) if stores.tracking_uri else None)
     on_stale.opened = OpenStudy(spec, stores, storage, study, tracker, parent)
     return on_stale.opened
 
@@ -275,10 +282,12 @@ def load_data(spec: StudySpec, data_dir: str | None, progress=None) -> Dataset:
 
 
 def pack_size(spec: StudySpec) -> int:
-    """How many trials a worker claims at once: a grid's run of points that differ only in
-    η and λ (they train together, see core.packed), at most PACK_MAX; otherwise one."""
+    """How many trials a worker claims at once, at most PACK_MAX. A grid: its run of points that
+    differ only in PACKABLE parameters (they train together, see core.packed). Another sampler:
+    PACK_MAX when it searches PACKABLE parameters alone (every trial it asks for then packs with
+    the others; TPE's constant liar, on by default, keeps them apart); otherwise one."""
     if spec.sampler.name != "grid":
-        return 1
+        return PACK_MAX if spec.searched and set(spec.searched) <= set(PACKABLE) else 1
     size = 1
     for name, values in grid_points(spec.searched).items():
         if name in PACKABLE:
@@ -414,7 +423,7 @@ class Worker:
                     frozen = self.study.tell(t.number, state=TrialState.FAIL)
                 except (RuntimeError, ValueError):  # finished meanwhile (told, or reaped by another worker)
                     continue
-                self.opened.requeue(frozen, "worker process died")
+                self.opened.requeue(frozen, DIED)
                 reaped.append(t.number)
         if self.rdb:  # (Optuna's one public way to apply the heartbeat's grace period, marked experimental)
             with warnings.catch_warnings():
@@ -495,8 +504,9 @@ class WorkerPlan:
     pack: bool
 
 
-def _worker_main(plan: WorkerPlan, seed_offset: int) -> None:
-    """Entry point of a local worker process: one BLAS thread, SIGTERM like Ctrl-C."""
+def _worker_main(plan: WorkerPlan, seed_offset: int, relay: Connection | None) -> None:
+    """Entry point of a local worker process: one BLAS thread, SIGTERM like Ctrl-C, its runs
+    logged by the launcher over ``relay`` (None: not tracked)."""
     from threadpoolctl import threadpool_limits
 
     configure_libraries()
@@ -504,7 +514,7 @@ def _worker_main(plan: WorkerPlan, seed_offset: int) -> None:
     spec = parse_spec(plan.spec, plan.source)
     with stop_on_signals():
         try:
-            opened = join_study(spec, plan.stores, plan.parent, seed_offset)
+            opened = join_study(spec, plan.stores, plan.parent, seed_offset, relay)
             Worker(opened, plan.budget, load_data(spec, plan.data_dir), workers=plan.workers, pack=plan.pack).run()
         except (Stopped, KeyboardInterrupt):  # (a second signal: at once)
             pass
@@ -515,30 +525,36 @@ def _worker_main(plan: WorkerPlan, seed_offset: int) -> None:
 PRELOAD = ["sweep.runner", "core.preload"]  # about 1 s of imports; the compiled engine's code, loaded once
 
 
-def prepare_workers(tracking: bool) -> None:
-    """Start the fork server now, importing PRELOAD (and MLflow's store for tracked runs) once
-    while this process does other work.
+def prepare_workers() -> None:
+    """Start the fork server now, importing PRELOAD once while this process does other work.
 
     Workers are then forked from it ready-made (clean, single-threaded, one BLAS thread)
-    instead of each importing everything again.
+    instead of each importing everything again. They never import MLflow: the launcher
+    logs their runs (sweep.relay).
     """
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD + (list(MLFLOW_PRELOAD) if tracking else []))  # (about 2 s more)
+    ctx.set_forkserver_preload(PRELOAD)
     from multiprocessing import forkserver
 
     forkserver.ensure_running()
 
 
-def start_workers(plan: WorkerPlan) -> list[multiprocessing.Process]:
-    """Start the plan's local worker processes from the fork server (see ``prepare_workers``)."""
-    prepare_workers(plan.stores.tracking_uri is not None)
+def start_workers(plan: WorkerPlan) -> tuple[list[multiprocessing.Process], list[Connection]]:
+    """Start the plan's local worker processes from the fork server (see ``prepare_workers``);
+    return them and, for a tracked study, the launcher's ends of their relays (else none)."""
+    prepare_workers()
     ctx = multiprocessing.get_context("forkserver")
-    procs = [ctx.Process(target=_worker_main, args=(plan, i), daemon=False, name=f"sweep-worker-{i}")
-             for i in range(plan.workers)]
+    tracked = plan.stores.tracking_uri is not None
+    pipes = [ctx.Pipe() if tracked else (None, None) for _ in range(plan.workers)]
+    procs = [ctx.Process(target=_worker_main, args=(plan, i, theirs), daemon=False, name=f"sweep-worker-{i}")
+             for i, (_, theirs) in enumerate(pipes)]
     for p in procs:
         p.start()
-    return procs
+    for _, theirs in pipes:
+        if theirs is not None:
+            theirs.close()  # the worker's now: its end closes when the worker ends
+    return procs, [ours for ours, _ in pipes if ours is not None]
 
 
 @dataclass(frozen=True)
@@ -573,17 +589,18 @@ def run_study(spec: StudySpec, stores: Stores, *, n_trials: int | None = None, t
     The data is loaded (and, if needed, downloaded and verified) here first, so bad data
     stops the run before any worker starts. Ctrl-C propagates after the workers stopped:
     finished trials stay, running ones are failed and queued again for the next run. So are
-    the trials of a worker that was killed; the others run them (see ``_supervise``).
+    the trials of a worker that was killed; the others run them (see ``_supervise``). The
+    local workers' MLflow runs are logged here, by a Relay thread (sweep.relay).
     """
     spec.check_memory(pack_size(spec) if pack else 1, workers)  # before anything is loaded or stored
     if workers > 1:
-        prepare_workers(stores.tracking_uri is not None)  # imports in the background while we load data and open the stores
+        prepare_workers()  # imports in the background while we load data and open the stores
     data = load_data(spec, data_dir, data_progress)  # bad data stops us before anything is stored
     opened = create_or_resume(spec, stores, data)
     study = opened.study
     budget = Budget.start(spec, n_trials, timeout if timeout is not None else spec.timeout)
     report = (lambda: on_progress(progress_of(study, budget.n_trials))) if on_progress else None
-    status = "KILLED"
+    status, relay = "KILLED", None
     try:
         with stop_on_signals():
             if workers == 1:
@@ -594,14 +611,24 @@ def run_study(spec: StudySpec, stores: Stores, *, n_trials: int | None = None, t
                     else budget.n_trials  # (a grid runs out of points)
                 plan = WorkerPlan(spec_to_dict(spec), spec.source, stores, opened.parent, budget, data_dir, workers,
                                   pack)
-                _supervise(start_workers(plan), report, study, budget, target)
+                procs, relays = start_workers(plan)
+                if opened.tracker is not None:
+                    relay = Relay(opened.tracker, relays, data)
+                    relay.start()
+                _supervise(procs, report, study, budget, target)
             if STOP.is_set():
                 raise Stopped
         status = "FINISHED"
     finally:
+        if relay is not None:
+            relay.join()  # every worker has ended: the relay has logged all they sent
+            if relay.error is not None:
+                status = "FAILED"
         if opened.tracker is not None and opened.parent is not None:
             opened.tracker.finish_parent(opened.parent, status,
                                          **parent_summary(study, spec, opened.tracker.experiment_id))
+    if relay is not None and relay.error is not None:
+        raise relay.error  # (after the trials: a store that failed in the meantime)
     return study
 
 

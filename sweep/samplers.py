@@ -47,7 +47,7 @@ class _BudgetStops:
         return None
 
 
-PACKABLE = ("eta", "lmbda")  # parameters that trials trained in one pack may differ in
+PACKABLE = ("eta", "lmbda", "seed")  # parameters that trials trained in one pack may differ in (core.packed.can_pack)
 
 
 class GridSampler(_BudgetStops, optuna.samplers.GridSampler):
@@ -170,7 +170,7 @@ def grid_size(space: Mapping[str, Param]) -> int:
 
 
 def grid_order(space: Mapping[str, Param]) -> list[dict[str, Any]]:
-    """Every grid point, η and λ varying fastest: consecutive points that differ only in
+    """Every grid point, η, λ and the seed varying fastest: consecutive points that differ only in
     PACKABLE parameters share their structure and train together (core.packed).
 
     This order, not the sampler's, decides which point a sweep's next trial runs: workers

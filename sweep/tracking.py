@@ -392,7 +392,7 @@ class Tracker:
                      tags=_strings(tags, batch_limits().tag_chars))
         if data is not None:
             _retry(self._client.log_inputs, run.info.run_id, datasets=[self._dataset_input(data)])
-        return TrialRun(self, run.info.run_id, {k: short(v) for k, v in params.items() if v is not None})
+        return TrialRun(self, run.info.run_id, params)
 
     def _dataset_input(self, data: Dataset) -> DatasetInput:
         """The data as an MLflow dataset input: name, digest of the arrays, split sizes (made once)."""
@@ -453,7 +453,8 @@ class TrialRun:
     def __init__(self, tracker: Tracker, run_id: str, params: dict | None = None) -> None:
         self.run_id = run_id
         self._tracker = tracker
-        self._params = params  # sent with the first batch
+        # sent with the first batch: short numbers, no None values
+        self._params = None if params is None else {k: short(v) for k, v in params.items() if v is not None}
         self._pending: list[MetricRow] = []
         self._sent_at = time.monotonic()
 

@@ -136,6 +136,13 @@ def journal_study(workdir: Path, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=storage)
 
 
+def overlapping(trials) -> int:
+    """Pairs of trials in a row (by start) where the later one started before the earlier one ended:
+    trials trained together in one pack are claimed, hence started, together."""
+    trials = sorted(trials, key=lambda t: (t.datetime_start, t.number))
+    return sum(b.datetime_start < a.datetime_complete for a, b in zip(trials, trials[1:]))
+
+
 def tracking_client(workdir: Path):
     from mlflow.tracking import MlflowClient
 

@@ -7,7 +7,7 @@ import pytest
 from sweep.cli import cli
 from tests.sweep.bad_studies import BAD_STUDIES, BY_PART, CLI_SAMPLE
 from sweep.words import plural
-from tests.sweep.conftest import copy_stored, journal_study, one_line_error, run_cli, tree_snapshot, write_study
+from tests.sweep.conftest import copy_stored, journal_study, one_line_error, overlapping, run_cli, tree_snapshot, write_study
 
 COMMANDS = sorted(cli.commands)
 
@@ -135,13 +135,6 @@ def test_run_and_worker_share_the_options_that_run_trials():
     shared = {"--n-trials", "--timeout", "--storage", "--tracking-uri", "--no-tracking", "--no-pack", "--data-dir"}
     for command in (cli.commands["run"], cli.commands["worker"]):
         assert shared <= {opt for param in command.params for opt in param.opts}, command.name
-
-
-def overlapping(trials) -> int:
-    """Pairs of trials in a row (by start) where the later one started before the earlier one ended:
-    trials trained together in one pack are claimed, hence started, together."""
-    trials = sorted(trials, key=lambda t: (t.datetime_start, t.number))
-    return sum(b.datetime_start < a.datetime_complete for a, b in zip(trials, trials[1:]))
 
 
 @pytest.mark.parametrize("flags, packed", [((), True), (("--no-pack",), False)], ids=["packed", "no-pack"])

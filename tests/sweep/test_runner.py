@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
 import os
 import re
 import signal
+import threading
 from collections import Counter
 
 import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from sweep.runner import Stores, create_or_resume
+from core.train import EpochRecord
+from sweep.relay import Relay, RelayedTracker
+from sweep.runner import Budget, Stores, Worker, create_or_resume, join_study, load_data
 from sweep.samplers import SAMPLERS
 from sweep.studyfile import load_spec
 from sweep.storage import StorageSpec
-from tests.sweep.conftest import child_runs, journal_study, run_cli, tracking_client, write_study
-from tests.sweep.pg import NEVER_PRUNE, finish, held_env, start_sweep, stopped, wait_until
+from tests.sweep.conftest import child_runs, journal_study, overlapping, run_cli, tracking_client, write_study
+from tests.sweep.pg import NEVER_PRUNE, check_agreement, finish, held_env, start_sweep, stopped, wait_until
 
 GRID = {(b, e) for b in (10, 20, 30) for e in (0.1, 0.2)}
 
@@ -231,3 +236,94 @@ def test_packed_trials_give_the_same_results_as_trials_trained_alone(workdir):
         assert a["validation_accuracy"] == b["validation_accuracy"]
         assert a["training_cost"] == pytest.approx(b["training_cost"], rel=1e-5)
         assert t.value == single[point].value
+
+
+def packable_study(path, sampler: str, n_trials: int, extra: str = "", epochs: int = 2):
+    """TINY with η and λ searched (batch size fixed), ``n_trials`` of them: every trial the
+    sampler asks for can pack."""
+    study = write_study(path, sampler=sampler, epochs=epochs, extra=f"{extra}\n[budget]\nn_trials = {n_trials}\n")
+    text = study.read_text()
+    space = ('[space]\neta = { type = "float", low = 1e-6, high = 0.5, log = true }\n'
+             'lmbda = { type = "float", low = 0.0, high = 5.0 }\n')
+    study.write_text(text[:text.index("[space]")].replace("epochs =", "batch_size = 10\nepochs =") + space)
+    return study
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_tpe_study_of_eta_and_lambda_trains_packs_and_keeps_its_budget(workdir, workers):
+    study_file = packable_study(workdir / "tiny.toml", "tpe", 7)
+    assert run_cli("run", study_file, "--workers", workers, "--no-report") == 0
+    trials = journal_study(workdir, "tiny").trials
+    assert len(trials) == 7 and {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    assert overlapping(trials) >= 7 - 2 * workers  # claimed together: at most two packs a worker
+    assert len({(t.params["eta"], t.params["lmbda"]) for t in trials}) == 7
+    assert len(child_runs(workdir, "tiny")) == 7
+
+
+def test_trials_of_one_sampled_pack_are_pruned_each_on_its_own(workdir):
+    extra = '[pruner]\nname = "threshold"\nlower = 0.3\n'  # η near 1e-6 stays at chance after epoch 1
+    study_file = packable_study(workdir / "tiny.toml", "random", 8, extra, epochs=3)
+    assert run_cli("run", study_file, "--no-tracking", "--no-report") == 0
+    trials = journal_study(workdir, "tiny").trials
+    assert overlapping(trials) == 7  # one pack
+    epochs = {t.state: len(t.user_attrs["mlp_sweep.result"]["history"]["epoch"]) for t in trials}
+    assert epochs == {TrialState.PRUNED: 1, TrialState.COMPLETE: 3}
+    for t in trials:
+        learned = t.user_attrs["mlp_sweep.result"]["history"]["validation_accuracy"][0] >= 0.3
+        assert (t.state == TrialState.COMPLETE) == learned
+
+
+def tracked_stores(workdir) -> Stores:
+    return Stores(StorageSpec("mlruns/optuna.journal"), f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+
+
+def test_the_launcher_logs_all_a_worker_sent_before_it_died(workdir):
+    """And ends the runs it left open."""
+    spec = load_spec(write_study(workdir / "tiny.toml"))
+    opened = create_or_resume(spec, tracked_stores(workdir))
+    ours, theirs = multiprocessing.Pipe()
+    relay = Relay(opened.tracker, [ours])
+    relay.start()
+    run = RelayedTracker(theirs).start_trial(opened.parent, 0, {"eta": 0.1})
+    for epoch in (1, 2):
+        run.log_epoch(EpochRecord(epoch, 1.0 / epoch, 0.5, 1.0, 0.5, 0.01, 0.0))
+    run.finish("COMPLETE", {"test_accuracy": 0.5})
+    run_id = run.run_id
+    open_run = RelayedTracker(theirs).start_trial(opened.parent, 1, {"eta": 0.2})  # its run is left open
+    theirs.close()  # the worker is gone, what it sent is still in the pipe
+    relay.join()
+    assert relay.error is None
+    runs = {int(r.data.tags["mlp_sweep.trial"]): r for r in child_runs(workdir, "tiny")}
+    assert runs[1].info.status == "KILLED" and runs[1].data.tags["mlp_sweep.reason"] == "worker process died"
+    assert open_run.id is None
+    logged = tracking_client(workdir).get_run(run_id)
+    assert logged.info.status == "FINISHED" and logged.data.params == {"eta": "0.1"}
+    assert logged.data.metrics["test_accuracy"] == 0.5
+    assert len(tracking_client(workdir).get_metric_history(run.run_id, "training_cost")) == 2
+
+
+def test_runs_a_dead_launcher_left_open_are_ended_from_the_stored_records(workdir):
+    """The launcher dies after creating the runs, before it logged anything else its worker sent
+    (the worker told every trial): the next start ends each run from what Optuna stored."""
+    spec = load_spec(write_study(workdir / "tiny.toml", epochs=3))
+    opened = create_or_resume(spec, tracked_stores(workdir))
+    ours, theirs = multiprocessing.Pipe()
+    relay = Relay(opened.tracker, [ours])
+
+    def dying_launcher():  # answers "start" only
+        with contextlib.suppress(EOFError):
+            while message := ours.recv():
+                if message[0] == "start":
+                    relay.handle(ours, message)
+
+    launcher = threading.Thread(target=dying_launcher)
+    launcher.start()
+    worker = join_study(spec, tracked_stores(workdir), opened.parent, relay=theirs)
+    assert Worker(worker, Budget.start(spec, None, None), load_data(spec, None)).run() == 6
+    theirs.close()
+    launcher.join()
+    assert {r.info.status for r in child_runs(workdir, "tiny")} == {"RUNNING"}
+
+    study = create_or_resume(spec, tracked_stores(workdir)).study  # the next start
+    statuses = check_agreement(study, child_runs(workdir, "tiny"), 3, tracking_client(workdir))
+    assert statuses == {"FINISHED": 6}

@@ -1,0 +1,184 @@
+"""Tracking through one process: local workers hand their runs to the launcher, which logs them.
+
+MLflow costs a second or more to import and tens of milliseconds of CPU per run; each local
+worker would pay both. Instead a worker gets one end of a pipe (``RelayedTracker``: the
+Tracker calls a TrialRunner makes, sent as messages) and the launcher logs every message,
+in the order its worker sent it, through its one Tracker in a thread (``Relay``). Nothing
+waits for the launcher: a run is created when its trial starts, and its id comes back while
+the trial trains (the trial stores it after its first epoch, see sweep.objective); the
+run's epochs and end follow, named by the trial's number, so a trial may be told to Optuna
+before its run has ended in MLflow.
+
+A worker that dies loses nothing it sent: the launcher still reads and logs what is in the
+pipe, then ends the runs it left open (KILLED). A launcher that dies may leave runs of
+finished trials RUNNING; ``reconcile`` ends them from the records Optuna stores
+(RESULT_ATTR) when the study is next opened.
+``sweep worker`` on another machine logs through its own Tracker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import deque
+from multiprocessing.connection import Connection, wait
+
+from optuna import Study
+from optuna.trial import TrialState
+
+from core.data import Dataset
+from core.train import CURVES, EpochRecord
+from sweep.schema import (HISTORY_KEYS, REASON_ATTR, REASON_TAG, RESULT_ATTR, RETRY_OF_ATTR, RUN_ATTR, TIMING_TAG,
+                          TrialRecord)
+from sweep.study import StudySpec, all_params
+from sweep.tracking import Tracker, TrialRun, timing_note
+
+_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+DIED = "worker process died"  # why a run is KILLED when its worker is gone
+
+
+def finish_run(run, state: str, record: TrialRecord, pack: int | None = None) -> None:
+    """End a trial's run (a TrialRun or a RelayedRun) with its record: the final metrics (the
+    curves are logged per epoch), the tags that say why it ended and, when known, what its
+    seconds measure (``pack``: how many trials trained together with it, itself included)."""
+    summary = {k: v for k, v in (record.metrics or {}).items() if k not in CURVES}
+    tags = record.tags() if pack is None else {**record.tags(), TIMING_TAG: timing_note(pack)}
+    run.finish(state, summary, tags)
+
+
+class RelayedRun:
+    """A trial's run as a worker sees it: its epochs and its end go to the launcher, named by
+    the trial's number; its id is known once the launcher has answered (``run_id`` waits)."""
+
+    def __init__(self, tracker: RelayedTracker, number: int) -> None:
+        self.tracker, self.number = tracker, number
+        self.id: str | None = None
+        self.error: BaseException | None = None  # why the launcher could not create it
+
+    @property
+    def run_id(self) -> str:
+        while self.id is None and self.error is None:
+            self.tracker.receive()
+        if self.error is not None:
+            raise self.error
+        return self.id
+
+    def log_epoch(self, record: EpochRecord) -> None:
+        self.tracker.conn.send(("epoch", self.number, record))
+
+    def finish(self, state: str, metrics: dict | None = None, tags: dict | None = None) -> None:
+        self.tracker.conn.send(("finish", self.number, state, metrics, tags))
+
+
+class RelayedTracker:
+    """The Tracker of a local worker: the calls it makes, sent to the launcher's Relay."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.unnamed: deque[RelayedRun] = deque()  # runs started, in order, whose ids have not come yet
+
+    def start_trial(self, parent_run_id: str, trial_number: int, params: dict, tags: dict | None = None, *,
+                    searched: dict | None = None, data: Dataset | None = None) -> RelayedRun:
+        """As Tracker.start_trial; ``data`` stays here (the launcher logs its own copy of it)."""
+        self.conn.send(("start", parent_run_id, trial_number, params, tags, searched))
+        run = RelayedRun(self, trial_number)
+        self.unnamed.append(run)
+        return run
+
+    def receive(self) -> None:
+        """Wait for the launcher's next answer, for the oldest run started (the Relay answers
+        each worker in order): its id, or the error that kept the launcher from creating it."""
+        reply, run = self.conn.recv(), self.unnamed.popleft()
+        if isinstance(reply, BaseException):
+            run.error = reply
+        else:
+            run.id = reply
+
+    def end_run(self, run_id: str, status: str, tags: dict | None = None) -> None:
+        self.conn.send(("end", run_id, status, tags))
+
+
+class Relay(threading.Thread):
+    """Logs what local workers send over ``conns`` through ``tracker``, until every worker has
+    closed its end (exited or died); ``data`` is the dataset input of their runs; ``error`` is
+    the first logging error, if any."""
+
+    def __init__(self, tracker: Tracker, conns: list[Connection], data: Dataset | None = None) -> None:
+        super().__init__(daemon=True, name="sweep-relay")
+        self.tracker, self.conns, self.data = tracker, list(conns), data
+        self.runs: dict[tuple[Connection, int], TrialRun] = {}  # open runs by worker and trial number
+        self.error: Exception | None = None
+
+    def run(self) -> None:
+        while self.conns:
+            for conn in wait(self.conns):
+                try:
+                    message = conn.recv()
+                except (EOFError, OSError):  # the worker is gone, and all it sent was read
+                    self._gone(conn)
+                    continue
+                self.handle(conn, message)
+
+    def _gone(self, conn: Connection) -> None:
+        """A worker ended: the runs it left open lost their worker (a worker that stops ends its own)."""
+        self.conns.remove(conn)
+        conn.close()
+        for key in [key for key in self.runs if key[0] is conn]:
+            self.handle(conn, ("end", self.runs.pop(key).run_id, "KILLED", {REASON_TAG: DIED}))
+
+    def handle(self, conn: Connection, message: tuple) -> None:
+        """Do what one message asks; a logging error is kept (and sent back to a waiting worker)."""
+        kind, *args = message
+        try:
+            if kind == "start":
+                self._start(conn, *args)
+            elif kind == "epoch":
+                number, record = args
+                self.runs[conn, number].log_epoch(record)
+            elif kind == "finish":
+                number, *rest = args
+                self.runs.pop((conn, number)).finish(*rest)
+            else:  # "end": a run whose worker is gone
+                self.tracker.end_run(*args)
+        except Exception as exc:  # (a store that fails now, for the launcher to raise when its workers are done)
+            self.error = self.error or exc
+            if kind == "start":
+                with contextlib.suppress(OSError):  # (a worker that is gone)
+                    conn.send(RuntimeError(f"tracking failed: {exc}"))
+
+    def _start(self, conn: Connection, parent_run_id: str, number: int, params: dict, tags: dict | None,
+               searched: dict | None) -> None:
+        self.runs[conn, number] = run = self.tracker.start_trial(parent_run_id, number, params, tags,
+                                                                 searched=searched, data=self.data)
+        try:
+            conn.send(run.run_id)
+        except OSError:  # the worker is gone (its end is read next)
+            pass
+
+
+def reconcile(study: Study, spec: StudySpec, tracker: Tracker, parent_run_id: str) -> list[int]:
+    """End the runs a dead launcher left RUNNING for finished trials, from their stored records
+    (epochs, final metrics, reason; a retried trial's run KILLED as ``OpenStudy.requeue`` ends
+    it); return the trials' numbers."""
+    trials = {t.user_attrs[RUN_ATTR]: t for t in study.get_trials(deepcopy=False, states=_FINISHED)
+              if RUN_ATTR in t.user_attrs}
+    retries = {t.user_attrs[RETRY_OF_ATTR]: t.user_attrs.get(REASON_ATTR)
+               for t in study.get_trials(deepcopy=False) if RETRY_OF_ATTR in t.user_attrs}
+    ended = []
+    for found in tracker.trial_runs(parent_run_id):
+        trial = trials.get(found.info.run_id)
+        if found.info.status != "RUNNING" or trial is None:
+            continue
+        stored = trial.user_attrs.get(RESULT_ATTR, {})
+        record = TrialRecord(stored.get("history", {}), stored.get("metrics"), stored.get("reason"),
+                             stored.get("pruned_at_epoch"))
+        params = all_params(spec, trial.params) if set(spec.searched) <= trial.params.keys() else None
+        run = TrialRun(tracker, found.info.run_id, params)
+        history = record.history
+        for values in zip(*(history.get(key, []) for key in HISTORY_KEYS)):
+            run.log_epoch(EpochRecord(**dict(zip(HISTORY_KEYS, values)), eval_seconds=0.0))
+        finish_run(run, trial.state.name, record)
+        if trial.number in retries:
+            tracker.end_run(found.info.run_id, "KILLED", {REASON_TAG: retries[trial.number]} if retries[trial.number] else None)
+        ended.append(trial.number)
+    return ended
