@@ -606,14 +606,13 @@ def run_study(spec: StudySpec, stores: Stores, *, n_trials: int | None = None, t
             if workers == 1:
                 Worker(opened, budget, data, on_trial=report, pack=pack).run()
             else:
-                del data  # each worker loads its own copy
                 target = min(budget.n_trials, spec.grid_size) if spec.sampler.name in GRID_SAMPLERS \
                     else budget.n_trials  # (a grid runs out of points)
                 plan = WorkerPlan(spec_to_dict(spec), spec.source, stores, opened.parent, budget, data_dir, workers,
                                   pack)
                 procs, relays = start_workers(plan)
                 if opened.tracker is not None:
-                    relay = Relay(opened.tracker, relays, data)
+                    relay = Relay(opened.tracker, relays, data)  # (the runs' dataset input: memory-mapped pixels, shared)
                     relay.start()
                 _supervise(procs, report, study, budget, target)
             if STOP.is_set():

@@ -19,6 +19,7 @@ from sweep.relay import Relay, RelayedTracker
 from sweep.runner import Budget, Stores, Worker, create_or_resume, join_study, load_data
 from sweep.samplers import SAMPLERS
 from sweep.studyfile import load_spec
+from sweep.tracking import logged_metric
 from sweep.storage import StorageSpec
 from tests.sweep.conftest import child_runs, journal_study, overlapping, run_cli, tracking_client, write_study
 from tests.sweep.pg import NEVER_PRUNE, check_agreement, finish, held_env, start_sweep, stopped, wait_until
@@ -298,7 +299,7 @@ def test_the_launcher_logs_all_a_worker_sent_before_it_died(workdir):
     assert open_run.id is None
     logged = tracking_client(workdir).get_run(run_id)
     assert logged.info.status == "FINISHED" and logged.data.params == {"eta": "0.1"}
-    assert logged.data.metrics["test_accuracy"] == 0.5
+    assert logged.data.metrics[logged_metric("test_accuracy")] == 0.5
     assert len(tracking_client(workdir).get_metric_history(run.run_id, "training_cost")) == 2
 
 
