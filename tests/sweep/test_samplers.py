@@ -209,7 +209,9 @@ def test_every_pruner_builds_and_prunes(name):
     spec = parse_spec(data, "test")
     pruner = spec.make_pruner()
     assert type(pruner) is PRUNER_CLASSES[name]
-    study = optuna.create_study(direction="maximize", pruner=pruner, sampler=spec.make_sampler())
+    # (a fixed name: Hyperband puts trials in brackets by a hash of the study's name and the trial's number)
+    study = optuna.create_study(study_name="pruners", direction="maximize", pruner=pruner,
+                                sampler=spec.make_sampler())
 
     def objective(trial):
         toy(spec, trial)  # the sampler's parameters, as a sweep suggests them
