@@ -113,6 +113,8 @@ def cli(debug) -> None:
     """Hyperparameter sweeps of a NumPy MLP on MNIST: Optuna studies, tracked in MLflow."""
     from sweep.runner import configure_libraries
 
+    # reports are files: matplotlib (imported later, if at all) draws without a GUI
+    os.environ.setdefault("MPLBACKEND", "Agg")
     configure_libraries()  # (``main`` reads --debug itself: it handles what the command raises)
 
 

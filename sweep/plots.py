@@ -14,21 +14,17 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
-import matplotlib
+import optuna
+import pandas as pd
+from matplotlib import pyplot as plt  # (its backend: Agg where the CLI runs, see cli.cli)
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+from optuna.exceptions import ExperimentalWarning
+from optuna.trial import TrialState
+from optuna.visualization import matplotlib as optuna_mpl
 
-matplotlib.use("Agg")  # reports are files; Optuna's plots would otherwise pick a GUI backend
-
-import optuna  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib import pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from optuna.exceptions import ExperimentalWarning  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
-from optuna.visualization import matplotlib as optuna_mpl  # noqa: E402
-
-from sweep.words import plural, show_number  # noqa: E402
+from sweep.words import plural, show_number
 
 SIZE = (8.0, 6.0)  # inches
 DPI = 120
