@@ -31,6 +31,7 @@ from typing import Sequence  # noqa: E402
 import numpy as np  # noqa: E402
 from llvmlite import ir  # noqa: E402  (numba's code generator: the first layer's vector steps)
 from numba import njit, types  # noqa: E402
+from numba.core import cgutils  # noqa: E402
 from numba.extending import intrinsic  # noqa: E402
 
 from core.model import NetworkSpec, Params  # noqa: E402
@@ -39,7 +40,7 @@ from core.train import TrainConfig  # noqa: E402
 ACTIVATION_CODES = {"relu": 0, "sigmoid": 1}
 COST_CODES = {"cross_entropy": 0, "quadratic": 1}  # with softmax and sigmoid outputs
 TINY_SCALE = 1e-20  # a lazy scale this small is folded into the weights before it underflows
-LANES = 8  # float32 lanes of an AVX2 vector: the first layers' width is padded to a multiple
+LANES = 16  # float32 lanes of an AVX-512 vector: the first layers' width is padded to a multiple
 FAST = {"reassoc", "contract"}  # let LLVM vectorise sums and fuse multiply-adds; NaNs still propagate
 
 _ONE, _ZERO = np.float32(1.0), np.float32(0.0)
@@ -120,97 +121,132 @@ def sparse_rows(X: np.ndarray) -> SparseRows:
     return rows
 
 
-# --- the first layer's steps: SIMD vectors of 16 and 8 floats ------------------------------
-# Written as LLVM vector code because numba's loops over a runtime width of a few vectors
-# pay, per lit pixel, for alias checks between the rows and the accumulator, loop set-up and
-# remainder loops (the width 16 got only 4-float vectors); constant-width loops instead get
-# the pixel loop itself vectorised with gathers. Offsets count floats; nothing is bounds-checked.
+# --- the first layer over one input's lit pixels: LLVM vector loops of 16 floats ----------
+# Written as LLVM IR because numba's loops over a runtime width of a few vectors pay, per
+# lit pixel, for alias checks between the rows and the accumulator, loop set-up and
+# remainder loops. Here one call runs the whole pixel loop of one input for up to four
+# 16-float vectors of columns, which stay in registers for the whole loop: the product's
+# sums (four sets, one per pixel of a group of four, so that the multiply-adds' latency
+# overlaps), the update's step. Offsets count floats; nothing is bounds-checked.
+SPAN = 4  # vectors of columns per call: 4 × 4 sums + rows in flight fit AVX-512's 32 registers
+GROUP = 4  # pixels per pass of the product, each into its own set of sums
 
 
-def _vector_steps(lanes: int):
-    """(add_rows, add_row): numba intrinsics that step ``lanes`` floats at a time."""
-    vector = ir.VectorType(ir.FloatType(), lanes)
+def _span_steps(vectors: int):
+    """(product, update): numba intrinsics over the lit pixels p0 … p1 − 1 of one input,
+    for the ``vectors`` · LANES columns c … of the first layer (row i of W⁰ at flat[i·Hp]).
 
-    def at(context, builder, array_type, array, offset_type, offset):
-        """Pointer to the ``lanes`` floats of a float32 array from ``offset``."""
-        data = context.make_array(array_type)(context, builder, array).data
-        offset = context.cast(builder, offset, offset_type, types.intp)
-        return builder.bitcast(builder.gep(data, [offset]), vector.as_pointer())
+    product(z, flat, Hp, c, indices, codes, table, p0, p1): z[c:…] = Σ value · row;
+    update(step, flat, Hp, c, indices, codes, table, p0, p1): each row[c:…] −= value · step[c:…].
+    """
+    vector = ir.VectorType(ir.FloatType(), LANES)
+    widths = [ir.Constant(ir.IntType(64), LANES * j) for j in range(vectors)]
+
+    def operands(context, builder, sig, args):
+        """Data pointers of the arrays, the integers as intp, and pixel(p) → (row offset + c, value)."""
+        data = [context.make_array(t)(context, builder, a).data if isinstance(t, types.Array)
+                else context.cast(builder, a, t, types.intp) for t, a in zip(sig.args, args)]
+        out, flat, Hp, c, indices, codes, table, p0, p1 = data
+
+        def pixel(p):
+            i = builder.zext(builder.load(builder.gep(indices, [p])), Hp.type)
+            code = builder.zext(builder.load(builder.gep(codes, [p])), Hp.type)
+            return builder.add(builder.mul(i, Hp), c), builder.load(builder.gep(table, [code]))
+
+        return out, flat, c, p0, p1, pixel
+
+    def at(builder, base, offset, j):
+        """The j-th vector of floats from base[offset]."""
+        return builder.bitcast(builder.gep(base, [builder.add(offset, widths[j])]), vector.as_pointer())
 
     def splat(builder, value):
         lane0 = builder.insert_element(ir.Constant(vector, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
         return builder.shuffle_vector(lane0, ir.Constant(vector, ir.Undefined),
-                                      ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
+                                      ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
 
     def fma(builder, a, b, c):
         """a·b + c lane by lane, one rounding (llvm.fma)."""
-        name = f"llvm.fma.v{lanes}f32"
+        name = f"llvm.fma.v{LANES}f32"
         fn = builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(vector, [vector] * 3), name)
         return builder.call(fn, [a, b, c])
 
     @intrinsic
-    def add_rows(typingctx, z, zo, W, o0, o1, o2, o3, v0, v1, v2, v3):
-        """z[zo:zo+lanes] += (v0·W[o0:o0+lanes] + v1·W[o1:…]) + (v2·W[o2:…] + v3·W[o3:…]): four lit pixels."""
+    def product(typingctx, z, flat, Hp, c, indices, codes, table, p0, p1):
         def codegen(context, builder, sig, args):
-            t = sig.args
-            rows = [builder.load(at(context, builder, t[2], args[2], t[i], args[i]), align=4) for i in range(3, 7)]
-            v = [splat(builder, x) for x in args[7:]]
-            pair01 = fma(builder, v[1], rows[1], builder.fmul(v[0], rows[0]))
-            pair23 = fma(builder, v[3], rows[3], builder.fmul(v[2], rows[2]))
-            target = at(context, builder, t[0], args[0], t[1], args[1])
-            builder.store(builder.fadd(builder.load(target, align=4), builder.fadd(pair01, pair23)), target, align=4)
+            z, flat, c, p0, p1, pixel = operands(context, builder, sig, args)
+            sums = [[cgutils.alloca_once_value(builder, ir.Constant(vector, None)) for _ in widths]
+                    for _ in range(GROUP)]
+
+            def add(p, sums):
+                offset, value = pixel(p)
+                value = splat(builder, value)
+                for j, total in enumerate(sums):
+                    row = builder.load(at(builder, flat, offset, j), align=4)
+                    builder.store(fma(builder, value, row, builder.load(total)), total)
+
+            groups = builder.udiv(builder.sub(p1, p0), p1.type(GROUP))
+            with cgutils.for_range(builder, groups) as loop:
+                first = builder.add(p0, builder.mul(loop.index, p1.type(GROUP)))
+                for g in range(GROUP):
+                    add(builder.add(first, p1.type(g)), sums[g])
+            with cgutils.for_range(builder, p1, start=builder.add(p0, builder.mul(groups, p1.type(GROUP)))) as loop:
+                add(loop.index, sums[0])
+            for j in range(len(widths)):
+                s = [builder.load(sums[g][j]) for g in range(GROUP)]
+                builder.store(builder.fadd(builder.fadd(s[0], s[1]), builder.fadd(s[2], s[3])),
+                              at(builder, z, c, j), align=4)
             return context.get_dummy_value()
-        return types.void(z, zo, W, o0, o1, o2, o3, v0, v1, v2, v3), codegen
+        return types.void(z, flat, Hp, c, indices, codes, table, p0, p1), codegen
 
     @intrinsic
-    def add_row(typingctx, z, zo, W, o, v):
-        """z[zo:zo+lanes] += v·W[o:o+lanes] (one rounding per lane)."""
+    def update(typingctx, step, flat, Hp, c, indices, codes, table, p0, p1):
         def codegen(context, builder, sig, args):
-            t = sig.args
-            target = at(context, builder, t[0], args[0], t[1], args[1])
-            row = builder.load(at(context, builder, t[2], args[2], t[3], args[3]), align=4)
-            builder.store(fma(builder, splat(builder, args[4]), row, builder.load(target, align=4)), target, align=4)
+            step, flat, c, p0, p1, pixel = operands(context, builder, sig, args)
+            steps = [builder.load(at(builder, step, c, j), align=4) for j in range(len(widths))]
+            with cgutils.for_range(builder, p1, start=p0) as loop:
+                offset, value = pixel(loop.index)
+                value = splat(builder, builder.fmul(value, ir.Constant(ir.FloatType(), -1.0)))
+                for j, s in enumerate(steps):
+                    row = at(builder, flat, offset, j)
+                    builder.store(fma(builder, value, s, builder.load(row, align=4)), row, align=4)
             return context.get_dummy_value()
-        return types.void(z, zo, W, o, v), codegen
+        return types.void(step, flat, Hp, c, indices, codes, table, p0, p1), codegen
 
-    return add_rows, add_row
-
-
-_add_rows16, _add_row16 = _vector_steps(2 * LANES)  # a 512-bit register: half the instructions per row
-_add_rows8, _add_row8 = _vector_steps(LANES)  # the last 8 of a width that is no multiple of 16
+    return product, update
 
 
-@njit(cache=True, fastmath=FAST, error_model="numpy")
-def _first_product(zr, flat, Hp, pixels, codes, table):
-    """zr (Hp,) += the first layer's rows of one input's lit ``pixels`` (values table[codes]);
-    row i of W0 is flat[i·Hp : (i+1)·Hp]. One row's pixels as views indexed from 0: no
-    wrap-around arithmetic on the indices, and a small function of its own keeps them in registers."""
-    n = pixels.shape[0]
-    for q in range(0, n - 3, 4):  # four pixels per pass over z: a quarter of its loads and stores
-        v0, v1, v2, v3 = table[codes[q]], table[codes[q + 1]], table[codes[q + 2]], table[codes[q + 3]]
-        o0, o1, o2, o3 = pixels[q] * Hp, pixels[q + 1] * Hp, pixels[q + 2] * Hp, pixels[q + 3] * Hp
-        for c in range(0, Hp - LANES, 2 * LANES):
-            _add_rows16(zr, c, flat, o0 + c, o1 + c, o2 + c, o3 + c, v0, v1, v2, v3)
-        if Hp % (2 * LANES):
-            c = Hp - LANES
-            _add_rows8(zr, c, flat, o0 + c, o1 + c, o2 + c, o3 + c, v0, v1, v2, v3)
-    for q in range(n - n % 4, n):
-        v, o = table[codes[q]], pixels[q] * Hp
-        for c in range(0, Hp - LANES, 2 * LANES):
-            _add_row16(zr, c, flat, o + c, v)
-        if Hp % (2 * LANES):
-            _add_row8(zr, Hp - LANES, flat, o + Hp - LANES, v)
+(_product1, _update1), (_product2, _update2), (_product3, _update3), (_product4, _update4) = (
+    _span_steps(v) for v in range(1, SPAN + 1))
 
 
-@njit(cache=True, fastmath=FAST, error_model="numpy")
-def _first_update(flat, Hp, pixels, codes, table, step):
-    """The rows of one input's lit ``pixels`` −= value · step (Hp,), as _first_product reads them."""
-    for q in range(pixels.shape[0]):
-        v, o = table[codes[q]], pixels[q] * Hp
-        for c in range(0, Hp - LANES, 2 * LANES):
-            _add_row16(flat, o + c, step, c, -v)
-        if Hp % (2 * LANES):
-            _add_row8(flat, o + Hp - LANES, step, Hp - LANES, -v)
+@njit(cache=True, error_model="numpy")
+def _first_product(zr, flat, Hp, indices, codes, table, p0, p1):
+    """zr (Hp,) = the first layer's rows of the lit pixels p0 … p1 − 1 (values table[codes]) summed."""
+    for c in range(0, Hp, SPAN * LANES):
+        rest = Hp - c
+        if rest >= 4 * LANES:
+            _product4(zr, flat, Hp, c, indices, codes, table, p0, p1)
+        elif rest == 3 * LANES:
+            _product3(zr, flat, Hp, c, indices, codes, table, p0, p1)
+        elif rest == 2 * LANES:
+            _product2(zr, flat, Hp, c, indices, codes, table, p0, p1)
+        else:
+            _product1(zr, flat, Hp, c, indices, codes, table, p0, p1)
+
+
+@njit(cache=True, error_model="numpy")
+def _first_update(flat, Hp, indices, codes, table, p0, p1, step):
+    """The rows of the lit pixels p0 … p1 − 1 −= value · step (Hp,), as _first_product reads them."""
+    for c in range(0, Hp, SPAN * LANES):
+        rest = Hp - c
+        if rest >= 4 * LANES:
+            _update4(step, flat, Hp, c, indices, codes, table, p0, p1)
+        elif rest == 3 * LANES:
+            _update3(step, flat, Hp, c, indices, codes, table, p0, p1)
+        elif rest == 2 * LANES:
+            _update2(step, flat, Hp, c, indices, codes, table, p0, p1)
+        else:
+            _update1(step, flat, Hp, c, indices, codes, table, p0, p1)
 
 
 # --- the kernel: one epoch of K packed trials --------------------------------------------
@@ -279,9 +315,7 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
         for r in range(mb):
             e = perm[start + r]
             zr = z[0, r]
-            for j in range(Hp):
-                zr[j] = _ZERO
-            _first_product(zr, flat, Hp, indices[indptr[e]:indptr[e + 1]], codes[indptr[e]:indptr[e + 1]], table)
+            _first_product(zr, flat, Hp, indices, codes, table, indptr[e], indptr[e + 1])
             for j in range(Hp):
                 zr[j] = zr[j] * col_s[j] + b0[j]
             if L == 1:
@@ -373,7 +407,7 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
             d = delta[0, r]
             for j in range(Hp):
                 step[j] = d[j] * col_c[j]
-            _first_update(flat, Hp, indices[indptr[e]:indptr[e + 1]], codes[indptr[e]:indptr[e + 1]], table, step)
+            _first_update(flat, Hp, indices, codes, table, indptr[e], indptr[e + 1], step)
         for j in range(H):
             total = _ZERO
             for r in range(mb):
