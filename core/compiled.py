@@ -326,15 +326,13 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
         for l in range(1, L):
             fi, fo = sizes[l], sizes[l + 1]
             for r in range(mb):
-                for k in range(K):
-                    zr = z[l, r]
+                for k in range(K):  # indexed, not viewed: a view in a loop costs reference counts
                     for j in range(fo):
-                        zr[k * fo + j] = b[l - 1, k, j]
+                        z[l, r, k * fo + j] = b[l - 1, k, j]
                     for i in range(fi):
                         v = a[l - 1, r, k * fi + i]
-                        w = W[l - 1, k, i]
                         for j in range(fo):
-                            zr[k * fo + j] += v * w[j]
+                            z[l, r, k * fo + j] += v * W[l - 1, k, i, j]
                 if l == L - 1:
                     for k in range(K):
                         _output(z[l, r], a[l, r], k * fo, fo, cost)
@@ -360,10 +358,9 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
             for r in range(mb):
                 for k in range(K):
                     for i in range(fi):
-                        w = W[l - 1, k, i]
                         total = _ZERO
                         for j in range(fo):
-                            total += delta[l, r, k * fo + j] * w[j]
+                            total += delta[l, r, k * fo + j] * W[l - 1, k, i, j]
                         delta[l - 1, r, k * fi + i] = total
                 below, zb, ab = delta[l - 1, r], z[l - 1, r], a[l - 1, r]
                 if act == 0:
@@ -382,9 +379,8 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
                         v = a[l - 1, r, k * fi + i]
                         for j in range(fo):
                             grad[j] += v * delta[l, r, k * fo + j]
-                    w = W[l - 1, k, i]
                     for j in range(fo):
-                        w[j] = w[j] * dk - grad[j]
+                        W[l - 1, k, i, j] = W[l - 1, k, i, j] * dk - grad[j]
                 for j in range(fo):
                     total = _ZERO
                     for r in range(mb):
