@@ -132,6 +132,21 @@ SPAN = 4  # vectors of columns per call: 4 × 4 sums + rows in flight fit AVX-51
 GROUP = 4  # pixels per pass of the product, each into its own set of sums
 
 
+def _splat(builder, value):
+    """A vector of LANES copies of the float ``value``."""
+    vector = ir.VectorType(ir.FloatType(), LANES)
+    lane0 = builder.insert_element(ir.Constant(vector, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(lane0, ir.Constant(vector, ir.Undefined),
+                                  ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
+
+
+def _fma(builder, a, b, c):
+    """a·b + c lane by lane, one rounding (llvm.fma)."""
+    name = f"llvm.fma.v{LANES}f32"
+    fn = builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(a.type, [a.type] * 3), name)
+    return builder.call(fn, [a, b, c])
+
+
 def _span_steps(vectors: int):
     """(product, update): numba intrinsics over the lit pixels p0 … p1 − 1 of one input,
     for the ``vectors`` · LANES columns c … of the first layer (row i of W⁰ at flat[i·Hp]).
@@ -159,17 +174,6 @@ def _span_steps(vectors: int):
         """The j-th vector of floats from base[offset]."""
         return builder.bitcast(builder.gep(base, [builder.add(offset, widths[j])]), vector.as_pointer())
 
-    def splat(builder, value):
-        lane0 = builder.insert_element(ir.Constant(vector, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
-        return builder.shuffle_vector(lane0, ir.Constant(vector, ir.Undefined),
-                                      ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
-
-    def fma(builder, a, b, c):
-        """a·b + c lane by lane, one rounding (llvm.fma)."""
-        name = f"llvm.fma.v{LANES}f32"
-        fn = builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(vector, [vector] * 3), name)
-        return builder.call(fn, [a, b, c])
-
     @intrinsic
     def product(typingctx, z, flat, Hp, c, indices, codes, table, p0, p1):
         def codegen(context, builder, sig, args):
@@ -179,10 +183,10 @@ def _span_steps(vectors: int):
 
             def add(p, sums):
                 offset, value = pixel(p)
-                value = splat(builder, value)
+                value = _splat(builder, value)
                 for j, total in enumerate(sums):
                     row = builder.load(at(builder, flat, offset, j), align=4)
-                    builder.store(fma(builder, value, row, builder.load(total)), total)
+                    builder.store(_fma(builder, value, row, builder.load(total)), total)
 
             groups = builder.udiv(builder.sub(p1, p0), p1.type(GROUP))
             with cgutils.for_range(builder, groups) as loop:
@@ -205,14 +209,60 @@ def _span_steps(vectors: int):
             steps = [builder.load(at(builder, step, c, j), align=4) for j in range(len(widths))]
             with cgutils.for_range(builder, p1, start=p0) as loop:
                 offset, value = pixel(loop.index)
-                value = splat(builder, builder.fmul(value, ir.Constant(ir.FloatType(), -1.0)))
+                value = _splat(builder, builder.fmul(value, ir.Constant(ir.FloatType(), -1.0)))
                 for j, s in enumerate(steps):
                     row = at(builder, flat, offset, j)
-                    builder.store(fma(builder, value, s, builder.load(row, align=4)), row, align=4)
+                    builder.store(_fma(builder, value, s, builder.load(row, align=4)), row, align=4)
             return context.get_dummy_value()
         return types.void(step, flat, Hp, c, indices, codes, table, p0, p1), codegen
 
     return product, update
+
+
+@intrinsic
+def _dense(typingctx, out, oo, M, mo, ms, x, xo, xs, n):
+    """out's LANES floats from oo = Σ_{t<n} x[xo + t·xs] · (M's LANES floats from mo + t·ms), offsets
+    and strides counting floats of the (C-ordered) arrays: LANES outputs of a dense layer's
+    product (x its inputs, M its weights' rows) or of its weight gradient (x one input over the
+    batch, M the errors above), the sums in registers (two sets, so multiply-adds overlap)."""
+    def codegen(context, builder, sig, args):
+        out, oo, M, mo, ms, x, xo, xs, n = [
+            context.make_array(t)(context, builder, a).data if isinstance(t, types.Array)
+            else context.cast(builder, a, t, types.intp) for t, a in zip(sig.args, args)]
+        vector = ir.VectorType(ir.FloatType(), LANES)
+        sums = [cgutils.alloca_once_value(builder, ir.Constant(vector, None)) for _ in range(2)]
+
+        def add(t, total):
+            value = builder.load(builder.gep(x, [builder.add(xo, builder.mul(t, xs))]))
+            row = builder.bitcast(builder.gep(M, [builder.add(mo, builder.mul(t, ms))]), vector.as_pointer())
+            builder.store(_fma(builder, _splat(builder, value), builder.load(row, align=4), builder.load(total)), total)
+
+        pairs = builder.udiv(n, n.type(2))
+        with cgutils.for_range(builder, pairs) as loop:
+            t = builder.mul(loop.index, n.type(2))
+            add(t, sums[0])
+            add(builder.add(t, n.type(1)), sums[1])
+        with cgutils.for_range(builder, n, start=builder.mul(pairs, n.type(2))) as loop:
+            add(loop.index, sums[0])
+        target = builder.bitcast(builder.gep(out, [oo]), vector.as_pointer())
+        builder.store(builder.fadd(builder.load(sums[0]), builder.load(sums[1])), target, align=4)
+        return context.get_dummy_value()
+    return types.void(out, oo, M, mo, ms, x, xo, xs, n), codegen
+
+
+@intrinsic
+def _prefetch(typingctx, array, offset):
+    """Ask for the cache line of array[offset] (llvm.prefetch, for reading, kept close)."""
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        at = builder.bitcast(builder.gep(data, [context.cast(builder, args[1], sig.args[1], types.intp)]),
+                             ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fn = builder.module.globals.get("llvm.prefetch.p0") or ir.Function(
+            builder.module, ir.FunctionType(ir.VoidType(), [at.type, i32, i32, i32]), "llvm.prefetch.p0")
+        builder.call(fn, [at, i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+    return types.void(array, offset), codegen
 
 
 (_product1, _update1), (_product2, _update2), (_product3, _update3), (_product4, _update4) = (
@@ -289,7 +339,8 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
 
     sizes (L+1,): one trial's layer sizes. W0 (d, ≥ K·h) and b0 (≥ K·h,): the first layers
     side by side, padded with zeros to a whole number of SIMD vectors; W (L-1, K, fan_in,
-    fan_out) and b (L-1, K, fan_out): the others, padded to the widest. The pixels of row e
+    fan_out) and b (L-1, K, fan_out): the others, padded to the widest (W's rows, with zeros,
+    to whole vectors). The pixels of row e
     are ``indices`` and ``table[codes]`` at ``indptr[e]:indptr[e+1]`` (see SparseRows).
     eta, decay (K,): η and 1 − ηλ/n. Updates W0, b0, W, b in place.
     """
@@ -299,7 +350,8 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
         widest = max(widest, K * sizes[l])
     H, Hp = K * sizes[1], W0.shape[1]  # the pack's first-layer width, and padded to whole vectors
     flat = W0.reshape(W0.size)  # row i of W0 from i·Hp
-    widest = max(widest, Hp)
+    widest = max(widest, Hp) + LANES  # room for a vector read past the last trial's units
+    fan_in, fop = W.shape[2], W.shape[3]  # the dense layers' rows: whole vectors
     z = np.zeros((L, m, widest), np.float32)  # zeros: the padding stays zero throughout
     a = np.zeros((L, m, widest), np.float32)
     delta = np.zeros((L, m, widest), np.float32)
@@ -308,9 +360,14 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
     col_s = np.ones(Hp, np.float32)  # s per column of W0
     col_c = np.ones(Hp, np.float32)  # 1 / s after the step's decay, per column
     step = np.zeros(Hp, np.float32)
-    grad = np.empty(widest, np.float32)
+    grad = np.empty(max(widest, fop), np.float32)
     for start in range(0, n, m):
         mb = min(m, n - start)
+        for e in perm[start + m:start + 2 * m]:  # the next batch's pixels, in random order: fetch them early
+            for p in range(indptr[e], indptr[e + 1], 64 // indices.itemsize):
+                _prefetch(indices, p)
+            for p in range(indptr[e], indptr[e + 1], 64 // codes.itemsize):
+                _prefetch(codes, p)
         # forward: the first layer from the non-zero pixels, for the whole pack at once
         for r in range(mb):
             e = perm[start + r]
@@ -326,13 +383,12 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
         for l in range(1, L):
             fi, fo = sizes[l], sizes[l + 1]
             for r in range(mb):
-                for k in range(K):  # indexed, not viewed: a view in a loop costs reference counts
+                for k in range(K):
+                    for c in range(0, fo, LANES):
+                        _dense(grad, c, W, ((l - 1) * K + k) * fan_in * fop + c, fop,
+                               a, ((l - 1) * m + r) * widest + k * fi, 1, fi)
                     for j in range(fo):
-                        z[l, r, k * fo + j] = b[l - 1, k, j]
-                    for i in range(fi):
-                        v = a[l - 1, r, k * fi + i]
-                        for j in range(fo):
-                            z[l, r, k * fo + j] += v * W[l - 1, k, i, j]
+                        z[l, r, k * fo + j] = grad[j] + b[l - 1, k, j]
                 if l == L - 1:
                     for k in range(K):
                         _output(z[l, r], a[l, r], k * fo, fo, cost)
@@ -373,12 +429,9 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
             for k in range(K):
                 dk = np.float32(decay[k])
                 for i in range(fi):
-                    for j in range(fo):
-                        grad[j] = _ZERO
-                    for r in range(mb):
-                        v = a[l - 1, r, k * fi + i]
-                        for j in range(fo):
-                            grad[j] += v * delta[l, r, k * fo + j]
+                    for c in range(0, fo, LANES):  # lanes past fo read other units: not used
+                        _dense(grad, c, delta, l * m * widest + k * fo + c, widest,
+                               a, (l - 1) * m * widest + k * fi + i, widest, mb)
                     for j in range(fo):
                         W[l - 1, k, i, j] = W[l - 1, k, i, j] * dk - grad[j]
                 for j in range(fo):
@@ -441,7 +494,7 @@ class CompiledSGD:
         self.b0 = np.zeros(width, np.float32)
         self.b0[:K * spec.sizes[1]] = np.concatenate([p.layers[0][:, -1] for p in self.trials])
         fan_in, fan_out = max(spec.sizes[1:-1], default=1), max(spec.sizes[2:], default=1)
-        self.W = np.zeros((L - 1, K, fan_in, fan_out), np.float32)
+        self.W = np.zeros((L - 1, K, fan_in, -(-fan_out // LANES) * LANES), np.float32)  # rows of whole vectors
         self.b = np.zeros((L - 1, K, fan_out), np.float32)
         for k, p in enumerate(self.trials):
             for l in range(1, L):
