@@ -270,6 +270,16 @@ def _prefetch(typingctx, array, offset):
 
 
 @njit(cache=True, error_model="numpy")
+def _prefetch_rows(rows, indptr, indices, codes):
+    """Fetch the pixel lists of ``rows`` (the next mini-batch's: in random order they miss the cache)."""
+    for e in rows:
+        for p in range(indptr[e], indptr[e + 1], 64 // indices.itemsize):
+            _prefetch(indices, p)
+        for p in range(indptr[e], indptr[e + 1], 64 // codes.itemsize):
+            _prefetch(codes, p)
+
+
+@njit(cache=True, error_model="numpy")
 def _first_product(zr, flat, Hp, indices, codes, table, p0, p1):
     """zr (Hp,) = the first layer's rows of the lit pixels p0 … p1 − 1 (values table[codes]) summed."""
     for c in range(0, Hp, SPAN * LANES):
@@ -363,11 +373,7 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
     grad = np.empty(max(widest, fop), np.float32)
     for start in range(0, n, m):
         mb = min(m, n - start)
-        for e in perm[start + m:start + 2 * m]:  # the next batch's pixels, in random order: fetch them early
-            for p in range(indptr[e], indptr[e + 1], 64 // indices.itemsize):
-                _prefetch(indices, p)
-            for p in range(indptr[e], indptr[e + 1], 64 // codes.itemsize):
-                _prefetch(codes, p)
+        _prefetch_rows(perm[start + m:start + 2 * m], indptr, indices, codes)
         # forward: the first layer from the non-zero pixels, for the whole pack at once
         for r in range(mb):
             e = perm[start + r]
