@@ -136,16 +136,16 @@ def profile(data, rep: int, whole: float) -> None:
     rest; and the first layer's arithmetic rate (2 · non-zero pixels · 30 multiply-adds)."""
     from numba import njit
 
-    from core.compiled import _first_product, _first_update, _prefetch_rows, sparse_rows
+    from core.compiled import _first_layer, _prefetch_rows, sparse_rows
 
     @njit
     def first_layer(flat, indptr, indices, codes, table, perm, z, step):
         for start in range(0, perm.shape[0], 10):
             _prefetch_rows(perm[start + 10:start + 20], indptr, indices, codes)
             for e in perm[start:start + 10]:
-                _first_product(z, flat, z.shape[0], indices, codes, table, indptr[e], indptr[e + 1])
+                _first_layer(z, flat, z.shape[0], indices, codes, table, indptr[e], indptr[e + 1], False)
             for e in perm[start:start + 10]:
-                _first_update(flat, z.shape[0], indices, codes, table, indptr[e], indptr[e + 1], step)
+                _first_layer(step, flat, z.shape[0], indices, codes, table, indptr[e], indptr[e + 1], True)
 
     rows = sparse_rows(np.asarray(data.X, np.float32))
     rng = np.random.default_rng(0)

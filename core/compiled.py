@@ -148,11 +148,10 @@ def _fma(builder, a, b, c):
 
 
 def _span_steps(vectors: int):
-    """(product, update): numba intrinsics over the lit pixels p0 … p1 − 1 of one input,
-    for the ``vectors`` · LANES columns c … of the first layer (row i of W⁰ at flat[i·Hp]).
-
-    product(z, flat, Hp, c, indices, codes, table, p0, p1): z[c:…] = Σ value · row;
-    update(step, flat, Hp, c, indices, codes, table, p0, p1): each row[c:…] −= value · step[c:…].
+    """A numba intrinsic over the lit pixels p0 … p1 − 1 of one input, for the ``vectors`` ·
+    LANES columns c … of the first layer (row i of W⁰ at flat[i·Hp]):
+    span(out, flat, Hp, c, indices, codes, table, p0, p1, updating) is the product
+    out[c:…] = Σ value · row[c:…], or with ``updating`` the update: each row[c:…] −= value · out[c:…].
     """
     vector = ir.VectorType(ir.FloatType(), LANES)
     widths = [ir.Constant(ir.IntType(64), LANES * j) for j in range(vectors)]
@@ -174,49 +173,51 @@ def _span_steps(vectors: int):
         """The j-th vector of floats from base[offset]."""
         return builder.bitcast(builder.gep(base, [builder.add(offset, widths[j])]), vector.as_pointer())
 
+    def product(builder, z, flat, c, p0, p1, pixel):
+        sums = [[cgutils.alloca_once_value(builder, ir.Constant(vector, None)) for _ in widths]
+                for _ in range(GROUP)]
+
+        def add(p, sums):
+            offset, value = pixel(p)
+            value = _splat(builder, value)
+            for j, total in enumerate(sums):
+                row = builder.load(at(builder, flat, offset, j), align=4)
+                builder.store(_fma(builder, value, row, builder.load(total)), total)
+
+        groups = builder.udiv(builder.sub(p1, p0), p1.type(GROUP))
+        with cgutils.for_range(builder, groups) as loop:
+            first = builder.add(p0, builder.mul(loop.index, p1.type(GROUP)))
+            for g in range(GROUP):
+                add(builder.add(first, p1.type(g)), sums[g])
+        with cgutils.for_range(builder, p1, start=builder.add(p0, builder.mul(groups, p1.type(GROUP)))) as loop:
+            add(loop.index, sums[0])
+        for j in range(len(widths)):
+            s = [builder.load(sums[g][j]) for g in range(GROUP)]
+            builder.store(builder.fadd(builder.fadd(s[0], s[1]), builder.fadd(s[2], s[3])),
+                          at(builder, z, c, j), align=4)
+
+    def update(builder, step, flat, c, p0, p1, pixel):
+        steps = [builder.load(at(builder, step, c, j), align=4) for j in range(len(widths))]
+        with cgutils.for_range(builder, p1, start=p0) as loop:
+            offset, value = pixel(loop.index)
+            value = _splat(builder, builder.fmul(value, ir.Constant(ir.FloatType(), -1.0)))
+            for j, s in enumerate(steps):
+                row = at(builder, flat, offset, j)
+                builder.store(_fma(builder, value, s, builder.load(row, align=4)), row, align=4)
+
     @intrinsic
-    def product(typingctx, z, flat, Hp, c, indices, codes, table, p0, p1):
+    def span(typingctx, out, flat, Hp, c, indices, codes, table, p0, p1, updating):
         def codegen(context, builder, sig, args):
-            z, flat, c, p0, p1, pixel = operands(context, builder, sig, args)
-            sums = [[cgutils.alloca_once_value(builder, ir.Constant(vector, None)) for _ in widths]
-                    for _ in range(GROUP)]
-
-            def add(p, sums):
-                offset, value = pixel(p)
-                value = _splat(builder, value)
-                for j, total in enumerate(sums):
-                    row = builder.load(at(builder, flat, offset, j), align=4)
-                    builder.store(_fma(builder, value, row, builder.load(total)), total)
-
-            groups = builder.udiv(builder.sub(p1, p0), p1.type(GROUP))
-            with cgutils.for_range(builder, groups) as loop:
-                first = builder.add(p0, builder.mul(loop.index, p1.type(GROUP)))
-                for g in range(GROUP):
-                    add(builder.add(first, p1.type(g)), sums[g])
-            with cgutils.for_range(builder, p1, start=builder.add(p0, builder.mul(groups, p1.type(GROUP)))) as loop:
-                add(loop.index, sums[0])
-            for j in range(len(widths)):
-                s = [builder.load(sums[g][j]) for g in range(GROUP)]
-                builder.store(builder.fadd(builder.fadd(s[0], s[1]), builder.fadd(s[2], s[3])),
-                              at(builder, z, c, j), align=4)
+            operand = operands(context, builder, sig.replace(args=sig.args[:-1]), args[:-1])
+            with builder.if_else(context.is_true(builder, sig.args[-1], args[-1])) as (then, otherwise):
+                with then:
+                    update(builder, *operand)
+                with otherwise:
+                    product(builder, *operand)
             return context.get_dummy_value()
-        return types.void(z, flat, Hp, c, indices, codes, table, p0, p1), codegen
+        return types.void(out, flat, Hp, c, indices, codes, table, p0, p1, updating), codegen
 
-    @intrinsic
-    def update(typingctx, step, flat, Hp, c, indices, codes, table, p0, p1):
-        def codegen(context, builder, sig, args):
-            step, flat, c, p0, p1, pixel = operands(context, builder, sig, args)
-            steps = [builder.load(at(builder, step, c, j), align=4) for j in range(len(widths))]
-            with cgutils.for_range(builder, p1, start=p0) as loop:
-                offset, value = pixel(loop.index)
-                value = _splat(builder, builder.fmul(value, ir.Constant(ir.FloatType(), -1.0)))
-                for j, s in enumerate(steps):
-                    row = at(builder, flat, offset, j)
-                    builder.store(_fma(builder, value, s, builder.load(row, align=4)), row, align=4)
-            return context.get_dummy_value()
-        return types.void(step, flat, Hp, c, indices, codes, table, p0, p1), codegen
-
-    return product, update
+    return span
 
 
 @intrinsic
@@ -265,8 +266,7 @@ def _prefetch(typingctx, array, offset):
     return types.void(array, offset), codegen
 
 
-(_product1, _update1), (_product2, _update2), (_product3, _update3), (_product4, _update4) = (
-    _span_steps(v) for v in range(1, SPAN + 1))
+_span1, _span2, _span3, _span4 = (_span_steps(v) for v in range(1, SPAN + 1))
 
 
 @njit(cache=True, error_model="numpy")
@@ -280,33 +280,19 @@ def _prefetch_rows(rows, indptr, indices, codes):
 
 
 @njit(cache=True, error_model="numpy")
-def _first_product(zr, flat, Hp, indices, codes, table, p0, p1):
-    """zr (Hp,) = the first layer's rows of the lit pixels p0 … p1 − 1 (values table[codes]) summed."""
+def _first_layer(out, flat, Hp, indices, codes, table, p0, p1, updating):
+    """The first layer over the lit pixels p0 … p1 − 1 (values table[codes]) of one input: its
+    product out (Hp,) = Σ value · row, or ``updating``, its update: each row −= value · out."""
     for c in range(0, Hp, SPAN * LANES):
         rest = Hp - c
         if rest >= 4 * LANES:
-            _product4(zr, flat, Hp, c, indices, codes, table, p0, p1)
+            _span4(out, flat, Hp, c, indices, codes, table, p0, p1, updating)
         elif rest == 3 * LANES:
-            _product3(zr, flat, Hp, c, indices, codes, table, p0, p1)
+            _span3(out, flat, Hp, c, indices, codes, table, p0, p1, updating)
         elif rest == 2 * LANES:
-            _product2(zr, flat, Hp, c, indices, codes, table, p0, p1)
+            _span2(out, flat, Hp, c, indices, codes, table, p0, p1, updating)
         else:
-            _product1(zr, flat, Hp, c, indices, codes, table, p0, p1)
-
-
-@njit(cache=True, error_model="numpy")
-def _first_update(flat, Hp, indices, codes, table, p0, p1, step):
-    """The rows of the lit pixels p0 … p1 − 1 −= value · step (Hp,), as _first_product reads them."""
-    for c in range(0, Hp, SPAN * LANES):
-        rest = Hp - c
-        if rest >= 4 * LANES:
-            _update4(step, flat, Hp, c, indices, codes, table, p0, p1)
-        elif rest == 3 * LANES:
-            _update3(step, flat, Hp, c, indices, codes, table, p0, p1)
-        elif rest == 2 * LANES:
-            _update2(step, flat, Hp, c, indices, codes, table, p0, p1)
-        else:
-            _update1(step, flat, Hp, c, indices, codes, table, p0, p1)
+            _span1(out, flat, Hp, c, indices, codes, table, p0, p1, updating)
 
 
 # --- the kernel: one epoch of K packed trials --------------------------------------------
@@ -378,7 +364,7 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
         for r in range(mb):
             e = perm[start + r]
             zr = z[0, r]
-            _first_product(zr, flat, Hp, indices, codes, table, indptr[e], indptr[e + 1])
+            _first_layer(zr, flat, Hp, indices, codes, table, indptr[e], indptr[e + 1], False)
             for j in range(Hp):
                 zr[j] = zr[j] * col_s[j] + b0[j]
             if L == 1:
@@ -462,7 +448,7 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
             d = delta[0, r]
             for j in range(Hp):
                 step[j] = d[j] * col_c[j]
-            _first_update(flat, Hp, indices, codes, table, indptr[e], indptr[e + 1], step)
+            _first_layer(step, flat, Hp, indices, codes, table, indptr[e], indptr[e + 1], True)
         for j in range(H):
             total = _ZERO
             for r in range(mb):
