@@ -31,6 +31,7 @@ from typing import Sequence  # noqa: E402
 import numpy as np  # noqa: E402
 from llvmlite import ir  # noqa: E402  (numba's code generator: the first layer's vector steps)
 from numba import njit, types  # noqa: E402
+from numba.core import cgutils  # noqa: E402
 from numba.extending import intrinsic  # noqa: E402
 
 from core.model import NetworkSpec, Params  # noqa: E402
@@ -39,7 +40,7 @@ from core.train import TrainConfig  # noqa: E402
 ACTIVATION_CODES = {"relu": 0, "sigmoid": 1}
 COST_CODES = {"cross_entropy": 0, "quadratic": 1}  # with softmax and sigmoid outputs
 TINY_SCALE = 1e-20  # a lazy scale this small is folded into the weights before it underflows
-LANES = 8  # float32 lanes of an AVX2 vector: the first layers' width is padded to a multiple
+LANES = 16  # float32 lanes of an AVX-512 vector: the first layers' width is padded to a multiple
 FAST = {"reassoc", "contract"}  # let LLVM vectorise sums and fuse multiply-adds; NaNs still propagate
 
 _ONE, _ZERO = np.float32(1.0), np.float32(0.0)
@@ -120,97 +121,178 @@ def sparse_rows(X: np.ndarray) -> SparseRows:
     return rows
 
 
-# --- the first layer's steps: SIMD vectors of 16 and 8 floats ------------------------------
-# Written as LLVM vector code because numba's loops over a runtime width of a few vectors
-# pay, per lit pixel, for alias checks between the rows and the accumulator, loop set-up and
-# remainder loops (the width 16 got only 4-float vectors); constant-width loops instead get
-# the pixel loop itself vectorised with gathers. Offsets count floats; nothing is bounds-checked.
+# --- the first layer over one input's lit pixels: LLVM vector loops of 16 floats ----------
+# Written as LLVM IR because numba's loops over a runtime width of a few vectors pay, per
+# lit pixel, for alias checks between the rows and the accumulator, loop set-up and
+# remainder loops. Here one call runs the whole pixel loop of one input for up to four
+# 16-float vectors of columns, which stay in registers for the whole loop: the product's
+# sums (four sets, one per pixel of a group of four, so that the multiply-adds' latency
+# overlaps), the update's step. Offsets count floats; nothing is bounds-checked.
+SPAN = 4  # vectors of columns per call: 4 × 4 sums + rows in flight fit AVX-512's 32 registers
+GROUP = 4  # pixels per pass of the product, each into its own set of sums
 
 
-def _vector_steps(lanes: int):
-    """(add_rows, add_row): numba intrinsics that step ``lanes`` floats at a time."""
-    vector = ir.VectorType(ir.FloatType(), lanes)
+def _splat(builder, value):
+    """A vector of LANES copies of the float ``value``."""
+    vector = ir.VectorType(ir.FloatType(), LANES)
+    lane0 = builder.insert_element(ir.Constant(vector, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(lane0, ir.Constant(vector, ir.Undefined),
+                                  ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
 
-    def at(context, builder, array_type, array, offset_type, offset):
-        """Pointer to the ``lanes`` floats of a float32 array from ``offset``."""
-        data = context.make_array(array_type)(context, builder, array).data
-        offset = context.cast(builder, offset, offset_type, types.intp)
-        return builder.bitcast(builder.gep(data, [offset]), vector.as_pointer())
 
-    def splat(builder, value):
-        lane0 = builder.insert_element(ir.Constant(vector, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
-        return builder.shuffle_vector(lane0, ir.Constant(vector, ir.Undefined),
-                                      ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
+def _fma(builder, a, b, c):
+    """a·b + c lane by lane, one rounding (llvm.fma)."""
+    name = f"llvm.fma.v{LANES}f32"
+    fn = builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(a.type, [a.type] * 3), name)
+    return builder.call(fn, [a, b, c])
 
-    def fma(builder, a, b, c):
-        """a·b + c lane by lane, one rounding (llvm.fma)."""
-        name = f"llvm.fma.v{lanes}f32"
-        fn = builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(vector, [vector] * 3), name)
-        return builder.call(fn, [a, b, c])
+
+def _span_steps(vectors: int):
+    """A numba intrinsic over the lit pixels p0 … p1 − 1 of one input, for the ``vectors`` ·
+    LANES columns c … of the first layer (row i of W⁰ at flat[i·Hp]):
+    span(out, flat, Hp, c, indices, codes, table, p0, p1, updating) is the product
+    out[c:…] = Σ value · row[c:…], or with ``updating`` the update: each row[c:…] −= value · out[c:…].
+    """
+    vector = ir.VectorType(ir.FloatType(), LANES)
+    widths = [ir.Constant(ir.IntType(64), LANES * j) for j in range(vectors)]
+
+    def operands(context, builder, sig, args):
+        """Data pointers of the arrays, the integers as intp, and pixel(p) → (row offset + c, value)."""
+        data = [context.make_array(t)(context, builder, a).data if isinstance(t, types.Array)
+                else context.cast(builder, a, t, types.intp) for t, a in zip(sig.args, args)]
+        out, flat, Hp, c, indices, codes, table, p0, p1 = data
+
+        def pixel(p):
+            i = builder.zext(builder.load(builder.gep(indices, [p])), Hp.type)
+            code = builder.zext(builder.load(builder.gep(codes, [p])), Hp.type)
+            return builder.add(builder.mul(i, Hp), c), builder.load(builder.gep(table, [code]))
+
+        return out, flat, c, p0, p1, pixel
+
+    def at(builder, base, offset, j):
+        """The j-th vector of floats from base[offset]."""
+        return builder.bitcast(builder.gep(base, [builder.add(offset, widths[j])]), vector.as_pointer())
+
+    def product(builder, z, flat, c, p0, p1, pixel):
+        sums = [[cgutils.alloca_once_value(builder, ir.Constant(vector, None)) for _ in widths]
+                for _ in range(GROUP)]
+
+        def add(p, sums):
+            offset, value = pixel(p)
+            value = _splat(builder, value)
+            for j, total in enumerate(sums):
+                row = builder.load(at(builder, flat, offset, j), align=4)
+                builder.store(_fma(builder, value, row, builder.load(total)), total)
+
+        groups = builder.udiv(builder.sub(p1, p0), p1.type(GROUP))
+        with cgutils.for_range(builder, groups) as loop:
+            first = builder.add(p0, builder.mul(loop.index, p1.type(GROUP)))
+            for g in range(GROUP):
+                add(builder.add(first, p1.type(g)), sums[g])
+        with cgutils.for_range(builder, p1, start=builder.add(p0, builder.mul(groups, p1.type(GROUP)))) as loop:
+            add(loop.index, sums[0])
+        for j in range(len(widths)):
+            s = [builder.load(sums[g][j]) for g in range(GROUP)]
+            builder.store(builder.fadd(builder.fadd(s[0], s[1]), builder.fadd(s[2], s[3])),
+                          at(builder, z, c, j), align=4)
+
+    def update(builder, step, flat, c, p0, p1, pixel):
+        steps = [builder.load(at(builder, step, c, j), align=4) for j in range(len(widths))]
+        with cgutils.for_range(builder, p1, start=p0) as loop:
+            offset, value = pixel(loop.index)
+            value = _splat(builder, builder.fmul(value, ir.Constant(ir.FloatType(), -1.0)))
+            for j, s in enumerate(steps):
+                row = at(builder, flat, offset, j)
+                builder.store(_fma(builder, value, s, builder.load(row, align=4)), row, align=4)
 
     @intrinsic
-    def add_rows(typingctx, z, zo, W, o0, o1, o2, o3, v0, v1, v2, v3):
-        """z[zo:zo+lanes] += (v0·W[o0:o0+lanes] + v1·W[o1:…]) + (v2·W[o2:…] + v3·W[o3:…]): four lit pixels."""
+    def span(typingctx, out, flat, Hp, c, indices, codes, table, p0, p1, updating):
         def codegen(context, builder, sig, args):
-            t = sig.args
-            rows = [builder.load(at(context, builder, t[2], args[2], t[i], args[i]), align=4) for i in range(3, 7)]
-            v = [splat(builder, x) for x in args[7:]]
-            pair01 = fma(builder, v[1], rows[1], builder.fmul(v[0], rows[0]))
-            pair23 = fma(builder, v[3], rows[3], builder.fmul(v[2], rows[2]))
-            target = at(context, builder, t[0], args[0], t[1], args[1])
-            builder.store(builder.fadd(builder.load(target, align=4), builder.fadd(pair01, pair23)), target, align=4)
+            operand = operands(context, builder, sig.replace(args=sig.args[:-1]), args[:-1])
+            with builder.if_else(context.is_true(builder, sig.args[-1], args[-1])) as (then, otherwise):
+                with then:
+                    update(builder, *operand)
+                with otherwise:
+                    product(builder, *operand)
             return context.get_dummy_value()
-        return types.void(z, zo, W, o0, o1, o2, o3, v0, v1, v2, v3), codegen
+        return types.void(out, flat, Hp, c, indices, codes, table, p0, p1, updating), codegen
 
-    @intrinsic
-    def add_row(typingctx, z, zo, W, o, v):
-        """z[zo:zo+lanes] += v·W[o:o+lanes] (one rounding per lane)."""
-        def codegen(context, builder, sig, args):
-            t = sig.args
-            target = at(context, builder, t[0], args[0], t[1], args[1])
-            row = builder.load(at(context, builder, t[2], args[2], t[3], args[3]), align=4)
-            builder.store(fma(builder, splat(builder, args[4]), row, builder.load(target, align=4)), target, align=4)
-            return context.get_dummy_value()
-        return types.void(z, zo, W, o, v), codegen
-
-    return add_rows, add_row
+    return span
 
 
-_add_rows16, _add_row16 = _vector_steps(2 * LANES)  # a 512-bit register: half the instructions per row
-_add_rows8, _add_row8 = _vector_steps(LANES)  # the last 8 of a width that is no multiple of 16
+@intrinsic
+def _dense(typingctx, out, oo, M, mo, ms, x, xo, xs, n):
+    """out's LANES floats from oo = Σ_{t<n} x[xo + t·xs] · (M's LANES floats from mo + t·ms), offsets
+    and strides counting floats of the (C-ordered) arrays: LANES outputs of a dense layer's
+    product (x its inputs, M its weights' rows) or of its weight gradient (x one input over the
+    batch, M the errors above), the sums in registers (two sets, so multiply-adds overlap)."""
+    def codegen(context, builder, sig, args):
+        out, oo, M, mo, ms, x, xo, xs, n = [
+            context.make_array(t)(context, builder, a).data if isinstance(t, types.Array)
+            else context.cast(builder, a, t, types.intp) for t, a in zip(sig.args, args)]
+        vector = ir.VectorType(ir.FloatType(), LANES)
+        sums = [cgutils.alloca_once_value(builder, ir.Constant(vector, None)) for _ in range(2)]
+
+        def add(t, total):
+            value = builder.load(builder.gep(x, [builder.add(xo, builder.mul(t, xs))]))
+            row = builder.bitcast(builder.gep(M, [builder.add(mo, builder.mul(t, ms))]), vector.as_pointer())
+            builder.store(_fma(builder, _splat(builder, value), builder.load(row, align=4), builder.load(total)), total)
+
+        pairs = builder.udiv(n, n.type(2))
+        with cgutils.for_range(builder, pairs) as loop:
+            t = builder.mul(loop.index, n.type(2))
+            add(t, sums[0])
+            add(builder.add(t, n.type(1)), sums[1])
+        with cgutils.for_range(builder, n, start=builder.mul(pairs, n.type(2))) as loop:
+            add(loop.index, sums[0])
+        target = builder.bitcast(builder.gep(out, [oo]), vector.as_pointer())
+        builder.store(builder.fadd(builder.load(sums[0]), builder.load(sums[1])), target, align=4)
+        return context.get_dummy_value()
+    return types.void(out, oo, M, mo, ms, x, xo, xs, n), codegen
 
 
-@njit(cache=True, fastmath=FAST, error_model="numpy")
-def _first_product(zr, flat, Hp, pixels, codes, table):
-    """zr (Hp,) += the first layer's rows of one input's lit ``pixels`` (values table[codes]);
-    row i of W0 is flat[i·Hp : (i+1)·Hp]. One row's pixels as views indexed from 0: no
-    wrap-around arithmetic on the indices, and a small function of its own keeps them in registers."""
-    n = pixels.shape[0]
-    for q in range(0, n - 3, 4):  # four pixels per pass over z: a quarter of its loads and stores
-        v0, v1, v2, v3 = table[codes[q]], table[codes[q + 1]], table[codes[q + 2]], table[codes[q + 3]]
-        o0, o1, o2, o3 = pixels[q] * Hp, pixels[q + 1] * Hp, pixels[q + 2] * Hp, pixels[q + 3] * Hp
-        for c in range(0, Hp - LANES, 2 * LANES):
-            _add_rows16(zr, c, flat, o0 + c, o1 + c, o2 + c, o3 + c, v0, v1, v2, v3)
-        if Hp % (2 * LANES):
-            c = Hp - LANES
-            _add_rows8(zr, c, flat, o0 + c, o1 + c, o2 + c, o3 + c, v0, v1, v2, v3)
-    for q in range(n - n % 4, n):
-        v, o = table[codes[q]], pixels[q] * Hp
-        for c in range(0, Hp - LANES, 2 * LANES):
-            _add_row16(zr, c, flat, o + c, v)
-        if Hp % (2 * LANES):
-            _add_row8(zr, Hp - LANES, flat, o + Hp - LANES, v)
+@intrinsic
+def _prefetch(typingctx, array, offset):
+    """Ask for the cache line of array[offset] (llvm.prefetch, for reading, kept close)."""
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        at = builder.bitcast(builder.gep(data, [context.cast(builder, args[1], sig.args[1], types.intp)]),
+                             ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fn = builder.module.globals.get("llvm.prefetch.p0") or ir.Function(
+            builder.module, ir.FunctionType(ir.VoidType(), [at.type, i32, i32, i32]), "llvm.prefetch.p0")
+        builder.call(fn, [at, i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+    return types.void(array, offset), codegen
 
 
-@njit(cache=True, fastmath=FAST, error_model="numpy")
-def _first_update(flat, Hp, pixels, codes, table, step):
-    """The rows of one input's lit ``pixels`` −= value · step (Hp,), as _first_product reads them."""
-    for q in range(pixels.shape[0]):
-        v, o = table[codes[q]], pixels[q] * Hp
-        for c in range(0, Hp - LANES, 2 * LANES):
-            _add_row16(flat, o + c, step, c, -v)
-        if Hp % (2 * LANES):
-            _add_row8(flat, o + Hp - LANES, step, Hp - LANES, -v)
+_span1, _span2, _span3, _span4 = (_span_steps(v) for v in range(1, SPAN + 1))
+
+
+@njit(cache=True, error_model="numpy")
+def _prefetch_rows(rows, indptr, indices, codes):
+    """Fetch the pixel lists of ``rows`` (the next mini-batch's: in random order they miss the cache)."""
+    for e in rows:
+        for p in range(indptr[e], indptr[e + 1], 64 // indices.itemsize):
+            _prefetch(indices, p)
+        for p in range(indptr[e], indptr[e + 1], 64 // codes.itemsize):
+            _prefetch(codes, p)
+
+
+@njit(cache=True, error_model="numpy")
+def _first_layer(out, flat, Hp, indices, codes, table, p0, p1, updating):
+    """The first layer over the lit pixels p0 … p1 − 1 (values table[codes]) of one input: its
+    product out (Hp,) = Σ value · row, or ``updating``, its update: each row −= value · out."""
+    for c in range(0, Hp, SPAN * LANES):
+        rest = Hp - c
+        if rest >= 4 * LANES:
+            _span4(out, flat, Hp, c, indices, codes, table, p0, p1, updating)
+        elif rest == 3 * LANES:
+            _span3(out, flat, Hp, c, indices, codes, table, p0, p1, updating)
+        elif rest == 2 * LANES:
+            _span2(out, flat, Hp, c, indices, codes, table, p0, p1, updating)
+        else:
+            _span1(out, flat, Hp, c, indices, codes, table, p0, p1, updating)
 
 
 # --- the kernel: one epoch of K packed trials --------------------------------------------
@@ -253,7 +335,8 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
 
     sizes (L+1,): one trial's layer sizes. W0 (d, ≥ K·h) and b0 (≥ K·h,): the first layers
     side by side, padded with zeros to a whole number of SIMD vectors; W (L-1, K, fan_in,
-    fan_out) and b (L-1, K, fan_out): the others, padded to the widest. The pixels of row e
+    fan_out) and b (L-1, K, fan_out): the others, padded to the widest (W's rows, with zeros,
+    to whole vectors). The pixels of row e
     are ``indices`` and ``table[codes]`` at ``indptr[e]:indptr[e+1]`` (see SparseRows).
     eta, decay (K,): η and 1 − ηλ/n. Updates W0, b0, W, b in place.
     """
@@ -263,7 +346,8 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
         widest = max(widest, K * sizes[l])
     H, Hp = K * sizes[1], W0.shape[1]  # the pack's first-layer width, and padded to whole vectors
     flat = W0.reshape(W0.size)  # row i of W0 from i·Hp
-    widest = max(widest, Hp)
+    widest = max(widest, Hp) + LANES  # room for a vector read past the last trial's units
+    fan_in, fop = W.shape[2], W.shape[3]  # the dense layers' rows: whole vectors
     z = np.zeros((L, m, widest), np.float32)  # zeros: the padding stays zero throughout
     a = np.zeros((L, m, widest), np.float32)
     delta = np.zeros((L, m, widest), np.float32)
@@ -272,16 +356,15 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
     col_s = np.ones(Hp, np.float32)  # s per column of W0
     col_c = np.ones(Hp, np.float32)  # 1 / s after the step's decay, per column
     step = np.zeros(Hp, np.float32)
-    grad = np.empty(widest, np.float32)
+    grad = np.empty(max(widest, fop), np.float32)
     for start in range(0, n, m):
         mb = min(m, n - start)
+        _prefetch_rows(perm[start + m:start + 2 * m], indptr, indices, codes)
         # forward: the first layer from the non-zero pixels, for the whole pack at once
         for r in range(mb):
             e = perm[start + r]
             zr = z[0, r]
-            for j in range(Hp):
-                zr[j] = _ZERO
-            _first_product(zr, flat, Hp, indices[indptr[e]:indptr[e + 1]], codes[indptr[e]:indptr[e + 1]], table)
+            _first_layer(zr, flat, Hp, indices, codes, table, indptr[e], indptr[e + 1], False)
             for j in range(Hp):
                 zr[j] = zr[j] * col_s[j] + b0[j]
             if L == 1:
@@ -293,14 +376,11 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
             fi, fo = sizes[l], sizes[l + 1]
             for r in range(mb):
                 for k in range(K):
-                    zr = z[l, r]
+                    for c in range(0, fo, LANES):
+                        _dense(grad, c, W, ((l - 1) * K + k) * fan_in * fop + c, fop,
+                               a, ((l - 1) * m + r) * widest + k * fi, 1, fi)
                     for j in range(fo):
-                        zr[k * fo + j] = b[l - 1, k, j]
-                    for i in range(fi):
-                        v = a[l - 1, r, k * fi + i]
-                        w = W[l - 1, k, i]
-                        for j in range(fo):
-                            zr[k * fo + j] += v * w[j]
+                        z[l, r, k * fo + j] = grad[j] + b[l - 1, k, j]
                 if l == L - 1:
                     for k in range(K):
                         _output(z[l, r], a[l, r], k * fo, fo, cost)
@@ -326,10 +406,9 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
             for r in range(mb):
                 for k in range(K):
                     for i in range(fi):
-                        w = W[l - 1, k, i]
                         total = _ZERO
                         for j in range(fo):
-                            total += delta[l, r, k * fo + j] * w[j]
+                            total += delta[l, r, k * fo + j] * W[l - 1, k, i, j]
                         delta[l - 1, r, k * fi + i] = total
                 below, zb, ab = delta[l - 1, r], z[l - 1, r], a[l - 1, r]
                 if act == 0:
@@ -342,15 +421,11 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
             for k in range(K):
                 dk = np.float32(decay[k])
                 for i in range(fi):
+                    for c in range(0, fo, LANES):  # lanes past fo read other units: not used
+                        _dense(grad, c, delta, l * m * widest + k * fo + c, widest,
+                               a, (l - 1) * m * widest + k * fi + i, widest, mb)
                     for j in range(fo):
-                        grad[j] = _ZERO
-                    for r in range(mb):
-                        v = a[l - 1, r, k * fi + i]
-                        for j in range(fo):
-                            grad[j] += v * delta[l, r, k * fo + j]
-                    w = W[l - 1, k, i]
-                    for j in range(fo):
-                        w[j] = w[j] * dk - grad[j]
+                        W[l - 1, k, i, j] = W[l - 1, k, i, j] * dk - grad[j]
                 for j in range(fo):
                     total = _ZERO
                     for r in range(mb):
@@ -373,7 +448,7 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
             d = delta[0, r]
             for j in range(Hp):
                 step[j] = d[j] * col_c[j]
-            _first_update(flat, Hp, indices[indptr[e]:indptr[e + 1]], codes[indptr[e]:indptr[e + 1]], table, step)
+            _first_layer(step, flat, Hp, indices, codes, table, indptr[e], indptr[e + 1], True)
         for j in range(H):
             total = _ZERO
             for r in range(mb):
@@ -411,7 +486,7 @@ class CompiledSGD:
         self.b0 = np.zeros(width, np.float32)
         self.b0[:K * spec.sizes[1]] = np.concatenate([p.layers[0][:, -1] for p in self.trials])
         fan_in, fan_out = max(spec.sizes[1:-1], default=1), max(spec.sizes[2:], default=1)
-        self.W = np.zeros((L - 1, K, fan_in, fan_out), np.float32)
+        self.W = np.zeros((L - 1, K, fan_in, -(-fan_out // LANES) * LANES), np.float32)  # rows of whole vectors
         self.b = np.zeros((L - 1, K, fan_out), np.float32)
         for k, p in enumerate(self.trials):
             for l in range(1, L):

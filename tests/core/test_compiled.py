@@ -79,6 +79,24 @@ def test_compiled_packs_match_each_trial_alone_and_the_numpy_pack(spec):
         _assert_same(packed["compiled"][i], packed["numpy"][i], RTOL, 50)
 
 
+@pytest.mark.parametrize("sizes", [(20, 30, 4), (20, 70, 18, 4)], ids=["width-32", "width-80-fan-out-18"])
+def test_wider_layers_match_the_numpy_reference(sizes):
+    """First layers padded to 32 and 80 floats (the product and update run 64, 32 and 16 columns
+    at a time) and a dense fan-out of 18 (two vectors of weights per row, one reading past it)."""
+    data, val = _greys(_data()), _greys(_data(n=50, seed=3))
+    spec = NetworkSpec(sizes)
+    runs = [train(spec, _config(engine, lmbda=3.0), data, val, check=NO_CHECK) for engine in ("numpy", "compiled")]
+    _assert_same(runs[1], runs[0], RTOL, 50)
+
+
+def test_a_wide_pack_matches_each_trial_alone():
+    """Eleven trials of one seed side by side: a first layer of 88 columns, padded to 96."""
+    spec, data = SPECS[0], _greys(_data())
+    configs = [_config("compiled", batch_size=10, eta=0.05 * (i + 1)) for i in range(11)]
+    for packed, config in zip(train_packed(spec, configs, data, check=NO_CHECK), configs):
+        _assert_same(packed, train(spec, config, data, check=NO_CHECK), 1e-6, len(data.y))
+
+
 @pytest.mark.parametrize("greys", [True, False], ids=["k/255 pixels", "any values"])
 def test_sparse_rows_hold_exactly_the_non_zero_entries(greys):
     from core.compiled import sparse_rows
