@@ -326,6 +326,7 @@ def list_studies(storage) -> None:
     import optuna
 
     from sweep.storage import StorageSpec, check_identity, open_storage
+    from sweep.study_summary import state_counts
 
     spec = StorageSpec(storage or default_storage())
     if storage is not None:
@@ -341,7 +342,7 @@ def list_studies(storage) -> None:
     click.echo(f"{'study':32} {'trials':>6} {'complete':>8} {'pruned':>6} {'failed':>6} {'running':>7}  best")
     for s in sorted(summaries, key=lambda s: s.study_name):
         trials = optuna.load_study(study_name=s.study_name, storage=storage).get_trials(deepcopy=False)
-        count = {state: sum(t.state.name == state for t in trials) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+        count = state_counts(trials)
         best = "-"
         if s.best_trial is not None:
             best = ", ".join(f"{v:.4g}" for v in s.best_trial.values)

@@ -38,7 +38,7 @@ from sweep.schema import (PARENT_ATTR, REASON_ATTR, REASON_TAG, RESULT_ATTR, RET
                           STUDY_ID_ATTR, WORKER_ATTR, TrialRecord)
 from sweep.storage import StorageSpec, heartbeat_settings, not_yet_made, open_storage, study_lock
 from sweep.study import StudySpec, suggest
-from sweep.study_summary import parent_summary
+from sweep.study_summary import parent_summary, state_counts
 from sweep.studyfile import dumps, parse_spec, spec_to_dict
 from sweep.tracking import Tracker, check_reachable, runs_view
 from sweep.urls import redact
@@ -572,9 +572,7 @@ class Progress:
 
 def progress_of(study: optuna.Study, total: int) -> Progress:
     trials = study.get_trials(deepcopy=False)
-    counts: dict[str, int] = {}
-    for t in trials:
-        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    counts = state_counts(trials)
     best = None
     if len(study.directions) == 1 and counts.get("COMPLETE"):
         best = study.best_value

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
+
 import optuna
 from optuna.trial import TrialState
 
@@ -10,6 +13,11 @@ from sweep.study import StudySpec
 from sweep.tracking import logged_metric, run_label, view_path
 
 COUNTED = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
+
+
+def state_counts(trials: Iterable[optuna.trial.FrozenTrial]) -> Counter[str]:
+    """How many trials are in each Optuna state, by the state's name (0 for a state none is in)."""
+    return Counter(t.state.name for t in trials)
 
 
 def parent_summary(study: optuna.Study, spec: StudySpec, experiment_id: str) -> dict:
@@ -21,10 +29,10 @@ def parent_summary(study: optuna.Study, spec: StudySpec, experiment_id: str) -> 
     the address of its run. Best runs: the best trial's, or those of the Pareto front.
     """
     trials = study.get_trials(deepcopy=False)
-    count = {state: sum(t.state == state for t in trials) for state in COUNTED}
-    metrics = {f"{COUNT}{name}": count[state] for state, name in COUNTED.items()}
+    count = state_counts(trials)
+    metrics = {f"{COUNT}{name}": count[state.name] for state, name in COUNTED.items()}
     tags, best = {}, {}
-    if count[TrialState.COMPLETE]:
+    if count["COMPLETE"]:
         multi = len(study.directions) > 1
         front = study.best_trials if multi else [study.best_trial]
         best = {t.user_attrs[RUN_ATTR]: "pareto" if multi else "best" for t in front if RUN_ATTR in t.user_attrs}
