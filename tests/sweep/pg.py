@@ -265,27 +265,32 @@ def held_env(epoch: int = 1, first: int = 0) -> dict[str, str]:
     return {"MLP_SWEEP_TEST_HOLD": f"{epoch}:{first}", "PYTHONPATH": path}
 
 
+def _proc_state(pid: int) -> str | None:
+    """The process's state letter from /proc (R, S, T, Z, ...), or None once it is reaped.
+
+    A process being reaped can vanish between opening its stat file and reading it: the kernel
+    then answers ESRCH (ProcessLookupError), not ENOENT."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
 def stopped(pid: int) -> bool:
     """Whether a process is stopped (by SIGSTOP): held, in held_env's words."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
-    except FileNotFoundError:
-        return False
+    return _proc_state(pid) == "T"
 
 
 def gone(pid: int) -> bool:
     """Whether a process has ended (a zombie has)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
+    return _proc_state(pid) in (None, "Z")
 
 
 def signal_pending(pid: int, sig: int) -> bool:
     """Whether ``sig`` was sent to the (stopped) process and waits to be handled."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return False
     masks = [int(line.split()[1], 16) for line in status.splitlines() if line.startswith(("SigPnd:", "ShdPnd:"))]
     return any(mask & (1 << (sig - 1)) for mask in masks)

@@ -72,7 +72,10 @@ def test_sweep_ui_serves_the_mlflow_ui_on_loopback_only(tmp_path):
         group = [str(proc.pid), *subprocess.run(["pgrep", "-s", *server], capture_output=True, text=True).stdout.split()]
         assert len(group) >= 3  # (the server runs in a session of its own)
         for pid in group:  # sweep, mlflow, uvicorn...: none shows the store's URI on its command line
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes() if Path(f"/proc/{pid}").exists() else b""
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:  # ended meanwhile (ENOENT, or ESRCH while being reaped)
+                continue
             assert str(db).encode() not in cmdline
     finally:
         stop_group(proc)
