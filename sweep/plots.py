@@ -190,6 +190,46 @@ def best_curves(epochs: pd.DataFrame, trial_number: int, *, title: str | None = 
     return fig
 
 
+def best_so_far(trials: pd.DataFrame, value: str = "value", *, direction: str = "maximize",
+                label: str | None = None, title: str | None = None) -> Figure:
+    """The best objective value so far over wall time (minutes), a step at each new best; every
+    completed trial as a dot, and the test accuracy of the trial that was best at each moment.
+
+    Selection is by ``value`` alone: the test accuracy is only read off the trial it chose.
+    Raises ValueError when no completed trial has an end time.
+    """
+    done = trials[(trials["state"] == TrialState.COMPLETE.name)].dropna(subset=[value, "ended_after"])
+    if done.empty:
+        raise ValueError("no completed trial with an end time")
+    done = done.sort_values(["ended_after", "number"])
+    minutes = done["ended_after"] / 60
+    running = done[value].cummax() if direction == "maximize" else done[value].cummin()
+    chosen = done.loc[(done[value] == running)].drop_duplicates(subset=[value], keep="first")
+    chosen_test = chosen["test_accuracy"].reindex(done.index).ffill() if "test_accuracy" in done else None
+    name = axis_label(label or value)
+    fig = _figure((9.0, 5.0))
+    ax = fig.subplots()
+    ax.scatter(minutes, done[value], s=14, c="0.7", zorder=1, label=f"{name} of each completed trial")
+    ax.step(minutes, running, where="post", color="tab:blue", linewidth=2, zorder=2, label=f"best {name} so far")
+    if chosen_test is not None and chosen_test.notna().any():
+        ax.step(minutes, chosen_test, where="post", color="tab:orange", linestyle="--", zorder=2,
+                label="test accuracy of that trial")
+    last = chosen.iloc[-1]
+    ax.annotate(f"#{int(last['number'])}: {last[value]:.4g} at {last['ended_after'] / 60:.1f} min",
+                xy=(last["ended_after"] / 60, last[value]), xytext=(10, -25), textcoords="offset points",
+                fontsize="small", arrowprops={"arrowstyle": "->", "color": "0.3"})
+    shown = pd.concat([running, chosen_test]) if chosen_test is not None else running
+    low, high = shown.min(), shown.max()
+    if high > low:  # zoom on the curves: the early poor trials would flatten the part that matters
+        ax.set_ylim(low - 0.3 * (high - low), high + 0.3 * (high - low))
+    ax.set_xlabel("wall time since the first trial started (min)")
+    ax.set_ylabel(name)
+    ax.set_title(title or f"Best {name} so far")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    return fig
+
+
 def overfitting(trials: pd.DataFrame, top: int = 10, *, by: str = "value", direction: str = "maximize",
                 label: str | None = None, gap_threshold: float = 0.05) -> Figure:
     """Training vs validation accuracy of the ``top`` trials by ``by``, each pair joined and its gap written.

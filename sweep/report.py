@@ -29,7 +29,7 @@ from sweep.words import plural, show_number
 
 #: The trial metrics ``trials_frame`` has a column for, besides epochs_run and seconds.
 METRIC_COLUMNS = (*CURVES, "best_validation_accuracy", "test_accuracy", "gap")
-_TAIL_COLUMNS = ("overfit", "epochs_run", "seconds", "pruned_at_epoch", "reason")
+_TAIL_COLUMNS = ("overfit", "epochs_run", "seconds", "ended_after", "pruned_at_epoch", "reason")
 _MARGINAL_BINS = 5
 
 
@@ -76,13 +76,18 @@ def trials_frame(study: optuna.Study, gap_threshold: float = 0.05) -> pd.DataFra
     ``overfit`` is gap (training minus validation accuracy) > ``gap_threshold``, and NA
     where the gap is unknown; metrics a trial does not have (failed, not monitored) are NaN.
     A pruned trial's value is its last reported one (Optuna's rule); filter on state.
+    ``ended_after`` is the wall time in seconds from the study's first trial start to the
+    trial's end (NaN while it runs): the x axis of "best so far over wall time".
     """
     values, pareto, params = value_columns(study), pareto_columns(study), param_columns(study)
     front = {t.number for t in study.best_trials} if pareto else set()
     int_params = {params[name] for t in study.get_trials(deepcopy=False)
                   for name, d in t.distributions.items() if isinstance(d, IntDistribution)}
+    starts = [t.datetime_start for t in study.get_trials(deepcopy=False) if t.datetime_start is not None]
     rows = []
     for t in study.get_trials(deepcopy=False):
+        ended = t.datetime_complete
+        ended_after = (ended - min(starts)).total_seconds() if ended is not None and starts else None
         result = t.user_attrs.get(RESULT_ATTR, {})
         metrics = result.get("metrics", {})
         rows.append({
@@ -92,11 +97,11 @@ def trials_frame(study: optuna.Study, gap_threshold: float = 0.05) -> pd.DataFra
             **{column: t.params.get(name) for name, column in params.items()},
             **{key: metrics.get(key) for key in METRIC_COLUMNS},
             "epochs_run": metrics.get("epochs_run"), "seconds": metrics.get("training_seconds"),
-            "pruned_at_epoch": result.get("pruned_at_epoch"), "reason": result.get("reason"),
+            "ended_after": ended_after, "pruned_at_epoch": result.get("pruned_at_epoch"), "reason": result.get("reason"),
         })
     columns = ["number", "state", *values, *pareto, *params.values(), *METRIC_COLUMNS, *_TAIL_COLUMNS]
     frame = pd.DataFrame(rows, columns=columns)
-    frame = frame.astype({**{c: "float64" for c in (*values, *METRIC_COLUMNS, "seconds")},
+    frame = frame.astype({**{c: "float64" for c in (*values, *METRIC_COLUMNS, "seconds", "ended_after")},
                           **{c: "boolean" for c in pareto},
                           **{c: "Int64" for c in (*int_params, "epochs_run", "pruned_at_epoch")}})
     frame["overfit"] = (frame["gap"] > gap_threshold).astype("boolean").mask(frame["gap"].isna())
@@ -387,7 +392,13 @@ def _report_plots(study: optuna.Study, trials: pd.DataFrame, epochs: pd.DataFram
     def overfitting():
         return plots.overfitting(trials, by=value, direction=direction, label=name, gap_threshold=gap_threshold)
 
-    return {"heatmap": heatmap, "best_curves": curves, "overfitting": overfitting}
+    def best_so_far():
+        if len(directions(study)) > 1:
+            raise ValueError("one objective only (a Pareto front has no single best)")
+        return plots.best_so_far(trials, value, direction=direction, label=name,
+                                 title=f"{study.study_name}: best {plots.axis_label(name)} so far")
+
+    return {"heatmap": heatmap, "best_curves": curves, "overfitting": overfitting, "best_so_far": best_so_far}
 
 
 def _summary_text(study: optuna.Study, trials: pd.DataFrame, region: Region | None,

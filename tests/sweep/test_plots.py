@@ -141,7 +141,7 @@ def test_write_report_writes_every_file(tmp_path, n_objectives):
     report = write_report(study, out, heatmap_params=["x", "lr"])
     names = {path.name for path in report.files}
     optuna_names = OPTUNA_SINGLE if n_objectives == 1 else OPTUNA_SINGLE - {"intermediate_values"} | {"pareto_front"}
-    pngs = {f"{name}.png" for name in ("heatmap", "best_curves", "overfitting")}
+    pngs = {f"{name}.png" for name in ("heatmap", "best_curves", "overfitting", "best_so_far")[:3 + (n_objectives == 1)]}
     pngs |= {f"optuna_{name}.png" for name in optuna_names}
     assert names == {"trials.csv", "epochs.csv", "region.csv", "summary.txt"} | pngs
     assert sorted(path.name for path in out.iterdir()) == sorted(names)  # no temporary files left
@@ -203,3 +203,29 @@ def test_write_report_failing_midway_leaves_no_temporary_files(tmp_path, monkeyp
     with pytest.raises(UsageError, match="No space left on device"):
         write_report(make_study(), tmp_path)
     assert not [path for path in tmp_path.iterdir() if path.name.endswith(".tmp")]
+
+
+def test_best_so_far_steps_at_each_new_best_in_wall_time_order():
+    """Trials end in another order than their numbers: the curve follows the clock, and the test
+    line is the test accuracy of the trial that was best at each moment (chosen by value alone)."""
+    trials = pd.DataFrame({"number": [0, 1, 2, 3, 4], "state": ["COMPLETE"] * 4 + ["PRUNED"],
+                           "value": [0.90, 0.95, 0.93, 0.97, 0.99], "test_accuracy": [0.89, 0.96, 0.99, 0.94, 1.0],
+                           "ended_after": [60.0, 300.0, 120.0, 240.0, 30.0]})
+    figure = plots.best_so_far(trials, label="validation_accuracy")
+    assert drawn(figure)
+    ax = figure.axes[0]
+    best, test = ax.lines[0], ax.lines[1]
+    assert list(best.get_xdata()) == [1.0, 2.0, 4.0, 5.0]  # minutes; the pruned trial is left out
+    assert list(best.get_ydata()) == [0.90, 0.93, 0.97, 0.97]
+    assert list(test.get_ydata()) == [0.89, 0.99, 0.94, 0.94]  # not the best test accuracy seen
+    assert "#3: 0.97 at 4.0 min" in [text.get_text() for text in ax.texts]
+    assert "min" in ax.get_xlabel()
+
+
+def test_best_so_far_minimize_and_without_completed_trials():
+    trials = pd.DataFrame({"number": [0, 1], "state": ["COMPLETE", "FAIL"], "value": [2.0, None],
+                           "ended_after": [30.0, 60.0]})
+    figure = plots.best_so_far(trials, direction="minimize")
+    assert list(figure.axes[0].lines[0].get_ydata()) == [2.0]
+    with pytest.raises(ValueError, match="no completed trial"):
+        plots.best_so_far(trials.assign(state="FAIL"))

@@ -4,6 +4,7 @@ The builders here are shared with test_plots and test_refine.
 """
 
 import math
+from datetime import datetime, timedelta
 
 import optuna
 import pandas as pd
@@ -74,7 +75,7 @@ def study():
 def test_trials_frame_rows_columns_and_types(study):
     frame = trials_frame(study)
     assert list(frame.columns) == ["number", "state", "value", "x", "lr", "act", *METRIC_COLUMNS,
-                                   "overfit", "epochs_run", "seconds", "pruned_at_epoch", "reason"]
+                                   "overfit", "epochs_run", "seconds", "ended_after", "pruned_at_epoch", "reason"]
     assert len(frame) == N + 2
     assert frame["state"].value_counts().to_dict() == {"COMPLETE": N, "PRUNED": 1, "FAIL": 1}
     assert frame["value"].iloc[:N].tolist() == list(range(N))
@@ -246,3 +247,19 @@ def test_pareto_region_when_one_trial_dominates():
 def test_objective_names_without_stored_settings():
     assert objective_names(optuna.create_study()) == ["value"]
     assert objective_names(optuna.create_study(directions=["maximize", "minimize"])) == ["value_0", "value_1"]
+
+
+def test_ended_after_is_the_wall_time_from_the_first_start():
+    """Seconds from the earliest trial start to each trial's end; a running trial has none."""
+    study = optuna.create_study()
+    t0 = datetime(2026, 1, 1, 12, 0, 0)
+    for number, (start, end, state) in enumerate([(5, 65, TrialState.COMPLETE), (0, 30, TrialState.COMPLETE),
+                                                  (40, None, TrialState.RUNNING)]):
+        study.add_trial(optuna.trial.FrozenTrial(
+            number=number, trial_id=number, state=state, value=0.5 if end else None, values=None,
+            datetime_start=t0 + timedelta(seconds=start),
+            datetime_complete=t0 + timedelta(seconds=end) if end else None,
+            params={}, distributions={}, user_attrs={}, system_attrs={}, intermediate_values={}))
+    frame = trials_frame(study).set_index("number")
+    assert frame["ended_after"].tolist()[:2] == [65.0, 30.0]
+    assert pd.isna(frame.loc[2, "ended_after"])
