@@ -27,7 +27,7 @@ from core.packed import PACKED_FIELDS, train_packed
 from core.train import EpochRecord, NotLearningError, TrainConfig, TrainResult, train
 from sweep.relay import RelayedRun, RelayedTracker, finish_run
 from sweep.schema import EPOCHS_RUN, HISTORY_KEYS, PER_EPOCH_METRICS, RESULT_ATTR, RUN_ATTR, TrialRecord
-from sweep.study import StudySpec, all_params, suggest, trial_config
+from sweep.study import StudySpec, all_params, suggest, trial_config, used
 from sweep.tracking import Tracker, TrialRun
 
 
@@ -147,7 +147,7 @@ class TrialRunner:
         run = None
         if self.tracker is not None:
             run = self.tracker.start_trial(self.parent_run_id, trial.number, all_params(self.spec, params),
-                                           searched=params, data=self.data)
+                                           searched=used(self.spec, params), data=self.data)
         t = _Trial(trial, network, config, run)
         if not isinstance(run, RelayedRun):
             t.name_run()
