@@ -57,9 +57,8 @@ def register(study: optuna.Study, spec: StudySpec, tracker: Tracker) -> str | No
     return tracker.register_best(run_id, tags)
 
 
-def export_weights(study: optuna.Study, trial: FrozenTrial, tracker: Tracker | None, path: str | os.PathLike) -> Path:
-    """Write the trial's weights (.npz, core.model.save_params) to ``path``, a new file in an
-    existing directory; UsageError when it cannot, or the trial has none."""
+def check_export_path(path: str | os.PathLike) -> Path:
+    """``path`` if it may take exported weights: a new file in an existing directory (UsageError if not)."""
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"--export {path}: is a directory; give the file to write")
@@ -67,6 +66,13 @@ def export_weights(study: optuna.Study, trial: FrozenTrial, tracker: Tracker | N
         raise UsageError(f"--export {path}: already exists; choose another path or remove it")
     if not path.parent.is_dir():
         raise UsageError(f"--export {path}: no directory {path.parent}")
+    return path
+
+
+def export_weights(study: optuna.Study, trial: FrozenTrial, tracker: Tracker | None, path: str | os.PathLike) -> Path:
+    """Write the trial's weights (.npz, core.model.save_params) to ``path`` (see check_export_path);
+    UsageError when it cannot, or the trial has none."""
+    path = check_export_path(path)
     run_id = trial.user_attrs.get(RUN_ATTR)
     if tracker is None or run_id is None:
         raise UsageError(f"trial {trial.number} of study {study.study_name!r} has no tracked run, "
