@@ -302,6 +302,36 @@ def refine(ctx, study_name, storage, tracking_uri, no_tracking, quantile, out, r
 
 
 @cli.command()
+@click.argument("study_name", metavar="STUDY")
+@storage_option
+@tracking_option
+@click.option("--export", type=click.Path(), metavar="PATH",
+              help="Write the best trial's weights to PATH, a new .npz file (core.model.load_params reads it).")
+def best(study_name, storage, tracking_uri, export) -> None:
+    """Show STUDY's best trial (single objective) and, with --export, write its weights."""
+    from sweep.best import SHOWN_METRICS, best_trial, check_export_path, export_weights, trial_metrics
+    from sweep.runner import load_stored_study
+    from sweep.schema import RUN_ATTR
+    from sweep.study import all_params, used
+    from sweep.tracking import Tracker, short
+
+    if export:
+        check_export_path(export)  # (before anything is read)
+    stores = _stores(storage, tracking_uri)
+    study, spec = load_stored_study(study_name, stores, read_only=True)
+    trial = best_trial(study, spec)
+    objective = spec.objectives[0]
+    metrics = trial_metrics(trial)
+    click.echo(f"Best trial #{trial.number} of {study_name}: {objective.metric} {trial.value:.6g} ({objective.direction})")
+    click.echo("  " + "  ".join(f"{name} {metrics[name]:.6g}" for name in SHOWN_METRICS if name in metrics))
+    click.echo("  params: " + " ".join(f"{k}={short(v)}" for k, v in used(spec, trial.params).items()))
+    click.echo(f"  network: {all_params(spec, trial.params)['sizes']}")
+    if export:
+        tracker = Tracker(stores.tracking_uri, study_name) if RUN_ATTR in trial.user_attrs else None
+        click.echo(f"Weights: {export_weights(study, trial, tracker, export)}")
+
+
+@cli.command()
 @click.option("--study", "study_name", required=True, help="Name of an existing study.")
 @trial_options
 def worker(study_name, n_trials, timeout, storage, tracking_uri, no_tracking, no_pack, data_dir) -> None:

@@ -12,6 +12,7 @@ the study is next opened (``relay.reconcile``).
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import socket
@@ -22,12 +23,12 @@ import optuna
 from optuna.trial import TrialState
 
 from core.data import Dataset
-from core.model import NetworkSpec, evaluate
+from core.model import NetworkSpec, Params, evaluate, save_params
 from core.packed import PACKED_FIELDS, train_packed
 from core.train import EpochRecord, NotLearningError, TrainConfig, TrainResult, train
 from sweep.relay import RelayedRun, RelayedTracker, finish_run
 from sweep.schema import EPOCHS_RUN, HISTORY_KEYS, PER_EPOCH_METRICS, RESULT_ATTR, RUN_ATTR, TrialRecord
-from sweep.study import StudySpec, all_params, suggest, trial_config
+from sweep.study import StudySpec, all_params, suggest, trial_config, used
 from sweep.tracking import Tracker, TrialRun
 
 
@@ -147,7 +148,7 @@ class TrialRunner:
         run = None
         if self.tracker is not None:
             run = self.tracker.start_trial(self.parent_run_id, trial.number, all_params(self.spec, params),
-                                           searched=params, data=self.data)
+                                           searched=used(self.spec, params), data=self.data)
         t = _Trial(trial, network, config, run)
         if not isinstance(run, RelayedRun):
             t.name_run()
@@ -213,8 +214,23 @@ class TrialRunner:
             seconds = sum(r.seconds + r.eval_seconds for r in outcome.history)
             metrics = final_metrics(outcome, test_accuracy, seconds)
         values = [metrics[o.metric] for o in self.spec.objectives] if state == TrialState.COMPLETE else None
+        if values is not None and t.run is not None and self._best_so_far(values[0]):
+            t.run.log_weights(weights_bytes(t.network, outcome.params))
         self._finish(t, state, TrialRecord(_history(t.history), metrics, reason, pruned_at), values)
         return state
+
+    def _best_so_far(self, value: float) -> bool:
+        """Whether a completed trial is at least as good as every trial told so far: its weights
+        are then kept. Ties count (Optuna's best trial is the first of them by number, which may
+        be told later), so the study's best trial always has its weights; a multi-objective
+        study has no one best and keeps none."""
+        if self.spec.is_multi_objective:
+            return False
+        try:
+            best = self.study.best_value
+        except ValueError:  # no trial completed yet
+            return True
+        return value >= best if self.spec.objectives[0].direction == "maximize" else value <= best
 
     def _finish(self, t: _Trial, state: TrialState, record: TrialRecord, values: list[float] | None) -> None:
         """Record the result in the trial, end (or send the end of) the MLflow run, then tell Optuna."""
@@ -226,6 +242,13 @@ class TrialRunner:
         t.trial.set_user_attr(RESULT_ATTR, record.to_attr())
         if t.run is not None:
             finish_run(t.run, state.name, record, t.pack)
+
+
+def weights_bytes(network: NetworkSpec, params: Params) -> bytes:
+    """A network's .npz (core.model.save_params) as bytes: what a trial's run logs, or sends to the launcher."""
+    buffer = io.BytesIO()
+    save_params(buffer, network, params)
+    return buffer.getvalue()
 
 
 def _history(records: list[EpochRecord]) -> dict[str, list]:

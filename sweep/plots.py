@@ -35,6 +35,7 @@ _LABELS = {
     "eta": "learning rate η",
     "lmbda": "L2 regularisation λ",
     "hidden": "hidden units per layer",
+    "hidden2": "units of the second hidden layer",
     "depth": "hidden layers",
     "epochs": "epochs",
     "training_seconds": "training time (s)",

@@ -66,6 +66,9 @@ class RelayedRun:
     def log_epoch(self, record: EpochRecord) -> None:
         self.tracker.conn.send(("epoch", self.number, record))
 
+    def log_weights(self, weights: bytes) -> None:
+        self.tracker.conn.send(("weights", self.number, weights))
+
     def finish(self, state: str, metrics: dict | None = None, tags: dict | None = None) -> None:
         self.tracker.conn.send(("finish", self.number, state, metrics, tags))
 
@@ -135,6 +138,9 @@ class Relay(threading.Thread):
             elif kind == "epoch":
                 number, record = args
                 self.runs[conn, number].log_epoch(record)
+            elif kind == "weights":
+                number, weights = args
+                self.runs[conn, number].log_weights(weights)
             elif kind == "finish":
                 number, *rest = args
                 self.runs.pop((conn, number)).finish(*rest)

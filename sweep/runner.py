@@ -28,6 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from core.data import DataError, Dataset, load_dataset
 from sweep.adapters import FIXED_PARAMS_ATTR
+from sweep.best import register
 from sweep import tracking
 from sweep.errors import Stopped, TrialsKeepFailing, UsageError, WorkersDied
 from sweep.limits import MAX_FAILED_IN_A_ROW
@@ -626,6 +627,8 @@ def run_study(spec: StudySpec, stores: Stores, *, n_trials: int | None = None, t
                                          **parent_summary(study, spec, opened.tracker.experiment_id))
     if relay is not None and relay.error is not None:
         raise relay.error  # (after the trials: a store that failed in the meantime)
+    if opened.tracker is not None:
+        register(study, spec, opened.tracker)  # the best network, as a model (sweep.best)
     return study
 
 

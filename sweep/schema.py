@@ -39,6 +39,13 @@ TIMING_TAG = _PREFIX + "timing"  # what a trial's seconds measure: its own time 
 STORAGE_TAG = _PREFIX + "storage"  # on a parent run: the Optuna storage (password hidden)
 BEST_RUN_TAG, BEST_PARAMS_TAG = _PREFIX + "best_run", _PREFIX + "best_params"  # on a parent run
 CONFIG_ARTIFACT = "study.toml"  # the study file, an artifact of the parent run
+#: A trial's weights (core.model.save_params), an artifact of its run: logged by each completed
+#: trial that is the study's best so far (single objective), the registered model's source.
+WEIGHTS_DIR, WEIGHTS_FILE = "weights", "params.npz"
+WEIGHTS_ARTIFACT = f"{WEIGHTS_DIR}/{WEIGHTS_FILE}"
+MODEL_NAME = "model"  # the MLflow logged model of a study's best trial (registered under the study's name)
+MODEL_WEIGHTS_KEY = "weights"  # the weights' key among the logged model's artifacts (sweep.served)
+N_PIXELS = 784  # the logged model's input, in its signature: rows of 28 x 28 pixels, floats in [0, 1]
 #: MLflow run status of a trial's run, by Optuna state. A pruned trial ended as the pruner
 #: asked: FINISHED, told apart by STATE_TAG (KILLED is kept for interrupted trials, and the
 #: UI draws it like a crash).

@@ -24,8 +24,9 @@ from core.functions import ACTIVATIONS, COSTS
 from sweep import limits
 from sweep.errors import InvalidValue
 
-#: Parameters [space] may search (hidden = width of every hidden layer, depth = their number).
-TUNABLE = ("batch_size", "eta", "lmbda", "hidden", "depth", "activation", "cost", "epochs")
+#: Parameters [space] may search: hidden = width of every hidden layer, depth = their number, and
+#: hidden2 = the width of the second (and any later) hidden layer, hidden then being the first's.
+TUNABLE = ("batch_size", "eta", "lmbda", "hidden", "hidden2", "depth", "activation", "cost", "epochs")
 #: Keys of [train]: TrainConfig's fields and NetworkSpec's.
 TRAIN_KEYS = (*(f.name for f in fields(TrainConfig)), *(f.name for f in fields(NetworkSpec)))
 MONITORS = tuple(key for key in TRAIN_KEYS if key.startswith("monitor_"))
@@ -164,7 +165,7 @@ def _layer_sizes(value: Any) -> tuple[int, ...]:
 
 # How each training setting is checked and normalised (ints stay ints, numbers become floats).
 SETTINGS: Mapping[str, Callable[[Any], Any]] = MappingProxyType({
-    **{name: int_at_least(1) for name in ("batch_size", "hidden")},  # (bounded by the memory estimate)
+    **{name: int_at_least(1) for name in ("batch_size", "hidden", "hidden2")},  # (bounded by the memory estimate)
     "epochs": int_at_least(1, limits.MAX_EPOCHS, "a trial that long would run for days"),
     "depth": int_at_least(1, limits.MAX_DEPTH, "deeper sigmoid networks stop learning"),
     "eta": positive,
@@ -359,7 +360,7 @@ PARAM_TYPES: Mapping[str, type] = MappingProxyType(
 )
 # The range type each numeric tunable takes; activation and cost take choices only.
 _RANGE_OF: Mapping[str, type] = MappingProxyType({
-    **{name: IntRange for name in ("batch_size", "hidden", "depth", "epochs")},
+    **{name: IntRange for name in ("batch_size", "hidden", "hidden2", "depth", "epochs")},
     **{name: FloatRange for name in ("eta", "lmbda")},
 })
 

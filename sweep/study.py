@@ -30,6 +30,7 @@ from sweep.space import (DEFAULTS, SETTINGS, STR, TABLE, TRAIN_KEYS, TUNABLE, Ca
 
 DIRECTIONS = ("maximize", "minimize")
 _REQUIRED_SETTINGS = ("batch_size", "eta")  # training settings with no default
+_LAYER_NAMES = ("hidden", "hidden2", "depth")  # the [space] names that reshape train.sizes
 
 # The monitor flags a metric needs; test_accuracy and training_seconds need none.
 _MONITORS_NEEDED = {
@@ -227,12 +228,15 @@ class StudySpec:
                 if name in self.space and other not in self.space:
                     raise InvalidValue(f"space.{name}",
                                        f"train.sizes has no hidden layer; add {other} to [space]")
+        if "hidden2" in self.space and _max_depth(self) < 2:
+            where = "space.depth is at most 1" if "depth" in self.space else "train.sizes has one hidden layer at most"
+            raise InvalidValue("space.hidden2", f"never used: {where} (hidden2 is the width of the second one)")
         self._check_size(pack=1, workers=1)
 
     def largest_network(self) -> tuple[tuple[int, ...], int]:
         """The layer sizes of the largest network a trial may train, and the largest batch size."""
-        largest = {name: max(param.choices) if isinstance(param, Categorical) else param.high
-                   for name, param in self.searched.items() if name in ("hidden", "depth", "batch_size")}
+        largest = {name: _highest(param) for name, param in self.searched.items()
+                   if name in (*_LAYER_NAMES, "batch_size")}
         settings = {**self.fixed, **largest}
         return _sizes(settings), settings["batch_size"]
 
@@ -246,7 +250,9 @@ class StudySpec:
 
     def _check_size(self, pack: int, workers: int) -> None:
         sizes, batch_size = self.largest_network()
-        key = next((f"space.{name}" for name in ("hidden", "depth") if name in self.space), "train.sizes")
+        widths = {name: _highest(self.space[name]) for name in ("hidden", "hidden2") if name in self.space}
+        key = (f"space.{max(widths, key=widths.get)}" if widths  # (the widest layer's key)
+               else "space.depth" if "depth" in self.space else "train.sizes")
         shown = ("-".join(map(str, sizes)) if len(sizes) <= 6
                  else f"{len(sizes) - 2} hidden layers, the widest {max(sizes[1:-1])}")
         network = f"the largest network ({shown}, {limits.parameter_count(sizes):,} parameters)"
@@ -398,17 +404,43 @@ def _settings(spec: StudySpec, params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _sizes(settings: Mapping[str, Any]) -> tuple[int, ...]:
-    """train.sizes, its hidden layers replaced by ``[hidden] * depth`` when either is set.
+    """train.sizes, its hidden layers replaced by ``[hidden, hidden2, hidden2, ...][:depth]`` when
+    any of them is set.
 
-    depth defaults to the number of hidden layers in sizes, hidden to the first one's width.
+    depth defaults to the number of hidden layers in sizes, hidden to the first one's width and
+    hidden2 to hidden (so hidden alone sets every hidden layer, as it always has).
     """
     sizes = tuple(settings["sizes"])
-    if "hidden" not in settings and "depth" not in settings:
+    if not any(name in settings for name in _LAYER_NAMES):
         return sizes
     hidden_layers = sizes[1:-1]
     depth = settings.get("depth", len(hidden_layers))
-    width = settings["hidden"] if "hidden" in settings else hidden_layers[0]
-    return (sizes[0], *[width] * depth, sizes[-1])
+    first = settings["hidden"] if "hidden" in settings else hidden_layers[0]
+    later = settings.get("hidden2", first)
+    return (sizes[0], *[first, *[later] * (depth - 1)][:depth], sizes[-1])
+
+
+def _highest(param: Param) -> Any:
+    """The largest value a parameter may take."""
+    if isinstance(param, Fixed):
+        return param.value
+    return max(param.choices) if isinstance(param, Categorical) else param.high
+
+
+def _max_depth(spec: StudySpec) -> int:
+    """The most hidden layers a trial of the study may have."""
+    return _highest(spec.space["depth"]) if "depth" in spec.space else len(spec.fixed["sizes"]) - 2
+
+
+def used(spec: StudySpec, params: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's [space] values less those its network ignores: hidden2 when it has one hidden layer.
+
+    Optuna still records hidden2 (the space stays the same for every trial, as TPE's and the
+    grid's sampling need); the trial's run names and logs only what it trained with.
+    """
+    if "hidden2" in params and len(_sizes(_settings(spec, params))) < 4:
+        return {name: value for name, value in params.items() if name != "hidden2"}
+    return dict(params)
 
 
 def trial_config(spec: StudySpec, params: Mapping[str, Any]) -> tuple[NetworkSpec, TrainConfig]:
@@ -429,7 +461,7 @@ def all_params(spec: StudySpec, params: Mapping[str, Any]) -> dict[str, Any]:
     data = spec.data
     training = ("activation", "cost", "epochs", "batch_size", "eta", "lmbda", "seed")
     return {
-        **{name: settings[name] for name in spec.space},
+        **used(spec, {name: settings[name] for name in spec.space}),
         "sizes": "-".join(map(str, _sizes(settings))),
         **{name: settings[name] for name in training},
         "dataset": data.dataset, "n_train": data.n_train, "n_validation": data.n_validation,

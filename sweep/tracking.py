@@ -18,7 +18,9 @@ import json
 import logging
 import os
 import random
+import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence, TypeVar
 from urllib.parse import unquote
@@ -29,8 +31,9 @@ from sweep.errors import StoreError, UsageError
 from sweep.adapters import MLFLOW_DB_LOGGER, batch_limits
 from sweep.integrity import check_sqlite
 from sweep.schema import (BEST_TAG, CONFIG_ARTIFACT, DATA_CONTEXT, DATA_CONTEXT_TAG, EPOCH_SECONDS, KIND_TAG, ML_KIND,
-                          NOTE_TAG, PARENT_TAG, ROLE_PARENT, ROLE_TAG, ROLE_TRIAL, STATE_TAG, STATUS_FOR_STATE,
-                          STORAGE_TAG, STUDY_ID_TAG, STUDY_TAG, SUMMARY, TRIAL_TAG, VIEW_KEY, VIEW_TAG)
+                          MODEL_NAME, MODEL_WEIGHTS_KEY, N_PIXELS, NOTE_TAG, PARENT_TAG, ROLE_PARENT, ROLE_TAG,
+                          ROLE_TRIAL, STATE_TAG, STATUS_FOR_STATE, STORAGE_TAG, STUDY_ID_TAG, STUDY_TAG, SUMMARY,
+                          TRIAL_TAG, VIEW_KEY, VIEW_TAG, WEIGHTS_ARTIFACT, WEIGHTS_DIR, WEIGHTS_FILE)
 from sweep.urls import MLFLOW_TABLES, OPTUNA_TABLES, in_memory_sqlite, redact, sqlite_file, sqlite_tables
 from sweep.urls import scheme as url_scheme
 
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
     from mlflow.entities import DatasetInput, Run
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+SERVED = Path(__file__).with_name("served.py")  # the code of a study's logged model
 TRACKING = StoreError.TRACKING
 FLUSH_EVERY_S = 5.0  # longest a logged epoch waits before it is visible in the UI
 RETRY_FOR_S = 30.0  # how long a call keeps retrying a locked database (each try may wait 20 s more in MLflow)
@@ -68,6 +72,7 @@ def configure() -> None:
     a Tracker calls it too, for library use."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     db_log = logging.getLogger(MLFLOW_DB_LOGGER)
     db_log.setLevel(logging.WARNING)
@@ -123,6 +128,14 @@ def short(value: object) -> str:
 def run_label(number: int, searched: dict) -> str:
     """A trial run's name: its number and the values searched (``#0005 batch_size=20 eta=0.3``)."""
     return " ".join([f"#{number:04d}", *(f"{key}={short(value)}" for key, value in searched.items())])
+
+
+def served_signature():
+    """The served model's signature: rows of N_PIXELS numbers in, one digit (int64) per row out."""
+    import numpy as np
+    from mlflow.models import infer_signature
+
+    return infer_signature(np.zeros((1, N_PIXELS), np.float32), np.zeros(1, np.int64))  # (as core.data loads them)
 
 
 def timing_note(pack: int) -> str:
@@ -430,6 +443,67 @@ class Tracker:
         """Copy a directory's files into the run's artifacts."""
         _retry(self._client.log_artifacts, run_id, os.fspath(local_dir))
 
+    def log_weights(self, run_id: str, weights: bytes) -> None:
+        """A trial's weights (the bytes of core.model.save_params' .npz) as WEIGHTS_ARTIFACT of its run."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp, WEIGHTS_FILE)
+            path.write_bytes(weights)
+            _retry(self._client.log_artifact, run_id, str(path), WEIGHTS_DIR)
+
+    def download_weights(self, run_id: str, dst_dir: str | os.PathLike) -> Path | None:
+        """The run's WEIGHTS_ARTIFACT copied into ``dst_dir``; None when the run has none."""
+        if not any(f.path == WEIGHTS_ARTIFACT for f in _retry(self._client.list_artifacts, run_id, WEIGHTS_DIR)):
+            return None
+        return Path(_retry(self._client.download_artifacts, run_id, WEIGHTS_ARTIFACT, os.fspath(dst_dir)))
+
+    def register_best(self, run_id: str, tags: dict) -> str | None:
+        """Log the weights of the trial run ``run_id`` as a pyfunc model (sweep.served) and register it
+        under the study's name; the new version, or None when that run is already the latest
+        version or has no weights.
+
+        ``mlflow.pyfunc.log_model`` works on MLflow's global state (tracking URI, experiment,
+        active run): these are the client calls it makes, on this study's experiment and run.
+        """
+        import mlflow
+        import numpy as np
+        from mlflow.entities import LoggedModelOutput
+        from mlflow.exceptions import MlflowException
+
+        name = self.study_name
+        latest = _retry(self._client.search_model_versions, f"name = '{name}'", max_results=1,
+                        order_by=["version_number DESC"])  # (a study's name has no quotes)
+        if latest and latest[0].run_id == run_id:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            weights = self.download_weights(run_id, tmp)
+            if weights is None:
+                return None
+            local = Path(tmp, MODEL_NAME)
+            with warnings.catch_warnings():  # (the advice to give an input example: the signature says it all)
+                warnings.simplefilter("ignore", UserWarning)
+                mlflow.pyfunc.save_model(  # (models from code: no pickle)
+                    local, python_model=str(SERVED), artifacts={MODEL_WEIGHTS_KEY: str(weights)},
+                    code_paths=[str(SERVED.parents[1] / "core"), str(SERVED.parent)],
+                    signature=served_signature(),
+                    pip_requirements=[f"numpy=={np.__version__}", f"mlflow=={mlflow.__version__}"])
+            strings = _strings(tags, batch_limits().tag_chars)
+            model = _retry(self._client.create_logged_model, self.experiment_id, MODEL_NAME, run_id, strings)
+            _retry(self._client.log_model_artifacts, model.model_id, str(local))
+        _retry(self._client.finalize_logged_model, model.model_id, "READY")
+        if not latest:
+            try:
+                _retry(self._client.create_registered_model, name, tags={STUDY_TAG: name},
+                       description=f"The best network of study {name}, chosen by its objective")
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+        _retry(self._client.log_outputs, run_id, [LoggedModelOutput(model.model_id, step=0)])
+        # source: the model's artifacts, not "models:/ID" (the registry would look that up in the
+        # default tracking store, not this one)
+        version = _retry(self._client.create_model_version, name, model.artifact_location, run_id, tags=strings,
+                         model_id=model.model_id)
+        return version.version
+
     def _end(self, run_id: str, status: str, metrics: Sequence[MetricRow] = (),
              tags: dict | None = None, params: dict | None = None) -> None:
         """Last metrics, params and tags in as few calls as the limits allow, then the terminal status."""
@@ -465,6 +539,9 @@ class TrialRun:
         if time.monotonic() - self._sent_at >= FLUSH_EVERY_S:
             self._tracker._log_batch(self.run_id, self._pending, params=self._params)
             self._pending, self._params, self._sent_at = [], None, time.monotonic()
+
+    def log_weights(self, weights: bytes) -> None:
+        self._tracker.log_weights(self.run_id, weights)
 
     def finish(self, state: str, metrics: dict | None = None, tags: dict | None = None) -> None:
         """End the run: buffered epochs, one-value metrics (under SUMMARY: bar charts in a section of

@@ -13,7 +13,7 @@ COMMANDS = sorted(cli.commands)
 
 
 def test_the_launcher_has_the_documented_commands():
-    assert {"run", "worker", "list", "ui", "report", "refine"} <= set(COMMANDS)
+    assert {"run", "worker", "list", "ui", "report", "refine", "best"} <= set(COMMANDS)
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])

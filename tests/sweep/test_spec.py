@@ -14,7 +14,7 @@ from sweep.errors import InvalidValue, SpecError
 from sweep.samplers import grid_points
 from sweep.schema import METRICS, PER_EPOCH_METRICS
 from sweep.space import DEFAULTS, Categorical, Fixed, FloatRange, IntRange
-from sweep.study import DataSpec, Objective, PrunerSpec, SamplerSpec, StudySpec, all_params, suggest, trial_config
+from sweep.study import DataSpec, Objective, PrunerSpec, SamplerSpec, StudySpec, all_params, suggest, trial_config, used
 from sweep.studyfile import dumps, load_spec, parse_spec, spec_to_dict
 from tests.sweep.bad_studies import BAD_STUDIES, special_file
 
@@ -268,16 +268,40 @@ def _spec_with_space(tmp_path, sizes, space_lines):
     return load_spec(write(tmp_path, text))
 
 
+_DEPTH_1_2 = 'depth = { type = "int", low = 1, high = 2 }\n'
+_H2 = 'hidden2 = { type = "int", low = 5, high = 50 }\n'
+
+
 @pytest.mark.parametrize("sizes, space_lines, params, expected", [
     ("[784, 15, 10]", 'depth = { type = "int", low = 1, high = 3 }\n', {"depth": 3}, (784, 15, 15, 15, 10)),
     ("[784, 30, 20, 10]", 'hidden = { type = "int", low = 10, high = 99 }\n', {"hidden": 64}, (784, 64, 64, 10)),
     ("[784, 10]", 'hidden = { type = "int", low = 10, high = 99 }\ndepth = { type = "int", low = 1, high = 3 }\n',
      {"hidden": 12, "depth": 2}, (784, 12, 12, 10)),
     ("[784, 15, 10]", "hidden = 20\n", {}, (784, 20, 10)),
+    # hidden2: the second (and any later) layer's width, ignored by a network of one hidden layer
+    ("[784, 15, 10]", _DEPTH_1_2 + _H2, {"depth": 2, "hidden2": 7}, (784, 15, 7, 10)),
+    ("[784, 15, 10]", _DEPTH_1_2 + _H2, {"depth": 1, "hidden2": 7}, (784, 15, 10)),
+    ("[784, 15, 10]", 'depth = 3\nhidden = 20\n' + _H2, {"hidden2": 7}, (784, 20, 7, 7, 10)),
+    ("[784, 30, 20, 10]", _H2, {"hidden2": 7}, (784, 30, 7, 10)),
 ])
 def test_trial_config_hidden_and_depth(tmp_path, sizes, space_lines, params, expected):
     spec = _spec_with_space(tmp_path, sizes, space_lines)
     assert trial_config(spec, params)[0].sizes == expected
+
+
+def test_hidden2_is_logged_only_where_used(tmp_path):
+    """Optuna samples hidden2 on every trial; a one-hidden-layer trial neither names nor logs it."""
+    spec = _spec_with_space(tmp_path, "[784, 15, 10]", _DEPTH_1_2 + _H2)
+    assert used(spec, {"depth": 1, "hidden2": 7}) == {"depth": 1}
+    assert used(spec, {"depth": 2, "hidden2": 7}) == {"depth": 2, "hidden2": 7}
+    one, two = (all_params(spec, {"depth": depth, "hidden2": 7}) for depth in (1, 2))
+    assert "hidden2" not in one and one["sizes"] == "784-15-10"
+    assert two["hidden2"] == 7 and two["sizes"] == "784-15-7-10"
+
+
+def test_memory_estimate_counts_hidden2(tmp_path):
+    spec = _spec_with_space(tmp_path, "[784, 15, 10]", _DEPTH_1_2 + _H2)
+    assert spec.largest_network()[0] == (784, 15, 50, 10)
 
 
 def test_trial_config_rejects_params_that_do_not_fit(rich):
