@@ -192,7 +192,8 @@ SETTINGS: Mapping[str, Callable[[Any], Any]] = MappingProxyType({
     "sizes": _layer_sizes,
     **{name: BOOL.check for name in MONITORS},
     **{name: fraction for name in ("momentum", "dropout")},
-    **{name: int_at_least(0, limits.MAX_EPOCHS, "the most epochs a trial trains") for name in ("patience", "eta_patience")},
+    **{name: int_at_least(0, limits.MAX_EPOCHS, "the most epochs a trial trains")
+       for name in ("patience", "eta_patience")},  # 0: off
     "eta_min_factor": above_one,
 })
 

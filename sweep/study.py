@@ -273,7 +273,7 @@ class StudySpec:
                     raise InvalidValue(key, f"{objective.metric} needs train.{monitor} = true")
         for name in ("patience", "eta_patience"):  # they watch the validation accuracy
             if (name in self.searched or fixed[name]) and not fixed["monitor_validation_accuracy"]:
-                where = "space" if name in self.searched else "train"
+                where = "space" if name in self.space else "train"
                 raise InvalidValue(f"{where}.{name}", "needs train.monitor_validation_accuracy = true")
 
     def _check_sampling(self) -> None:

@@ -28,9 +28,9 @@ from core.train import CURVES, EpochRecord
 from sweep.errors import StoreError, UsageError
 from sweep.adapters import MLFLOW_DB_LOGGER, batch_limits
 from sweep.integrity import check_sqlite
-from sweep.schema import (BEST_TAG, CONFIG_ARTIFACT, DATA_CONTEXT, DATA_CONTEXT_TAG, EPOCH_ETA, EPOCH_SECONDS, KIND_TAG, ML_KIND,
-                          NOTE_TAG, PARENT_TAG, ROLE_PARENT, ROLE_TAG, ROLE_TRIAL, STATE_TAG, STATUS_FOR_STATE,
-                          STORAGE_TAG, STUDY_ID_TAG, STUDY_TAG, SUMMARY, TRIAL_TAG, VIEW_KEY, VIEW_TAG)
+from sweep.schema import (BEST_TAG, CONFIG_ARTIFACT, DATA_CONTEXT, DATA_CONTEXT_TAG, EPOCH_ETA, EPOCH_SECONDS,
+                          KIND_TAG, ML_KIND, NOTE_TAG, PARENT_TAG, ROLE_PARENT, ROLE_TAG, ROLE_TRIAL, STATE_TAG,
+                          STATUS_FOR_STATE, STORAGE_TAG, STUDY_ID_TAG, STUDY_TAG, SUMMARY, TRIAL_TAG, VIEW_KEY, VIEW_TAG)
 from sweep.urls import MLFLOW_TABLES, OPTUNA_TABLES, in_memory_sqlite, redact, sqlite_file, sqlite_tables
 from sweep.urls import scheme as url_scheme
 
