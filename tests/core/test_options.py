@@ -15,6 +15,12 @@ needs_numba = pytest.mark.skipif(importlib.util.find_spec("numba") is None, reas
 RTOL = 1e-4  # float32 rounding between the engines after a few epochs (as tests/core/test_compiled.py)
 
 
+def _greys(data):
+    """The set with its pixels rounded to k/255 (zeros included), as MNIST's are."""
+    data.X = np.divide(np.round(np.maximum(data.X - 0.3, 0) * 255), np.float32(255), dtype=np.float32)
+    return data
+
+
 def _masks(spec, n, p, rng, dtype=np.float64):
     """Per hidden layer (n, width): 0 or 1/(1 − p), from draw_keep."""
     keep = draw_keep(spec, n, p, rng)
@@ -134,7 +140,7 @@ def test_the_eta_schedule_halves_after_eta_patience_stalled_epochs_and_stops_at_
 def test_train_with_patience_keeps_the_best_epochs_parameters(engine):
     """The result's params are those after its best epoch: a run of exactly that many epochs (same
     seed, same draws) ends with the same weights; the history runs on to the stop."""
-    spec, data, val = NetworkSpec((20, 6, 4)), _data(), _data(n=40, seed=3)
+    spec, data, val = NetworkSpec((20, 6, 4)), _greys(_data()), _greys(_data(n=40, seed=3))  # (one compiled variant)
     config = TrainConfig(epochs=30, batch_size=10, eta=2.0, seed=1, patience=2, engine=engine)
     result = train(spec, config, data, val, check=NO_CHECK)
     accuracies = [r.validation_accuracy for r in result.history]
@@ -185,12 +191,6 @@ def test_packs_refuse_the_options_they_do_not_train(option):
     assert not can_pack(other, other)
     with pytest.raises(ValueError, match=f"configs\\[1\\] cannot be packed: {next(iter(option))}"):
         train_packed(NetworkSpec((20, 4)), [plain, other], _data(), _data(n=20, seed=1))
-
-
-def _greys(data):
-    """The set with its pixels rounded to k/255 (zeros included), as MNIST's are."""
-    data.X = np.divide(np.round(np.maximum(data.X - 0.3, 0) * 255), np.float32(255), dtype=np.float32)
-    return data
 
 
 @needs_numba
