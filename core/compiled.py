@@ -11,7 +11,11 @@ Same maths as the NumPy reference (``SGD``), arranged for speed at small batches
   epoch); the other, small layers are decayed as in the reference;
 * K trials that see the same mini-batches (same seed) train as one pack: their first
   layers sit side by side in one (d, K·h) matrix, so each input row and its non-zero
-  pixels are read once for the pack; their other layers stay apart.
+  pixels are read once for the pack; their other layers stay apart;
+* momentum (one trial, or a pack of one μ) gives every weight a velocity that moves it on
+  every step, so the first layer's update is then dense: its lit rows' gradients go into
+  the velocity, then one pass over W⁰ applies μ, the L2 term and the velocity;
+* dropout (one trial) masks the hidden activations as the epoch's ``keep`` says.
 Importing this module imports numba; its compiled code is cached on disk under
 ``cache_dir()/numba`` ($NUMBA_CACHE_DIR wins when set; numba reads it when first imported,
 so a process that imported numba before this module keeps numba's own cache location).
@@ -312,6 +316,13 @@ def _hidden(z, a, w, code):
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy")
+def _mask(a, keep, at, w, scale):
+    """Inverted dropout of a[:w]: kept units (keep[at + j]) scaled by ``scale`` = 1/(1 − p), others 0."""
+    for j in range(w):
+        a[j] = a[j] * scale if keep[at + j] else _ZERO
+
+
+@njit(cache=True, fastmath=FAST, error_model="numpy")
 def _output(z, a, start, w, cost):
     """a = softmax (cost 0) or sigmoid (cost 1) of z over [start, start + w)."""
     if cost == 0:
@@ -330,7 +341,8 @@ def _output(z, a, start, w, cost):
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy")
-def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0, b0, W, b, eta, decay):
+def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0, b0, W, b, eta, decay,
+           momentum, V0, Vb0, VW, Vb, keep, keep_scale):
     """One epoch of SGD for K trials on the row order ``perm`` (n,), batch size m.
 
     sizes (L+1,): one trial's layer sizes. W0 (d, ≥ K·h) and b0 (≥ K·h,): the first layers
@@ -339,6 +351,10 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
     to whole vectors). The pixels of row e
     are ``indices`` and ``table[codes]`` at ``indptr[e]:indptr[e+1]`` (see SparseRows).
     eta, decay (K,): η and 1 − ηλ/n. Updates W0, b0, W, b in place.
+    momentum μ > 0: the velocities V0, Vb0, VW, Vb (shaped as W0, b0, W, b) are used and
+    updated too (else they may be empty). keep (n, Σ hidden widths) bool, one trial only: the
+    t-th example's dropout masks (core.train.draw_keep), kept units scaled by keep_scale;
+    an empty keep: no dropout.
     """
     K, L, n = eta.shape[0], sizes.shape[0] - 1, perm.shape[0]
     widest = 0
@@ -357,6 +373,13 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
     col_c = np.ones(Hp, np.float32)  # 1 / s after the step's decay, per column
     step = np.zeros(Hp, np.float32)
     grad = np.empty(max(widest, fop), np.float32)
+    mu = np.float32(momentum)
+    drop, ks, kept = keep.shape[0] > 0, np.float32(keep_scale), np.float32(1.0 / keep_scale)
+    col_l2 = np.zeros(Hp, np.float32)  # with momentum: ηλ/n per column of W0
+    for k in range(K):
+        for j in range(k * h, (k + 1) * h):
+            col_l2[j] = np.float32(1.0 - decay[k])
+    vflat = V0.reshape(V0.size)
     for start in range(0, n, m):
         mb = min(m, n - start)
         _prefetch_rows(perm[start + m:start + 2 * m], indptr, indices, codes)
@@ -372,6 +395,8 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
                     _output(zr, a[0, r], k * h, h, cost)
             else:
                 _hidden(zr, a[0, r], H, act)
+                if drop:
+                    _mask(a[0, r], keep[start + r], 0, h, ks)
         for l in range(1, L):
             fi, fo = sizes[l], sizes[l + 1]
             for r in range(mb):
@@ -386,6 +411,8 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
                         _output(z[l, r], a[l, r], k * fo, fo, cost)
                 else:
                     _hidden(z[l, r], a[l, r], K * fo, act)
+                    if drop:  # hidden layer l's columns of keep start after those of the layers before
+                        _mask(a[l, r], keep[start + r], sizes[1:l + 1].sum(), fo, ks)
         # output error δᴸ, scaled by η/m as in the reference
         k_out = sizes[L]
         for r in range(mb):
@@ -411,7 +438,14 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
                             total += delta[l, r, k * fo + j] * W[l - 1, k, i, j]
                         delta[l - 1, r, k * fi + i] = total
                 below, zb, ab = delta[l - 1, r], z[l - 1, r], a[l - 1, r]
-                if act == 0:
+                if drop:  # from the masked a = f(z)·mask/(1 − p): f'(z)·mask/(1 − p) without the mask
+                    if act == 0:
+                        for i in range(K * fi):
+                            below[i] = below[i] * ks if ab[i] > _ZERO else _ZERO
+                    else:
+                        for i in range(K * fi):
+                            below[i] *= ab[i] * (_ONE - ab[i] * kept)
+                elif act == 0:
                     for i in range(K * fi):
                         if zb[i] <= _ZERO:
                             below[i] = _ZERO
@@ -419,18 +453,47 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
                     for i in range(K * fi):
                         below[i] *= ab[i] * (_ONE - ab[i])
             for k in range(K):
-                dk = np.float32(decay[k])
+                dk, ck = np.float32(decay[k]), np.float32(1.0 - decay[k])
                 for i in range(fi):
                     for c in range(0, fo, LANES):  # lanes past fo read other units: not used
                         _dense(grad, c, delta, l * m * widest + k * fo + c, widest,
                                a, (l - 1) * m * widest + k * fi + i, widest, mb)
-                    for j in range(fo):
-                        W[l - 1, k, i, j] = W[l - 1, k, i, j] * dk - grad[j]
+                    if mu > _ZERO:
+                        for j in range(fo):
+                            v = mu * VW[l - 1, k, i, j] - grad[j] - ck * W[l - 1, k, i, j]
+                            VW[l - 1, k, i, j] = v
+                            W[l - 1, k, i, j] += v
+                    else:
+                        for j in range(fo):
+                            W[l - 1, k, i, j] = W[l - 1, k, i, j] * dk - grad[j]
                 for j in range(fo):
                     total = _ZERO
                     for r in range(mb):
                         total += delta[l, r, k * fo + j]
-                    b[l - 1, k, j] -= total
+                    if mu > _ZERO:
+                        Vb[l - 1, k, j] = mu * Vb[l - 1, k, j] - total
+                        b[l - 1, k, j] += Vb[l - 1, k, j]
+                    else:
+                        b[l - 1, k, j] -= total
+        if mu > _ZERO:  # the first layer with momentum: V ← μ(V − g/μ) − (ηλ/n) W, W ← W + V
+            for r in range(mb):
+                e = perm[start + r]
+                d = delta[0, r]
+                for j in range(Hp):
+                    step[j] = d[j] / mu
+                _first_layer(step, vflat, Hp, indices, codes, table, indptr[e], indptr[e + 1], True)
+            for i in range(W0.shape[0]):
+                for j in range(Hp):
+                    v = mu * V0[i, j] - col_l2[j] * W0[i, j]
+                    V0[i, j] = v
+                    W0[i, j] += v
+            for j in range(H):
+                total = _ZERO
+                for r in range(mb):
+                    total += delta[0, r, j]
+                Vb0[j] = mu * Vb0[j] - total
+                b0[j] += Vb0[j]
+            continue
         # the first layer: decay by the lazy scale, subtract the gradient on lit rows only
         for k in range(K):
             scaled = s[k] * decay[k]
@@ -465,18 +528,23 @@ class CompiledSGD:
 
     ``trials`` are the K networks' Params; their blocks are read once and written back
     after every epoch, so they always hold the weights, as ``SGD``'s do. X (n, d) float32
-    and its labels y (n,) are the training set.
+    and its labels y (n,) are the training set. Momentum and dropout train one trial
+    alone (ValueError for a pack of K > 1 with them: see ``core.packed.packs``).
     """
 
     def __init__(self, spec: NetworkSpec, trials: Sequence[Params], X: np.ndarray, y: np.ndarray,
                  configs: Sequence[TrainConfig]) -> None:
         self.spec, self.trials = spec, list(trials)
-        n = len(X)
+        if len(configs) > 1 and any(c.momentum or c.dropout for c in configs):
+            raise ValueError("momentum and dropout train one trial at a time, not a pack")
+        self.n = n = len(X)
         self.rows = sparse_rows(X)
         self.labels = np.ascontiguousarray(y, np.int64)
         self.m = min(configs[0].batch_size, n)
         self.eta = np.array([c.eta for c in configs], np.float64)
-        self.decay = 1.0 - self.eta * np.array([c.lmbda for c in configs]) / n  # as SGD computes it
+        self.lmbda = np.array([c.lmbda for c in configs])
+        self.momentum = configs[0].momentum
+        self.keep_scale = 1.0 / (1.0 - configs[0].dropout)
         self.sizes = np.array(spec.sizes, np.int64)
         self.codes = ACTIVATION_CODES[spec.activation], COST_CODES[spec.cost]
         K, L = len(self.trials), spec.n_layers
@@ -493,12 +561,23 @@ class CompiledSGD:
                 block = p.layers[l]  # (fan_out, fan_in + 1)
                 self.W[l - 1, k, :block.shape[1] - 1, :block.shape[0]] = block[:, :-1].T
                 self.b[l - 1, k, :block.shape[0]] = block[:, -1]
+        arrays = self.W0, self.b0, self.W, self.b  # their velocities, or empty ones without momentum
+        self.velocity = [np.zeros(a.shape if self.momentum else (0,) * a.ndim, np.float32) for a in arrays]
+        self.no_keep = np.zeros((0, 0), bool)
 
-    def epoch(self, perm: np.ndarray) -> None:
-        """One pass in the order ``perm`` (n,); then the trials' Params hold the new weights."""
+    def epoch(self, perm: np.ndarray, eta: float | None = None, keep: np.ndarray | None = None) -> None:
+        """One pass in the order ``perm`` (n,), at learning rate ``eta`` for every trial (None: the
+        configs' own), the t-th example keeping the hidden units ``keep[t]`` (core.train.draw_keep;
+        None: all); then the trials' Params hold the new weights."""
+        if eta is not None:
+            self.eta[:] = eta
+        decay = 1.0 - self.eta * self.lmbda / self.n  # as SGD computes it
         rows = self.rows
+        V0, Vb0, VW, Vb = self.velocity
         _epoch(np.ascontiguousarray(perm, np.int64), self.m, rows.indptr, rows.indices, rows.codes, rows.table,
-               self.labels, self.sizes, *self.codes, self.W0, self.b0, self.W, self.b, self.eta, self.decay)
+               self.labels, self.sizes, *self.codes, self.W0, self.b0, self.W, self.b, self.eta, decay,
+               self.momentum, V0, Vb0, VW, Vb, self.no_keep if keep is None else np.ascontiguousarray(keep),
+               self.keep_scale)
         h = self.spec.sizes[1]
         for k, p in enumerate(self.trials):
             p.layers[0][:, :-1] = self.W0[:, k * h:(k + 1) * h].T

@@ -169,6 +169,8 @@ class Workspace:
         self._ones = np.ones(rows, dtype)
         self._planned_for: Params | None = None
         self._x: np.ndarray | None = None
+        self._masks: list[np.ndarray] | None = None  # the last forward's dropout masks
+        self._raw: list[np.ndarray] | None = None  # with masks: the hidden activations before masking
 
     def _plan(self, params: Params) -> None:
         """Bind the views each layer needs: forward (Wᵀ|b)ᵀ, z, f, output; backward W, f', buffers."""
@@ -179,22 +181,26 @@ class Workspace:
                           outs[l], self.inputs[l] if l < last else self.output)
                          for l, block in enumerate(params.layers)]
         self._first = (self._forward[0][0][..., :-1, :], self._forward[0][0][..., -1:, :])  # Wᵀ, b
-        self._backward = [(self.delta[l], self._delta_t[l], self.grads[l], self.inputs[l - 1],
+        self._backward = [(l - 1, self.delta[l], self._delta_t[l], self.grads[l], self.inputs[l - 1],
                            params.layers[l][..., :-1],
                            self.delta[l - 1], self.z[l - 1], outs[l - 1], self.scratch[l - 1])
                           for l in range(last, 0, -1)]
         self._planned_for = params
 
-    def forward(self, params: Params, x: np.ndarray) -> np.ndarray:
+    def forward(self, params: Params, x: np.ndarray, masks: list[np.ndarray] | None = None) -> np.ndarray:
         """Fill z and the activations; return the output (rows, k).
 
         x is (rows, sizes[0] + 1) with the ones column, or a plain (rows, sizes[0]) input
         whose bias is then added apart (and summed apart in backward), as SGD feeds it:
         rows gather faster without the column. That product is always np.matmul, which
         reads the strided Wᵀ in place (np.dot copies it) and rounds alike in 2-D and stacked.
+        ``masks`` (dropout, 2-D only): one (rows, sizes[l + 1]) array per hidden layer, 0 for a
+        dropped unit and 1/(1 − p) for a kept one, multiplied into its activations.
         """
         if params is not self._planned_for:
             self._plan(params)
+        if masks is not None and self._raw is None:
+            self._raw = [np.empty_like(a) for a in self.scratch[:-1]]
         a, mm = x, self._mm
         for l, (block_t, z, f, out, a_next) in enumerate(self._forward):
             if l == 0 and x.shape[-1] == block_t.shape[-2] - 1:  # no ones column: add b apart
@@ -203,8 +209,11 @@ class Workspace:
             else:
                 mm(a, block_t, z)
             f(z, out)
+            if masks is not None and l < len(masks):
+                np.copyto(self._raw[l], out)  # f(z), for the derivative (sigmoid's is a (1 − a))
+                out *= masks[l]
             a = a_next
-        self._x = x
+        self._x, self._masks = x, masks
         return self.output
 
     def backward(self, params: Params, y_onehot: np.ndarray, scale: float) -> None:
@@ -220,11 +229,15 @@ class Workspace:
         delta = self.delta[-1]
         self.cost.delta(self.output, y_onehot, delta, self.scratch[-1])
         delta *= scale
-        derivative, mm = self.activation.inplace_derivative, self._mm
-        for delta, delta_t, grad, a_prev, w, below, z, a, scratch in self._backward:
+        derivative, mm, masks = self.activation.inplace_derivative, self._mm, self._masks
+        for hidden, delta, delta_t, grad, a_prev, w, below, z, a, scratch in self._backward:
             mm(delta_t, a_prev, grad)
             mm(delta, w, below)
-            derivative(z, a, below, scratch)
+            if masks is None:
+                derivative(z, a, below, scratch)
+            else:  # a dropped unit passes no error back; a kept one its share, scaled as forward
+                derivative(z, self._raw[hidden], below, scratch)
+                below *= masks[hidden]
         if self._x.shape[-1] == self.grads[0].shape[-1]:
             mm(self._delta_t[0], self._x, self.grads[0])
         else:  # x without the ones column; matmul, as np.dot cannot write into a strided view
@@ -273,13 +286,14 @@ def evaluate(spec: NetworkSpec, params: Params, X: np.ndarray, y: np.ndarray,
 
 
 def gradients(spec: NetworkSpec, params: Params, X: np.ndarray, y: np.ndarray,
-              lmbda: float = 0.0, n_train: int | None = None) -> Params:
+              lmbda: float = 0.0, n_train: int | None = None, masks: list[np.ndarray] | None = None) -> Params:
     """∂C/∂(W, b) of ``evaluate``'s cost on (X, y), by the same backprop that trains.
 
-    Returned as a ``Params`` whose weights and biases are the matching gradients.
+    Returned as a ``Params`` whose weights and biases are the matching gradients. With
+    dropout ``masks`` (see ``Workspace.forward``) it is the gradient of the masked network's cost.
     """
     ws = Workspace(spec, len(X), params.dtype)
-    ws.forward(params, with_ones(X, params.dtype))
+    ws.forward(params, with_ones(X, params.dtype), masks)
     ws.backward(params, one_hot(y, spec.sizes[-1], params.dtype), 1.0 / len(X))
     grads = Params(tuple(ws.grads))
     decay = lmbda / (n_train or len(X))

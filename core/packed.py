@@ -24,6 +24,18 @@ from core.train import (CURVES, GATHER_ROWS, LEARNING_CHECK, EpochCallback, Epoc
                         LearningCheck, NonFiniteError, NotLearningError, TrainConfig, TrainResult, monitored)
 
 PACKED_FIELDS = ("epochs", "batch_size", *(f"monitor_{curve}" for curve in CURVES), "engine")  # must agree
+#: Options a pack does not train (Nielsen's chapter-3 ones): a config with any of them on trains alone.
+UNPACKED_OPTIONS = ("momentum", "dropout", "patience", "eta_patience")
+
+
+def packs(config: TrainConfig) -> bool:
+    """Whether ``config`` can train in a pack at all: plain SGD, every UNPACKED_OPTIONS off."""
+    return _unpacked(config) is None
+
+
+def _unpacked(config: TrainConfig) -> str | None:
+    """The first of UNPACKED_OPTIONS that ``config`` turns on, or None."""
+    return next((f for f in UNPACKED_OPTIONS if getattr(config, f)), None)
 
 
 def _differing(a: TrainConfig, b: TrainConfig) -> str | None:
@@ -32,8 +44,9 @@ def _differing(a: TrainConfig, b: TrainConfig) -> str | None:
 
 
 def can_pack(a: TrainConfig, b: TrainConfig) -> bool:
-    """Whether a and b can train in one pack: only eta, lmbda and seed may differ."""
-    return _differing(a, b) is None
+    """Whether a and b can train in one pack: only eta, lmbda and seed may differ, and
+    neither uses momentum, dropout, early stopping or the η schedule."""
+    return packs(a) and packs(b) and _differing(a, b) is None
 
 
 @dataclass(frozen=True)
@@ -167,7 +180,8 @@ def train_packed(spec: NetworkSpec, configs: Sequence[TrainConfig], training: La
     float32), or the NotLearningError it would raise, at the same epoch. A trial
     whose callback returns True, or that ``check`` stops, leaves the pack at the end of
     that epoch; the others go on undisturbed. The configs must pack together (``can_pack``):
-    ValueError names the field that differs. The pack's SGD and monitoring times are
+    ValueError names the field that differs, or the option a config turns on that a pack
+    does not train (UNPACKED_OPTIONS: train those with ``train``). The pack's SGD and monitoring times are
     shared equally: a record's ``seconds`` and ``eval_seconds`` are the pack's for that
     epoch divided by the number of trials in it.
     """
@@ -183,7 +197,8 @@ def train_packed(spec: NetworkSpec, configs: Sequence[TrainConfig], training: La
     engine = resolve(configs[0].engine, X.dtype)
     lmbda = np.array([c.lmbda for c in configs])
     classes = spec.sizes[-1]
-    untrained = (_records(_monitor(spec, configs[0], stack, training, validation, n, lmbda), len(configs), 0, 0.0, 0.0)
+    etas = [c.eta for c in configs]
+    untrained = (_records(_monitor(spec, configs[0], stack, training, validation, n, lmbda), etas, 0, 0.0, 0.0)
                  if check.cost_growth is not None else [None] * len(configs))
     histories: list[list[EpochRecord]] = [[] for _ in configs]
     results: list[TrainResult | NotLearningError | None] = [None] * len(configs)
@@ -200,7 +215,8 @@ def train_packed(spec: NetworkSpec, configs: Sequence[TrainConfig], training: La
         with np.errstate(all="ignore"):
             values = _monitor(spec, configs[0], sgd.stack, training, validation, n, lmbda[active])
         eval_seconds = (time.perf_counter() - start) / len(active)
-        for k, (i, record) in enumerate(zip(active, _records(values, len(active), epoch, seconds, eval_seconds))):
+        records = _records(values, [etas[i] for i in active], epoch, seconds, eval_seconds)
+        for k, (i, record) in enumerate(zip(active, records)):
             stopped = (NonFiniteError(epoch, "weights") if not finite[k]  # as train: weights first
                        else check.judge([*histories[i], record], untrained[i], classes))
             if stopped is not None:
@@ -240,16 +256,22 @@ def _monitor(spec: NetworkSpec, config: TrainConfig, stack: Stack, training: Lab
     return values
 
 
-def _records(values: dict[str, list | None], trials: int, epoch: int, seconds: float,
+def _records(values: dict[str, list | None], etas: list[float], epoch: int, seconds: float,
              eval_seconds: float) -> list[EpochRecord]:
-    """The K networks' EpochRecords from ``_monitor``'s curve → K values."""
-    return [EpochRecord(epoch=epoch, seconds=seconds, eval_seconds=eval_seconds,
-                        **{curve: v if v is None else v[k] for curve, v in values.items()}) for k in range(trials)]
+    """The K networks' EpochRecords from ``_monitor``'s curve → K values, and their η (K,)."""
+    return [EpochRecord(epoch=epoch, seconds=seconds, eval_seconds=eval_seconds, eta=eta,
+                        **{curve: v if v is None else v[k] for curve, v in values.items()})
+            for k, eta in enumerate(etas)]
 
 
 def _check(spec: NetworkSpec, configs: list[TrainConfig], params: Sequence[Params] | None,
            callbacks: list) -> None:
     """ValueError unless the configs pack together and params and callbacks pair with them."""
+    for i, config in enumerate(configs):
+        option = _unpacked(config)
+        if option is not None:
+            raise ValueError(f"configs[{i}] cannot be packed: {option} is {getattr(config, option)!r} "
+                             f"(packs train plain SGD; train it alone)")
     for i, config in enumerate(configs[1:], 1):
         field = _differing(configs[0], config)
         if field is not None:

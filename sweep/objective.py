@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from core.data import Dataset
 from core.model import NetworkSpec, Params, evaluate, save_params
-from core.packed import PACKED_FIELDS, train_packed
+from core.packed import PACKED_FIELDS, packs, train_packed
 from core.train import EpochRecord, NotLearningError, TrainConfig, TrainResult, train
 from sweep.relay import RelayedRun, RelayedTracker, finish_run
 from sweep.schema import EPOCHS_RUN, HISTORY_KEYS, PER_EPOCH_METRICS, RESULT_ATTR, RUN_ATTR, TrialRecord
@@ -59,8 +59,9 @@ def is_alive_here(identity: dict) -> bool | None:
 
 
 def final_metrics(result: TrainResult, test_accuracy: float | None, seconds: float) -> dict[str, float]:
-    """What a finished trial is judged on: last-epoch curves, best validation, gap, time."""
-    last = result.history[-1]
+    """What a finished trial is judged on: the curves of its result's epoch (the last one, or with
+    early stopping the best one, whose parameters it keeps), best validation, gap, time."""
+    last = result.history[-1 if result.best_epoch is None else result.best_epoch - 1]
     metrics = {k: getattr(last, k) for k in ("training_cost", "training_accuracy", "validation_cost",
                                              "validation_accuracy")}
     val = [r.validation_accuracy for r in result.history if r.validation_accuracy is not None]
@@ -98,7 +99,10 @@ class _Trial:
 
     @property
     def pack_key(self) -> tuple:
-        """Trials with equal keys train together in one vectorised pass (core.packed)."""
+        """Trials with equal keys train together in one vectorised pass (core.packed); a trial
+        with an option packs do not train (momentum, dropout, ...) has a key of its own."""
+        if not packs(self.config):
+            return ("alone", self.trial.number)
         return (self.network, *(getattr(self.config, f) for f in PACKED_FIELDS))
 
 

@@ -27,6 +27,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from core.data import DataError, Dataset, load_dataset
+from core.packed import UNPACKED_OPTIONS
 from sweep.adapters import FIXED_PARAMS_ATTR
 from sweep.best import register
 from sweep import tracking
@@ -286,7 +287,10 @@ def pack_size(spec: StudySpec) -> int:
     """How many trials a worker claims at once, at most PACK_MAX. A grid: its run of points that
     differ only in PACKABLE parameters (they train together, see core.packed). Another sampler:
     PACK_MAX when it searches PACKABLE parameters alone (every trial it asks for then packs with
-    the others; TPE's constant liar, on by default, keeps them apart); otherwise one."""
+    the others; TPE's constant liar, on by default, keeps them apart); otherwise one. One too when
+    a training option that packs do not train (core.packed.UNPACKED_OPTIONS) is searched or on."""
+    if any(name in spec.searched or spec.fixed[name] for name in UNPACKED_OPTIONS):
+        return 1
     if spec.sampler.name != "grid":
         return PACK_MAX if spec.searched and set(spec.searched) <= set(PACKABLE) else 1
     size = 1

@@ -63,6 +63,7 @@ METRICS = (*CURVES, "best_validation_accuracy", "test_accuracy", "training_secon
 PER_EPOCH_METRICS = (*CURVES, "best_validation_accuracy")
 EPOCHS_RUN = "epochs_run"  # a final metric besides METRICS: how many epochs the trial trained
 EPOCH_SECONDS = "epoch_seconds"  # an MLflow per-epoch metric besides the curves: that epoch's SGD time
+EPOCH_ETA = "epoch_eta"  # an MLflow per-epoch metric: the epoch's η, logged at epoch 1 and when it changes
 SUMMARY = "summary/"  # one-value metrics of a trial: a chart section of their own, apart from the curves
 COUNT = "trials/"  # a parent run's counts: trials/complete, trials/pruned, trials/failed, trials/best
 #: The keys of a trial's stored history, one list each (an epoch per item).

@@ -27,6 +27,9 @@ from sweep.errors import InvalidValue
 #: Parameters [space] may search: hidden = width of every hidden layer, depth = their number, and
 #: hidden2 = the width of the second (and any later) hidden layer, hidden then being the first's.
 TUNABLE = ("batch_size", "eta", "lmbda", "hidden", "hidden2", "depth", "activation", "cost", "epochs")
+#: Nielsen's chapter-3 training options (core.train.TrainConfig), tunable too; off by default.
+OPTIONS = ("momentum", "dropout", "patience", "eta_patience", "eta_min_factor")
+TUNABLE += OPTIONS
 #: Keys of [train]: TrainConfig's fields and NetworkSpec's.
 TRAIN_KEYS = (*(f.name for f in fields(TrainConfig)), *(f.name for f in fields(NetworkSpec)))
 MONITORS = tuple(key for key in TRAIN_KEYS if key.startswith("monitor_"))
@@ -131,6 +134,19 @@ def non_negative(value: Any) -> float:
     return float(value)
 
 
+def fraction(value: Any) -> float:
+    """A number in [0, 1): momentum μ, dropout p."""
+    if not 0 <= NUMBER.check(value) < 1:
+        raise InvalidValue(None, f"must be at least 0 and below 1, got {show(value)}")
+    return float(value)
+
+
+def above_one(value: Any) -> float:
+    if NUMBER.check(value) <= 1:
+        raise InvalidValue(None, f"must be above 1, got {show(value)}")
+    return float(value)
+
+
 def one_of(what: str, names: tuple[str, ...]) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if STR.check(value) not in names:
@@ -176,6 +192,10 @@ SETTINGS: Mapping[str, Callable[[Any], Any]] = MappingProxyType({
     "engine": one_of("engine", ENGINES),
     "sizes": _layer_sizes,
     **{name: BOOL.check for name in MONITORS},
+    **{name: fraction for name in ("momentum", "dropout")},
+    **{name: int_at_least(0, limits.MAX_EPOCHS, "the most epochs a trial trains")
+       for name in ("patience", "eta_patience")},  # 0: off
+    "eta_min_factor": above_one,
 })
 
 
@@ -362,6 +382,8 @@ PARAM_TYPES: Mapping[str, type] = MappingProxyType(
 _RANGE_OF: Mapping[str, type] = MappingProxyType({
     **{name: IntRange for name in ("batch_size", "hidden", "hidden2", "depth", "epochs")},
     **{name: FloatRange for name in ("eta", "lmbda")},
+    **{name: FloatRange for name in ("momentum", "dropout", "eta_min_factor")},
+    **{name: IntRange for name in ("patience", "eta_patience")},
 })
 
 

@@ -24,7 +24,7 @@ from sweep import limits, samplers
 from sweep.errors import InvalidValue, SpecError
 from sweep.samplers import GRID_SAMPLERS, PRUNERS, SAMPLERS, SINGLE_OBJECTIVE_SAMPLERS, Option
 from sweep.schema import METRICS, PER_EPOCH_METRICS
-from sweep.space import (DEFAULTS, SETTINGS, STR, TABLE, TRAIN_KEYS, TUNABLE, Categorical, Fixed,
+from sweep.space import (DEFAULTS, OPTIONS, SETTINGS, STR, TABLE, TRAIN_KEYS, TUNABLE, Categorical, Fixed,
                          Param, at_key, check_study_name, checked_param, did_you_mean, int_at_least, is_int,
                          join_key, one_of, positive, show)
 
@@ -277,6 +277,10 @@ class StudySpec:
             for monitor in _MONITORS_NEEDED.get(objective.metric, ()):
                 if not fixed[monitor]:
                     raise InvalidValue(key, f"{objective.metric} needs train.{monitor} = true")
+        for name in ("patience", "eta_patience"):  # they watch the validation accuracy
+            if (name in self.searched or fixed[name]) and not fixed["monitor_validation_accuracy"]:
+                where = "space" if name in self.space else "train"
+                raise InvalidValue(f"{where}.{name}", "needs train.monitor_validation_accuracy = true")
 
     def _check_sampling(self) -> None:
         sampler, pruner = self.sampler.name, self.pruner.name
@@ -464,6 +468,7 @@ def all_params(spec: StudySpec, params: Mapping[str, Any]) -> dict[str, Any]:
         **used(spec, {name: settings[name] for name in spec.space}),
         "sizes": "-".join(map(str, _sizes(settings))),
         **{name: settings[name] for name in training},
+        **{name: settings[name] for name in OPTIONS if settings[name] != DEFAULTS[name]},  # those in use
         "dataset": data.dataset, "n_train": data.n_train, "n_validation": data.n_validation,
         "n_test": data.n_test,
     }

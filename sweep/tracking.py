@@ -30,10 +30,10 @@ from core.train import CURVES, EpochRecord
 from sweep.errors import StoreError, UsageError
 from sweep.adapters import MLFLOW_DB_LOGGER, batch_limits
 from sweep.integrity import check_sqlite
-from sweep.schema import (BEST_TAG, CONFIG_ARTIFACT, DATA_CONTEXT, DATA_CONTEXT_TAG, EPOCH_SECONDS, KIND_TAG, ML_KIND,
-                          MODEL_NAME, MODEL_WEIGHTS_KEY, N_PIXELS, NOTE_TAG, PARENT_TAG, ROLE_PARENT, ROLE_TAG,
-                          ROLE_TRIAL, STATE_TAG, STATUS_FOR_STATE, STORAGE_TAG, STUDY_ID_TAG, STUDY_TAG, SUMMARY,
-                          TRIAL_TAG, VIEW_KEY, VIEW_TAG, WEIGHTS_ARTIFACT, WEIGHTS_DIR, WEIGHTS_FILE)
+from sweep.schema import (BEST_TAG, CONFIG_ARTIFACT, DATA_CONTEXT, DATA_CONTEXT_TAG, EPOCH_ETA, EPOCH_SECONDS,
+                          KIND_TAG, ML_KIND, MODEL_NAME, MODEL_WEIGHTS_KEY, N_PIXELS, NOTE_TAG, PARENT_TAG, ROLE_PARENT,
+                          ROLE_TAG, ROLE_TRIAL, STATE_TAG, STATUS_FOR_STATE, STORAGE_TAG, STUDY_ID_TAG, STUDY_TAG,
+                          SUMMARY, TRIAL_TAG, VIEW_KEY, VIEW_TAG, WEIGHTS_ARTIFACT, WEIGHTS_DIR, WEIGHTS_FILE)
 from sweep.urls import MLFLOW_TABLES, OPTUNA_TABLES, in_memory_sqlite, redact, sqlite_file, sqlite_tables
 from sweep.urls import scheme as url_scheme
 
@@ -531,10 +531,13 @@ class TrialRun:
         self._params = None if params is None else {k: short(v) for k, v in params.items() if v is not None}
         self._pending: list[MetricRow] = []
         self._sent_at = time.monotonic()
+        self._eta: float | None = None  # the η last logged (EPOCH_ETA)
 
     def log_epoch(self, record: EpochRecord) -> None:
         """Buffer the epoch's curves and its SGD time (step = epoch); flush if FLUSH_EVERY_S has passed."""
         values = {name: getattr(record, name) for name in CURVES}
+        if record.eta != self._eta:  # (a constant η is one row, not one per epoch)
+            values[EPOCH_ETA], self._eta = record.eta, record.eta
         self._pending += _rows({**values, EPOCH_SECONDS: record.seconds}, record.epoch)
         if time.monotonic() - self._sent_at >= FLUSH_EVERY_S:
             self._tracker._log_batch(self.run_id, self._pending, params=self._params)

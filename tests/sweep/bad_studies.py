@@ -42,6 +42,7 @@ HIDDEN_10_30 = space(hidden='{ type = "int", low = 10, high = 30 }')
 HOMEWORK = space(batch_size='{ type = "int", low = 5, high = 55, step = 5 }',
                  eta='{ type = "float", low = 0.05, high = 0.55, step = 0.05 }')
 NO_BATCH_NO_ETA = train(drop=("batch_size", "eta"))
+COST_OBJECTIVE = '[[objective]]\nmetric = "training_cost"\ndirection = "minimize"'
 
 DEEP = 100_000  # levels of nesting: far beyond Python's recursion limit
 DEEP_ARRAYS = f"{HEAD}\na = {'[' * DEEP}{']' * DEEP}\n"
@@ -184,6 +185,17 @@ BY_PART: dict[str, list[tuple[str, str, str | None, str]]] = {
         ("eta-bool", study(train_table=train(eta="true")), "train.eta", "finite number"),
         ("lmbda-negative", study(train_table=train(lmbda="-0.5")), "train.lmbda", "zero or positive"),
         ("epochs-zero", study(train_table=train(epochs="0")), "train.epochs", "at least 1"),
+        ("momentum-one", study(train_table=train(momentum="1.0")), "train.momentum", "below 1"),
+        ("momentum-negative", study(train_table=train(momentum="-0.5")), "train.momentum", "at least 0"),
+        ("momentum-string", study(train_table=train(momentum='"high"')), "train.momentum", "finite number"),
+        ("dropout-one", study(train_table=train(dropout="1")), "train.dropout", "below 1"),
+        ("dropout-bool", study(train_table=train(dropout="true")), "train.dropout", "finite number"),
+        ("patience-negative", study(train_table=train(patience="-1")), "train.patience", "at least 0"),
+        ("patience-float", study(train_table=train(patience="2.5")), "train.patience", "must be an integer"),
+        ("eta-patience-huge", study(train_table=train(eta_patience="100000")), "train.eta_patience", "at most"),
+        ("eta-min-factor-one", study(train_table=train(eta_min_factor="1.0")), "train.eta_min_factor", "above 1"),
+        ("patience-unmonitored", study(COST_OBJECTIVE, train_table=train(patience="3", monitor_validation_accuracy="false")),
+         "train.patience", "needs train.monitor_validation_accuracy = true"),
         ("seed-negative", study(train_table=train(seed="-1")), "train.seed", "at least 0"),
         ("monitor-not-bool", study(train_table=train(monitor_training_cost="1")),
          "train.monitor_training_cost", "true or false"),
@@ -204,8 +216,8 @@ BY_PART: dict[str, list[tuple[str, str, str | None, str]]] = {
     ],
     "[space]": [
         ("space-not-table", study(head=HEAD + "\nspace = 3"), "space", "must be a table"),
-        ("space-unknown-param", study(space(momentum='{ type = "float", low = 0.1, high = 0.9 }')),
-         "space.momentum", "not a tunable parameter"),
+        ("space-unknown-param", study(space(nesterov='{ type = "float", low = 0.1, high = 0.9 }')),
+         "space.nesterov", "not a tunable parameter"),
         ("space-unknown-key", study(space(hidden='{ type = "int", low = 10, high = 30, stp = 5 }')),
          "space.hidden.stp", "did you mean 'step'"),
         ("space-type-missing", study(space(hidden="{ low = 10, high = 30 }")), "space.hidden.type", "required"),
@@ -260,6 +272,15 @@ BY_PART: dict[str, list[tuple[str, str, str | None, str]]] = {
          "space.batch_size.low", "at least 1"),
         ("lmbda-range-negative-low", study(space(lmbda='{ type = "float", low = -1.0, high = 1.0 }')),
          "space.lmbda.low", "zero or positive"),
+        ("momentum-range-to-one", study(space(momentum='{ type = "float", low = 0.5, high = 1.0 }')),
+         "space.momentum.high", "below 1"),
+        ("dropout-range-int", study(space(dropout='{ type = "int", low = 0, high = 1 }')),
+         "space.dropout.type", 'dropout takes type = "float"'),
+        ("eta-patience-choice-negative", study(space(eta_patience='{ type = "categorical", choices = [2, -1] }')),
+         "space.eta_patience.choices[1]", "at least 0"),
+        ("eta-patience-searched-unmonitored", study(COST_OBJECTIVE, space(eta_patience='{ type = "int", low = 1, high = 5 }'),
+                                                    train_table=train(monitor_validation_accuracy="false")),
+         "space.eta_patience", "needs train.monitor_validation_accuracy = true"),
         ("hidden-range-zero-low", study(space(hidden='{ type = "int", low = 0, high = 30 }')),
          "space.hidden.low", "at least 1"),
         ("depth-range-zero-low", study(space(depth='{ type = "int", low = 0, high = 3 }')),
