@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial
 
-from sweep.errors import UsageError
+from sweep.errors import OptionError, UsageError
 from sweep.schema import RESULT_ATTR, RUN_ATTR, STUDY_TAG, SUMMARY, TRIAL_TAG
 from sweep.study import StudySpec
 from sweep.tracking import Tracker
@@ -61,11 +61,11 @@ def check_export_path(path: str | os.PathLike) -> Path:
     """``path`` if it may take exported weights: a new file in an existing directory (UsageError if not)."""
     path = Path(path)
     if path.is_dir():
-        raise UsageError(f"--export {path}: is a directory; give the file to write")
+        raise OptionError("export", str(path), "is a directory; give the file to write")
     if path.exists() or path.is_symlink():
-        raise UsageError(f"--export {path}: already exists; choose another path or remove it")
+        raise OptionError("export", str(path), "already exists; choose another path or remove it")
     if not path.parent.is_dir():
-        raise UsageError(f"--export {path}: no directory {path.parent}")
+        raise OptionError("export", str(path), f"no directory {path.parent}")
     return path
 
 
@@ -76,7 +76,7 @@ def export_weights(study: optuna.Study, trial: FrozenTrial, tracker: Tracker | N
     run_id = trial.user_attrs.get(RUN_ATTR)
     if tracker is None or run_id is None:
         raise UsageError(f"trial {trial.number} of study {study.study_name!r} has no tracked run, "
-                         "so no saved weights (was it run with --no-tracking?)")
+                         "so no saved weights (was it run untracked?)")
     with tempfile.TemporaryDirectory() as tmp:
         weights = tracker.download_weights(run_id, tmp)
         if weights is None:
@@ -86,5 +86,5 @@ def export_weights(study: optuna.Study, trial: FrozenTrial, tracker: Tracker | N
             with open(path, "xb") as out, open(weights, "rb") as src:  # ("x": never over another file)
                 shutil.copyfileobj(src, out)
         except OSError as exc:
-            raise UsageError(f"--export {path}: {exc.strerror or exc}") from None
+            raise OptionError("export", str(path), exc.strerror or str(exc)) from None
     return path

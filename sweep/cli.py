@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 
 from sweep import limits
-from sweep.errors import (DamagedStore, FileExists, ReportOptionError, Stopped, StoreError, TrialsKeepFailing,
+from sweep.errors import (DamagedStore, FileExists, OptionError, Stopped, StoreError, TrialsKeepFailing,
                           UsageError, WorkersDied)
 from sweep.words import plural
 
@@ -510,7 +510,7 @@ def main(argv: list[str] | None = None) -> None:
         where = f"{STORE_FLAGS[exc.store]} {exc.url}" if exc.url else STORE_FLAGS[exc.store]
         click.echo(f"sweep: error: {where}: {exc.problem}", err=True)
         code = 2
-    except ReportOptionError as exc:
+    except OptionError as exc:
         click.echo(f"sweep: error: --{exc.option} {exc.value}: {exc.problem}", err=True)
         code = 2
     except FileExists as exc:  # (refine's study file)

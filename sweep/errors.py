@@ -32,8 +32,9 @@ class StoreError(UsageError):
         super().__init__(f"{store} {url}: {problem}" if url else f"{store}: {problem}")
 
 
-class ReportOptionError(UsageError):
-    """A report setting that does not fit the study: ``option`` (its name), the ``value`` given and the problem."""
+class OptionError(UsageError):
+    """A setting that does not fit (a report's heat map, an export path): ``option`` (its name), the
+    ``value`` given and the problem; the CLI words it as the flag."""
 
     def __init__(self, option: str, value: str, problem: str) -> None:
         self.option, self.value, self.problem = option, value, problem

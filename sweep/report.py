@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from core.train import CURVES
 from sweep import plots
-from sweep.errors import ReportOptionError, UsageError
+from sweep.errors import OptionError, UsageError
 from sweep.schema import RESULT_ATTR, SPEC_ATTR
 from sweep.words import plural, show_number
 
@@ -366,7 +366,7 @@ def _report_plots(study: optuna.Study, trials: pd.DataFrame, epochs: pd.DataFram
     columns = param_columns(study)
     if heatmap_params is not None:
         if len(heatmap_params) != 2 or any(p not in columns for p in heatmap_params):
-            raise ReportOptionError("heatmap", " ".join(heatmap_params), f"needs two parameters of study "
+            raise OptionError("heatmap", " ".join(heatmap_params), f"needs two parameters of study "
                                     f"{study.study_name} (its parameters: {', '.join(columns) or 'none'})")
         x, y = heatmap_params
     else:
