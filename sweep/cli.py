@@ -152,7 +152,7 @@ def run(study_file, n_trials, timeout, storage, tracking_uri, no_tracking, no_pa
                           pack=not no_pack, on_progress=on_progress, data_progress=_download_progress())
     finally:
         bar.close()
-    click.echo(summary(study, stores, None if no_report else REPORT_DIR / spec.name))
+    click.echo(summary(study, spec, stores, None if no_report else REPORT_DIR / spec.name))
     if retried := retried_since(study, start):
         click.echo(f"{plural(len(retried), 'trial')} retried (their worker process died): "
                    f"#{', #'.join(map(str, retried))}")
@@ -177,7 +177,7 @@ def _download_progress():
     return progress
 
 
-def summary(study, stores, report_dir: Path | None = None) -> str:
+def summary(study, spec, stores, report_dir: Path | None = None) -> str:
     """A few lines on how the study stands and where its results are.
 
     Of a multi-objective study's Pareto front it shows the first SHOWN_PARETO trials (best on
@@ -188,6 +188,7 @@ def summary(study, stores, report_dir: Path | None = None) -> str:
     from optuna.trial import TrialState
 
     from sweep.schema import RESULT_ATTR
+    from sweep.study import used
     from sweep.urls import redact
 
     trials = study.get_trials(deepcopy=False)
@@ -207,7 +208,8 @@ def summary(study, stores, report_dir: Path | None = None) -> str:
             metrics = t.user_attrs.get(RESULT_ATTR, {}).get("metrics", {})
             values = ", ".join(f"{v:.4g}" for v in t.values)
             lines.append(f"{'Pareto' if multi else 'Best'} trial #{t.number}: {values}   " +
-                         " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items()))
+                         " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                  for k, v in used(spec, t.params).items()))
             shown = ("test_accuracy", "best_validation_accuracy", "gap", "training_seconds")
             lines.append("  " + "  ".join(f"{k} {metrics[k]:.4g}" for k in shown if k in metrics))
         if len(best) > SHOWN_PARETO:

@@ -105,18 +105,23 @@ def test_refine_searches_the_front_and_enqueues_it(multi, monkeypatch):
     assert len(refined.enqueue) == len(expected) and {frozenset(e.items()) for e in refined.enqueue} == expected
 
 
-def test_stdout_never_cuts_the_front_short_silently():
+@pytest.fixture
+def spec(tmp_path):
+    return load_spec(write_study(tmp_path / "tiny.toml"))  # (summary reads it for hidden2 alone)
+
+
+def test_stdout_never_cuts_the_front_short_silently(spec):
     study = make_study(n_objectives=2)  # all N completed trials are on the front
     assert len(study.best_trials) == N > SHOWN_PARETO
     stores = Stores(StorageSpec("unused.journal"), None)
-    text = summary(study, stores, Path("reports") / "x")
+    text = summary(study, spec, stores, Path("reports") / "x")
     assert f"Pareto front: {N} trials" in text
     assert re.findall(r"^Pareto trial #(\d+):", text, re.MULTILINE) == [str(i) for i in range(19, 14, -1)]
     assert text.splitlines()[-1] == f"... and {N - SHOWN_PARETO} more, see {Path('reports') / 'x' / 'summary.txt'}"
-    assert f"... and {N - SHOWN_PARETO} more, `sweep report" in summary(study, stores)
+    assert f"... and {N - SHOWN_PARETO} more, `sweep report" in summary(study, spec, stores)
 
 
-def test_single_objective_stdout_unchanged():
-    text = summary(make_study(), Stores(StorageSpec("unused.journal"), None))
+def test_single_objective_stdout_unchanged(spec):
+    text = summary(make_study(), spec, Stores(StorageSpec("unused.journal"), None))
     assert "Pareto" not in text and "more" not in text
     assert re.findall(r"^Best trial #(\d+):", text, re.MULTILINE) == ["19"]
