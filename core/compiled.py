@@ -20,7 +20,6 @@ so a process that imported numba before this module keeps numba's own cache loca
 from __future__ import annotations
 
 import os
-import weakref
 
 from core.data import cache_dir
 
@@ -102,24 +101,27 @@ def _fill(X, indptr, indices, codes, table, greys):
     return True
 
 
-_sparse_cache: dict[int, tuple[weakref.ref, SparseRows]] = {}  # id(X) → (X, its rows), while X lives
+SPARSE_SETS = 4  # data sets whose SparseRows are kept: a worker's training, validation and test sets
+_sparse_cache: list = []  # [(X, SparseRows)], newest last: X is held, so its address stays its own
 
 
 def sparse_rows(X: np.ndarray) -> SparseRows:
-    """X's non-zero pixels, computed once per data set: kept for as long as the array X lives
-    (training and validation sets alike, so epochs and their evaluations never rebuild them)."""
+    """X's non-zero pixels, computed once per data set (the last SPARSE_SETS are kept, by the
+    address and shape of their pixels: any view of a set, a memory map's included, finds them),
+    so neither epochs nor the evaluations after them rebuild them."""
     X = np.ascontiguousarray(X, np.float32)
-    held = _sparse_cache.get(id(X))
-    if held is not None and held[0]() is X:
-        return held[1]
+    key = (X.__array_interface__["data"][0], X.shape)
+    for i, (held, rows) in enumerate(_sparse_cache):
+        if (held.__array_interface__["data"][0], held.shape) == key:
+            _sparse_cache.append(_sparse_cache.pop(i))
+            return rows
     indptr = _count(X)
     indices = np.empty(indptr[-1], np.uint16 if X.shape[1] <= 2**16 else np.uint32)
     rows = SparseRows(indptr, indices, np.empty(indptr[-1], np.uint8), GREYS)
     if not _fill(X, indptr, indices, rows.codes, GREYS, True):
         rows = SparseRows(indptr, indices, np.empty(indptr[-1], np.uint32), np.empty(indptr[-1], np.float32))
         _fill(X, indptr, indices, rows.codes, rows.table, False)
-    key = id(X)
-    _sparse_cache[key] = (weakref.ref(X, lambda _: _sparse_cache.pop(key, None)), rows)
+    _sparse_cache[:] = [*_sparse_cache[1 - SPARSE_SETS:], (X, rows)]
     return rows
 
 
@@ -486,11 +488,11 @@ def _kernel_layout(spec: NetworkSpec, trials: Sequence[Params]) -> tuple[np.ndar
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy")
-def _evaluate(indptr, indices, codes, table, labels, sizes, act, cost, W0, b0, W, b, totals, correct):
+def _evaluate(indptr, indices, codes, table, labels, sizes, act, cost, W0, b0, W, b, want_cost, totals, correct):
     """Forward K networks (``_kernel_layout``'s arrays) over every row of a set (its SparseRows
-    and labels (N,)): adds each network's per-example costs to totals (K,) float64, as
-    core.functions computes them (−ln softmax(z)ᵧ from the logits; ½‖a − y‖² in float64), and
-    its right answers (argmax of the output, the first of ties) to correct (K,) int64."""
+    and labels (N,)): adds its right answers (argmax of the output, the first of ties) to
+    correct (K,) int64 and, ``want_cost``, each network's per-example costs to totals (K,)
+    float64, as core.functions computes them (−ln softmax(z)ᵧ from the logits, ½‖a − y‖²)."""
     K, L, N = totals.shape[0], sizes.shape[0] - 1, labels.shape[0]
     H, Hp = K * sizes[1], W0.shape[1]
     widest = Hp
@@ -500,7 +502,7 @@ def _evaluate(indptr, indices, codes, table, labels, sizes, act, cost, W0, b0, W
     flat = W0.reshape(W0.size)
     fan_in, fop = W.shape[2], W.shape[3]
     z = np.zeros((L, widest), np.float32)
-    a = np.zeros((L, widest), np.float32)
+    a = np.zeros((L, widest), np.float32)  # (its last row unused: the output is judged from its logits)
     grad = np.empty(max(widest, fop), np.float32)
     k_out = sizes[L]
     for e in range(N):
@@ -520,36 +522,36 @@ def _evaluate(indptr, indices, codes, table, labels, sizes, act, cost, W0, b0, W
                     z[l, k * fo + j] = grad[j] + b[l - 1, k, j]
             if l < L - 1:
                 _hidden(z[l], a[l], K * fo, act)
-        y = labels[e]
-        out_z, out_a = z[L - 1], a[L - 1]
+        y, out = labels[e], z[L - 1]
         for k in range(K):
             start = k * k_out
-            _output(out_z, out_a, start, k_out, cost)
-            if cost == 0:
-                top = out_z[start]
-                for j in range(start + 1, start + k_out):
-                    top = max(top, out_z[j])
-                total = _ZERO
-                for j in range(start, start + k_out):
-                    total += np.exp(out_z[j] - top)
-                totals[k] -= np.float64((out_z[start + y] - top) - np.log(total))
-            else:
-                squares = 0.0
-                for j in range(start, start + k_out):
-                    diff = np.float64(out_a[j]) - (1.0 if j == start + y else 0.0)
-                    squares += diff * diff
-                totals[k] += 0.5 * squares
-            best = start
+            best = start  # argmax of the logits: the output's too, softmax and sigmoid being monotone
             for j in range(start + 1, start + k_out):
-                if out_a[j] > out_a[best]:
+                if out[j] > out[best]:
                     best = j
             if best - start == y:
                 correct[k] += 1
+            if not want_cost:
+                continue
+            if cost == 0:
+                top = out[best]
+                total = _ZERO
+                for j in range(start, start + k_out):
+                    total += np.exp(out[j] - top)
+                totals[k] -= np.float64((out[start + y] - top) - np.log(total))
+            else:
+                squares = 0.0
+                for j in range(start, start + k_out):
+                    diff = np.float64(_ONE / (_ONE + np.exp(-out[j]))) - (1.0 if j == start + y else 0.0)
+                    squares += diff * diff
+                totals[k] += 0.5 * squares
 
 
 def evaluate_compiled(spec: NetworkSpec, trials: Sequence[Params], X: np.ndarray, y: np.ndarray,
-                      lmbdas: Sequence[float], n_train: int) -> tuple[list[float], list[float]]:
-    """``core.model.evaluate`` of K networks of one spec on (X, y) at once: (costs, accuracies).
+                      lmbdas: Sequence[float], n_train: int, want_cost: bool = True
+                      ) -> tuple[list[float] | None, list[float]]:
+    """``core.model.evaluate`` of K networks of one spec on (X, y) at once: (costs, or None
+    unless ``want_cost``, and accuracies).
 
     One pass over X's non-zero pixels (``sparse_rows``, built once per set) serves every
     network; the cost adds each one's L2 term λ/(2 n_train) Σ‖W‖² (``lmbdas`` (K,)) as
@@ -560,10 +562,10 @@ def evaluate_compiled(spec: NetworkSpec, trials: Sequence[Params], X: np.ndarray
     totals, correct = np.zeros(K), np.zeros(K, np.int64)
     _evaluate(rows.indptr, rows.indices, rows.codes, rows.table, np.ascontiguousarray(y, np.int64),
               np.array(spec.sizes, np.int64), ACTIVATION_CODES[spec.activation], COST_CODES[spec.cost],
-              *_kernel_layout(spec, trials), totals, correct)
+              *_kernel_layout(spec, trials), want_cost, totals, correct)
     n = len(y)
     costs = [total / n + (0.5 * lmbda / n_train * p.l2() if lmbda else 0.0)
-             for total, lmbda, p in zip(totals.tolist(), lmbdas, trials)]
+             for total, lmbda, p in zip(totals.tolist(), lmbdas, trials)] if want_cost else None
     return costs, [int(c) / n for c in correct]
 
 

@@ -132,9 +132,8 @@ def evaluate_stack(spec: NetworkSpec, stack: Stack, X: np.ndarray, y: np.ndarray
     trials, dtype = len(stack.layers[0]), stack.layers[0].dtype
     if engine == "compiled":
         from core.compiled import evaluate_compiled
-        costs, accuracies = evaluate_compiled(spec, [stack.trial(k) for k in range(trials)], X, y,
-                                              lmbda.tolist(), n_train)
-        return (costs if want_cost else None), accuracies
+        return evaluate_compiled(spec, [stack.trial(k) for k in range(trials)], X, y, lmbda.tolist(), n_train,
+                                 want_cost)
     first = stack.layers[0].reshape(-1, spec.sizes[0] + 1)  # (K·fan_out, d + 1)
     rest = Stack(stack.layers[1:])
     rest_spec = NetworkSpec(spec.sizes[1:], spec.activation, spec.cost) if rest.layers else None

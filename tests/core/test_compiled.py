@@ -122,6 +122,7 @@ def test_compiled_evaluation_matches_evaluate(spec, pixels):
         np.testing.assert_allclose(costs[k], cost, rtol=1e-5)
         assert abs(accuracies[k] - accuracy) * len(data.y) <= 1  # a tie between two outputs may round apart
         assert evaluate_compiled(spec, [p], data.X, data.y, [lmbda], 500) == ([costs[k]], [accuracies[k]])
+    assert evaluate_compiled(spec, params, data.X, data.y, lmbdas, 500, want_cost=False) == (None, accuracies)
 
 
 def test_compiled_evaluation_of_a_diverged_network_is_not_finite():
