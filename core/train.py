@@ -304,7 +304,7 @@ def _monitor(spec: NetworkSpec, config: TrainConfig, params: Params, training: L
     values: dict[str, float | None] = dict.fromkeys(CURVES)
     for part, data, want_cost, want_acc in monitored(config, training, validation):
         with np.errstate(all="ignore"):
-            cost, accuracy = _evaluate_on(engine, spec, params, data, config.lmbda, n, want_cost)
+            cost, accuracy = evaluate_on(engine, spec, params, data, config.lmbda, n, want_cost)
         if want_cost:
             values[f"{part}_cost"] = cost
         if want_acc:
@@ -312,12 +312,13 @@ def _monitor(spec: NetworkSpec, config: TrainConfig, params: Params, training: L
     return EpochRecord(epoch=epoch, seconds=seconds, eval_seconds=time.perf_counter() - start, **values)
 
 
-def _evaluate_on(engine: str, spec: NetworkSpec, params: Params, data: LabelledSet, lmbda: float,
-                 n_train: int, want_cost: bool) -> tuple[float | None, float]:
+def evaluate_on(engine: str, spec: NetworkSpec, params: Params, data: LabelledSet, lmbda: float = 0.0,
+                n_train: int | None = None, want_cost: bool = True) -> tuple[float | None, float]:
     """``evaluate`` of one network on ``data``, by the NumPy reference or the compiled engine
-    (which skips the cost unless ``want_cost``)."""
+    (which skips the cost unless ``want_cost``): (cost or None, accuracy)."""
     if engine == "compiled":
         from core.compiled import evaluate_compiled
-        costs, accuracies = evaluate_compiled(spec, [params], data.X, data.y, [lmbda], n_train, want_cost)
+        costs, accuracies = evaluate_compiled(spec, [params], data.X, data.y, [lmbda], n_train or len(data.y),
+                                              want_cost)
         return None if costs is None else costs[0], accuracies[0]
     return evaluate(spec, params, data.X, data.y, lmbda, n_train)
