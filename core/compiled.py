@@ -105,15 +105,19 @@ def _fill(X, indptr, indices, codes, table, greys):
     return True
 
 
-_sparse_cache: list = []  # [(X, SparseRows)] for the last data set: X is held, so its address stays its own
+SPARSE_SETS = 4  # data sets whose SparseRows are kept: a worker's training, validation and test sets
+_sparse_cache: list = []  # [(X, SparseRows)], newest last: X is held, so its address stays its own
 
 
 def sparse_rows(X: np.ndarray) -> SparseRows:
-    """X's non-zero pixels, computed once per data set (the last one is kept, by address)."""
+    """X's non-zero pixels, computed once per data set (the last SPARSE_SETS are kept, by the
+    address and shape of their pixels: any view of a set, a memory map's included, finds them),
+    so neither epochs nor the evaluations after them rebuild them."""
     X = np.ascontiguousarray(X, np.float32)
     key = (X.__array_interface__["data"][0], X.shape)
-    for held, rows in _sparse_cache:
+    for i, (held, rows) in enumerate(_sparse_cache):
         if (held.__array_interface__["data"][0], held.shape) == key:
+            _sparse_cache.append(_sparse_cache.pop(i))
             return rows
     indptr = _count(X)
     indices = np.empty(indptr[-1], np.uint16 if X.shape[1] <= 2**16 else np.uint32)
@@ -121,7 +125,7 @@ def sparse_rows(X: np.ndarray) -> SparseRows:
     if not _fill(X, indptr, indices, rows.codes, GREYS, True):
         rows = SparseRows(indptr, indices, np.empty(indptr[-1], np.uint32), np.empty(indptr[-1], np.float32))
         _fill(X, indptr, indices, rows.codes, rows.table, False)
-    _sparse_cache[:] = [(X, rows)]
+    _sparse_cache[:] = [*_sparse_cache[1 - SPARSE_SETS:], (X, rows)]
     return rows
 
 
@@ -523,6 +527,111 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
                 W0[i, j] *= col_s[j]
 
 
+def _kernel_layout(spec: NetworkSpec, trials: Sequence[Params]) -> tuple[np.ndarray, ...]:
+    """K networks' weights as the kernels read them (copies): W0 (d, K·h + padding) and b0, the
+    first layers side by side; W (L-1, K, fan_in, fan_out padded to whole vectors) and b, the others."""
+    K, L = len(trials), spec.n_layers
+    width = -(-K * spec.sizes[1] // LANES) * LANES
+    W0 = np.zeros((spec.sizes[0], width), np.float32)
+    W0[:, :K * spec.sizes[1]] = np.concatenate([p.layers[0][:, :-1].T for p in trials], axis=1)
+    b0 = np.zeros(width, np.float32)
+    b0[:K * spec.sizes[1]] = np.concatenate([p.layers[0][:, -1] for p in trials])
+    fan_in, fan_out = max(spec.sizes[1:-1], default=1), max(spec.sizes[2:], default=1)
+    W = np.zeros((L - 1, K, fan_in, -(-fan_out // LANES) * LANES), np.float32)
+    b = np.zeros((L - 1, K, fan_out), np.float32)
+    for k, p in enumerate(trials):
+        for l in range(1, L):
+            block = p.layers[l]  # (fan_out, fan_in + 1)
+            W[l - 1, k, :block.shape[1] - 1, :block.shape[0]] = block[:, :-1].T
+            b[l - 1, k, :block.shape[0]] = block[:, -1]
+    return W0, b0, W, b
+
+
+# --- evaluation: the forward pass of K networks over a whole set, costs and accuracies ----
+
+
+@njit(cache=True, fastmath=FAST, error_model="numpy")
+def _evaluate(indptr, indices, codes, table, labels, sizes, act, cost, W0, b0, W, b, want_cost, totals, correct):
+    """Forward K networks (``_kernel_layout``'s arrays) over every row of a set (its SparseRows
+    and labels (N,)): adds its right answers (argmax of the output, the first of ties) to
+    correct (K,) int64 and, ``want_cost``, each network's per-example costs to totals (K,)
+    float64, as core.functions computes them (−ln softmax(z)ᵧ from the logits, ½‖a − y‖²)."""
+    K, L, N = totals.shape[0], sizes.shape[0] - 1, labels.shape[0]
+    H, Hp = K * sizes[1], W0.shape[1]
+    widest = Hp
+    for l in range(1, L + 1):
+        widest = max(widest, K * sizes[l])
+    widest += LANES  # room for a vector read past the last trial's units
+    flat = W0.reshape(W0.size)
+    fan_in, fop = W.shape[2], W.shape[3]
+    z = np.zeros((L, widest), np.float32)
+    a = np.zeros((L, widest), np.float32)  # (its last row unused: the output is judged from its logits)
+    grad = np.empty(max(widest, fop), np.float32)
+    k_out = sizes[L]
+    for e in range(N):
+        zr = z[0]
+        _first_layer(zr, flat, Hp, indices, codes, table, indptr[e], indptr[e + 1], False)
+        for j in range(H):
+            zr[j] += b0[j]
+        if L > 1:
+            _hidden(zr, a[0], H, act)
+        for l in range(1, L):
+            fi, fo = sizes[l], sizes[l + 1]
+            for k in range(K):
+                for c in range(0, fo, LANES):
+                    _dense(grad, c, W, ((l - 1) * K + k) * fan_in * fop + c, fop,
+                           a, (l - 1) * widest + k * fi, 1, fi)
+                for j in range(fo):
+                    z[l, k * fo + j] = grad[j] + b[l - 1, k, j]
+            if l < L - 1:
+                _hidden(z[l], a[l], K * fo, act)
+        y, out = labels[e], z[L - 1]
+        for k in range(K):
+            start = k * k_out
+            best = start  # argmax of the logits: the output's too, softmax and sigmoid being monotone
+            for j in range(start + 1, start + k_out):
+                if out[j] > out[best]:
+                    best = j
+            if best - start == y:
+                correct[k] += 1
+            if not want_cost:
+                continue
+            if cost == 0:
+                top = out[best]
+                total = _ZERO
+                for j in range(start, start + k_out):
+                    total += np.exp(out[j] - top)
+                totals[k] -= np.float64((out[start + y] - top) - np.log(total))
+            else:
+                squares = 0.0
+                for j in range(start, start + k_out):
+                    diff = np.float64(_ONE / (_ONE + np.exp(-out[j]))) - (1.0 if j == start + y else 0.0)
+                    squares += diff * diff
+                totals[k] += 0.5 * squares
+
+
+def evaluate_compiled(spec: NetworkSpec, trials: Sequence[Params], X: np.ndarray, y: np.ndarray,
+                      lmbdas: Sequence[float], n_train: int, want_cost: bool = True
+                      ) -> tuple[list[float] | None, list[float]]:
+    """``core.model.evaluate`` of K networks of one spec on (X, y) at once: (costs, or None
+    unless ``want_cost``, and accuracies).
+
+    One pass over X's non-zero pixels (``sparse_rows``, built once per set) serves every
+    network; the cost adds each one's L2 term λ/(2 n_train) Σ‖W‖² (``lmbdas`` (K,)) as
+    evaluate does. Agrees with it to float32 rounding (an accuracy may differ by a tie).
+    """
+    rows = sparse_rows(X)
+    K = len(trials)
+    totals, correct = np.zeros(K), np.zeros(K, np.int64)
+    _evaluate(rows.indptr, rows.indices, rows.codes, rows.table, np.ascontiguousarray(y, np.int64),
+              np.array(spec.sizes, np.int64), ACTIVATION_CODES[spec.activation], COST_CODES[spec.cost],
+              *_kernel_layout(spec, trials), want_cost, totals, correct)
+    n = len(y)
+    costs = [total / n + (0.5 * lmbda / n_train * p.l2() if lmbda else 0.0)
+             for total, lmbda, p in zip(totals.tolist(), lmbdas, trials)] if want_cost else None
+    return costs, [int(c) / n for c in correct]
+
+
 class CompiledSGD:
     """Epochs of mini-batch SGD for K trials on the same permutations, by the compiled kernel.
 
@@ -547,20 +656,7 @@ class CompiledSGD:
         self.keep_scale = 1.0 / (1.0 - configs[0].dropout)
         self.sizes = np.array(spec.sizes, np.int64)
         self.codes = ACTIVATION_CODES[spec.activation], COST_CODES[spec.cost]
-        K, L = len(self.trials), spec.n_layers
-        width = -(-K * spec.sizes[1] // LANES) * LANES
-        self.W0 = np.zeros((spec.sizes[0], width), np.float32)  # (d, K·h + padding)
-        self.W0[:, :K * spec.sizes[1]] = np.concatenate([p.layers[0][:, :-1].T for p in self.trials], axis=1)
-        self.b0 = np.zeros(width, np.float32)
-        self.b0[:K * spec.sizes[1]] = np.concatenate([p.layers[0][:, -1] for p in self.trials])
-        fan_in, fan_out = max(spec.sizes[1:-1], default=1), max(spec.sizes[2:], default=1)
-        self.W = np.zeros((L - 1, K, fan_in, -(-fan_out // LANES) * LANES), np.float32)  # rows of whole vectors
-        self.b = np.zeros((L - 1, K, fan_out), np.float32)
-        for k, p in enumerate(self.trials):
-            for l in range(1, L):
-                block = p.layers[l]  # (fan_out, fan_in + 1)
-                self.W[l - 1, k, :block.shape[1] - 1, :block.shape[0]] = block[:, :-1].T
-                self.b[l - 1, k, :block.shape[0]] = block[:, -1]
+        self.W0, self.b0, self.W, self.b = _kernel_layout(spec, self.trials)
         arrays = self.W0, self.b0, self.W, self.b  # their velocities, or empty ones without momentum
         self.velocity = [np.zeros(a.shape if self.momentum else (0,) * a.ndim, np.float32) for a in arrays]
         self.no_keep = np.zeros((0, 0), bool)
@@ -613,3 +709,4 @@ def warm_up() -> None:
     spec = NetworkSpec((784, 2, 3))
     params = Params.from_arrays([np.zeros((784, 2)), np.zeros((2, 3))], [np.zeros(2), np.zeros(3)], np.float32)
     CompiledSGD(spec, [params], X, np.arange(3), [TrainConfig(epochs=1, batch_size=2, eta=0.1)]).epoch(np.arange(3))
+    evaluate_compiled(spec, [params], X, np.arange(3), [0.0], 3)

@@ -130,8 +130,12 @@ class PackedSGD:
 
 
 def evaluate_stack(spec: NetworkSpec, stack: Stack, X: np.ndarray, y: np.ndarray, lmbda: np.ndarray,
-                   n_train: int, want_cost: bool = True) -> tuple[list[float] | None, list[float]]:
+                   n_train: int, want_cost: bool = True, engine: str = "numpy"
+                   ) -> tuple[list[float] | None, list[float]]:
     """``core.model.evaluate`` for every network of the stack: (costs or None, accuracies).
+
+    On the compiled engine, ``core.compiled.evaluate_compiled`` runs every network in one
+    pass over X's non-zero pixels; the NumPy way below is the reference it is tested against.
 
     All first layers act as one block (K·fan_out, d + 1), so the one large product of
     evaluation is a single wide matmul instead of K narrow ones (about 3× the
@@ -139,6 +143,10 @@ def evaluate_stack(spec: NetworkSpec, stack: Stack, X: np.ndarray, y: np.ndarray
     memory stays that of one ``evaluate``. ``lmbda`` (K,) and n_train give the L2 term.
     """
     trials, dtype = len(stack.layers[0]), stack.layers[0].dtype
+    if engine == "compiled":
+        from core.compiled import evaluate_compiled
+        return evaluate_compiled(spec, [stack.trial(k) for k in range(trials)], X, y, lmbda.tolist(), n_train,
+                                 want_cost)
     first = stack.layers[0].reshape(-1, spec.sizes[0] + 1)  # (K·fan_out, d + 1)
     rest = Stack(stack.layers[1:])
     rest_spec = NetworkSpec(spec.sizes[1:], spec.activation, spec.cost) if rest.layers else None
@@ -198,7 +206,8 @@ def train_packed(spec: NetworkSpec, configs: Sequence[TrainConfig], training: La
     lmbda = np.array([c.lmbda for c in configs])
     classes = spec.sizes[-1]
     etas = [c.eta for c in configs]
-    untrained = (_records(_monitor(spec, configs[0], stack, training, validation, n, lmbda), etas, 0, 0.0, 0.0)
+    untrained = (_records(_monitor(spec, configs[0], stack, training, validation, n, lmbda, engine), etas,
+                          0, 0.0, 0.0)
                  if check.cost_growth is not None else [None] * len(configs))
     histories: list[list[EpochRecord]] = [[] for _ in configs]
     results: list[TrainResult | NotLearningError | None] = [None] * len(configs)
@@ -213,7 +222,7 @@ def train_packed(spec: NetworkSpec, configs: Sequence[TrainConfig], training: La
         start = time.perf_counter()
         finite = sgd.stack.finite()
         with np.errstate(all="ignore"):
-            values = _monitor(spec, configs[0], sgd.stack, training, validation, n, lmbda[active])
+            values = _monitor(spec, configs[0], sgd.stack, training, validation, n, lmbda[active], engine)
         eval_seconds = (time.perf_counter() - start) / len(active)
         records = _records(values, [etas[i] for i in active], epoch, seconds, eval_seconds)
         for k, (i, record) in enumerate(zip(active, records)):
@@ -245,11 +254,11 @@ def _sgd(engine: str, spec: NetworkSpec, stack: Stack, X: np.ndarray, y: np.ndar
 
 
 def _monitor(spec: NetworkSpec, config: TrainConfig, stack: Stack, training: LabelledSet,
-             validation: LabelledSet | None, n: int, lmbda: np.ndarray) -> dict[str, list | None]:
-    """What the (shared) config monitors after an epoch, for every network: curve → K values."""
+             validation: LabelledSet | None, n: int, lmbda: np.ndarray, engine: str) -> dict[str, list | None]:
+    """What the (shared) config monitors after an epoch, for every network (on ``engine``): curve → K values."""
     values: dict[str, list | None] = dict.fromkeys(CURVES)
     for part, data, want_cost, want_acc in monitored(config, training, validation):
-        costs, accuracies = evaluate_stack(spec, stack, data.X, data.y, lmbda, n, want_cost)
+        costs, accuracies = evaluate_stack(spec, stack, data.X, data.y, lmbda, n, want_cost, engine)
         values[f"{part}_cost"] = costs
         if want_acc:
             values[f"{part}_accuracy"] = accuracies

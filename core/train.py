@@ -352,7 +352,7 @@ def train(spec: NetworkSpec, config: TrainConfig, training: LabelledSet,
         sgd = CompiledSGD(spec, [params], X, training.y, [config])
     else:
         sgd = SGD(spec, params, X, one_hot(training.y, spec.sizes[-1], params.dtype), config)
-    untrained = (_monitor(spec, config, params, training, validation, n, 0, 0.0, config.eta)
+    untrained = (_monitor(spec, config, params, training, validation, n, 0, 0.0, config.eta, engine)
                  if check.cost_growth is not None else None)
     history: list[EpochRecord] = []
     schedule = Schedule(config)
@@ -367,7 +367,7 @@ def train(spec: NetworkSpec, config: TrainConfig, training: LabelledSet,
         seconds = time.perf_counter() - start
         if not params.is_finite():
             raise NonFiniteError(epoch, "weights")
-        record = _monitor(spec, config, params, training, validation, n, epoch, seconds, eta)
+        record = _monitor(spec, config, params, training, validation, n, epoch, seconds, eta, engine)
         stop = check.judge([*history, record], untrained, spec.sizes[-1])
         if stop is not None:
             raise stop
@@ -431,16 +431,29 @@ def monitored(config: TrainConfig, training: LabelledSet, validation: LabelledSe
 
 
 def _monitor(spec: NetworkSpec, config: TrainConfig, params: Params, training: LabelledSet,
-             validation: LabelledSet | None, n: int, epoch: int, seconds: float, eta: float) -> EpochRecord:
-    """Evaluate what the config monitors after an epoch."""
+             validation: LabelledSet | None, n: int, epoch: int, seconds: float, eta: float,
+             engine: str = "numpy") -> EpochRecord:
+    """Evaluate what the config monitors after an epoch, on ``engine`` (``evaluate`` or its
+    compiled twin, ``core.compiled.evaluate_compiled``)."""
     start = time.perf_counter()
     values: dict[str, float | None] = dict.fromkeys(CURVES)
     for part, data, want_cost, want_acc in monitored(config, training, validation):
         with np.errstate(all="ignore"):
-            cost, accuracy = evaluate(spec, params, data.X, data.y, config.lmbda, n)
+            cost, accuracy = evaluate_on(engine, spec, params, data, config.lmbda, n, want_cost)
         if want_cost:
             values[f"{part}_cost"] = cost
         if want_acc:
             values[f"{part}_accuracy"] = accuracy
     return EpochRecord(epoch=epoch, seconds=seconds, eval_seconds=time.perf_counter() - start, eta=eta, **values)
 
+
+def evaluate_on(engine: str, spec: NetworkSpec, params: Params, data: LabelledSet, lmbda: float = 0.0,
+                n_train: int | None = None, want_cost: bool = True) -> tuple[float | None, float]:
+    """``evaluate`` of one network on ``data``, by the NumPy reference or the compiled engine
+    (which skips the cost unless ``want_cost``): (cost or None, accuracy)."""
+    if engine == "compiled":
+        from core.compiled import evaluate_compiled
+        costs, accuracies = evaluate_compiled(spec, [params], data.X, data.y, [lmbda], n_train or len(data.y),
+                                              want_cost)
+        return None if costs is None else costs[0], accuracies[0]
+    return evaluate(spec, params, data.X, data.y, lmbda, n_train)

@@ -23,9 +23,9 @@ import optuna
 from optuna.trial import TrialState
 
 from core.data import Dataset
-from core.model import NetworkSpec, Params, evaluate, save_params
+from core.model import NetworkSpec, Params, save_params
 from core.packed import PACKED_FIELDS, packs, train_packed
-from core.train import EpochRecord, NotLearningError, TrainConfig, TrainResult, train
+from core.train import EpochRecord, NotLearningError, TrainConfig, TrainResult, evaluate_on, train
 from sweep.relay import RelayedRun, RelayedTracker, finish_run
 from sweep.schema import EPOCHS_RUN, HISTORY_KEYS, PER_EPOCH_METRICS, RESULT_ATTR, RUN_ATTR, TrialRecord
 from sweep.study import StudySpec, all_params, suggest, trial_config, used
@@ -213,7 +213,7 @@ class TrialRunner:
             state = TrialState.COMPLETE
         if isinstance(outcome, TrainResult):
             test = self.data.test
-            test_accuracy = (evaluate(t.network, outcome.params, test.X, test.y)[1]
+            test_accuracy = (evaluate_on(outcome.engine, t.network, outcome.params, test, want_cost=False)[1]
                              if state == TrialState.COMPLETE else None)
             seconds = sum(r.seconds + r.eval_seconds for r in outcome.history)
             metrics = final_metrics(outcome, test_accuracy, seconds)

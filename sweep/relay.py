@@ -103,12 +103,14 @@ class RelayedTracker:
 
 class Relay(threading.Thread):
     """Logs what local workers send over ``conns`` through ``tracker``, until every worker has
-    closed its end (exited or died); ``data`` is the dataset input of their runs; ``error`` is
-    the first logging error, if any."""
+    closed its end (exited or died); ``data`` is the dataset input of their runs, ``parent`` the
+    run their runs go under when they name none (workers started before it was made); ``error``
+    is the first logging error, if any."""
 
-    def __init__(self, tracker: Tracker, conns: list[Connection], data: Dataset | None = None) -> None:
+    def __init__(self, tracker: Tracker, conns: list[Connection], data: Dataset | None = None,
+                 parent: str | None = None) -> None:
         super().__init__(daemon=True, name="sweep-relay")
-        self.tracker, self.conns, self.data = tracker, list(conns), data
+        self.tracker, self.conns, self.data, self.parent = tracker, list(conns), data, parent
         self.runs: dict[tuple[Connection, int], TrialRun] = {}  # open runs by worker and trial number
         self.error: Exception | None = None
 
@@ -152,9 +154,9 @@ class Relay(threading.Thread):
                 with contextlib.suppress(OSError):  # (a worker that is gone)
                     conn.send(RuntimeError(f"tracking failed: {exc}"))
 
-    def _start(self, conn: Connection, parent_run_id: str, number: int, params: dict, tags: dict | None,
+    def _start(self, conn: Connection, parent_run_id: str | None, number: int, params: dict, tags: dict | None,
                searched: dict | None) -> None:
-        self.runs[conn, number] = run = self.tracker.start_trial(parent_run_id, number, params, tags,
+        self.runs[conn, number] = run = self.tracker.start_trial(parent_run_id or self.parent, number, params, tags,
                                                                  searched=searched, data=self.data)
         try:
             conn.send(run.run_id)

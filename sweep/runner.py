@@ -143,6 +143,7 @@ class OpenStudy:
     study: optuna.Study
     tracker: Tracker | RelayedTracker | None
     parent: str | None
+    created: bool = False  # whether this process stored the study (create_or_resume)
 
     def requeue(self, trial: FrozenTrial, reason: str) -> None:
         """A trial that did not end by itself: its run is KILLED and it is queued again.
@@ -173,11 +174,19 @@ class _OnStale:
             self.opened.requeue(trial, STALE_REASON)
 
 
-def create_or_resume(spec: StudySpec, stores: Stores, data: Dataset | None = None) -> OpenStudy:
+def create_or_resume(spec: StudySpec, stores: Stores, data: Dataset | None = None, *,
+                     track_later: bool = False) -> OpenStudy:
     """Create the study (or find it again) and its MLflow parent run (``data``: its dataset
-    input): what ``sweep run`` opens once."""
+    input): what ``sweep run`` opens once.
+
+    ``track_later``: open the Optuna side alone (only the tracking store's reachability is
+    checked first), so that local workers can start training while ``open_tracking`` imports
+    MLflow and sets the parent run up (seconds: a new tracking database is migrated first).
+    """
     if stores.tracking_uri is not None:
         check_reachable(stores.tracking_uri)  # before the study is stored
+    if track_later:
+        stores = Stores(stores.storage, None)
     if stores.storage.is_rdb:
         heartbeat_settings()  # bad settings are refused first, also when the storage is not yet made
 
@@ -204,17 +213,32 @@ def create_or_resume(spec: StudySpec, stores: Stores, data: Dataset | None = Non
         study.set_user_attr(SPEC_ATTR, given)
         for params in _starting_points(spec):  # known configurations first
             study.enqueue_trial(params, skip_if_exists=True)
-    parent = None
+    on_stale.opened = OpenStudy(spec, stores, storage, study, None, None, created=stored is None)
     if tracker is not None:
-        parent = tracker.parent_run(study.user_attrs.get(PARENT_ATTR), study_id, description=spec.description,
-                                    config=dumps(spec), storage=stores.storage.url, data=data,
-                                    view=runs_view(spec.space, [o.metric for o in spec.objectives]))
-        if study.user_attrs.get(PARENT_ATTR) != parent:
-            study.set_user_attr(PARENT_ATTR, parent)
-        if stored is not None:  # runs a launcher that died left open (see sweep.relay)
-            reconcile(study, spec, tracker, parent)
-    on_stale.opened = OpenStudy(spec, stores, storage, study, tracker, parent)
+        _track(on_stale.opened, tracker, data)
     return on_stale.opened
+
+
+def _track(opened: OpenStudy, tracker: Tracker, data: Dataset | None) -> None:
+    """Log the opened study through ``tracker``: its parent run (found again, or made with
+    ``data`` as its dataset input), named in the study; runs a dead launcher left open, ended."""
+    spec, study = opened.spec, opened.study
+    parent = tracker.parent_run(study.user_attrs.get(PARENT_ATTR), study.user_attrs.get(STUDY_ID_ATTR),
+                                description=spec.description, config=dumps(spec), storage=opened.stores.storage.url,
+                                data=data, view=runs_view(spec.space, [o.metric for o in spec.objectives]))
+    if study.user_attrs.get(PARENT_ATTR) != parent:
+        study.set_user_attr(PARENT_ATTR, parent)
+    if not opened.created:  # runs a launcher that died left open (see sweep.relay)
+        reconcile(study, spec, tracker, parent)
+    opened.tracker, opened.parent = tracker, parent
+
+
+def open_tracking(opened: OpenStudy, tracking_uri: str, data: Dataset | None = None) -> None:
+    """The MLflow half of ``create_or_resume(..., track_later=True)``: the tracker and parent run of
+    the opened study (a StoreError if its MLflow name belongs to another study: Tracker.check_parent)."""
+    tracker = Tracker(tracking_uri, opened.spec.name)
+    opened.stores = Stores(opened.stores.storage, tracking_uri)
+    _track(opened, tracker, data)  # (parent_run checks the parent first: Tracker.check_parent)
 
 
 def join_study(spec: StudySpec, stores: Stores, parent: str | None, seed_offset: int = 0,
@@ -593,13 +617,16 @@ def run_study(spec: StudySpec, stores: Stores, *, n_trials: int | None = None, t
     stops the run before any worker starts. Ctrl-C propagates after the workers stopped:
     finished trials stay, running ones are failed and queued again for the next run. So are
     the trials of a worker that was killed; the others run them (see ``_supervise``). The
-    local workers' MLflow runs are logged here, by a Relay thread (sweep.relay).
+    local workers' MLflow runs are logged here, by a Relay thread (sweep.relay); the workers
+    start before MLflow is imported and its parent run made (``_track_beside``), and train
+    their first epoch meanwhile (their runs' ids come from the relay once it runs).
     """
     spec.check_memory(pack_size(spec) if pack else 1, workers)  # before anything is loaded or stored
     if workers > 1:
         prepare_workers()  # imports in the background while we load data and open the stores
     data = load_data(spec, data_dir, data_progress)  # bad data stops us before anything is stored
-    opened = create_or_resume(spec, stores, data)
+    later = workers > 1 and stores.tracking_uri is not None  # MLflow set up while the workers start
+    opened = create_or_resume(spec, stores, data, track_later=later)
     study = opened.study
     budget = Budget.start(spec, n_trials, timeout if timeout is not None else spec.timeout)
     report = (lambda: on_progress(progress_of(study, budget.n_trials))) if on_progress else None
@@ -614,8 +641,10 @@ def run_study(spec: StudySpec, stores: Stores, *, n_trials: int | None = None, t
                 plan = WorkerPlan(spec_to_dict(spec), spec.source, stores, opened.parent, budget, data_dir, workers,
                                   pack)
                 procs, relays = start_workers(plan)
-                if opened.tracker is not None:
-                    relay = Relay(opened.tracker, relays, data)  # (the runs' dataset input: memory-mapped pixels, shared)
+                if later:
+                    _track_beside(opened, stores.tracking_uri, data, procs, relays)
+                if opened.tracker is not None:  # (the runs' dataset input: memory-mapped pixels, shared)
+                    relay = Relay(opened.tracker, relays, data, opened.parent)
                     relay.start()
                 _supervise(procs, report, study, budget, target)
             if STOP.is_set():
@@ -634,6 +663,25 @@ def run_study(spec: StudySpec, stores: Stores, *, n_trials: int | None = None, t
     if opened.tracker is not None:
         register(study, spec, opened.tracker)  # the best network, as a model (sweep.best)
     return study
+
+
+def _track_beside(opened: OpenStudy, tracking_uri: str, data: Dataset, procs: list[multiprocessing.Process],
+                  relays: list[Connection]) -> None:
+    """``open_tracking`` while the local workers train (their relays wait, unread, meanwhile). If it
+    fails, the workers are stopped and a study this run stored is deleted again, as when the
+    tracking store refuses it before it is stored (``create_or_resume``)."""
+    try:
+        open_tracking(opened, tracking_uri, data)
+    except BaseException:
+        for conn in relays:  # a worker blocked on a full relay fails at once
+            conn.close()
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.join()
+        if opened.created:
+            optuna.delete_study(study_name=opened.spec.name, storage=opened.storage)
+        raise
 
 
 @contextlib.contextmanager

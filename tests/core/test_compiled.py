@@ -10,7 +10,7 @@ import pytest
 
 import core.engine
 from core.engine import ENV_VAR, EngineUnavailable, resolve
-from core.model import NetworkSpec, init_params
+from core.model import NetworkSpec, evaluate, init_params
 from core.packed import train_packed
 from core.train import NO_CHECK, NotLearningError, TrainConfig, train
 from tests.core.test_packed import _assert_same
@@ -97,6 +97,43 @@ def test_a_wide_pack_matches_each_trial_alone():
         _assert_same(packed, train(spec, config, data, check=NO_CHECK), 1e-6, len(data.y))
 
 
+def _trained(spec, seeds, data):
+    """Networks of ``spec`` after an epoch of SGD (weights that no longer look like their start)."""
+    return [train(spec, _config("numpy", epochs=1, seed=s), data, check=NO_CHECK).params for s in seeds]
+
+
+@pytest.mark.parametrize("pixels", [_greys, lambda data: data], ids=["k/255", "any"])
+@pytest.mark.parametrize("spec", SPECS + [NetworkSpec((20, 4)), NetworkSpec((20, 70, 18, 4), "sigmoid")],
+                         ids=lambda s: f"{'-'.join(map(str, s.sizes))}-{s.activation}-{s.cost}")
+def test_compiled_evaluation_matches_evaluate(spec, pixels):
+    """Costs (with the L2 term) and accuracies of one network and of a pack of five, packed
+    first layers 5·h wide (padded), against core.model.evaluate and core.packed's NumPy way."""
+    from core.compiled import evaluate_compiled
+    from core.packed import Stack, evaluate_stack
+
+    data = pixels(_data())
+    params = _trained(spec, range(5), data)
+    lmbdas = [0.0, 1.5, 4.0, 0.0, 0.3]
+    costs, accuracies = evaluate_compiled(spec, params, data.X, data.y, lmbdas, 500)
+    stacked = evaluate_stack(spec, Stack.of(params), data.X, data.y, np.array(lmbdas), 500, engine="compiled")
+    assert stacked == (costs, accuracies)
+    for k, (p, lmbda) in enumerate(zip(params, lmbdas)):
+        cost, accuracy = evaluate(spec, p, data.X, data.y, lmbda, 500)
+        np.testing.assert_allclose(costs[k], cost, rtol=1e-5)
+        assert abs(accuracies[k] - accuracy) * len(data.y) <= 1  # a tie between two outputs may round apart
+        assert evaluate_compiled(spec, [p], data.X, data.y, [lmbda], 500) == ([costs[k]], [accuracies[k]])
+    assert evaluate_compiled(spec, params, data.X, data.y, lmbdas, 500, want_cost=False) == (None, accuracies)
+
+
+def test_compiled_evaluation_of_a_diverged_network_is_not_finite():
+    from core.compiled import evaluate_compiled
+
+    spec, data = SPECS[0], _data()
+    params = init_params(spec, np.random.default_rng(0))
+    params.layers[1][0, 0] = np.nan
+    assert np.isnan(evaluate_compiled(spec, [params], data.X, data.y, [0.0], 203)[0][0])
+
+
 @pytest.mark.parametrize("greys", [True, False], ids=["k/255 pixels", "any values"])
 def test_sparse_rows_hold_exactly_the_non_zero_entries(greys):
     from core.compiled import sparse_rows
@@ -114,6 +151,8 @@ def test_sparse_rows_hold_exactly_the_non_zero_entries(greys):
         dense[r, rows.indices[span]] = rows.table[rows.codes[span]]
     np.testing.assert_array_equal(dense, X)
     assert rows.indptr[-1] == np.count_nonzero(X) and sparse_rows(X) is rows  # once per data set
+    other = _data(n=8, seed=1).X
+    assert sparse_rows(other) is not rows and sparse_rows(X) is rows  # every live set keeps its rows
 
 
 def test_both_engines_stop_a_run_that_does_not_learn_alike():

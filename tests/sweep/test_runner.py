@@ -328,3 +328,19 @@ def test_runs_a_dead_launcher_left_open_are_ended_from_the_stored_records(workdi
     study = create_or_resume(spec, tracked_stores(workdir)).study  # the next start
     statuses = check_agreement(study, child_runs(workdir, "tiny"), 3, tracking_client(workdir))
     assert statuses == {"FINISHED": 6}
+
+
+def test_workers_started_before_mlflow_stop_and_leave_no_study_when_its_name_is_taken(workdir, capsys):
+    """With local workers the launcher sets MLflow up while they train; "tiny" in another storage,
+    tracked in the same mlflow.db, is refused then: its workers stop, its new study is deleted."""
+    import optuna
+
+    study_file = write_study(workdir / "tiny.toml", epochs=1)
+    assert run_cli("run", study_file) == 0
+    elsewhere = workdir / "elsewhere.journal"
+    capsys.readouterr()
+    assert run_cli("run", study_file, "--workers", 2, "--storage", elsewhere) == 2
+    assert "belongs to another Optuna study" in capsys.readouterr().err
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(elsewhere)))
+    assert optuna.get_all_study_names(storage) == []
+    assert len(child_runs(workdir, "tiny")) == 6  # the first study's runs alone
