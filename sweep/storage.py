@@ -3,7 +3,9 @@
 Default: a journal file (safe for several local processes; SQLite is not), its writes
 serialised by an flock that dies with its holder. A
 ``sqlite:///`` or ``postgresql://`` URL selects Optuna's RDB storage, with heartbeats so
-that a trial whose worker died on another machine is failed and retried.
+that a trial whose worker died on another machine is failed and retried. ``grpc://HOST:PORT``
+is a ``sweep proxy`` (Optuna's gRPC storage proxy over such a database, see sweep.proxy):
+many workers share its cache and its few database connections.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ GRACE_PERIOD = 20  # a trial silent this long is taken for dead
 CONNECT_TIMEOUT = 10  # seconds to reach a database server
 HEARTBEAT_ENV, GRACE_ENV = "MLP_SWEEP_HEARTBEAT", "MLP_SWEEP_GRACE"  # override both, in whole seconds
 RDB_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "mysql", "mysql+pymysql")
+PROXY_SCHEME = "grpc"
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,18 @@ class StorageSpec:
 
     @property
     def is_rdb(self) -> bool:
+        """A database (or a proxy of one): heartbeats find dead workers on other machines."""
         return self.scheme != "journal"
+
+    @property
+    def is_proxy(self) -> bool:
+        return self.scheme == PROXY_SCHEME
+
+    @property
+    def proxy_address(self) -> tuple[str, int]:
+        """The host and port of a ``grpc://HOST:PORT`` URL."""
+        host, _, port = self.url.split("://", 1)[1].rstrip("/").rpartition(":")
+        return host.strip("[]"), int(port)
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -62,9 +76,15 @@ class StorageSpec:
     def __post_init__(self) -> None:
         if not self.url:
             raise StoreError(STORAGE, None, "empty storage URL")
-        if self.scheme != "journal" and self.scheme not in RDB_SCHEMES:
+        if self.scheme != "journal" and self.scheme not in (*RDB_SCHEMES, PROXY_SCHEME):
             raise StoreError(STORAGE, None, f"unknown storage scheme {self.scheme!r} in {redact(self.url)} "
-                                            f"(use a journal file path, sqlite:///FILE or postgresql://...)")
+                                            f"(use a journal file path, sqlite:///FILE, postgresql://... "
+                                            f"or grpc://HOST:PORT)")
+        if self.is_proxy:
+            rest = self.url.split("://", 1)[1].rstrip("/")
+            host, _, port = rest.rpartition(":")
+            if not host or "/" in rest or not port.isdigit() or not 0 < int(port) < 65536:
+                raise StoreError(STORAGE, None, f"{self.url}: a proxy's URL is grpc://HOST:PORT")
 
 
 class JournalFlock(JournalFileOpenLock):  # (Optuna's lock base class is private; only the interface is used)
@@ -209,6 +229,10 @@ def open_storage(spec: StorageSpec, heartbeat_callback: Callable | None = None, 
         raise StoreError(STORAGE, None, f"{local} does not exist (no study is stored there)")
     if local is not None:
         _refuse_damaged(spec, local, read_only)
+    if spec.is_proxy:
+        from sweep.proxy import connect
+
+        return connect(spec)
     if not spec.is_rdb:
         path = spec.journal_path
         try:
@@ -238,8 +262,15 @@ def study_lock(spec: StorageSpec, study_name: str) -> Iterator[None]:
     """Serialise "is the budget spent? if not, ask for a trial" across workers of a study.
 
     A lock file beside a journal or SQLite file for local workers; a PostgreSQL advisory
-    lock, which holds across machines, for a server.
+    lock, which holds across machines, for a server; the proxy's lock (which takes that
+    advisory lock for its workers) for a ``sweep proxy``.
     """
+    if spec.is_proxy:
+        from sweep.proxy import held
+
+        with held(spec, study_name):
+            yield
+        return
     if spec.scheme.startswith("postgresql"):
         import sqlalchemy
 
