@@ -230,9 +230,9 @@ def open_storage(spec: StorageSpec, heartbeat_callback: Callable | None = None, 
     if local is not None:
         _refuse_damaged(spec, local, read_only)
     if spec.is_proxy:
-        from sweep.proxy import connect
+        from sweep.proxy_client import connect
 
-        return connect(spec)
+        return connect(spec, CONNECT_TIMEOUT)
     if not spec.is_rdb:
         path = spec.journal_path
         try:
@@ -266,7 +266,7 @@ def study_lock(spec: StorageSpec, study_name: str) -> Iterator[None]:
     advisory lock for its workers) for a ``sweep proxy``.
     """
     if spec.is_proxy:
-        from sweep.proxy import held
+        from sweep.proxy_client import held
 
         with held(spec, study_name):
             yield
