@@ -9,7 +9,8 @@ cell over the time from the workers' common start to the last one's end.
 
 Every cell is a grid study of exactly that many points in a fresh PostgreSQL database, run to
 its end; then every grid point must be COMPLETE exactly once, nothing left RUNNING or WAITING
-(the script stops with an error otherwise). ``proxy`` cells run ``sweep proxy`` (Optuna's gRPC
+(the script stops with an error otherwise). The most connections to the study's database seen
+at once (pg_stat_activity) are printed too. ``proxy`` cells run ``sweep proxy`` (Optuna's gRPC
 storage proxy over the same kind of database) and give the workers ``grpc://127.0.0.1:PORT``.
 Trials are claimed one at a time (``pack=False``): a claim is a trial.
 
@@ -26,6 +27,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -101,16 +103,31 @@ def _worker(storage: str, n_trials: int, workers: int, index: int, start, out) -
     out.close()
 
 
-def _admin(pg: str, statement: str) -> None:
+def _admin(pg: str, statement: str, args: tuple = ()):
+    """Run one statement on the maintenance database; its first row, if it returns rows."""
     import psycopg2
 
     conn = psycopg2.connect(pg, connect_timeout=5)
     conn.autocommit = True
     try:
         with conn.cursor() as cur:
-            cur.execute(statement)
+            cur.execute(statement, args)
+            return cur.fetchone() if cur.description else None
     finally:
         conn.close()
+
+
+class Connections(threading.Thread):
+    """The most connections to the database seen at once (pg_stat_activity, twice a second)."""
+
+    def __init__(self, pg: str, name: str) -> None:
+        super().__init__(daemon=True)
+        self.pg, self.name, self.most, self.stop = pg, name, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.5):
+            count = _admin(self.pg, "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (self.name,))[0]
+            self.most = max(self.most, count)
 
 
 def _free_port() -> int:
@@ -125,7 +142,7 @@ def _start_proxy(storage: str) -> tuple[subprocess.Popen, str]:
 
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "sweep", "proxy", "--storage", storage, "--port", str(port)],
-                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL)
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.DEVNULL)
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         grpc.channel_ready_future(channel).result(timeout=60)
     return proc, f"grpc://127.0.0.1:{port}"
@@ -172,7 +189,10 @@ def cell(ctx, pg: str, via: str, n_trials: int, workers: int) -> dict:
             p.start()
         start.wait()
         began = time.perf_counter()
+        connections = Connections(pg, name)
+        connections.start()
         results = [recv.recv() for recv, _ in pipes]
+        connections.stop.set()
         for p in procs:
             p.join()
         wall = max(end for _, end in results) - began
@@ -185,7 +205,8 @@ def cell(ctx, pg: str, via: str, n_trials: int, workers: int) -> dict:
     latencies = sorted(x for lat, _ in results for x in lat)
     return {"via": via, "trials": n_trials, "workers": workers, "claims": len(latencies),
             "claims_per_s": len(latencies) / wall, "p50_ms": 1000 * statistics.median(latencies),
-            "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], "wall_s": wall}
+            "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], "wall_s": wall,
+            "connections": connections.most}
 
 
 def _create(storage: str, n_trials: int) -> None:
@@ -208,13 +229,13 @@ def main() -> None:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD[:1])
-    print(f"{'via':6} {'trials':>6} {'workers':>7} {'claims/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'wall s':>7}  exactly once")
+    print(f"{'via':6} {'trials':>6} {'workers':>7} {'claims/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'wall s':>7} {'db conns':>8}  exactly once")
     for via in args.via:
         for workers in args.workers:
             for n_trials in args.trials:
                 r = cell(ctx, args.pg, via, n_trials, workers)
                 print(f"{r['via']:6} {r['trials']:6} {r['workers']:7} {r['claims_per_s']:9.1f} {r['p50_ms']:8.1f} "
-                      f"{r['p99_ms']:8.1f} {r['wall_s']:7.1f}  yes ({r['claims']} claims)", flush=True)
+                      f"{r['p99_ms']:8.1f} {r['wall_s']:7.1f} {r['connections']:8}  yes ({r['claims']} claims)", flush=True)
 
 
 if __name__ == "__main__":

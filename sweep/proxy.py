@@ -27,6 +27,7 @@ from sweep.urls import redact
 
 POLL = 0.5  # seconds between a waiting Hold's checks that its caller is still there
 DEFAULT_THREADS = 128  # concurrent calls; each worker waiting for the lock takes one
+PROXY_POOL = {"pool_size": 8, "max_overflow": 8}  # database connections, whatever the number of workers
 
 
 class StudyLocks:
@@ -65,7 +66,7 @@ def make_server(storage_spec, host: str, port: int, threads: int = DEFAULT_THREA
     if storage_spec.is_proxy or not storage_spec.is_rdb:
         raise UsageError(f"--storage {redact(storage_spec.url)}: the proxy serves a database "
                          "(postgresql://... or sqlite:///FILE), not a journal file or another proxy")
-    storage = cached_storage(open_storage(storage_spec))
+    storage = cached_storage(open_storage(storage_spec, pool=PROXY_POOL))
     server = grpc.server(ThreadPoolExecutor(max_workers=threads), options=KEEPALIVE)
     add_storage_service(storage, server)
     locks = StudyLocks(storage_spec)

@@ -32,6 +32,9 @@ STORAGE = StoreError.STORAGE
 HEARTBEAT_INTERVAL = 5  # seconds between heartbeats of a running trial (RDB storages)
 GRACE_PERIOD = 20  # a trial silent this long is taken for dead
 CONNECT_TIMEOUT = 10  # seconds to reach a database server
+# A worker's database connections: one kept (the worker asks and tells one thing at a time), and
+# for a moment a second (its heartbeat thread's), closed after use; the study lock takes one more.
+WORKER_POOL = {"pool_size": 1, "max_overflow": 4}
 HEARTBEAT_ENV, GRACE_ENV = "MLP_SWEEP_HEARTBEAT", "MLP_SWEEP_GRACE"  # override both, in whole seconds
 RDB_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "mysql", "mysql+pymysql")
 PROXY_SCHEME = "grpc"
@@ -216,13 +219,14 @@ def _server_tables(spec: StorageSpec) -> set[str]:
         engine.dispose()
 
 
-def open_storage(spec: StorageSpec, heartbeat_callback: Callable | None = None, *,
-                 create: bool = True, read_only: bool = False) -> optuna.storages.BaseStorage:
+def open_storage(spec: StorageSpec, heartbeat_callback: Callable | None = None, *, create: bool = True,
+                 read_only: bool = False, pool: dict | None = None) -> optuna.storages.BaseStorage:
     """Open the storage; UsageError if it cannot be reached, DamagedStore if its file is damaged.
 
     ``create=False`` is for commands that only use existing studies: a journal or SQLite
     file that does not exist is then an error, not created empty. ``read_only`` is for
     commands that never write to it: they may read what a damaged journal still holds.
+    ``pool``: SQLAlchemy's pool settings for a server (default WORKER_POOL; the proxy's are larger).
     """
     local = _local_file(spec)
     if not create and local is not None and not local.exists():
@@ -246,6 +250,7 @@ def open_storage(spec: StorageSpec, heartbeat_callback: Callable | None = None, 
     engine_kwargs: dict = {"pool_pre_ping": True}
     if spec.scheme.startswith("postgresql"):
         engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}  # an unreachable host fails soon
+        engine_kwargs.update(pool or WORKER_POOL)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
