@@ -34,8 +34,8 @@ from sweep.limits import MAX_FAILED_IN_A_ROW
 from sweep.objective import TrialRunner, is_alive_here, worker_identity
 from sweep.relay import DIED, Relay, RelayedTracker, reconcile
 from sweep.samplers import GRID_SAMPLERS, PACKABLE, grid_key, grid_order, grid_points
-from sweep.schema import (BEAT_ATTR, PARENT_ATTR, REASON_ATTR, REASON_TAG, RESULT_ATTR, RETRY_OF_ATTR, RUN_ATTR, SPEC_ATTR,
-                          STUDY_ID_ATTR, WORKER_ATTR, TrialRecord)
+from sweep.schema import (BEAT_ATTR, PARENT_ATTR, REASON_ATTR, REASON_TAG, RESULT_ATTR, RETRY_OF_ATTR, RUN_ATTR,
+                          SPEC_ATTR, STUDY_ID_ATTR, WORKER_ATTR, TrialRecord)
 from sweep.storage import StorageSpec, heartbeat_settings, not_yet_made, open_storage, study_lock
 from sweep.study import StudySpec, suggest
 from sweep.study_summary import parent_summary, state_counts
@@ -340,11 +340,10 @@ class StudyLedger:
         self.uncounted: set[int] = set()  # failed trials that take no share of the budget
         self.taken: set[tuple] = set()  # grid_key of every trial's point
         self.total = 0
-        self._trials: list[FrozenTrial] = []
 
     def read(self, study: optuna.Study) -> list[FrozenTrial]:
         """Bring the ledger up to date; return the RUNNING trials."""
-        trials = self._trials = study.get_trials(deepcopy=False)
+        trials = study.get_trials(deepcopy=False)
         fresh = trials[self.seen:]
         for t in fresh:
             if self.grids:
@@ -484,13 +483,13 @@ class Worker:
         reaped = []
         for t in trials:
             identity = t.user_attrs.get(WORKER_ATTR)
-            if identity is None or is_alive_here(identity) is False or self.beats.silent(t):
+            died = identity is None or is_alive_here(identity) is False
+            if died or self.beats.silent(t):
                 try:
                     frozen = self.study.tell(t.number, state=TrialState.FAIL)
                 except (RuntimeError, ValueError):  # finished meanwhile (told, or reaped by another worker)
                     continue
-                self.opened.requeue(frozen, DIED if identity is None or is_alive_here(identity) is False
-                                    else STALE_REASON)
+                self.opened.requeue(frozen, DIED if died else STALE_REASON)
                 reaped.append(t.number)
         if self.rdb and time.monotonic() >= self.stale_due:
             self.stale_due = time.monotonic() + heartbeat_settings()[0]
