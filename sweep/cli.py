@@ -75,8 +75,8 @@ SECONDS = FiniteFloatRange(min=0, min_open=True)
 FRACTION = FiniteFloatRange(0, 1, min_open=True)
 
 storage_option = click.option("--storage", metavar="URL",
-                              help="Optuna storage: a journal file path, sqlite:///FILE or postgresql://... "
-                                   "[default: mlruns/optuna.journal]")
+                              help="Optuna storage: a journal file path, sqlite:///FILE, postgresql://... or a "
+                                   "`sweep proxy` at grpc://HOST:PORT [default: mlruns/optuna.journal]")
 tracking_option = click.option("--tracking-uri", metavar="URI",
                                help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or "
                                     "sqlite:///mlruns/mlflow.db]")
@@ -382,6 +382,15 @@ def list_studies(storage) -> None:
                    f"{count['FAIL']:6} {count['RUNNING']:7}  {best}")
 
 
+def bind_host(host: str | None, expose: bool, what: str) -> str:
+    """Where a server of ours listens: loopback unless ``expose`` (then every interface if no host is given).
+    A host beyond loopback without ``expose`` is refused: none of them has authentication."""
+    host = host or ("0.0.0.0" if expose else "127.0.0.1")
+    if host not in LOOPBACK and not expose:
+        raise UsageError(f"--host {host}: {what} has no authentication; add --expose to bind beyond loopback")
+    return host
+
+
 def ui_command(tracking_uri: str, host: str | None = None, port: int = 5000,
                expose: bool = False) -> tuple[list[str], dict[str, str]]:
     """The command ``sweep ui`` runs and the environment variables it adds.
@@ -390,9 +399,7 @@ def ui_command(tracking_uri: str, host: str | None = None, port: int = 5000,
     The store's URI goes through the environment, not the command line that ``ps`` shows
     to every local user, so that a password in it stays private. See UI_ENV for the rest.
     """
-    host = host or ("0.0.0.0" if expose else "127.0.0.1")
-    if host not in LOOPBACK and not expose:
-        raise UsageError(f"--host {host}: the UI has no authentication; add --expose to bind beyond loopback")
+    host = bind_host(host, expose, "the UI")
     argv = [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(port), "--workers", "1"]
     return argv, {"MLFLOW_BACKEND_STORE_URI": tracking_uri, **UI_ENV}
 
@@ -415,6 +422,45 @@ def ui(tracking_uri, host, port, expose) -> None:
     for name, path in sorted(study_views(tracking_uri or default_tracking_uri()).items()):
         click.echo(f"  {name}: {address}/{path}")
     raise SystemExit(serve(argv, {**os.environ, **env}))
+
+
+@cli.command()
+@click.option("--storage", metavar="URL", required=True,
+              help="The study database the proxy serves: postgresql://... (or sqlite:///FILE).")
+@click.option("--host", help="Interface to bind [default: 127.0.0.1; with --expose: 0.0.0.0].")
+@click.option("--port", type=click.IntRange(1, 65535), default=13000, show_default=True, help="Port to listen on.")
+@click.option("--expose", is_flag=True,
+              help="Listen beyond loopback (on 0.0.0.0 unless --host says where): anyone who can reach it "
+                   "can read and change every study in the database.")
+@click.option("--threads", type=click.IntRange(8, 10_000), default=128, show_default=True,
+              help="Calls served at once; each worker waiting for a study's lock takes one, so give more "
+                   "than the workers that use the proxy.")
+def proxy(storage, host, port, expose, threads) -> None:
+    """Serve a study database to many workers through Optuna's gRPC storage proxy (workers: --storage grpc://HOST:PORT)."""
+    import signal
+    import threading
+
+    from sweep.proxy import make_server
+    from sweep.storage import StorageSpec, check_identity
+    from sweep.urls import redact
+
+    spec = StorageSpec(storage)
+    host = bind_host(host, expose, "the proxy")
+    if spec.is_rdb and not spec.is_proxy:
+        check_identity(spec)
+    server = make_server(spec, host, port, threads)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    server.start()
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"sweep proxy on grpc://{shown}:{port} over {redact(storage)} (Ctrl-C to stop)", err=True)
+    try:
+        while not stop.wait(1):
+            pass
+    finally:
+        server.stop(grace=UI_GRACE).wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def serve(argv: list[str], env: dict[str, str], grace: float = UI_GRACE) -> int:

@@ -36,8 +36,8 @@ from sweep.limits import MAX_FAILED_IN_A_ROW
 from sweep.objective import TrialRunner, is_alive_here, worker_identity
 from sweep.relay import DIED, Relay, RelayedTracker, reconcile
 from sweep.samplers import GRID_SAMPLERS, PACKABLE, grid_key, grid_order, grid_points
-from sweep.schema import (PARENT_ATTR, REASON_ATTR, REASON_TAG, RESULT_ATTR, RETRY_OF_ATTR, RUN_ATTR, SPEC_ATTR,
-                          STUDY_ID_ATTR, WORKER_ATTR, TrialRecord)
+from sweep.schema import (BEAT_ATTR, PARENT_ATTR, REASON_ATTR, REASON_TAG, RESULT_ATTR, RETRY_OF_ATTR, RUN_ATTR,
+                          SPEC_ATTR, STUDY_ID_ATTR, WORKER_ATTR, TrialRecord)
 from sweep.storage import StorageSpec, heartbeat_settings, not_yet_made, open_storage, study_lock
 from sweep.study import StudySpec, suggest
 from sweep.study_summary import parent_summary, state_counts
@@ -351,6 +351,56 @@ def counted(trials: list[FrozenTrial], states=COUNTED) -> int:
                for t in trials)
 
 
+class StudyLedger:
+    """What a worker knows of its study's trials, learnt from each trial once.
+
+    A finished trial never changes again, so it is looked at once, when it is first seen
+    finished: the ledger then keeps the budget's count (``counted``), the retried trials and
+    (``grids``) the grid points taken, and each ``read`` looks only at the trials that are
+    new or were unfinished at the last one. Optuna's cache (RDB storages and the gRPC proxy)
+    likewise reads only those from the storage.
+    """
+
+    def __init__(self, grids: bool) -> None:
+        self.grids = grids
+        self.seen = 0  # trials 0 .. seen-1 have been looked at
+        self.open: dict[int, FrozenTrial] = {}  # unfinished at the last read, by number
+        self.retried: set[int] = set()  # failed trials queued again
+        self.uncounted: set[int] = set()  # failed trials that take no share of the budget
+        self.taken: set[tuple] = set()  # grid_key of every trial's point
+        self.total = 0
+
+    def read(self, study: optuna.Study) -> list[FrozenTrial]:
+        """Bring the ledger up to date; return the RUNNING trials."""
+        trials = study.get_trials(deepcopy=False)
+        fresh = trials[self.seen:]
+        for t in fresh:
+            if self.grids:
+                self.taken.add(grid_key(trial_point(t)))
+            if RETRY_OF_ATTR in t.user_attrs:
+                self.retried.add(t.user_attrs[RETRY_OF_ATTR])
+                if t.user_attrs[RETRY_OF_ATTR] not in self.open:
+                    self.uncounted.add(t.user_attrs[RETRY_OF_ATTR])  # (already seen finished: a FAIL)
+        for t in [*(trials[n] for n in self.open), *fresh]:
+            if not t.state.is_finished():
+                self.open[t.number] = t
+                continue
+            self.open.pop(t.number, None)
+            if t.state == TrialState.FAIL and (t.number in self.retried or not t.params):  # (no params: never started)
+                self.uncounted.add(t.number)
+        self.seen, self.total = len(trials), len(trials)
+        return [t for t in self.open.values() if t.state == TrialState.RUNNING]
+
+    def count(self, state: TrialState) -> int:
+        """Unfinished trials in ``state`` (WAITING or RUNNING) at the last read."""
+        return sum(t.state == state for t in self.open.values())
+
+    @property
+    def counted(self) -> int:
+        """Trials that take a share of the budget (``counted``), at the last read."""
+        return self.total - len(self.uncounted)
+
+
 class Worker:
     """The loop one process runs: reap dead trials, claim a trial under the lock, train it."""
 
@@ -360,10 +410,14 @@ class Worker:
         self.budget = budget
         self.on_trial = on_trial
         self.runner = TrialRunner(self.study, self.spec, data, opened.tracker, opened.parent, STOP.is_set)
-        self.rdb = self.stores.storage.is_rdb
+        self.rdb = self.stores.storage.is_rdb and not self.stores.storage.is_proxy
         self.workers = workers
         self.pack = pack_size(self.spec) if pack else 1
         self.grid = grid_order(self.spec.searched) if self.spec.sampler.name == "grid" else None
+        self.grid_from = 0  # every grid point before this one is taken
+        self.ledger = StudyLedger(grids=self.grid is not None)
+        self.stale_due = 0.0  # time.monotonic() of the next heartbeat query (see reap)
+        self.beats = Beats.of(opened)
 
     def run(self) -> int:
         """Run trials until the budget or deadline is spent; return how many ran here.
@@ -375,7 +429,7 @@ class Worker:
             trials = self._claim()
             states: dict[int, TrialState] = {}
             try:
-                with self._heartbeat(trials):
+                with self.beats.keep(trials):
                     if trials and not STOP.is_set():
                         states = self.runner.run(trials)
             finally:  # the one place where interrupted trials end: a stop, or an exception (a second Ctrl-C)
@@ -399,18 +453,22 @@ class Worker:
 
         Queued trials (enqueued points, retries) come first, alone. A grid study then
         enqueues its next free points itself, so that a point is taken by a trial from
-        the moment it is claimed, whatever trial numbers enqueued points took.
+        the moment it is claimed, whatever trial numbers enqueued points took. What the
+        lock guards costs the same in a study of any size: one read of the trials that are
+        new or unfinished (Optuna's cache keeps the finished ones), and ``StudyLedger``'s
+        counts, kept up to date from those alone.
         """
         with study_lock(self.stores.storage, self.spec.name):
             if STOP.is_set():  # (the lock may have taken a while)
                 return []
-            self.reap()
-            trials = self.study.get_trials(deepcopy=False)
-            waiting = sum(t.state == TrialState.WAITING for t in trials)
-            remaining = self.budget.n_trials - counted(trials)
+            ledger = self.ledger
+            if self.reap(ledger.read(self.study)):
+                ledger.read(self.study)
+            waiting = ledger.count(TrialState.WAITING)
+            remaining = self.budget.n_trials - ledger.counted
             n = min(self.pack, waiting or math.ceil(remaining / self.workers))
             if self.grid is not None and not waiting:
-                n = self._enqueue_free_points(trials, n)
+                n = self._enqueue_free_points(n)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*Heartbeat.*")
                 claimed = [self.study.ask() for _ in range(n)]
@@ -419,43 +477,52 @@ class Worker:
                 trial.set_user_attr(WORKER_ATTR, worker_identity())
             return claimed
 
-    def _enqueue_free_points(self, trials: list[FrozenTrial], n: int) -> int:
+    def _enqueue_free_points(self, n: int) -> int:
         """Enqueue up to ``n`` grid points no trial has taken, in grid order and sharing their
         non-PACKABLE values (so they train as one pack); return how many.
 
         Every trial takes its point for good: a failed one is either counted or re-queued
-        with its point (see ``OpenStudy.requeue``)."""
-        taken = {grid_key(trial_point(t)) for t in trials}
-        free = [point for point in self.grid if grid_key(point) not in taken]
-        if not free or n <= 0:
+        with its point (see ``OpenStudy.requeue``). So the points before the first free one
+        stay taken, and the search for free points starts there (``grid_from``).
+        """
+        taken = self.ledger.taken
+        while self.grid_from < len(self.grid) and grid_key(self.grid[self.grid_from]) in taken:
+            self.grid_from += 1
+        if self.grid_from == len(self.grid) or n <= 0:
             return 0
-        structure = {name: value for name, value in free[0].items() if name not in PACKABLE}
+        first = self.grid[self.grid_from]
+        structure = {name: value for name, value in first.items() if name not in PACKABLE}
+        free = (p for p in itertools.islice(self.grid, self.grid_from, None) if grid_key(p) not in taken)
         pack = itertools.takewhile(lambda p: structure.items() <= p.items(), free)
         points = list(itertools.islice(pack, n))
         for point in points:
             self.study.enqueue_trial(point)
         return len(points)
 
-    def reap(self) -> list[int]:
-        """Fail and re-queue trials whose worker is gone; return their numbers.
+    def reap(self, trials: list[FrozenTrial]) -> list[int]:
+        """Fail and re-queue the RUNNING ``trials`` whose worker is gone; return their numbers.
 
         On this machine a dead worker is seen at once (its process is gone); for RDB
-        storages Optuna's heartbeat also finds workers that died on other machines. Called
-        under the study's lock, which a worker holds from asking for a trial until it has
-        named itself in it: a RUNNING trial that names no worker lost its worker in between.
+        storages Optuna's heartbeat also finds workers that died on other machines (its
+        query, at most once per heartbeat interval: a trial is only found stale after a grace
+        period of several). Called under the study's lock, which a worker holds from asking
+        for a trial until it has named itself in it: a RUNNING trial that names no worker
+        lost its worker in between.
         """
         reaped = []
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        for t in trials:
             identity = t.user_attrs.get(WORKER_ATTR)
-            if identity is None or is_alive_here(identity) is False:
+            died = identity is None or is_alive_here(identity) is False
+            if died or self.beats.silent(t):
                 try:
                     frozen = self.study.tell(t.number, state=TrialState.FAIL)
                 except (RuntimeError, ValueError):  # finished meanwhile (told, or reaped by another worker)
                     continue
-                self.opened.requeue(frozen, DIED)
+                self.opened.requeue(frozen, DIED if died else STALE_REASON)
                 reaped.append(t.number)
-        if self.rdb:  # (Optuna's one public way to apply the heartbeat's grace period, marked experimental)
-            with warnings.catch_warnings():
+        if self.rdb and time.monotonic() >= self.stale_due:
+            self.stale_due = time.monotonic() + heartbeat_settings()[0]
+            with warnings.catch_warnings():  # (Optuna's one public way to apply the grace period, experimental)
                 warnings.filterwarnings("ignore", message=r".*\.fail_stale_trials is experimental",
                                         category=optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(self.study)
@@ -468,30 +535,76 @@ class Worker:
             trial.set_user_attr(RESULT_ATTR, TrialRecord(reason="interrupted").to_attr())
         return self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
 
-    def _heartbeat(self, trials: list[optuna.Trial]):
-        if not self.rdb:
-            return _NoHeartbeat()
-        storage = self.opened.storage
-        study_id = storage.get_study_id_from_name(self.study.study_name)
-        return _Heartbeat(storage, [storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-                                    for t in trials])
 
 
-class _NoHeartbeat:
-    def __enter__(self) -> None:
-        return None
+class Beats:
+    """How a worker's running trials show they are alive, and how other workers tell they are not.
 
-    def __exit__(self, *exc) -> None:
-        return None
+    ``of`` picks: Optuna's heartbeats (RDB storages: found stale by ``fail_stale_trials``), a
+    timestamp in the trial (the gRPC proxy, whose storage has no heartbeat methods: found by
+    ``silent``), or none (a journal: local workers only, whose processes are checked).
+    """
+
+    @staticmethod
+    def of(opened: OpenStudy) -> Beats:
+        spec = opened.stores.storage
+        if spec.is_proxy:
+            return StampBeats(opened)
+        return OptunaBeats(opened) if spec.is_rdb else Beats()
+
+    def keep(self, trials: list[optuna.Trial]):
+        """A context in which ``trials`` beat every interval."""
+        return contextlib.nullcontext()
+
+    def silent(self, trial: FrozenTrial) -> bool:
+        """Whether a RUNNING trial has not beaten for longer than the grace period."""
+        return False
+
+    def _trial_ids(self, opened: OpenStudy, trials: list[optuna.Trial]) -> list[int]:
+        storage = opened.storage
+        study_id = storage.get_study_id_from_name(opened.study.study_name)
+        return [storage.get_trial_id_from_study_id_trial_number(study_id, t.number) for t in trials]
+
+
+class OptunaBeats(Beats):
+    """The storage's own heartbeat methods, which ``Study.optimize`` calls (a sweep asks and
+    tells trials itself)."""
+
+    def __init__(self, opened: OpenStudy) -> None:
+        self.opened = opened
+
+    def keep(self, trials: list[optuna.Trial]):
+        storage, ids = self.opened.storage, self._trial_ids(self.opened, trials)
+        return _Heartbeat(lambda: [storage.record_heartbeat(i) for i in ids], storage.get_heartbeat_interval())
+
+
+class StampBeats(Beats):
+    """Each beat stores the time in the trial (BEAT_ATTR, an ordinary trial attribute the proxy
+    passes on); a trial whose last stamp (or start) is older than the grace period is silent.
+    Workers' clocks are compared: keep them in step (NTP), well within the grace period."""
+
+    def __init__(self, opened: OpenStudy) -> None:
+        self.opened = opened
+        self.interval, self.grace = heartbeat_settings()
+
+    def keep(self, trials: list[optuna.Trial]):
+        storage, ids = self.opened.storage, self._trial_ids(self.opened, trials)
+        return _Heartbeat(lambda: [storage.set_trial_system_attr(i, BEAT_ATTR, time.time()) for i in ids],
+                          self.interval)
+
+    def silent(self, trial: FrozenTrial) -> bool:
+        last = trial.system_attrs.get(BEAT_ATTR)
+        if last is None:  # (datetime_start: naive local time, as Optuna records it)
+            last = trial.datetime_start.timestamp() if trial.datetime_start else time.time()
+        return time.time() - last > self.grace
 
 
 class _Heartbeat(threading.Thread):
-    """Records the trials' heartbeats every interval while they run (RDB storages: the storage's
-    own heartbeat methods, which ``Study.optimize`` calls; a sweep asks and tells trials itself)."""
+    """Calls ``beat`` now and then every ``interval`` seconds while the trials run."""
 
-    def __init__(self, storage, trial_ids: list[int]) -> None:
+    def __init__(self, beat: Callable[[], object], interval: float) -> None:
         super().__init__(daemon=True)
-        self.storage, self.trial_ids, self.stop = storage, trial_ids, threading.Event()
+        self.beat, self.interval, self.stop = beat, interval, threading.Event()
 
     def __enter__(self) -> None:
         self.beat()
@@ -501,13 +614,8 @@ class _Heartbeat(threading.Thread):
         self.stop.set()
         self.join()
 
-    def beat(self) -> None:
-        for trial_id in self.trial_ids:
-            self.storage.record_heartbeat(trial_id)
-
     def run(self) -> None:
-        interval = self.storage.get_heartbeat_interval()
-        while not self.stop.wait(interval):
+        while not self.stop.wait(self.interval):
             self.beat()
 
 

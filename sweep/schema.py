@@ -24,6 +24,7 @@ STUDY_ID_ATTR = _PREFIX + "study_id"  # a random id given at creation: tells apa
 WORKER_ATTR = _PREFIX + "worker"  # {"host", "pid", "started"}: who runs the trial
 RUN_ATTR = _PREFIX + "run_id"  # the trial's MLflow run
 RESULT_ATTR = _PREFIX + "result"  # a TrialRecord's dict: {"metrics", "history", "reason", "pruned_at_epoch"}
+BEAT_ATTR = _PREFIX + "beat"  # system attr: time.time() of a running trial's last heartbeat (gRPC proxy)
 RETRY_OF_ATTR = _PREFIX + "retry_of"  # on a queued copy: the number of the trial it re-runs
 REASON_ATTR = _PREFIX + "reason"  # on a queued copy: why the trial it re-runs ended (also an MLflow tag)
 

@@ -3,7 +3,9 @@
 Default: a journal file (safe for several local processes; SQLite is not), its writes
 serialised by an flock that dies with its holder. A
 ``sqlite:///`` or ``postgresql://`` URL selects Optuna's RDB storage, with heartbeats so
-that a trial whose worker died on another machine is failed and retried.
+that a trial whose worker died on another machine is failed and retried. ``grpc://HOST:PORT``
+is a ``sweep proxy`` (Optuna's gRPC storage proxy over such a database, see sweep.proxy):
+many workers share its cache and its few database connections.
 """
 
 from __future__ import annotations
@@ -30,8 +32,12 @@ STORAGE = StoreError.STORAGE
 HEARTBEAT_INTERVAL = 5  # seconds between heartbeats of a running trial (RDB storages)
 GRACE_PERIOD = 20  # a trial silent this long is taken for dead
 CONNECT_TIMEOUT = 10  # seconds to reach a database server
+# A worker's database connections: one kept (the worker asks and tells one thing at a time), and
+# for a moment a second (its heartbeat thread's), closed after use; the study lock takes one more.
+WORKER_POOL = {"pool_size": 1, "max_overflow": 4}
 HEARTBEAT_ENV, GRACE_ENV = "MLP_SWEEP_HEARTBEAT", "MLP_SWEEP_GRACE"  # override both, in whole seconds
 RDB_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "mysql", "mysql+pymysql")
+PROXY_SCHEME = "grpc"
 
 
 @dataclass(frozen=True)
@@ -46,7 +52,18 @@ class StorageSpec:
 
     @property
     def is_rdb(self) -> bool:
+        """A database (or a proxy of one): heartbeats find dead workers on other machines."""
         return self.scheme != "journal"
+
+    @property
+    def is_proxy(self) -> bool:
+        return self.scheme == PROXY_SCHEME
+
+    @property
+    def proxy_address(self) -> tuple[str, int]:
+        """The host and port of a ``grpc://HOST:PORT`` URL."""
+        host, _, port = self.url.split("://", 1)[1].rstrip("/").rpartition(":")
+        return host.strip("[]"), int(port)
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -62,9 +79,15 @@ class StorageSpec:
     def __post_init__(self) -> None:
         if not self.url:
             raise StoreError(STORAGE, None, "empty storage URL")
-        if self.scheme != "journal" and self.scheme not in RDB_SCHEMES:
+        if self.scheme != "journal" and self.scheme not in (*RDB_SCHEMES, PROXY_SCHEME):
             raise StoreError(STORAGE, None, f"unknown storage scheme {self.scheme!r} in {redact(self.url)} "
-                                            f"(use a journal file path, sqlite:///FILE or postgresql://...)")
+                                            f"(use a journal file path, sqlite:///FILE, postgresql://... "
+                                            f"or grpc://HOST:PORT)")
+        if self.is_proxy:
+            rest = self.url.split("://", 1)[1].rstrip("/")
+            host, _, port = rest.rpartition(":")
+            if not host or "/" in rest or not port.isdigit() or not 0 < int(port) < 65536:
+                raise StoreError(STORAGE, None, f"{self.url}: a proxy's URL is grpc://HOST:PORT")
 
 
 class JournalFlock(JournalFileOpenLock):  # (Optuna's lock base class is private; only the interface is used)
@@ -196,19 +219,24 @@ def _server_tables(spec: StorageSpec) -> set[str]:
         engine.dispose()
 
 
-def open_storage(spec: StorageSpec, heartbeat_callback: Callable | None = None, *,
-                 create: bool = True, read_only: bool = False) -> optuna.storages.BaseStorage:
+def open_storage(spec: StorageSpec, heartbeat_callback: Callable | None = None, *, create: bool = True,
+                 read_only: bool = False, pool: dict | None = None) -> optuna.storages.BaseStorage:
     """Open the storage; UsageError if it cannot be reached, DamagedStore if its file is damaged.
 
     ``create=False`` is for commands that only use existing studies: a journal or SQLite
     file that does not exist is then an error, not created empty. ``read_only`` is for
     commands that never write to it: they may read what a damaged journal still holds.
+    ``pool``: SQLAlchemy's pool settings for a server (default WORKER_POOL; the proxy's are larger).
     """
     local = _local_file(spec)
     if not create and local is not None and not local.exists():
         raise StoreError(STORAGE, None, f"{local} does not exist (no study is stored there)")
     if local is not None:
         _refuse_damaged(spec, local, read_only)
+    if spec.is_proxy:
+        from sweep.proxy_client import connect
+
+        return connect(spec, CONNECT_TIMEOUT)
     if not spec.is_rdb:
         path = spec.journal_path
         try:
@@ -222,6 +250,7 @@ def open_storage(spec: StorageSpec, heartbeat_callback: Callable | None = None, 
     engine_kwargs: dict = {"pool_pre_ping": True}
     if spec.scheme.startswith("postgresql"):
         engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}  # an unreachable host fails soon
+        engine_kwargs.update(pool or WORKER_POOL)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -238,8 +267,15 @@ def study_lock(spec: StorageSpec, study_name: str) -> Iterator[None]:
     """Serialise "is the budget spent? if not, ask for a trial" across workers of a study.
 
     A lock file beside a journal or SQLite file for local workers; a PostgreSQL advisory
-    lock, which holds across machines, for a server.
+    lock, which holds across machines, for a server; the proxy's lock (which takes that
+    advisory lock for its workers) for a ``sweep proxy``.
     """
+    if spec.is_proxy:
+        from sweep.proxy_client import held
+
+        with held(spec, study_name):
+            yield
+        return
     if spec.scheme.startswith("postgresql"):
         import sqlalchemy
 

@@ -7,6 +7,7 @@ import importlib
 import logging
 
 import optuna
+import pytest
 
 from sweep import adapters, tracking
 
@@ -33,3 +34,11 @@ def test_batch_limits_are_mlflows_own():
         validation.MAX_METRICS_PER_BATCH, validation.MAX_PARAMS_TAGS_PER_BATCH, validation.MAX_ENTITIES_PER_BATCH,
         validation.MAX_PARAM_VAL_LENGTH, validation.MAX_TAG_VAL_LENGTH)
     assert 0 < limits.params <= limits.entities and limits.metrics <= limits.entities
+
+
+def test_the_grpc_proxy_servicer_and_its_registration_are_where_run_grpc_proxy_server_finds_them():
+    for module, name in (adapters.GRPC_SERVICER, adapters.GRPC_REGISTER):
+        pytest.importorskip("grpc")
+        assert callable(getattr(importlib.import_module(module), name))
+    rdb = optuna.storages.RDBStorage("sqlite:///:memory:")
+    assert isinstance(adapters.cached_storage(rdb), optuna.storages._CachedStorage)

@@ -98,7 +98,7 @@ def test_every_third_party_import_is_declared():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     declared = {re.split(r"[<>=!~\[ ;]", dep)[0].lower().replace("_", "-")
                 for dep in [*project["dependencies"], *sum(project["optional-dependencies"].values(), [])]}
-    dist = {"tomli_w": "tomli-w"}  # import name -> distribution name where they differ
+    dist = {"tomli_w": "tomli-w", "grpc": "grpcio"}  # import name -> distribution name where they differ
     stdlib = __import__("sys").stdlib_module_names
     used = {m.split(".")[0] for path in [*SWEEP.glob("*.py"), *(ROOT / "core").glob("*.py")] for m in imports(path)}
     third_party = {dist.get(m, m).lower() for m in used - stdlib - {"core", "sweep", "__future__"}}

@@ -344,3 +344,36 @@ def test_workers_started_before_mlflow_stop_and_leave_no_study_when_its_name_is_
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(elsewhere)))
     assert optuna.get_all_study_names(storage) == []
     assert len(child_runs(workdir, "tiny")) == 6  # the first study's runs alone
+
+
+def test_the_ledger_counts_the_budget_as_a_full_read_does_reading_each_trial_once():
+    """StudyLedger against ``counted`` over every trial: completes, a failed trial queued again
+    (its copy seen before and after it failed), a failure that never started, running and waiting."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from sweep.runner import StudyLedger, counted
+    from sweep.schema import RETRY_OF_ATTR
+
+    study = optuna.create_study()
+    ledger = StudyLedger(grids=True)
+
+    def check() -> None:
+        running = ledger.read(study)
+        trials = study.get_trials(deepcopy=False)
+        assert ledger.counted == counted(trials)
+        assert ledger.count(TrialState.WAITING) == sum(t.state == TrialState.WAITING for t in trials)
+        assert sorted(t.number for t in running) == [t.number for t in trials if t.state == TrialState.RUNNING]
+
+    study.tell(study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), 0.5)  # 0 complete
+    first = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})  # 1 running
+    study.ask()  # 2 running, no params
+    check()
+    study.tell(first, state=TrialState.FAIL)
+    check()  # 1 failed, not queued again: counted
+    study.enqueue_trial(first.params, user_attrs={RETRY_OF_ATTR: first.number})  # 3 waiting, its copy
+    check()  # 1 no longer counted: its copy is
+    study.tell(2, state=TrialState.FAIL)
+    study.ask()  # 3 running
+    check()  # 2 never started: not counted
+    assert ledger.retried == {1} and ledger.uncounted == {1, 2} and ledger.counted == 2
