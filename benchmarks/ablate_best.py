@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
 
@@ -21,7 +22,7 @@ from core.train import TrainConfig, train
 from sweep.best import best_trial
 from sweep.cli import _stores
 from sweep.runner import load_data, load_stored_study
-from sweep.study import StudySpec, trial_config
+from sweep.study import trial_config
 
 
 def variants(network: NetworkSpec, config: TrainConfig) -> dict[str, tuple[NetworkSpec, TrainConfig]]:
@@ -38,9 +39,12 @@ def variants(network: NetworkSpec, config: TrainConfig) -> dict[str, tuple[Netwo
     return found
 
 
-def _run(job: tuple[str, NetworkSpec, TrainConfig, StudySpec, str | None]) -> tuple[str, float, float, int, float]:
-    label, network, config, spec, data_dir = job
-    data = load_data(spec, data_dir)
+_DATA = None  # the study's dataset, loaded once before the pool forks
+
+
+def _run(job: tuple[str, NetworkSpec, TrainConfig]) -> tuple[str, float, float, int, float]:
+    label, network, config = job
+    data = _DATA
     start = time.perf_counter()
     result = train(network, config, data.train, data.validation)
     epoch = result.best_epoch or len(result.history)
@@ -60,8 +64,10 @@ def main() -> None:
     trial = best_trial(study, spec)
     network, config = trial_config(spec, trial.params)
     print(f"study {args.study}: best trial #{trial.number}, {'-'.join(map(str, network.sizes))}, {config}")
-    jobs = [(label, net, cfg, spec, args.data_dir) for label, (net, cfg) in variants(network, config).items()]
-    with ProcessPoolExecutor(args.jobs) as pool:
+    global _DATA
+    _DATA = load_data(spec, args.data_dir)
+    jobs = [(label, net, cfg) for label, (net, cfg) in variants(network, config).items()]
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("fork")) as pool:
         rows = list(pool.map(_run, jobs))
     base = rows[0][2]
     print(f"{'variant':<18} {'validation':>10} {'test':>8} {'Δ test':>8} {'epochs':>6} {'seconds':>8}")

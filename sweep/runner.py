@@ -51,6 +51,8 @@ FAILING_EXIT = 3  # exit code of a local worker process that stopped on TrialsKe
 
 STOP = threading.Event()  # set by Ctrl-C / SIGTERM; trials stop at their next epoch
 _RECEIVED: set[int] = set()  # the signals that set STOP
+_LOCAL_WORKERS: list[multiprocessing.Process] = []  # run_study's, told at once when a signal lands
+_TOLD: set[int] = set()  # the pids of those told
 
 
 def _on_signal(signum, frame) -> None:
@@ -63,6 +65,15 @@ def _on_signal(signum, frame) -> None:
         raise KeyboardInterrupt
     _RECEIVED.add(signum)
     STOP.set()
+    _tell_workers()  # now, even while the launcher is busy (setting MLflow up, say)
+
+
+def _tell_workers() -> None:
+    """Pass a stop on to the local workers not told yet (SIGTERM: each stops at its next epoch's end)."""
+    for p in _LOCAL_WORKERS:
+        if p.pid not in _TOLD and p.exitcode is None:
+            p.terminate()
+            _TOLD.add(p.pid)
 
 
 @contextlib.contextmanager
@@ -77,6 +88,7 @@ def stop_on_signals() -> Iterator[None]:
         return
     STOP.clear()
     _RECEIVED.clear()
+    _TOLD.clear()
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
@@ -749,6 +761,9 @@ def run_study(spec: StudySpec, stores: Stores, *, n_trials: int | None = None, t
                 plan = WorkerPlan(spec_to_dict(spec), spec.source, stores, opened.parent, budget, data_dir, workers,
                                   pack)
                 procs, relays = start_workers(plan)
+                _LOCAL_WORKERS[:] = procs
+                if STOP.is_set():  # (a signal while they started)
+                    _tell_workers()
                 if later:
                     _track_beside(opened, stores.tracking_uri, data, procs, relays)
                 if opened.tracker is not None:  # (the runs' dataset input: memory-mapped pixels, shared)
@@ -759,6 +774,7 @@ def run_study(spec: StudySpec, stores: Stores, *, n_trials: int | None = None, t
                 raise Stopped
         status = "FINISHED"
     finally:
+        _LOCAL_WORKERS.clear()
         if relay is not None:
             relay.join()  # every worker has ended: the relay has logged all they sent
             if relay.error is not None:
@@ -823,9 +839,8 @@ def _supervise(procs: list[multiprocessing.Process], report: Callable | None, st
     alive = list(procs)
     with _signal_wakeup() as wakeup:
         while alive:
-            if STOP.is_set():  # a terminal's Ctrl-C reached the workers too; SIGTERM reaches the rest
-                for p in alive:
-                    p.terminate()
+            if STOP.is_set():  # a terminal's Ctrl-C reached the workers too; the signal handler told the rest
+                _tell_workers()
                 for p in alive:
                     p.join()
                 raise Stopped
