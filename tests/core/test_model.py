@@ -5,6 +5,7 @@ import pytest
 
 from core.functions import COSTS, log_softmax, softmax
 from core.model import NetworkSpec, Params, evaluate, gradients, init_params, load_params, predict, save_params
+from tests.core.toy import assert_gradient_matches
 
 SPECS = [NetworkSpec(sizes, activation, cost)
          for sizes in [(6, 5, 4), (7, 6, 5, 3), (5, 4, 4, 4, 3)]
@@ -29,19 +30,7 @@ def test_backprop_gradient_matches_finite_differences(spec, lmbda):
     params, X, y = _problem(spec)
     n_train = 50
     analytic = gradients(spec, params, X, y, lmbda, n_train)
-    eps = 1e-6
-    for block, grad in zip(params.layers, analytic.layers):
-        numeric = np.empty_like(block)
-        for idx in np.ndindex(block.shape):
-            old = block[idx]
-            block[idx] = old + eps
-            up = evaluate(spec, params, X, y, lmbda, n_train)[0]
-            block[idx] = old - eps
-            down = evaluate(spec, params, X, y, lmbda, n_train)[0]
-            block[idx] = old
-            numeric[idx] = (up - down) / (2 * eps)
-        rel = np.linalg.norm(grad - numeric) / max(np.linalg.norm(grad) + np.linalg.norm(numeric), 1e-300)
-        assert rel < 1e-7, f"relative error {rel:.2e}"
+    assert_gradient_matches(params, analytic, lambda: evaluate(spec, params, X, y, lmbda, n_train)[0])
 
 
 def test_relu_kink_is_avoided_by_the_check_data():

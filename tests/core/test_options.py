@@ -9,7 +9,7 @@ from core.functions import COSTS
 from core.model import NetworkSpec, Workspace, gradients, init_params, with_ones
 from core.packed import can_pack, train_packed
 from core.train import NO_CHECK, EpochRecord, Schedule, TrainConfig, draw_keep, hidden_units, train
-from tests.core.toy import toy_data as _data
+from tests.core.toy import assert_gradient_matches, toy_data as _data
 
 needs_numba = pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba is not installed")
 RTOL = 1e-4  # float32 rounding between the engines after a few epochs (as tests/core/test_compiled.py)
@@ -46,19 +46,7 @@ def test_backprop_with_a_fixed_dropout_mask_matches_finite_differences(spec):
     masks = _masks(spec, 9, 0.4, rng)
     assert all(0 < (m == 0).mean() < 1 for m in masks)  # some units dropped, some kept
     analytic = gradients(spec, params, X, y, 0.7, 50, masks)
-    eps = 1e-6
-    for block, grad in zip(params.layers, analytic.layers):
-        numeric = np.empty_like(block)
-        for idx in np.ndindex(block.shape):
-            old = block[idx]
-            block[idx] = old + eps
-            up = _masked_cost(spec, params, X, y, masks, 0.7, 50)
-            block[idx] = old - eps
-            down = _masked_cost(spec, params, X, y, masks, 0.7, 50)
-            block[idx] = old
-            numeric[idx] = (up - down) / (2 * eps)
-        rel = np.linalg.norm(grad - numeric) / max(np.linalg.norm(grad) + np.linalg.norm(numeric), 1e-300)
-        assert rel < 1e-7, f"relative error {rel:.2e}"
+    assert_gradient_matches(params, analytic, lambda: _masked_cost(spec, params, X, y, masks, 0.7, 50))
 
 
 def test_momentum_steps_match_a_hand_computed_update():
