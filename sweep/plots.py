@@ -206,7 +206,9 @@ def best_so_far(trials: pd.DataFrame, value: str = "value", *, direction: str = 
     minutes = done["ended_after"] / 60
     running = done[value].cummax() if direction == "maximize" else done[value].cummin()
     chosen = done.loc[(done[value] == running)].drop_duplicates(subset=[value], keep="first")
-    chosen_test = chosen["test_accuracy"].reindex(done.index).ffill() if "test_accuracy" in done else None
+    # the test accuracy of the trial chosen at each moment: its row's, carried to the next choice
+    chosen_test = (done.index.to_series().where(done.index.isin(chosen.index)).ffill()
+                   .map(done["test_accuracy"]) if "test_accuracy" in done else None)
     name = axis_label(label or value)
     fig = _figure((9.0, 5.0))
     ax = fig.subplots()

@@ -20,7 +20,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
-from sweep.errors import StoreError, UsageError
+from sweep.errors import OptionError, StoreError
 from sweep.proxy_client import HELD, HOLD, KEEPALIVE, grpc_module
 from sweep.storage import open_storage, study_lock
 from sweep.urls import redact
@@ -59,23 +59,24 @@ class StudyLocks:
 
 def make_server(storage_spec, host: str, port: int, threads: int = DEFAULT_THREADS):
     """The proxy's gRPC server over the database ``storage_spec``, not yet started; StoreError
-    if the port cannot be bound."""
+    for a store it cannot serve, OptionError (port) if the port cannot be bound."""
     grpc = grpc_module()
     from sweep.adapters import add_storage_service, cached_storage
 
     if storage_spec.is_proxy or not storage_spec.is_rdb:
-        raise UsageError(f"--storage {redact(storage_spec.url)}: the proxy serves a database "
+        raise StoreError(StoreError.STORAGE, redact(storage_spec.url), "the proxy serves a database "
                          "(postgresql://... or sqlite:///FILE), not a journal file or another proxy")
     storage = cached_storage(open_storage(storage_spec, pool=PROXY_POOL))
     server = grpc.server(ThreadPoolExecutor(max_workers=threads), options=KEEPALIVE)
     add_storage_service(storage, server)
     locks = StudyLocks(storage_spec)
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("mlp_sweep.StudyLock", {
-        "Hold": grpc.unary_stream_rpc_method_handler(locks.hold)})])  # (bytes in and out: no serialisers)
+    service, method = HOLD.strip("/").split("/")
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service, {
+        method: grpc.unary_stream_rpc_method_handler(locks.hold)})])  # (bytes in and out: no serialisers)
     try:
         bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     except RuntimeError:
         bound = 0
     if not bound:
-        raise StoreError(StoreError.STORAGE, None, f"cannot listen on {host}:{port} (in use, or not an address here)")
+        raise OptionError("port", str(port), f"cannot listen on {host}:{port} (in use, or not an address here)")
     return server

@@ -84,10 +84,11 @@ def trials_frame(study: optuna.Study, gap_threshold: float = 0.05) -> pd.DataFra
     int_params = {params[name] for t in study.get_trials(deepcopy=False)
                   for name, d in t.distributions.items() if isinstance(d, IntDistribution)}
     starts = [t.datetime_start for t in study.get_trials(deepcopy=False) if t.datetime_start is not None]
+    first = min(starts, default=None)
     rows = []
     for t in study.get_trials(deepcopy=False):
         ended = t.datetime_complete
-        ended_after = (ended - min(starts)).total_seconds() if ended is not None and starts else None
+        ended_after = (ended - first).total_seconds() if ended is not None and first is not None else None
         result = t.user_attrs.get(RESULT_ATTR, {})
         metrics = result.get("metrics", {})
         rows.append({

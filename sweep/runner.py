@@ -380,7 +380,6 @@ class StudyLedger:
         self.retried: set[int] = set()  # failed trials queued again
         self.uncounted: set[int] = set()  # failed trials that take no share of the budget
         self.taken: set[tuple] = set()  # grid_key of every trial's point
-        self.total = 0
 
     def read(self, study: optuna.Study) -> list[FrozenTrial]:
         """Bring the ledger up to date; return the RUNNING trials."""
@@ -400,7 +399,7 @@ class StudyLedger:
             self.open.pop(t.number, None)
             if t.state == TrialState.FAIL and (t.number in self.retried or not t.params):  # (no params: never started)
                 self.uncounted.add(t.number)
-        self.seen, self.total = len(trials), len(trials)
+        self.seen = len(trials)
         return [t for t in self.open.values() if t.state == TrialState.RUNNING]
 
     def count(self, state: TrialState) -> int:
@@ -410,7 +409,7 @@ class StudyLedger:
     @property
     def counted(self) -> int:
         """Trials that take a share of the budget (``counted``), at the last read."""
-        return self.total - len(self.uncounted)
+        return self.seen - len(self.uncounted)
 
 
 class Worker:
@@ -486,7 +485,7 @@ class Worker:
                 claimed = [self.study.ask() for _ in range(n)]
             for trial in claimed:  # sampled and named under the lock: see reap()
                 suggest(self.spec, trial)
-                trial.set_user_attr(WORKER_ATTR, worker_identity())
+                trial.set_user_attr(WORKER_ATTR, {**worker_identity(), "claimed": time.time()})
             return claimed
 
     def _enqueue_free_points(self, n: int) -> int:
@@ -600,14 +599,23 @@ class StampBeats(Beats):
         self.interval, self.grace = heartbeat_settings()
 
     def keep(self, trials: list[optuna.Trial]):
-        storage, ids = self.opened.storage, self._trial_ids(self.opened, trials)
-        return _Heartbeat(lambda: [storage.set_trial_system_attr(i, BEAT_ATTR, time.time()) for i in ids],
-                          self.interval)
+        storage, live = self.opened.storage, self._trial_ids(self.opened, trials)
+
+        def beat() -> None:
+            for i in list(live):
+                try:
+                    storage.set_trial_system_attr(i, BEAT_ATTR, time.time())
+                except Exception:
+                    if not storage.get_trial(i).state.is_finished():
+                        raise
+                    live.remove(i)  # told meanwhile (a pack's groups end one by one): nothing to keep alive
+
+        return _Heartbeat(beat, self.interval)
 
     def silent(self, trial: FrozenTrial) -> bool:
         last = trial.system_attrs.get(BEAT_ATTR)
-        if last is None:  # (datetime_start: naive local time, as Optuna records it)
-            last = trial.datetime_start.timestamp() if trial.datetime_start else time.time()
+        if last is None:  # not beaten yet: the worker's clock when it claimed the trial
+            last = trial.user_attrs.get(WORKER_ATTR, {}).get("claimed", time.time())
         return time.time() - last > self.grace
 
 

@@ -132,8 +132,8 @@ def _browse(page, base: str, link: str, shots: Path) -> None:
     sections = page.get_by_test_id("experiment-view-compare-runs-section-header")
     expect(sections.first).to_have_text(re.compile(r"^summary\s*\(5\)"))  # MLflow puts sections by prefix first
     sections.first.get_by_text("summary", exact=True).click()
-    expect(sections.nth(1)).to_have_text(re.compile(r"^Model metrics\s*\(5\)"))
-    for curve in (*CURVES, "epoch_seconds"):
+    expect(sections.nth(1)).to_have_text(re.compile(r"^Model metrics\s*\(6\)"))
+    for curve in (*CURVES, "epoch_seconds", "epoch_eta"):
         expect(page.get_by_text(curve, exact=True).first).to_be_visible()
     page.screenshot(path=shots / "trial.png")
 
