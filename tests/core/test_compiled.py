@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("numba") is None, reaso
 
 SPECS = [NetworkSpec(sizes, activation, cost) for sizes in [(20, 8, 4), (20, 9, 7, 4)]
          for activation in ("relu", "sigmoid") for cost in ("cross_entropy", "quadratic")]
-RTOL = 1e-4  # float32 rounding after three epochs of SGD (weights to 1e-7 absolute)
+RTOL = 1e-4  # float32 rounding after three epochs of SGD (see _assert_same for near-zero weights)
 
 
 @pytest.fixture(autouse=True)

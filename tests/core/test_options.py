@@ -140,6 +140,22 @@ def test_train_with_patience_keeps_the_best_epochs_parameters(engine):
         np.testing.assert_array_equal(x, y)
 
 
+def test_a_callback_that_stops_at_a_new_best_epoch_keeps_that_epochs_parameters():
+    """Schedule takes in the epoch before the callback sees it: a run stopped by its callback
+    (a sweep's deadline) at an epoch that beat the earlier best keeps that epoch, not the earlier."""
+    spec, data, val = NetworkSpec((20, 6, 4)), _greys(_data()), _greys(_data(n=40, seed=3))
+    config = TrainConfig(epochs=30, batch_size=10, eta=2.0, seed=1, patience=30)
+    accuracies = [r.validation_accuracy for r in train(spec, config, data, val, check=NO_CHECK).history]
+    new_bests = [i + 1 for i, a in enumerate(accuracies) if a > max(accuracies[:i], default=-1)]
+    assert len(new_bests) >= 2
+    stop_at = new_bests[1]
+    result = train(spec, config, data, val, check=NO_CHECK, callback=lambda record: record.epoch == stop_at)
+    assert (result.stopped_early, result.best_epoch, len(result.history)) == (True, stop_at, stop_at)
+    again = train(spec, TrainConfig(epochs=stop_at, batch_size=10, eta=2.0, seed=1), data, val, check=NO_CHECK)
+    for x, y in zip(result.params.layers, again.params.layers):
+        np.testing.assert_array_equal(x, y)
+
+
 def test_train_halves_eta_as_the_schedule_says_and_records_it():
     spec, data, val = NetworkSpec((20, 6, 4)), _data(), _data(n=40, seed=3)
     config = TrainConfig(epochs=40, batch_size=10, eta=1.0, seed=2, eta_patience=1, eta_min_factor=16,

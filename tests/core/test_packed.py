@@ -37,7 +37,9 @@ def _assert_same(packed, alone, rtol, n_examples):
                 np.testing.assert_allclose(pv, av, rtol=rtol, err_msg=curve)
     for p, a in zip(packed.params.layers, alone.params.layers):
         assert p.dtype == a.dtype
-        np.testing.assert_allclose(p, a, rtol=rtol, atol=rtol * 1e-3)
+        # a weight near zero carries the rounding of updates as large as the layer's weights:
+        # its absolute error is judged against the layer's scale (float32 on another CPU: 3e-7 at 0.6)
+        np.testing.assert_allclose(p, a, rtol=rtol, atol=rtol * 1e-2 * np.abs(a).max())
 
 
 @pytest.mark.parametrize("k", [1, 3, 7])
