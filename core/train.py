@@ -337,8 +337,9 @@ def train(spec: NetworkSpec, config: TrainConfig, training: LabelledSet,
     does not learn (with NO_CHECK: only when a cost or weight stops being finite),
     before the callback sees that epoch. ``config.engine`` picks the engine (``core.engine.resolve``);
     both draw the same numbers and train the same mini-batches.
-    Early stopping and the η schedule (``Schedule``) act after the callback; with
-    ``config.patience`` the result holds the parameters of its best epoch.
+    Early stopping and the η schedule (``Schedule``) take in each epoch before the callback
+    sees it, and end training after it; with ``config.patience`` the result holds the
+    parameters of its best epoch, also when the callback stops it (a run's deadline).
     """
     if config.watches_validation and validation is None:
         raise ValueError("patience and eta_patience need a validation set")
@@ -372,11 +373,11 @@ def train(spec: NetworkSpec, config: TrainConfig, training: LabelledSet,
         if stop is not None:
             raise stop
         history.append(record)
-        if callback is not None and callback(record):
-            return schedule.result(params, best, history, True, engine)
         ended_by = schedule.after(record)
         if config.patience and schedule.best_epoch == epoch:
             best = params.copy()
+        if callback is not None and callback(record):
+            return schedule.result(params, best, history, True, engine)
         if ended_by is not None:
             return schedule.result(params, best, history, False, engine, ended_by)
     return schedule.result(params, best, history, False, engine)

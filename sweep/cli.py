@@ -94,7 +94,9 @@ def trial_options(command):
     """The options of the commands that run trials (``run`` and ``worker``), defined once."""
     for option in reversed((
         click.option("--n-trials", type=TRIALS, help="Total trials for the study (default: its budget)."),
-        click.option("--timeout", type=SECONDS, metavar="SECONDS", help="Stop starting new trials after this long."),
+        click.option("--timeout", type=SECONDS, metavar="SECONDS",
+                     help="Stop starting trials after this long (with [budget] at_timeout = \"stop\", end those "
+                          "running at their next epoch)."),
         storage_option,
         tracking_option,
         no_tracking_option(),

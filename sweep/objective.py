@@ -85,6 +85,7 @@ class _Trial:
     history: list[EpochRecord] = field(default_factory=list)
     best: float = -math.inf
     interrupted: bool = False  # stopped because a stop was requested, not by the pruner
+    timed_out: bool = False  # ended by the run's timeout ([budget] at_timeout = "stop"), kept as it was then
     pack: int = 1  # trials trained together with it (core.packed), itself included
     named: bool = False  # whether the trial stores its run's id (RUN_ATTR) yet
 
@@ -121,6 +122,7 @@ class TrialRunner:
     tracker: Tracker | RelayedTracker | None
     parent_run_id: str | None
     stop_requested: Callable[[], bool] = lambda: False
+    timed_out: Callable[[], bool] = lambda: False  # whether running trials end at this epoch, complete
 
     def run(self, trials: list[optuna.Trial]) -> dict[int, TrialState]:
         """Train the trials, track them, tell Optuna; return the final states of those told, by number.
@@ -129,6 +131,7 @@ class TrialRunner:
         is pruned with the reason, any other exception fails it (the study goes on). Once a
         stop is requested, trials stop at their next epoch's end: each not done is recorded
         as interrupted (its epochs so far, its run ended) and left untold, for the caller.
+        Once ``timed_out()``, trials end at their next epoch's end and complete as they are then.
         """
         groups: dict[tuple, list[_Trial]] = {}
         for t in map(self._prepare, trials):
@@ -187,6 +190,9 @@ class TrialRunner:
                 other.name_run()
             if t.run is not None:
                 t.run.log_epoch(record)
+            if self.timed_out():
+                t.timed_out = True
+                return True
             if not prune:
                 return False
             if metric == "best_validation_accuracy":
@@ -206,11 +212,13 @@ class TrialRunner:
             state, reason, pruned_at = TrialState.PRUNED, str(outcome), outcome.epoch
         elif isinstance(outcome, Exception):
             state, reason = TrialState.FAIL, f"{type(outcome).__name__}: {outcome}"
-        elif outcome.stopped_early:
+        elif outcome.stopped_early and not t.timed_out:
             state, pruned_at = TrialState.PRUNED, outcome.history[-1].epoch
             reason = f"pruned at epoch {pruned_at}"
         else:
             state = TrialState.COMPLETE
+            if t.timed_out:
+                reason = f"stopped at the run's timeout, after epoch {outcome.history[-1].epoch}"
         if isinstance(outcome, TrainResult):
             test = self.data.test
             test_accuracy = (evaluate_on(outcome.engine, t.network, outcome.params, test, want_cost=False)[1]

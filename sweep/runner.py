@@ -420,7 +420,8 @@ class Worker:
         self.opened, self.study, self.spec, self.stores = opened, opened.study, opened.spec, opened.stores
         self.budget = budget
         self.on_trial = on_trial
-        self.runner = TrialRunner(self.study, self.spec, data, opened.tracker, opened.parent, STOP.is_set)
+        timed_out = budget.expired if self.spec.at_timeout == "stop" else (lambda: False)
+        self.runner = TrialRunner(self.study, self.spec, data, opened.tracker, opened.parent, STOP.is_set, timed_out)
         self.rdb = self.stores.storage.is_rdb and not self.stores.storage.is_proxy
         self.workers = workers
         self.pack = pack_size(self.spec) if pack else 1

@@ -29,6 +29,7 @@ from sweep.space import (DEFAULTS, OPTIONS, SETTINGS, STR, TABLE, TRAIN_KEYS, TU
                          join_key, one_of, positive, show)
 
 DIRECTIONS = ("maximize", "minimize")
+AT_TIMEOUT = ("finish", "stop")  # [budget] at_timeout: what trials still running at the timeout do
 _REQUIRED_SETTINGS = ("batch_size", "eta")  # training settings with no default
 _LAYER_NAMES = ("hidden", "hidden2", "depth")  # the [space] names that reshape train.sizes
 
@@ -175,6 +176,7 @@ class StudySpec:
     pruner: PrunerSpec = field(default_factory=PrunerSpec)
     n_trials: int | None = None
     timeout: float | None = None
+    at_timeout: str = "finish"  # trials running at the timeout: "finish", or "stop" at their next epoch
     train: Mapping[str, Any] = field(default_factory=dict)
     space: Mapping[str, Param] = field(default_factory=dict)
     enqueue: tuple[Mapping[str, Any], ...] = ()
@@ -310,6 +312,8 @@ class StudySpec:
         if self.timeout is not None:
             with at_key("budget.timeout"):
                 object.__setattr__(self, "timeout", positive(self.timeout))
+        with at_key("budget.at_timeout"):
+            one_of("at_timeout", AT_TIMEOUT)(self.at_timeout)
         if self.n_trials is None and self.timeout is None and self.sampler.name not in GRID_SAMPLERS:
             raise InvalidValue("budget", f"n_trials or timeout is needed (only {' and '.join(GRID_SAMPLERS)} "
                                          "end by themselves, when the grid is done)")

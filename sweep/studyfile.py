@@ -118,7 +118,7 @@ def _read_spec(data: Any, source: str) -> StudySpec:
     args["pruner"] = _read_pruner(top.table("pruner"))
 
     budget = top.table("budget")
-    args.update(budget.given("n_trials", "timeout"))
+    args.update(budget.given("n_trials", "timeout", "at_timeout"))
     budget.done()
 
     args["train"] = top.take("train", TABLE, default={})
@@ -231,6 +231,8 @@ def spec_to_dict(spec: StudySpec) -> dict[str, Any]:
     out["sampler"] = {"name": spec.sampler.name, "seed": spec.sampler.seed, **spec.sampler.options}
     out["pruner"] = _pruner_dict(spec.pruner)
     budget = given(spec, "n_trials", "timeout")
+    if spec.at_timeout != "finish":
+        budget["at_timeout"] = spec.at_timeout
     if budget:
         out["budget"] = budget
     out["train"] = {name: list(value) if isinstance(value, tuple) else value

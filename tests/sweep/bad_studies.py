@@ -170,6 +170,8 @@ BY_PART: dict[str, list[tuple[str, str, str | None, str]]] = {
         ("timeout-zero", study(budget="[budget]\ntimeout = 0"), "budget.timeout", "must be positive"),
         ("timeout-negative", study(budget="[budget]\ntimeout = -60.0"), "budget.timeout", "must be positive"),
         ("timeout-string", study(budget='[budget]\ntimeout = "1h"'), "budget.timeout", "finite number"),
+        ("at-timeout-unknown", study(budget='[budget]\ntimeout = 5\nat_timeout = "kill"'), "budget.at_timeout",
+         "unknown at_timeout"),
         ("budget-unknown-key", study(budget="[budget]\ntrials = 3"), "budget.trials", "unknown key"),
     ],
     "[train]": [

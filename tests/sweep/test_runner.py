@@ -122,6 +122,22 @@ def test_pruned_and_diverged_trials_are_recorded_as_such(workdir):
     assert {r.data.tags["mlp_sweep.pruned_at_epoch"] for r in runs} == {"1"}
 
 
+def test_with_at_timeout_stop_the_run_ends_at_its_timeout_and_running_trials_complete(workdir):
+    """Trials still training at the timeout (a pack of two) end after their current epoch and
+    complete with what they reached, saying why; no trial starts after it."""
+    extra = '[budget]\ntimeout = 3\nat_timeout = "stop"\n'
+    study_file = write_study(workdir / "tiny.toml", sampler="grid", epochs=5000, extra=extra)
+    assert run_cli("run", study_file, "--no-tracking", "--no-report") == 0
+    trials = journal_study(workdir, "tiny").trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2  # the first claim: one pack of the grid
+    for t in trials:
+        result = t.user_attrs["mlp_sweep.result"]
+        epochs = len(result["history"]["epoch"])
+        assert 1 <= epochs < 5000 and result["metrics"]["epochs_run"] == epochs
+        assert result["reason"] == f"stopped at the run's timeout, after epoch {epochs}"
+        assert t.value == result["history"]["validation_accuracy"][-1]
+
+
 NOT_LEARNING = re.compile(r"^(non-finite \w+( cost)?|(training|validation) (cost|accuracy) \S+) at epoch (\d+)\b")
 
 
