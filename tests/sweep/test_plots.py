@@ -21,6 +21,19 @@ def study(request):
     return make_study(n_objectives=request.param)
 
 
+@pytest.fixture
+def no_optuna_plots(monkeypatch):
+    """write_report without Optuna's figures (the slow part), for tests of what else it writes:
+    test_write_report_writes_every_file draws them all."""
+    monkeypatch.setattr(plots, "optuna_plots", lambda study, names=None: ({}, {}))
+
+
+@pytest.fixture
+def no_plots(monkeypatch, no_optuna_plots):
+    """write_report with its CSV and summary files alone, for tests of how it writes them."""
+    monkeypatch.setattr(plots, "collect", lambda makers: ({}, {}))
+
+
 def drawn(figure) -> bool:
     return plots.has_data(figure) and len(plots.to_png(figure)) > 1000
 
@@ -91,8 +104,11 @@ def test_overfitting_top_trials(study):
     assert "gap +0.095" in gaps
 
 
-def test_optuna_plots_single_objective():
+def test_optuna_plots_single_objective_leave_no_pyplot_state():
+    before = dict(matplotlib.rcParams)
     figures, skipped = plots.optuna_plots(make_study(), ["validation_accuracy"])
+    assert plt.get_fignums() == []
+    assert dict(matplotlib.rcParams) == before  # Optuna's ggplot style does not leak
     assert set(figures) == OPTUNA_SINGLE and skipped == {}
     assert all(drawn(figure) for figure in figures.values())
     assert figures["intermediate_values"].axes[0].get_xlabel() == "epoch"
@@ -116,13 +132,6 @@ def test_optuna_plots_skip_what_cannot_be_drawn():
                        "contour": "needs 2 parameters that each took 2 values or more in completed trials"}
     assert "intermediate_values" not in figures | skipped  # nothing reported per epoch (no pruner): not tried
     assert not [why for why in skipped.values() if "pruning feature" in why]
-
-
-def test_optuna_plots_leave_no_pyplot_state():
-    before = dict(matplotlib.rcParams)
-    plots.optuna_plots(make_study())
-    assert plt.get_fignums() == []
-    assert dict(matplotlib.rcParams) == before  # Optuna's ggplot style does not leak
 
 
 def test_collect_records_failures():
@@ -157,7 +166,7 @@ def test_write_report_writes_every_file(tmp_path, n_objectives):
     assert report.region.best_trial == 19
 
 
-def test_write_report_default_heatmap_uses_the_first_two_numeric_params(tmp_path):
+def test_write_report_default_heatmap_uses_the_first_two_numeric_params(tmp_path, no_optuna_plots):
     report = write_report(make_study(), tmp_path)
     assert "heatmap" not in report.skipped and (tmp_path / "heatmap.png").stat().st_size > 0
 
@@ -179,7 +188,7 @@ def test_write_report_unknown_heatmap_param(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_write_report_unwritable_dir(tmp_path):
+def test_write_report_unwritable_dir(tmp_path, no_plots):
     blocker = tmp_path / "afile"
     blocker.write_text("not a directory")
     with pytest.raises(UsageError, match=f"cannot write reports to {blocker / 'sub'}"):
@@ -187,7 +196,7 @@ def test_write_report_unwritable_dir(tmp_path):
     assert blocker.read_text() == "not a directory"
 
 
-def test_write_report_failing_midway_leaves_no_temporary_files(tmp_path, monkeypatch):
+def test_write_report_failing_midway_leaves_no_temporary_files(tmp_path, monkeypatch, no_plots):
     import os
 
     real_replace = os.replace
