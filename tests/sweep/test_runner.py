@@ -97,12 +97,12 @@ def test_a_trial_that_died_while_sampling_is_run_again_with_its_whole_point(work
 
 def test_resume_repeats_nothing(workdir):
     study_file = write_study(workdir / "tiny.toml")
-    assert run_cli("run", study_file, "--n-trials", 2) == 0
+    assert run_cli("run", study_file, "--n-trials", 2, "--no-report") == 0
     assert len(journal_study(workdir, "tiny").trials) == 2
-    assert run_cli("run", study_file) == 0
+    assert run_cli("run", study_file, "--no-report") == 0
     study = journal_study(workdir, "tiny")
     assert Counter(points(study)) == Counter(GRID)
-    assert run_cli("run", study_file) == 0  # nothing left to do
+    assert run_cli("run", study_file, "--no-report") == 0  # nothing left to do
     assert len(journal_study(workdir, "tiny").trials) == 6
     assert len(child_runs(workdir, "tiny")) == 6
 
@@ -110,7 +110,7 @@ def test_resume_repeats_nothing(workdir):
 def test_pruned_and_diverged_trials_are_recorded_as_such(workdir):
     extra = '[pruner]\nname = "threshold"\nlower = 0.99\n'
     study_file = write_study(workdir / "tiny.toml", sampler="grid", epochs=4, extra=extra)
-    assert run_cli("run", study_file, "--n-trials", 2) == 0
+    assert run_cli("run", study_file, "--n-trials", 2, "--no-report") == 0
     study = journal_study(workdir, "tiny")
     assert [t.state for t in study.trials] == [TrialState.PRUNED] * 2
     for t in study.trials:
@@ -192,7 +192,7 @@ def test_a_failing_trial_becomes_fail_and_the_study_goes_on(workdir, monkeypatch
         return real(network, configs, *args, **kwargs)
 
     monkeypatch.setattr(sweep.objective, "train_packed", flaky)
-    assert run_cli("run", write_study(workdir / "tiny.toml")) == 0
+    assert run_cli("run", write_study(workdir / "tiny.toml"), "--no-report") == 0
     study = journal_study(workdir, "tiny")
     by_state = Counter(t.state for t in study.trials)
     assert by_state == {TrialState.COMPLETE: 4, TrialState.FAIL: 2}
@@ -221,7 +221,7 @@ def test_ctrl_c_keeps_finished_trials_fails_the_running_one_and_a_later_run_cont
     killed = [r for r in child_runs(workdir, "tiny") if r.info.status == "KILLED"]
     assert len(killed) == 2
     assert not [r for r in child_runs(workdir, "tiny") if r.info.status == "RUNNING"]
-    assert run_cli("run", study_file) == 0  # the later run finishes the grid, each point once
+    assert run_cli("run", study_file, "--no-report") == 0  # the later run finishes the grid, each point once
     assert Counter(points(journal_study(workdir, "tiny"))) == Counter(GRID)
     assert Counter(r.info.status for r in child_runs(workdir, "tiny")) == {"FINISHED": 6, "KILLED": 2}
 
@@ -230,7 +230,7 @@ def test_ctrl_c_keeps_finished_trials_fails_the_running_one_and_a_later_run_cont
 def test_every_sampler_runs_a_few_trials(workdir, sampler):
     extra = "[budget]\nn_trials = 3" if sampler not in ("grid", "bruteforce") else ""
     study_file = write_study(workdir / "tiny.toml", sampler=sampler, epochs=1, extra=extra)
-    assert run_cli("run", study_file, "--n-trials", 3, "--no-tracking") == 0
+    assert run_cli("run", study_file, "--n-trials", 3, "--no-tracking", "--no-report") == 0
     study = journal_study(workdir, "tiny")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
     assert set(points(study)) <= GRID
@@ -352,7 +352,7 @@ def test_workers_started_before_mlflow_stop_and_leave_no_study_when_its_name_is_
     import optuna
 
     study_file = write_study(workdir / "tiny.toml", epochs=1)
-    assert run_cli("run", study_file) == 0
+    assert run_cli("run", study_file, "--no-report") == 0
     elsewhere = workdir / "elsewhere.journal"
     capsys.readouterr()
     assert run_cli("run", study_file, "--workers", 2, "--storage", elsewhere) == 2
