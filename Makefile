@@ -1,8 +1,9 @@
 # Two entry points: `make sweep` (the main job) and `make test` (the whole suite);
 # `make check` is the fast selection to run while working (under a minute).
 # Each creates .venv and installs the project on first use. Tests run in one process per
-# CPU (pytest-xdist), each test file in one of them: every test keeps its stores, databases
-# and ports to itself.
+# CPU (pytest-xdist); every test keeps its stores, databases and ports to itself, so a process
+# that runs out of work takes tests from another's queue (worksteal: the slow sweeps do not
+# pile up at the end of one process).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -23,7 +24,7 @@ $(VENV)/.test: pyproject.toml constraints-test.txt | $(BIN)/python
 sweep: $(VENV)/.base
 	$(BIN)/sweep run studies/homework-grid-5k.toml
 
-PARALLEL := -n auto --dist loadfile
+PARALLEL := -n auto --dist worksteal
 
 test: $(VENV)/.test
 	$(BIN)/python -m pytest $(PARALLEL)

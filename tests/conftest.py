@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -12,23 +13,41 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+PRELOADED = "MLP_SWEEP_TEST_PRELOADED"  # the file the cache's filler touches when it is done
+_FILL = "import pathlib, sys\ntry:\n    import core.preload\nfinally:\n    pathlib.Path(sys.argv[1]).touch()"
+
+
 def pytest_configure(config):
-    """One compiled-engine cache for the whole run, filled once before any test: the xdist
-    workers and every ``sweep`` they start inherit $NUMBA_CACHE_DIR and load the kernels
-    from it (about a second) instead of each compiling them (about 18 s of CPU each)."""
+    """One compiled-engine cache for the whole run: the xdist workers and every ``sweep`` they
+    start inherit $NUMBA_CACHE_DIR and load the kernels from it (about a second) instead of each
+    compiling them (about 11-18 s of CPU each). It is filled in the background while the tests
+    are collected; ``compiled_engine_cache`` holds the first test back until it is full."""
     if hasattr(config, "workerinput") or "NUMBA_CACHE_DIR" in os.environ:
         return  # an xdist worker (its controller made the cache), or a cache chosen by the caller
     config.numba_cache = tempfile.mkdtemp(prefix="mlp-sweep-test-numba-")
     os.environ["NUMBA_CACHE_DIR"] = config.numba_cache
-    subprocess.run([sys.executable, "-c", "import core.preload"], cwd=REPO_ROOT, check=False,
-                   env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT),
-                                                                                  os.environ.get("PYTHONPATH")]))})
+    os.environ[PRELOADED] = os.path.join(config.numba_cache, "filled")
+    path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    config.numba_filler = subprocess.Popen([sys.executable, "-c", _FILL, os.environ[PRELOADED]], cwd=REPO_ROOT,
+                                           env={**os.environ, "PYTHONPATH": path})
 
 
 def pytest_unconfigure(config):
     if getattr(config, "numba_cache", None):
+        config.numba_filler.kill()
+        config.numba_filler.wait()
         shutil.rmtree(config.numba_cache, ignore_errors=True)
-        os.environ.pop("NUMBA_CACHE_DIR", None)
+        for name in ("NUMBA_CACHE_DIR", PRELOADED):
+            os.environ.pop(name, None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compiled_engine_cache():
+    """Wait (before this process's first test) until the run's kernel cache is filled."""
+    marker = os.environ.get(PRELOADED)
+    deadline = time.monotonic() + 300
+    while marker and not os.path.exists(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 @pytest.fixture(scope="session")

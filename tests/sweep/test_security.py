@@ -226,8 +226,8 @@ def test_database_passwords_never_reach_output_reports_runs_or_the_databases(tmp
     (tmp_path / "other.toml").write_text((tmp_path / "tiny.toml").read_text().replace("epochs = 1", "epochs = 2"))
 
     outputs = []
-    for args in (["run", "tiny.toml", "--n-trials", 3, *stores], ["report", "tiny", "--out", "rep", *stores],
-                 ["worker", "--study", "tiny", *stores]):  # real processes: everything they print or log
+    for args in (["run", "tiny.toml", "--n-trials", 3, "--no-report", *stores],  # real processes: all they
+                 ["report", "tiny", "--out", "rep", *stores], ["worker", "--study", "tiny", *stores]):  # print or log
         returned, out, err = finish(start_sweep(*args, cwd=tmp_path))
         assert returned == 0, (args, err)
         outputs.append(out + err)
@@ -258,7 +258,7 @@ def test_database_passwords_never_reach_output_reports_runs_or_the_databases(tmp
     parent = next(r for r in runs if r.data.tags.get("mlp_sweep.role") == "parent")
     assert parent.data.tags["mlp_sweep.storage"] == storage.replace(PASSWORD, "***")
 
-    assert (tmp_path / "rep" / "trials.csv").exists() and (tmp_path / "reports" / "tiny" / "summary.txt").exists()
+    assert (tmp_path / "rep" / "trials.csv").exists() and (tmp_path / "rep" / "summary.txt").exists()
     assert _grep_tree(tmp_path, PASSWORD.encode()) == []  # reports, artifacts, study files, everything
     for db in (optuna_db, mlflow_db):  # every row of both databases
         dump = subprocess.run(["pg_dump", "--data-only", database_url(db)], capture_output=True, check=True).stdout
