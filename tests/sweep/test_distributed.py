@@ -144,7 +144,7 @@ def test_a_postgresql_run_says_nothing_but_its_own_words(tmp_path, pg_databases)
     said = [sweep("run", "quiet.toml", "--storage", storage, "--workers", "2", "--n-trials", "6", "--no-report"),
             sweep("worker", "--study", "quiet", "--storage", storage, "--n-trials", "8"),
             sweep("worker", "--study", "quiet", "--storage", storage, "--no-tracking", "--n-trials", "9"),
-            sweep("report", "quiet", "--storage", storage),  # (the run's own report: the same code)
+            sweep("report", "quiet", "--storage", storage),  # what a run writes at its end, later
             sweep("report", "quiet", "--storage", storage, "--no-tracking", "--out", "untracked")]
     assert "Study quiet: 6 trials" in said[0] and "worker ran 2 trials of quiet" in said[1]
     assert "worker ran 1 trial of quiet" in said[2]
