@@ -18,12 +18,13 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from sweep.errors import OptionError, UsageError
-from sweep.schema import RESULT_ATTR, RUN_ATTR, STUDY_TAG, SUMMARY, TRIAL_TAG
+from sweep.schema import (BEST_VALIDATION_ACCURACY, RUN_ATTR, STUDY_TAG, SUMMARY, TEST_ACCURACY, TRIAL_TAG,
+                          VALIDATION_ACCURACY, TrialRecord)
 from sweep.study import StudySpec
 from sweep.tracking import Tracker
 
 #: The stored metrics a best trial is shown and its model version tagged with.
-SHOWN_METRICS = ("validation_accuracy", "best_validation_accuracy", "test_accuracy")
+SHOWN_METRICS = (VALIDATION_ACCURACY, BEST_VALIDATION_ACCURACY, TEST_ACCURACY)
 
 
 def best_trial(study: optuna.Study, spec: StudySpec) -> FrozenTrial:
@@ -39,7 +40,7 @@ def best_trial(study: optuna.Study, spec: StudySpec) -> FrozenTrial:
 
 def trial_metrics(trial: FrozenTrial) -> dict[str, float]:
     """The trial's stored final metrics (schema.RESULT_ATTR)."""
-    return dict(trial.user_attrs.get(RESULT_ATTR, {}).get("metrics", {}))
+    return dict(TrialRecord.of(trial).metrics or {})
 
 
 def register(study: optuna.Study, spec: StudySpec, tracker: Tracker) -> str | None:

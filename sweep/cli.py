@@ -189,7 +189,7 @@ def summary(study, spec, stores, report_dir: Path | None = None) -> str:
     from optuna.study import StudyDirection
     from optuna.trial import TrialState
 
-    from sweep.schema import RESULT_ATTR
+    from sweep.schema import BEST_VALIDATION_ACCURACY, GAP, TEST_ACCURACY, TRAINING_SECONDS, TrialRecord
     from sweep.study import used
     from sweep.urls import redact
 
@@ -207,12 +207,12 @@ def summary(study, spec, stores, report_dir: Path | None = None) -> str:
         else:
             best = [study.best_trial]
         for t in best[:SHOWN_PARETO]:
-            metrics = t.user_attrs.get(RESULT_ATTR, {}).get("metrics", {})
+            metrics = TrialRecord.of(t).metrics or {}
             values = ", ".join(f"{v:.4g}" for v in t.values)
             lines.append(f"{'Pareto' if multi else 'Best'} trial #{t.number}: {values}   " +
                          " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                                   for k, v in used(spec, t.params).items()))
-            shown = ("test_accuracy", "best_validation_accuracy", "gap", "training_seconds")
+            shown = (TEST_ACCURACY, BEST_VALIDATION_ACCURACY, GAP, TRAINING_SECONDS)
             lines.append("  " + "  ".join(f"{k} {metrics[k]:.4g}" for k in shown if k in metrics))
         if len(best) > SHOWN_PARETO:
             where = (f"see {report_dir / 'summary.txt'}" if report_dir is not None

@@ -25,9 +25,10 @@ from optuna.trial import TrialState
 from core.data import Dataset
 from core.model import NetworkSpec, Params, save_params
 from core.packed import PACKED_FIELDS, packs, train_packed
-from core.train import EpochRecord, NotLearningError, TrainConfig, TrainResult, evaluate_on, train
+from core.train import CURVES, EpochRecord, NotLearningError, TrainConfig, TrainResult, evaluate_on, train
 from sweep.relay import RelayedRun, RelayedTracker, finish_run
-from sweep.schema import EPOCHS_RUN, HISTORY_KEYS, PER_EPOCH_METRICS, RESULT_ATTR, RUN_ATTR, TrialRecord
+from sweep.schema import (BEST_VALIDATION_ACCURACY, EPOCHS_RUN, GAP, HISTORY_KEYS, PER_EPOCH_METRICS, RESULT_ATTR,
+                          RUN_ATTR, TEST_ACCURACY, TRAINING_SECONDS, TrialRecord)
 from sweep.study import StudySpec, all_params, suggest, trial_config, used
 from sweep.tracking import Tracker, TrialRun
 
@@ -62,14 +63,13 @@ def final_metrics(result: TrainResult, test_accuracy: float | None, seconds: flo
     """What a finished trial is judged on: the curves of its result's epoch (the last one, or with
     early stopping the best one, whose parameters it keeps), best validation, gap, time."""
     last = result.history[-1 if result.best_epoch is None else result.best_epoch - 1]
-    metrics = {k: getattr(last, k) for k in ("training_cost", "training_accuracy", "validation_cost",
-                                             "validation_accuracy")}
+    metrics = {k: getattr(last, k) for k in CURVES}
     val = [r.validation_accuracy for r in result.history if r.validation_accuracy is not None]
-    metrics["best_validation_accuracy"] = max(val) if val else None
+    metrics[BEST_VALIDATION_ACCURACY] = max(val) if val else None
     if last.training_accuracy is not None and last.validation_accuracy is not None:
-        metrics["gap"] = last.training_accuracy - last.validation_accuracy
-    metrics["test_accuracy"] = test_accuracy
-    metrics["training_seconds"] = seconds
+        metrics[GAP] = last.training_accuracy - last.validation_accuracy
+    metrics[TEST_ACCURACY] = test_accuracy
+    metrics[TRAINING_SECONDS] = seconds
     metrics[EPOCHS_RUN] = len(result.history)
     return {k: float(v) for k, v in metrics.items() if v is not None}
 
@@ -195,7 +195,7 @@ class TrialRunner:
                 return True
             if not prune:
                 return False
-            if metric == "best_validation_accuracy":
+            if metric == BEST_VALIDATION_ACCURACY:
                 t.best = max(t.best, record.validation_accuracy)
                 value = t.best
             else:

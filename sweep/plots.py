@@ -24,6 +24,7 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 from optuna.visualization import matplotlib as optuna_mpl
 
+from sweep.schema import GAP, TEST_ACCURACY, TRAINING_ACCURACY, TRAINING_SECONDS, VALIDATION_ACCURACY
 from sweep.words import plural, show_number
 
 SIZE = (8.0, 6.0)  # inches
@@ -38,8 +39,8 @@ _LABELS = {
     "hidden2": "units of the second hidden layer",
     "depth": "hidden layers",
     "epochs": "epochs",
-    "training_seconds": "training time (s)",
-    "gap": "gap (training − validation accuracy)",
+    TRAINING_SECONDS: "training time (s)",
+    GAP: "gap (training − validation accuracy)",
 }
 
 
@@ -179,7 +180,7 @@ def best_curves(epochs: pd.DataFrame, trial_number: int, *, title: str | None = 
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend()
-    accuracy = rows["validation_accuracy"]
+    accuracy = rows[VALIDATION_ACCURACY]
     if accuracy.notna().any():
         at, epoch = accuracy.idxmax(), rows["epoch"][accuracy.idxmax()]
         late = epoch > rows["epoch"].median()
@@ -208,7 +209,7 @@ def best_so_far(trials: pd.DataFrame, value: str = "value", *, direction: str = 
     chosen = done.loc[(done[value] == running)].drop_duplicates(subset=[value], keep="first")
     # the test accuracy of the trial chosen at each moment: its row's, carried to the next choice
     chosen_test = (done.index.to_series().where(done.index.isin(chosen.index)).ffill()
-                   .map(done["test_accuracy"]) if "test_accuracy" in done else None)
+                   .map(done[TEST_ACCURACY]) if TEST_ACCURACY in done else None)
     name = axis_label(label or value)
     fig = _figure((9.0, 5.0))
     ax = fig.subplots()
@@ -241,12 +242,12 @@ def overfitting(trials: pd.DataFrame, top: int = 10, *, by: str = "value", direc
     no completed trial has both accuracies.
     """
     complete = trials[trials["state"] == TrialState.COMPLETE.name]
-    known = complete.dropna(subset=[by, "training_accuracy", "validation_accuracy"])
+    known = complete.dropna(subset=[by, TRAINING_ACCURACY, VALIDATION_ACCURACY])
     ranked = known.sort_values([by, "number"], ascending=[direction == "minimize", True]).head(top)
     if ranked.empty:
         raise ValueError("no completed trial has both training and validation accuracy")
     rows = range(len(ranked), 0, -1)  # the best at the top
-    train, valid = ranked["training_accuracy"], ranked["validation_accuracy"]
+    train, valid = ranked[TRAINING_ACCURACY], ranked[VALIDATION_ACCURACY]
     gaps = train - valid
     colours = ["tab:red" if gap > gap_threshold else "0.6" for gap in gaps]
     fig = _figure((8.0, max(3.5, 1.5 + 0.45 * len(ranked))))

@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 
 from core.data import Dataset
 from core.train import CURVES, EpochRecord
-from sweep.schema import (HISTORY_KEYS, REASON_ATTR, REASON_TAG, RESULT_ATTR, RETRY_OF_ATTR, RUN_ATTR, TIMING_TAG,
+from sweep.schema import (HISTORY_KEYS, REASON_ATTR, REASON_TAG, RETRY_OF_ATTR, RUN_ATTR, TIMING_TAG,
                           TrialRecord)
 from sweep.study import StudySpec, all_params
 from sweep.tracking import Tracker, TrialRun, timing_note
@@ -177,9 +177,7 @@ def reconcile(study: Study, spec: StudySpec, tracker: Tracker, parent_run_id: st
         trial = trials.get(found.info.run_id)
         if found.info.status != "RUNNING" or trial is None:
             continue
-        stored = trial.user_attrs.get(RESULT_ATTR, {})
-        record = TrialRecord(stored.get("history", {}), stored.get("metrics"), stored.get("reason"),
-                             stored.get("pruned_at_epoch"))
+        record = TrialRecord.of(trial)
         params = all_params(spec, trial.params) if set(spec.searched) <= trial.params.keys() else None
         run = TrialRun(tracker, found.info.run_id, params)
         history = record.history

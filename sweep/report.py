@@ -24,12 +24,13 @@ from optuna.trial import TrialState
 from core.train import CURVES
 from sweep import plots
 from sweep.errors import OptionError, UsageError
-from sweep.schema import RESULT_ATTR, SPEC_ATTR
+from sweep.schema import (BEST_VALIDATION_ACCURACY, EPOCHS_RUN, GAP, SPEC_ATTR, TEST_ACCURACY, TRAINING_SECONDS,
+                          TrialRecord)
 from sweep.words import plural, show_number
 
 #: The trial metrics ``trials_frame`` has a column for, besides epochs_run and seconds.
-METRIC_COLUMNS = (*CURVES, "best_validation_accuracy", "test_accuracy", "gap")
-_TAIL_COLUMNS = ("overfit", "epochs_run", "seconds", "ended_after", "pruned_at_epoch", "reason")
+METRIC_COLUMNS = (*CURVES, BEST_VALIDATION_ACCURACY, TEST_ACCURACY, GAP)
+_TAIL_COLUMNS = ("overfit", EPOCHS_RUN, "seconds", "ended_after", "pruned_at_epoch", "reason")
 _MARGINAL_BINS = 5
 
 
@@ -89,23 +90,23 @@ def trials_frame(study: optuna.Study, gap_threshold: float = 0.05) -> pd.DataFra
     for t in study.get_trials(deepcopy=False):
         ended = t.datetime_complete
         ended_after = (ended - first).total_seconds() if ended is not None and first is not None else None
-        result = t.user_attrs.get(RESULT_ATTR, {})
-        metrics = result.get("metrics", {})
+        record = TrialRecord.of(t)
+        metrics = record.metrics or {}
         rows.append({
             "number": t.number, "state": t.state.name,
             **dict(zip(values, t.values or [None] * len(values))),
             **{column: t.number in front for column in pareto},
             **{column: t.params.get(name) for name, column in params.items()},
             **{key: metrics.get(key) for key in METRIC_COLUMNS},
-            "epochs_run": metrics.get("epochs_run"), "seconds": metrics.get("training_seconds"),
-            "ended_after": ended_after, "pruned_at_epoch": result.get("pruned_at_epoch"), "reason": result.get("reason"),
+            EPOCHS_RUN: metrics.get(EPOCHS_RUN), "seconds": metrics.get(TRAINING_SECONDS),
+            "ended_after": ended_after, "pruned_at_epoch": record.pruned_at_epoch, "reason": record.reason,
         })
     columns = ["number", "state", *values, *pareto, *params.values(), *METRIC_COLUMNS, *_TAIL_COLUMNS]
     frame = pd.DataFrame(rows, columns=columns)
     frame = frame.astype({**{c: "float64" for c in (*values, *METRIC_COLUMNS, "seconds", "ended_after")},
                           **{c: "boolean" for c in pareto},
-                          **{c: "Int64" for c in (*int_params, "epochs_run", "pruned_at_epoch")}})
-    frame["overfit"] = (frame["gap"] > gap_threshold).astype("boolean").mask(frame["gap"].isna())
+                          **{c: "Int64" for c in (*int_params, EPOCHS_RUN, "pruned_at_epoch")}})
+    frame["overfit"] = (frame[GAP] > gap_threshold).astype("boolean").mask(frame[GAP].isna())
     return frame
 
 
@@ -114,7 +115,7 @@ def epochs_frame(study: optuna.Study) -> pd.DataFrame:
     keys = (*CURVES, "seconds")
     rows = []
     for t in study.get_trials(deepcopy=False):
-        history = t.user_attrs.get(RESULT_ATTR, {}).get("history") or {}
+        history = TrialRecord.of(t).history or {}
         for i, epoch in enumerate(history.get("epoch", ())):
             rows.append({"trial": t.number, "epoch": epoch,
                          **{key: _item(history.get(key), i) for key in keys}})
@@ -296,7 +297,7 @@ def _ranked(trials: pd.DataFrame, objective: str, direction: str) -> pd.DataFram
 def _region(done: pd.DataFrame, top: pd.DataFrame, objective: str, label: str, direction: str, quantile: float,
             params: Sequence[str], front: tuple[tuple[str, str], ...] = ()) -> Region:
     """The region of the ``top`` trials (best first) among the completed ``done``."""
-    best, gap = top.iloc[0], top["gap"].dropna()
+    best, gap = top.iloc[0], top[GAP].dropna()
     return Region(
         objective=objective, label=label, direction=direction, quantile=quantile, n_complete=len(done),
         support=len(top), threshold=float(top[objective].iloc[-1]), best_trial=int(best["number"]),

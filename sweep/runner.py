@@ -339,7 +339,7 @@ def pack_size(spec: StudySpec) -> int:
 def last_failure(study: optuna.Study) -> str:
     """Why the study's last failed trial failed."""
     failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-    return failed[-1].user_attrs.get(RESULT_ATTR, {}).get("reason", "unknown") if failed else "unknown"
+    return (TrialRecord.of(failed[-1]).reason or "unknown") if failed else "unknown"
 
 
 def retried_numbers(trials: list[FrozenTrial]) -> set[int]:

@@ -60,8 +60,13 @@ DATA_CONTEXT_TAG, DATA_CONTEXT = "mlflow.data.context", "training"  # a dataset 
 
 #: What a trial can be judged on. The per-epoch ones are also reported after every
 #: epoch (best_validation_accuracy as the running maximum), so a pruner can use them.
-METRICS = (*CURVES, "best_validation_accuracy", "test_accuracy", "training_seconds", "gap")
-PER_EPOCH_METRICS = (*CURVES, "best_validation_accuracy")
+TRAINING_COST, TRAINING_ACCURACY, VALIDATION_COST, VALIDATION_ACCURACY = CURVES  # (core.train's names)
+BEST_VALIDATION_ACCURACY = "best_validation_accuracy"  # the highest validation accuracy of any epoch
+TEST_ACCURACY = "test_accuracy"  # on the kept weights, read once per trial
+TRAINING_SECONDS = "training_seconds"  # the trial's SGD time
+GAP = "gap"  # training minus validation accuracy, of the kept epoch
+METRICS = (*CURVES, BEST_VALIDATION_ACCURACY, TEST_ACCURACY, TRAINING_SECONDS, GAP)
+PER_EPOCH_METRICS = (*CURVES, BEST_VALIDATION_ACCURACY)
 EPOCHS_RUN = "epochs_run"  # a final metric besides METRICS: how many epochs the trial trained
 EPOCH_SECONDS = "epoch_seconds"  # an MLflow per-epoch metric besides the curves: that epoch's SGD time
 EPOCH_ETA = "epoch_eta"  # an MLflow per-epoch metric: the epoch's η, logged at epoch 1 and when it changes
@@ -92,6 +97,12 @@ class TrialRecord:
             if value is not None:
                 out[key] = dict(value) if key == "metrics" else value
         return out
+
+    @classmethod
+    def of(cls, trial) -> TrialRecord:
+        """What an Optuna trial stored under RESULT_ATTR (an empty record if nothing yet)."""
+        stored = trial.user_attrs.get(RESULT_ATTR, {})
+        return cls(stored.get("history", {}), stored.get("metrics"), stored.get("reason"), stored.get("pruned_at_epoch"))
 
     def tags(self) -> dict[str, str]:
         """The MLflow tags that say why the trial ended (none for a completed one)."""

@@ -23,7 +23,7 @@ from core.data import DATASETS
 from sweep import limits, samplers
 from sweep.errors import InvalidValue, SpecError
 from sweep.samplers import GRID_SAMPLERS, PRUNERS, SAMPLERS, SINGLE_OBJECTIVE_SAMPLERS, Option
-from sweep.schema import METRICS, PER_EPOCH_METRICS
+from sweep.schema import BEST_VALIDATION_ACCURACY, GAP, METRICS, PER_EPOCH_METRICS, VALIDATION_ACCURACY
 from sweep.space import (DEFAULTS, OPTIONS, SETTINGS, STR, TABLE, TRAIN_KEYS, TUNABLE, Categorical, Fixed,
                          Param, at_key, check_study_name, checked_param, did_you_mean, int_at_least, is_int,
                          join_key, one_of, positive, show)
@@ -36,8 +36,8 @@ _LAYER_NAMES = ("hidden", "hidden2", "depth")  # the [space] names that reshape 
 # The monitor flags a metric needs; test_accuracy and training_seconds need none.
 _MONITORS_NEEDED = {
     **{curve: (f"monitor_{curve}",) for curve in CURVES},
-    "best_validation_accuracy": ("monitor_validation_accuracy",),
-    "gap": ("monitor_training_accuracy", "monitor_validation_accuracy"),
+    BEST_VALIDATION_ACCURACY: ("monitor_validation_accuracy",),
+    GAP: ("monitor_training_accuracy", "monitor_validation_accuracy"),
 }
 
 # ---------------------------------------------------------------------------
@@ -171,7 +171,7 @@ class StudySpec:
     description: str | None = None
     parent: str | None = None
     data: DataSpec = field(default_factory=DataSpec)
-    objectives: tuple[Objective, ...] = (Objective("validation_accuracy", "maximize"),)
+    objectives: tuple[Objective, ...] = (Objective(VALIDATION_ACCURACY, "maximize"),)
     sampler: SamplerSpec = field(default_factory=SamplerSpec)
     pruner: PrunerSpec = field(default_factory=PrunerSpec)
     n_trials: int | None = None

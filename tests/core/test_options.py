@@ -36,7 +36,7 @@ def _masked_cost(spec, params, X, y, masks, lmbda, n_train):
 @pytest.mark.parametrize("spec", [NetworkSpec((6, 5, 4)), NetworkSpec((7, 6, 5, 3), "sigmoid"),
                                   NetworkSpec((7, 6, 5, 3), "relu", "quadratic")],
                          ids=lambda s: f"{s.sizes}-{s.activation}-{s.cost}")
-def test_backprop_with_a_fixed_dropout_mask_matches_finite_differences(spec):
+def test_backprop_gradient_with_a_fixed_dropout_mask_matches_finite_differences(spec):
     """The gradient of the masked network's cost (units dropped, the kept ones scaled), L2 included."""
     rng = np.random.default_rng(4)
     params = init_params(spec, rng, dtype=np.float64)
