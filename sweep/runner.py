@@ -511,8 +511,9 @@ class Worker:
             self.study.enqueue_trial(point)
         return len(points)
 
-    def reap(self, trials: list[FrozenTrial]) -> list[int]:
-        """Fail and re-queue the RUNNING ``trials`` whose worker is gone; return their numbers.
+    def reap(self, trials: list[FrozenTrial]) -> bool:
+        """Fail and re-queue the RUNNING ``trials`` whose worker is gone; return whether the
+        study's trials may have changed (then the ledger must read them again).
 
         On this machine a dead worker is seen at once (its process is gone); for RDB
         storages Optuna's heartbeat also finds workers that died on other machines (its
@@ -521,7 +522,7 @@ class Worker:
         for a trial until it has named itself in it: a RUNNING trial that names no worker
         lost its worker in between.
         """
-        reaped = []
+        changed = False
         for t in trials:
             identity = t.user_attrs.get(WORKER_ATTR)
             died = identity is None or is_alive_here(identity) is False
@@ -531,14 +532,15 @@ class Worker:
                 except (RuntimeError, ValueError):  # finished meanwhile (told, or reaped by another worker)
                     continue
                 self.opened.requeue(frozen, DIED if died else STALE_REASON)
-                reaped.append(t.number)
+                changed = True
         if self.rdb and time.monotonic() >= self.stale_due:
             self.stale_due = time.monotonic() + heartbeat_settings()[0]
             with warnings.catch_warnings():  # (Optuna's one public way to apply the grace period, experimental)
                 warnings.filterwarnings("ignore", message=r".*\.fail_stale_trials is experimental",
                                         category=optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(self.study)
-        return reaped
+            changed = True  # (its callback may have failed and re-queued trials; Optuna does not say which)
+        return changed
 
     def _failed(self, trial: optuna.Trial) -> FrozenTrial:
         """The trial, told FAIL if it was still running (with a reason, unless it recorded one)."""

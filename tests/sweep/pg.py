@@ -394,7 +394,9 @@ def check_retries(study: optuna.Study) -> list:
     for t in failed:
         copy = copies[t.number]
         point = {**t.system_attrs.get("fixed_params", {}), **t.params}  # whole, even if it died while sampling
-        assert point and copy.system_attrs["fixed_params"] == point and point.items() <= copy.params.items()
+        assert point, (t.number, t.state, t.system_attrs, t.params)
+        assert copy.system_attrs["fixed_params"] == point, (t.number, copy.number, copy.system_attrs, point)
+        assert point.items() <= copy.params.items(), (t.number, copy.number, copy.state, copy.params, point)
         assert copy.number > t.number
         assert copy.state in (TrialState.COMPLETE, TrialState.FAIL)
     return failed

@@ -181,7 +181,9 @@ def test_sigkill_of_a_worker_on_another_host_is_found_by_its_heartbeat(tmp_path,
     on_b = lambda t: t.user_attrs.get("mlp_sweep.worker", {}).get("host") == "machine-b"  # noqa: E731
     worker_b = start_sweep("worker", *common, cwd=tmp_path, hostname="machine-b", env=held_env())
     [victims] = wait_until(lambda: list(held_workers(rdb_study(storage, "tiny")).values()), 60, "machine-b held")
-    worker_a = start_sweep("worker", *common, cwd=tmp_path)  # works beside machine-b, then without it
+    # works beside machine-b, then without it; too patient to find machine-b silent, so that the
+    # later run finds it at its first claim, with nothing else to run but the retry it queues
+    worker_a = start_sweep("worker", *common, cwd=tmp_path, env={"MLP_SWEEP_GRACE": "600"})
     os.killpg(worker_b.pid, signal.SIGKILL)
     killed_at = time.monotonic()
     finish(worker_b)
