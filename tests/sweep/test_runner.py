@@ -15,6 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from core.train import EpochRecord
+from sweep.limits import MAX_EPOCHS
 from sweep.relay import Relay, RelayedTracker
 from sweep.runner import Budget, Stores, Worker, create_or_resume, join_study, load_data
 from sweep.samplers import SAMPLERS
@@ -126,14 +127,17 @@ def test_with_at_timeout_stop_the_run_ends_at_its_timeout_and_running_trials_com
     """Trials still training at the timeout (a pack of two) end after their current epoch and
     complete with what they reached, saying why; no trial starts after it."""
     extra = '[budget]\ntimeout = 3\nat_timeout = "stop"\n'
-    study_file = write_study(workdir / "tiny.toml", sampler="grid", epochs=5000, extra=extra)
+    study_file = write_study(workdir / "tiny.toml", sampler="grid", epochs=MAX_EPOCHS, extra=extra)
+    # ten times the images: the epochs take about 25 s, far past the timeout even when the
+    # launch itself takes most of it (300 images: 5000 epochs once ended within 1.3 s)
+    study_file.write_text(study_file.read_text().replace("n_train = 300", "n_train = 3000"))
     assert run_cli("run", study_file, "--no-tracking", "--no-report") == 0
     trials = journal_study(workdir, "tiny").trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2  # the first claim: one pack of the grid
     for t in trials:
         result = t.user_attrs["mlp_sweep.result"]
         epochs = len(result["history"]["epoch"])
-        assert 1 <= epochs < 5000 and result["metrics"]["epochs_run"] == epochs
+        assert 1 <= epochs < MAX_EPOCHS and result["metrics"]["epochs_run"] == epochs
         assert result["reason"] == f"stopped at the run's timeout, after epoch {epochs}"
         assert t.value == result["history"]["validation_accuracy"][-1]
 
