@@ -41,6 +41,12 @@ def pytest_unconfigure(config):
             os.environ.pop(name, None)
 
 
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first (a stable sort): the processes then end on short tests, together,
+    instead of one starting a long sweep when the other has nothing left to take."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def compiled_engine_cache():
     """Wait (before this process's first test) until the run's kernel cache is filled."""

@@ -249,6 +249,7 @@ def _log_from_worker(uri: str, worker: int) -> str:
     return parent
 
 
+@pytest.mark.slow
 def test_four_processes_share_one_fresh_sqlite_database(tmp_path: Path) -> None:
     uri = default_tracking_uri(tmp_path / "store")  # created by the workers, all at once
     with multiprocessing.get_context("spawn").Pool(4) as pool:
