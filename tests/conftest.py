@@ -15,28 +15,33 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 PRELOADED = "MLP_SWEEP_TEST_PRELOADED"  # the file the cache's filler touches when it is done
 _FILL = "import pathlib, sys\ntry:\n    import core.preload\nfinally:\n    pathlib.Path(sys.argv[1]).touch()"
+#: The compiled engine's cache for test runs, kept between them in this checkout (numba compiles
+#: again what changed: its index is stamped with each source file's time and size).
+NUMBA_CACHE = REPO_ROOT / ".pytest_cache" / "numba"
 
 
 def pytest_configure(config):
     """One compiled-engine cache for the whole run: the xdist workers and every ``sweep`` they
     start inherit $NUMBA_CACHE_DIR and load the kernels from it (about a second) instead of each
-    compiling them (about 11-18 s of CPU each). It is filled in the background while the tests
-    are collected; ``compiled_engine_cache`` holds the first test back until it is full."""
+    compiling them (about 9-18 s of CPU each). It is filled in the background while the tests
+    are collected (on a fresh checkout; later runs find it full); ``compiled_engine_cache`` holds
+    the first test back until it is."""
     if hasattr(config, "workerinput") or "NUMBA_CACHE_DIR" in os.environ:
         return  # an xdist worker (its controller made the cache), or a cache chosen by the caller
-    config.numba_cache = tempfile.mkdtemp(prefix="mlp-sweep-test-numba-")
-    os.environ["NUMBA_CACHE_DIR"] = config.numba_cache
-    os.environ[PRELOADED] = os.path.join(config.numba_cache, "filled")
+    NUMBA_CACHE.mkdir(parents=True, exist_ok=True)
+    config.numba_marker = tempfile.mkdtemp(prefix="mlp-sweep-test-numba-")
+    os.environ["NUMBA_CACHE_DIR"] = str(NUMBA_CACHE)
+    os.environ[PRELOADED] = os.path.join(config.numba_marker, "filled")
     path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     config.numba_filler = subprocess.Popen([sys.executable, "-c", _FILL, os.environ[PRELOADED]], cwd=REPO_ROOT,
                                            env={**os.environ, "PYTHONPATH": path})
 
 
 def pytest_unconfigure(config):
-    if getattr(config, "numba_cache", None):
+    if getattr(config, "numba_marker", None):
         config.numba_filler.kill()
         config.numba_filler.wait()
-        shutil.rmtree(config.numba_cache, ignore_errors=True)
+        shutil.rmtree(config.numba_marker, ignore_errors=True)
         for name in ("NUMBA_CACHE_DIR", PRELOADED):
             os.environ.pop(name, None)
 
