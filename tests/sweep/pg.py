@@ -261,8 +261,18 @@ NEVER_PRUNE = '[pruner]\nname = "threshold"\nlower = 0.0\n'
 def held_env(epoch: int = 1, first: int = 0) -> dict[str, str]:
     """The environment that makes each worker process stop itself (SIGSTOP) once, right after
     it reported epoch ``epoch`` of a trial numbered ``first`` or more (see hold/sitecustomize.py)."""
+    return _hold_env("MLP_SWEEP_TEST_HOLD", f"{epoch}:{first}")
+
+
+def held_claim_env(sampled: bool) -> dict[str, str]:
+    """The environment that makes each worker process stop itself (SIGSTOP) inside its first
+    claim: after its first ask (``sampled`` False) or before it names itself in a sampled trial."""
+    return _hold_env("MLP_SWEEP_TEST_HOLD_CLAIM", "sampled" if sampled else "asked")
+
+
+def _hold_env(name: str, value: str) -> dict[str, str]:
     path = os.pathsep.join(p for p in (str(HOLD_DIR), os.environ.get("PYTHONPATH")) if p)
-    return {"MLP_SWEEP_TEST_HOLD": f"{epoch}:{first}", "PYTHONPATH": path}
+    return {name: value, "PYTHONPATH": path}
 
 
 def _proc_state(pid: int) -> str | None:

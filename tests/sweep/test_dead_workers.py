@@ -26,9 +26,9 @@ from sweep.studyfile import load_spec
 from sweep.storage import StorageSpec
 from sweep.words import plural
 from tests.sweep.conftest import child_runs, run_cli, tracking_client, write_study
-from tests.sweep.pg import (_JOURNALS, NEVER_PRUNE, by_state, can_fake_a_host, check_agreement, check_grid_done,
-                            check_retries, database_url, finish, gone, held_env, held_workers, journal, pg_databases,
-                            rdb_study, signal_pending, start_sweep, trial_runs, wait_until)
+from tests.sweep.pg import (NEVER_PRUNE, by_state, can_fake_a_host, check_agreement, check_grid_done, check_retries,
+                            database_url, finish, gone, held_claim_env, held_env, held_workers, journal, pg_databases,
+                            rdb_study, signal_pending, start_sweep, stopped, trial_runs, wait_until)
 
 pytestmark = pytest.mark.slow
 __all__ = ["pg_databases"]  # a fixture, imported for pytest
@@ -278,24 +278,15 @@ def test_sigkill_between_claiming_a_trial_and_starting_it(workdir, sampled):
     enqueued for it), but does not yet say who runs it; before or after its parameters were
     sampled. Its point must not be lost either way."""
     write_study(workdir / "tiny.toml", epochs=2)
-    for attempt in range(3):  # polling as fast as it can, this catches the window nearly always at once
-        proc = start_sweep("run", "tiny.toml", "--no-report", cwd=workdir)
-        caught = wait_until(lambda: proc.poll() is not None or nameless(workdir, sampled), 120,
-                            "a claimed trial", every=0)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            proc.communicate(timeout=30)
-            break
-        finish(proc)
-        for path in (workdir / "mlruns").iterdir():
-            path.unlink()
-        _JOURNALS.clear()
-    else:
-        pytest.skip("the window between claiming a trial and naming its worker was never caught")
-    assert caught is not True and nameless(workdir, sampled) == caught  # still RUNNING, nameless
-    # with the other trials of its pack, sampled or not, named or not (the kill may land after the
-    # worker named itself in the first of them)
+    proc = start_sweep("run", "tiny.toml", "--no-report", cwd=workdir, env=held_claim_env(sampled))
+    wait_until(lambda: proc.poll() is not None or stopped(proc.pid), 120, "the worker held in its claim")
+    assert nameless(workdir, sampled) == [0], proc.poll()  # held in the window: RUNNING, not named
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert nameless(workdir, sampled) == [0]  # still RUNNING, nameless
     dead = [t.number for t in journal(workdir, "tiny").trials if t.state == TrialState.RUNNING]
+    # held after its first ask the claim holds trial 0 alone; before naming itself, its whole pack
+    assert len(dead) > 1 if sampled else dead == [0]
 
     assert run_cli("run", "tiny.toml", "--no-report") == 0
     study = journal(workdir, "tiny")
@@ -309,7 +300,7 @@ def test_sigkill_between_claiming_a_trial_and_starting_it(workdir, sampled):
     assert statuses["FINISHED"] == N_POINTS and "RUNNING" not in statuses
 
 
-def nameless(workdir, sampled: bool | None = None) -> list[int] | bool:
+def nameless(workdir, sampled: bool | None = None) -> list[int]:
     """RUNNING trials that do not name their worker (a worker died, or is about to name itself),
     and have (or have not yet) sampled their parameters (None: either)."""
     if not (workdir / "mlruns" / "optuna.journal").exists():
