@@ -82,6 +82,10 @@ def test_a_new_user_browses_the_study_in_the_mlflow_ui(workdir, chromium, screen
         link = re.fullmatch(rf"ui-grid: ({re.escape(base)}/#/experiments/\d+/runs\?\S+)", lines[1]).group(1)
         page = chromium.new_page(viewport={"width": 1700, "height": 1000})
         page.set_default_timeout(WAIT_MS)
+        # MLflow's assistant panel may open by itself, at any time, over a third of the page: closed
+        # whenever it shows, before each action and assertion
+        page.add_locator_handler(page.locator('[data-component-id="mlflow.assistant.chat_panel.close"]'),
+                                 lambda close: close.click())
         _browse(page, base, link, screenshots)
     finally:
         stop_group(proc)
@@ -93,7 +97,6 @@ def _browse(page, base: str, link: str, shots: Path) -> None:
     # The link `sweep ui` printed, in a browser new to MLflow: the runs table, in the model-training
     # view (its side bar has no Sessions, Judges or Prompts), in the study's view.
     page.goto(link)
-    _close_assistant(page)
     expect(page.get_by_role("heading", name="Runs")).to_be_visible()
     expect(page.get_by_text("batch size by learning rate, 3 x 3").first).to_be_visible()
     _model_training_side_bar(page)
@@ -128,7 +131,6 @@ def _browse(page, base: str, link: str, shots: Path) -> None:
     best_name.get_by_role("link").click()
     _model_training_side_bar(page)
     page.get_by_role("tab", name="Model metrics").click()
-    _close_assistant(page)
     sections = page.get_by_test_id("experiment-view-compare-runs-section-header")
     expect(sections.first).to_have_text(re.compile(r"^summary\s*\(5\)"))  # MLflow puts sections by prefix first
     sections.first.get_by_text("summary", exact=True).click()
@@ -140,7 +142,6 @@ def _browse(page, base: str, link: str, shots: Path) -> None:
     # The parent run: the study's summary, and its artifacts (the study file, the report's plots).
     page.goto(link)
     _column(page, "attributes.`Run Name`").get_by_role("link", name="ui-grid", exact=True).click()
-    _close_assistant(page)
     for metric in ("trials/complete", "trials/pruned", "trials/failed", "trials/best", "validation_accuracy"):
         expect(page.get_by_role("link", name=metric, exact=True)).to_be_visible()
     expect(page.get_by_text("Parameters (0)")).to_be_visible()
@@ -164,13 +165,3 @@ def _model_training_side_bar(page) -> None:
 def _column(page, col_id: str):
     """The runs table's cells (not its header) of one column, e.g. ``tags.`mlp_sweep.state```."""
     return page.locator(f'.ag-row .ag-cell[col-id="{col_id}"]')
-
-
-def _close_assistant(page) -> None:
-    """Close MLflow's assistant panel where it opened by itself (it covers a third of the page)."""
-    from playwright.sync_api import TimeoutError as NotThere
-
-    try:
-        page.locator('[data-component-id="mlflow.assistant.chat_panel.close"]').click(timeout=3000)
-    except NotThere:
-        pass
