@@ -23,6 +23,7 @@ so a process that imported numba before this module keeps numba's own cache loca
 
 from __future__ import annotations
 
+import mmap
 import os
 
 from core.data import cache_dir
@@ -527,12 +528,33 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
                 W0[i, j] *= col_s[j]
 
 
+HUGE_PAGE = 2 << 20  # bytes of a transparent huge page (x86-64)
+HUGE_FROM = 64 * mmap.PAGESIZE  # a first layer this large reads its rows from 2 MB pages
+
+
+def _rows_matrix(shape: tuple[int, int]) -> np.ndarray:
+    """Zeros (d, w) float32 for a first layer, from 2 MB pages when it is HUGE_FROM or larger.
+
+    The kernels read the rows of lit pixels in a random order; spread over more 4 KB pages
+    than the TLB holds (a pack of 11 × 15 units spans 135), they miss it often enough to
+    take 2× as long, while one or a few 2 MB pages hold them all. Linux backs a 2 MB-aligned,
+    MADV_HUGEPAGE range with them where it can; elsewhere these are ordinary pages."""
+    size = shape[0] * shape[1] * 4
+    if size < HUGE_FROM or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return np.zeros(shape, np.float32)
+    span = -(-size // HUGE_PAGE) * HUGE_PAGE
+    memory = mmap.mmap(-1, span + HUGE_PAGE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # zeros; room to align
+    start = -np.frombuffer(memory, np.uint8).ctypes.data % HUGE_PAGE
+    memory.madvise(mmap.MADV_HUGEPAGE, start, span)
+    return np.frombuffer(memory, np.float32, shape[0] * shape[1], start).reshape(shape)
+
+
 def _kernel_layout(spec: NetworkSpec, trials: Sequence[Params]) -> tuple[np.ndarray, ...]:
     """K networks' weights as the kernels read them (copies): W0 (d, K·h + padding) and b0, the
     first layers side by side; W (L-1, K, fan_in, fan_out padded to whole vectors) and b, the others."""
     K, L = len(trials), spec.n_layers
     width = -(-K * spec.sizes[1] // LANES) * LANES
-    W0 = np.zeros((spec.sizes[0], width), np.float32)
+    W0 = _rows_matrix((spec.sizes[0], width))
     W0[:, :K * spec.sizes[1]] = np.concatenate([p.layers[0][:, :-1].T for p in trials], axis=1)
     b0 = np.zeros(width, np.float32)
     b0[:K * spec.sizes[1]] = np.concatenate([p.layers[0][:, -1] for p in trials])
