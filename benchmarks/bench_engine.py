@@ -12,7 +12,7 @@ images, accuracies monitored) as one pack against one by one on the compiled eng
 first compile (empty cache) and a cached start, each in a fresh process; and the peak
 memory (RSS) of a process that trains one monitored epoch on full MNIST.
 
-    python benchmarks/bench_engine.py [--data-dir DIR] [--repeat 5]
+    python benchmarks/bench_engine.py [--data-dir DIR] [--repeat 5] [--only eta]
 """
 
 from __future__ import annotations
@@ -170,6 +170,21 @@ def eta_axis(k: int, engine: str) -> list[TrainConfig]:
                         monitor_training_cost=False, monitor_validation_cost=False) for i in range(k)]
 
 
+def compare_eta_axis(data_dir: Path | None, rep: int) -> None:
+    """The η axis (``eta_axis``) as one pack against one by one on the compiled engine, and as a NumPy pack."""
+    small = load_mnist(data_dir, n_train=5000, n_validation=1000)
+    spec = NetworkSpec((784, 15, 10))
+    one_by_one, packed, numpy_packed = median_of(
+        2 * rep - 1, lambda: [train(spec, c, small.train, small.validation) for c in eta_axis(11, "compiled")],
+        lambda: train_packed(spec, eta_axis(11, "compiled"), small.train, small.validation),
+        lambda: train_packed(spec, eta_axis(11, "numpy"), small.train, small.validation))
+    print(f"\neta axis: 11 trials of [784, 15, 10], one seed, batch 10, 10 epochs, 5000/1000 images, "
+          f"accuracies monitored (CPU s)")
+    print(f"  compiled, one by one     {one_by_one:8.3f} s")
+    print(f"  compiled, one pack       {packed:8.3f} s   {one_by_one / packed:5.2f}x one by one")
+    print(f"  NumPy engine, one pack   {numpy_packed:8.3f} s   compiled pack is {numpy_packed / packed:5.2f}x faster")
+
+
 def in_fresh_process(code: str, env: dict[str, str]) -> str:
     """stdout of ``python -c code`` in a new process with this repository first on its path."""
     env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
@@ -189,9 +204,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=SHARED if SHARED.is_dir() else None)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--only", choices=("eta",), help="run one part alone: eta, the η axis pack against one by one")
     args = parser.parse_args()
     rep = args.repeat
     sys.stdout.reconfigure(line_buffering=True)  # every row reaches a pipe as printed, even if the run is cut short
+    if args.only == "eta":
+        with threadpool_limits(1):
+            compare_eta_axis(args.data_dir, rep)
+        return
     with tempfile.TemporaryDirectory() as cache:  # compile times first, in fresh processes
         first = [float(t) for t in in_fresh_process(START, {"NUMBA_CACHE_DIR": cache}).split()]
         start = time.perf_counter()
@@ -226,17 +246,7 @@ def main() -> None:
 
         profile(data, rep, compiled_at["floor"])
 
-        small = load_mnist(args.data_dir, n_train=5000, n_validation=1000)
-        spec = NetworkSpec((784, 15, 10))
-        one_by_one, packed, numpy_packed = median_of(
-            2 * rep - 1, lambda: [train(spec, c, small.train, small.validation) for c in eta_axis(11, "compiled")],
-            lambda: train_packed(spec, eta_axis(11, "compiled"), small.train, small.validation),
-            lambda: train_packed(spec, eta_axis(11, "numpy"), small.train, small.validation))
-        print(f"\neta axis: 11 trials of [784, 15, 10], one seed, batch 10, 10 epochs, 5000/1000 images, "
-              f"accuracies monitored (CPU s)")
-        print(f"  compiled, one by one     {one_by_one:8.3f} s")
-        print(f"  compiled, one pack       {packed:8.3f} s   {one_by_one / packed:5.2f}x one by one")
-        print(f"  NumPy engine, one pack   {numpy_packed:8.3f} s   compiled pack is {numpy_packed / packed:5.2f}x faster")
+        compare_eta_axis(args.data_dir, rep)
     print(f"\nfirst compile (empty cache, import + compile): {first[0]:6.2f} s wall, {first[1]:.2f} s CPU")
     print(f"cached start (fresh process, warm cache: import + load): {cached[0]:6.2f} s wall, {cached[1]:.2f} s CPU "
           f"({cached_process:.2f} s wall for the whole process)")
