@@ -611,15 +611,15 @@ def _evaluate(indptr, indices, codes, table, labels, sizes, act, cost, W0, b0, W
         for k in range(K):
             start = k * k_out
             best = start  # argmax of the logits: the output's too, softmax and sigmoid being monotone
+            top = out[start]  # out[best], held so each step waits on a compare, not on a load
             for j in range(start + 1, start + k_out):
-                if out[j] > out[best]:
-                    best = j
+                if out[j] > top:
+                    best, top = j, out[j]
             if best - start == y:
                 correct[k] += 1
             if not want_cost:
                 continue
             if cost == 0:
-                top = out[best]
                 total = _ZERO
                 for j in range(start, start + k_out):
                     total += np.exp(out[j] - top)
