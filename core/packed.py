@@ -200,6 +200,7 @@ def train_packed(spec: NetworkSpec, configs: Sequence[TrainConfig], training: La
         return []
     rngs = [np.random.default_rng(c.seed) for c in configs]
     stack = Stack.of([init_params(spec, rng) for rng in rngs] if params is None else params)
+    shuffles = {c.seed: rng for c, rng in zip(configs, rngs)}  # trials of a seed draw the same permutations
     X = np.asarray(training.X, dtype=stack.layers[0].dtype)
     n = len(X)
     engine = resolve(configs[0].engine, X.dtype)
@@ -214,7 +215,8 @@ def train_packed(spec: NetworkSpec, configs: Sequence[TrainConfig], training: La
     active = list(range(len(configs)))  # the trial of each slice of the stack
     sgd = _sgd(engine, spec, stack, X, training.y, configs)
     for epoch in range(1, configs[0].epochs + 1):
-        perms = np.stack([rngs[i].permutation(n) for i in active])  # (K, n)
+        drawn = {seed: rng.permutation(n) for seed, rng in shuffles.items()}
+        perms = np.stack([drawn[configs[i].seed] for i in active])  # (K, n)
         start = time.perf_counter()
         with np.errstate(all="ignore"):  # divergence is detected below, once per epoch
             sgd.epoch(perms)
