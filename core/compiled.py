@@ -11,7 +11,8 @@ Same maths as the NumPy reference (``SGD``), arranged for speed at small batches
   epoch); the other, small layers are decayed as in the reference;
 * K trials that see the same mini-batches (same seed) train as one pack: their first
   layers sit side by side in one (d, K·h) matrix, so each input row and its non-zero
-  pixels are read once for the pack; their other layers stay apart;
+  pixels are read once for the pack; their other layers stay apart; a wide first layer sits
+  on 2 MB pages (``_rows_matrix``), as its rows are read in a random order;
 * momentum (one trial, or a pack of one μ) gives every weight a velocity that moves it on
   every step, so the first layer's update is then dense: its lit rows' gradients go into
   the velocity, then one pass over W⁰ applies μ, the L2 term and the velocity;
