@@ -215,7 +215,7 @@ def train_packed(spec: NetworkSpec, configs: Sequence[TrainConfig], training: La
     active = list(range(len(configs)))  # the trial of each slice of the stack
     sgd = _sgd(engine, spec, stack, X, training.y, configs)
     for epoch in range(1, configs[0].epochs + 1):
-        drawn = {seed: rng.permutation(n) for seed, rng in shuffles.items()}
+        drawn = {seed: shuffles[seed].permutation(n) for seed in {configs[i].seed for i in active}}
         perms = np.stack([drawn[configs[i].seed] for i in active])  # (K, n)
         start = time.perf_counter()
         with np.errstate(all="ignore"):  # divergence is detected below, once per epoch
