@@ -51,7 +51,7 @@ SHARED = ROOT.parent / "shared" / "data" / "mnist"
 
 def run_sweep(workdir: Path, study: Path, workers: int, data_dir: Path, *flags: str) -> tuple[float, float]:
     """Wall seconds of ``sweep run`` and the peak RSS (MB) of it or any worker."""
-    env = {**os.environ, "MNIST_DIR": str(data_dir)}
+    env = {**os.environ, "MNIST_DIR": str(data_dir.resolve())}  # (the sweep runs in workdir)
     env.pop("MLFLOW_TRACKING_URI", None)
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "sweep", "run", str(study), "--workers", str(workers), "--no-report",
