@@ -546,7 +546,10 @@ def _rows_matrix(shape: tuple[int, int]) -> np.ndarray:
     span = -(-size // HUGE_PAGE) * HUGE_PAGE
     memory = mmap.mmap(-1, span + HUGE_PAGE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # zeros; room to align
     start = -np.frombuffer(memory, np.uint8).ctypes.data % HUGE_PAGE
-    memory.madvise(mmap.MADV_HUGEPAGE, start, span)
+    try:
+        memory.madvise(mmap.MADV_HUGEPAGE, start, span)
+    except OSError:  # a kernel without transparent huge pages (EINVAL): ordinary pages, as they are
+        pass
     return np.frombuffer(memory, np.float32, shape[0] * shape[1], start).reshape(shape)
 
 

@@ -200,7 +200,9 @@ def train_packed(spec: NetworkSpec, configs: Sequence[TrainConfig], training: La
         return []
     rngs = [np.random.default_rng(c.seed) for c in configs]
     stack = Stack.of([init_params(spec, rng) for rng in rngs] if params is None else params)
-    shuffles = {c.seed: rng for c, rng in zip(configs, rngs)}  # trials of a seed draw the same permutations
+    # trials of a seed draw the same permutations: their generators are in one state (nothing
+    # else draws per trial in an epoch: packs refuse dropout, UNPACKED_OPTIONS)
+    shuffles = {c.seed: rng for c, rng in zip(configs, rngs)}
     X = np.asarray(training.X, dtype=stack.layers[0].dtype)
     n = len(X)
     engine = resolve(configs[0].engine, X.dtype)

@@ -14,9 +14,18 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 PRELOADED = "MLP_SWEEP_TEST_PRELOADED"  # the file the cache's filler touches when it is done
-_FILL = "import pathlib, sys\ntry:\n    import core.preload\nfinally:\n    pathlib.Path(sys.argv[1]).touch()"
+#: The cache's filler: one filler at a time (two runs at once would write one index together).
+_FILL = """import fcntl, os, pathlib, sys
+with open(os.path.join(os.environ["NUMBA_CACHE_DIR"], ".lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        import core.preload
+    finally:
+        pathlib.Path(sys.argv[1]).touch()
+"""
 #: The compiled engine's cache for test runs, kept between them in this checkout (numba compiles
-#: again what changed: its index is stamped with each source file's time and size).
+#: again what changed: its index is stamped with each source file's time and size;
+#: ``pytest --cache-clear`` empties it).
 NUMBA_CACHE = REPO_ROOT / ".pytest_cache" / "numba"
 
 

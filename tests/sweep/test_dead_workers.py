@@ -6,7 +6,8 @@ KILLED, every completed trial and its logged epochs kept, nothing left RUNNING, 
 later run completes each grid point exactly once.
 
 The workers are held at an epoch boundary (``held_env``: each stops itself right after
-reporting an epoch of a trial), so that short trials are caught mid-way without a race.
+reporting an epoch of a trial), so that short trials are caught mid-way without a race, or
+inside a claim (``held_claim_env``: after asking for a trial, or before naming itself in it).
 The studies use a threshold pruner that never prunes (``lower = 0``): it makes every
 trial report each epoch to Optuna, which is where the workers are held.
 """

@@ -130,7 +130,9 @@ def test_with_at_timeout_stop_the_run_ends_at_its_timeout_and_running_trials_com
     study_file = write_study(workdir / "tiny.toml", sampler="grid", epochs=MAX_EPOCHS, extra=extra)
     # ten times the images: the epochs take about 25 s, far past the timeout even when the
     # launch itself takes most of it (300 images: 5000 epochs once ended within 1.3 s)
-    study_file.write_text(study_file.read_text().replace("n_train = 300", "n_train = 3000"))
+    text = study_file.read_text()
+    assert "n_train = 300\n" in text
+    study_file.write_text(text.replace("n_train = 300\n", "n_train = 3000\n"))
     assert run_cli("run", study_file, "--no-tracking", "--no-report") == 0
     trials = journal_study(workdir, "tiny").trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2  # the first claim: one pack of the grid
