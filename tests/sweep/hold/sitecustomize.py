@@ -54,10 +54,12 @@ if _CLAIM == "asked":
     optuna.Study.ask = _ask_then_hold
 
 if _CLAIM == "sampled":
+    from sweep.schema import WORKER_ATTR
+
     _set_user_attr = optuna.trial.Trial.set_user_attr
 
     def _hold_then_name(self, key, value):
-        if key == "mlp_sweep.worker":
+        if key == WORKER_ATTR:
             _hold("sampled")
         _set_user_attr(self, key, value)
 
