@@ -19,10 +19,10 @@ from concurrent.futures import ProcessPoolExecutor
 
 from core.model import NetworkSpec, evaluate
 from core.train import TrainConfig, train
-from sweep.best import best_trial
-from sweep.cli import _stores
-from sweep.runner import load_data, load_stored_study
-from sweep.study import trial_config
+from sweep.cli.commands import _stores
+from sweep.run.runner import load_data, load_stored_study
+from sweep.spec.study import trial_config
+from sweep.tracking.registry import best_trial
 
 
 def variants(network: NetworkSpec, config: TrainConfig) -> dict[str, tuple[NetworkSpec, TrainConfig]]:

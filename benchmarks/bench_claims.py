@@ -1,6 +1,6 @@
 """Claims under load: N worker processes claim and finish trials that do no training.
 
-Each worker is the project's own ``sweep.runner.Worker`` (the study lock, reaping, the budget,
+Each worker is the project's own ``sweep.run.runner.Worker`` (the study lock, reaping, the budget,
 asking, sampling, naming itself, heartbeats) with a runner whose trials cost nothing: it
 samples and tells each trial through ``TrialRunner``'s own ``_prepare`` and ``_finish``. So
 what is timed is the claim/tell path the workers use, and nothing else. A claim's latency is
@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sweep.runner import PRELOAD  # noqa: E402  (after the path: the checkout's sweep, not an installed one)
+from sweep.run.runner import PRELOAD  # noqa: E402  (after the path: the checkout's sweep, not an installed one)
 
 STUDY = """\
 name = "claims-{n}"
@@ -60,7 +60,7 @@ def study_spec(n_trials: int):
     """A grid of exactly ``n_trials`` points (a multiple of 10): hidden 1..n/10 x batch size 1..10."""
     import tomllib
 
-    from sweep.studyfile import parse_spec
+    from sweep.spec.file import parse_spec
 
     return parse_spec(tomllib.loads(STUDY.format(n=n_trials, hidden=n_trials // 10)), f"bench {n_trials}")
 
@@ -69,10 +69,10 @@ def _worker(storage: str, n_trials: int, workers: int, index: int, start, out) -
     """One worker process: join the study, wait for the others, run it to its end; send the latencies."""
     from optuna.trial import TrialState
 
-    from sweep.objective import TrialRunner
-    from sweep.runner import Budget, Stores, Worker, configure_libraries, join_study
+    from sweep.run.runner import Budget, Stores, Worker, configure_libraries, join_study
+    from sweep.run.trial import TrialRunner
     from sweep.schema import TrialRecord
-    from sweep.storage import StorageSpec
+    from sweep.stores.storage import StorageSpec
 
     class ZeroCost(TrialRunner):
         """Trials that train nothing: sampled and told on the runner's own path, value 0."""
@@ -159,8 +159,8 @@ def check_exactly_once(storage: str, spec) -> None:
     """Every grid point COMPLETE exactly once; nothing RUNNING or WAITING. SystemExit otherwise."""
     import optuna
 
-    from sweep.samplers import grid_key, grid_order
-    from sweep.storage import StorageSpec
+    from sweep.spec.samplers import grid_key, grid_order
+    from sweep.stores.storage import StorageSpec
 
     url = StorageSpec(storage).sqlalchemy_url
     trials = optuna.load_study(study_name=spec.name, storage=url).get_trials(deepcopy=False)
@@ -234,11 +234,11 @@ def _create(storage: str, n_trials: int, done: int) -> None:
     from optuna.distributions import distribution_to_json
     from optuna.storages._rdb import models
 
-    from sweep.runner import Stores, configure_libraries, create_or_resume
-    from sweep.samplers import grid_order
+    from sweep.run.runner import Stores, configure_libraries, create_or_resume
     from sweep.schema import WORKER_ATTR
-    from sweep.storage import StorageSpec
-    from sweep.study import suggest
+    from sweep.spec.samplers import grid_order
+    from sweep.spec.study import suggest
+    from sweep.stores.storage import StorageSpec
 
     configure_libraries()
     spec = study_spec(n_trials)

@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_core import SHARED, reference_epoch
 from threadpoolctl import threadpool_limits
 
-from bench_core import SHARED, reference_epoch
 from core.data import load_mnist
 from core.model import NetworkSpec, init_params, one_hot
 from core.packed import train_packed
@@ -178,8 +178,8 @@ def compare_eta_axis(data_dir: Path | None, rep: int) -> None:
         2 * rep - 1, lambda: [train(spec, c, small.train, small.validation) for c in eta_axis(11, "compiled")],
         lambda: train_packed(spec, eta_axis(11, "compiled"), small.train, small.validation),
         lambda: train_packed(spec, eta_axis(11, "numpy"), small.train, small.validation))
-    print(f"\neta axis: 11 trials of [784, 15, 10], one seed, batch 10, 10 epochs, 5000/1000 images, "
-          f"accuracies monitored (CPU s)")
+    print("\neta axis: 11 trials of [784, 15, 10], one seed, batch 10, 10 epochs, 5000/1000 images, "
+          "accuracies monitored (CPU s)")
     print(f"  compiled, one by one     {one_by_one:8.3f} s")
     print(f"  compiled, one pack       {packed:8.3f} s   {one_by_one / packed:5.2f}x one by one")
     print(f"  NumPy engine, one pack   {numpy_packed:8.3f} s   compiled pack is {numpy_packed / packed:5.2f}x faster")

@@ -39,10 +39,10 @@ from core.data import load_mnist
 from core.model import NetworkSpec, evaluate, init_params
 from core.reference import ReferenceNetwork
 from core.train import EpochRecord
-from sweep import tracking
-from sweep.relay import Relay, RelayedTracker
-from sweep.studyfile import load_spec
-from sweep.tracking import Tracker
+from sweep.spec.file import load_spec
+from sweep.tracking import tracker as tracking
+from sweep.tracking.relay import Relay, RelayedTracker
+from sweep.tracking.tracker import Tracker
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "studies" / "homework-grid-mnist.toml"
@@ -93,7 +93,7 @@ SUMMARY = {"best_validation_accuracy": 0.9, "gap": 0.05, "test_accuracy": 0.9, "
 
 def floor_cpu(client, experiment_id: str, parent: str, n: int) -> float:
     """CPU seconds per run logged straight through MlflowClient: the same tags, params and metrics."""
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
 
     start = time.process_time()
     for number in range(n):

@@ -31,8 +31,8 @@ from core.data import cache_dir
 
 os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_dir() / "numba"))
 
+from collections.abc import Sequence  # noqa: E402
 from dataclasses import dataclass  # noqa: E402  (numba reads NUMBA_CACHE_DIR when imported)
-from typing import Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
 from llvmlite import ir  # noqa: E402  (numba's code generator: the first layer's vector steps)

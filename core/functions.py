@@ -7,11 +7,10 @@ layer: the cost's value and the output error δᴸ = ∂C/∂zᴸ (Nielsen's BP1
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
-
 
 # --- hidden activations: f(z, out), and δ ← δ ⊙ f'(z) in place, from z or from a = f(z) ---
 

@@ -12,16 +12,28 @@ the same BLAS calls as the lone run, so in practice the weights agree bit for bi
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
 from core.engine import resolve
 from core.functions import ACTIVATIONS, COSTS
 from core.model import EVAL_CHUNK, NetworkSpec, Params, Workspace, init_params, one_hot
-from core.train import (CURVES, GATHER_ROWS, LEARNING_CHECK, EpochCallback, EpochRecord, LabelledSet,
-                        LearningCheck, NonFiniteError, NotLearningError, TrainConfig, TrainResult, monitored)
+from core.train import (
+    CURVES,
+    GATHER_ROWS,
+    LEARNING_CHECK,
+    EpochCallback,
+    EpochRecord,
+    LabelledSet,
+    LearningCheck,
+    NonFiniteError,
+    NotLearningError,
+    TrainConfig,
+    TrainResult,
+    monitored,
+)
 
 PACKED_FIELDS = ("epochs", "batch_size", *(f"monitor_{curve}" for curve in CURVES), "engine")  # must agree
 #: Options a pack does not train (Nielsen's chapter-3 ones): a config with any of them on trains alone.

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 

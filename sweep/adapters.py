@@ -18,7 +18,7 @@ bounds both packages to the major versions tested.
   to serve (without it every read of a study reads all of its trials from the database).
 - ``add_storage_service``: the servicer and registration that ``run_grpc_proxy_server``
   uses; that function builds and runs its own server, to which no other method (the sweep's
-  study lock, sweep.proxy) nor keepalive option can be added.
+  study lock, sweep.stores.proxy) nor keepalive option can be added.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ MAX_RANGE_STEPS = 2**53
 #: refine appends "-refined-N" to it.
 MAX_NAME_LENGTH = 200
 #: Sampler seeds: NumPy's RandomState, which Optuna's samplers use, takes 32-bit seeds; worker
-#: i of a run adds i to the seed, modulo 2**32 (see sweep.samplers.build_sampler).
+#: i of a run adds i to the seed, modulo 2**32 (see sweep.spec.samplers.build_sampler).
 MAX_SEED = 2**32 - 1
 #: Local worker processes per CPU: each is a process with one BLAS thread and its own copy of
 #: the data; beyond a few per core they only take turns.
@@ -64,8 +64,7 @@ OPTION_BOUNDS: Mapping[str, tuple[int, str]] = MappingProxyType({
     "popsize": (10_000, "CMA-ES samples and sorts a population of that many points per generation"),
     "population_size": (10_000, "NSGA-II/III sorts a generation of that many trials"),
     "dividing_parameter": (100, "NSGA-III makes every one of C(objectives + p - 1, p) reference points"),
-    **{name: (MAX_TRIALS, "a study holds at most that many trials")
-       for name in ("n_startup_trials", "n_min_trials", "bootstrap_count")},
+    **dict.fromkeys(("n_startup_trials", "n_min_trials", "bootstrap_count"), (MAX_TRIALS, "a study holds at most that many trials")),
 })
 
 

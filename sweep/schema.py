@@ -8,8 +8,9 @@ module that reads or writes them; stdlib and ``core`` only.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from core.train import CURVES
 
@@ -45,7 +46,7 @@ CONFIG_ARTIFACT = "study.toml"  # the study file, an artifact of the parent run
 WEIGHTS_DIR, WEIGHTS_FILE = "weights", "params.npz"
 WEIGHTS_ARTIFACT = f"{WEIGHTS_DIR}/{WEIGHTS_FILE}"
 MODEL_NAME = "model"  # the MLflow logged model of a study's best trial (registered under the study's name)
-MODEL_WEIGHTS_KEY = "weights"  # the weights' key among the logged model's artifacts (sweep.served)
+MODEL_WEIGHTS_KEY = "weights"  # the weights' key among the logged model's artifacts (sweep.tracking.served)
 N_PIXELS = 784  # the logged model's input, in its signature: rows of 28 x 28 pixels, floats in [0, 1]
 #: MLflow run status of a trial's run, by Optuna state. A pruned trial ended as the pruner
 #: asked: FINISHED, told apart by STATE_TAG (KILLED is kept for interrupted trials, and the

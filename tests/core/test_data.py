@@ -505,7 +505,7 @@ def test_mnist5k_is_stratified_4000_500_500(mnist5k: Dataset) -> None:
         assert split.n == 10 * per_digit
         assert split.X.shape == (10 * per_digit, 784) and split.X.dtype == np.float32
         assert split.X.flags.c_contiguous and split.y.dtype == np.int64
-        assert 0.0 <= split.X.min() and split.X.max() <= 1.0
+        assert split.X.min() >= 0.0 and split.X.max() <= 1.0
         np.testing.assert_array_equal(np.bincount(split.y, minlength=10), np.full(10, per_digit))
         assert len(set(split.y[:40].tolist())) >= 5  # digits interleaved, not in blocks
 

@@ -9,7 +9,8 @@ from core.functions import COSTS
 from core.model import NetworkSpec, Workspace, gradients, init_params, with_ones
 from core.packed import can_pack, train_packed
 from core.train import NO_CHECK, EpochRecord, Schedule, TrainConfig, draw_keep, hidden_units, train
-from tests.core.toy import assert_gradient_matches, toy_data as _data
+from tests.core.toy import assert_gradient_matches
+from tests.core.toy import toy_data as _data
 
 needs_numba = pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba is not installed")
 RTOL = 1e-4  # float32 rounding between the engines after a few epochs (as tests/core/test_compiled.py)

@@ -7,8 +7,8 @@ import core.packed
 from core.data import load_dataset
 from core.model import NetworkSpec, Workspace, evaluate, init_params, with_ones
 from core.packed import Stack, can_pack, evaluate_stack, train_packed
-from tests.core.toy import toy_data as _data
 from core.train import CURVES, NO_CHECK, NonFiniteError, NotLearningError, TrainConfig, train
+from tests.core.toy import toy_data as _data
 
 SPECS = [NetworkSpec((20, 9, 7, 4)), NetworkSpec((20, 9, 7, 4), "sigmoid", "quadratic")]
 SPEC_IDS = ["relu-ce-2hidden", "sigmoid-quad-2hidden"]

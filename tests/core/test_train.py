@@ -8,11 +8,19 @@ import pytest
 from core.data import load_dataset
 from core.model import NetworkSpec, init_params
 from core.reference import reference_train
+from core.train import (
+    LEARNING_CHECK,
+    NO_CHECK,
+    ChanceAccuracyError,
+    CostGrowthError,
+    EpochRecord,
+    LearningCheck,
+    NonFiniteError,
+    NotLearningError,
+    TrainConfig,
+    train,
+)
 from tests.core.toy import toy_data as _data
-from core.train import (LEARNING_CHECK, NO_CHECK, ChanceAccuracyError, CostGrowthError, EpochRecord, LearningCheck,
-                        NonFiniteError, NotLearningError, TrainConfig, train)
-
-
 
 
 @pytest.mark.parametrize("spec", [NetworkSpec((20, 8, 4)), NetworkSpec((20, 9, 7, 4), "sigmoid", "quadratic")],

@@ -24,8 +24,8 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import optuna
 import pytest

@@ -9,7 +9,8 @@ import logging
 import optuna
 import pytest
 
-from sweep import adapters, tracking
+from sweep import adapters
+from sweep.tracking import tracker as tracking
 
 
 def test_an_enqueued_trial_keeps_its_parameters_in_the_fixed_params_system_attr():
@@ -22,7 +23,7 @@ def test_an_enqueued_trial_keeps_its_parameters_in_the_fixed_params_system_attr(
 
 def test_mlflow_logs_lock_retries_to_the_filtered_logger():
     module = importlib.import_module(adapters.MLFLOW_DB_LOGGER)
-    assert logging.getLogger(adapters.MLFLOW_DB_LOGGER) is getattr(module, "_logger")
+    assert logging.getLogger(adapters.MLFLOW_DB_LOGGER) is module._logger
     tracking.configure()
     assert logging.getLogger(adapters.MLFLOW_DB_LOGGER).filters  # the filter of recovered lock errors
 

@@ -21,14 +21,22 @@ from pathlib import Path
 
 import pytest
 
-from sweep import limits, objective
-from sweep.runner import Stores, create_or_resume, pack_size
-from sweep.studyfile import load_spec
-from sweep.storage import StorageSpec
+from sweep import limits
+from sweep.run import trial as objective
+from sweep.run.runner import Stores, create_or_resume, pack_size
+from sweep.spec.file import load_spec
+from sweep.stores.storage import StorageSpec
 from tests.gzip_bomb import gzip_bomb
 from tests.sweep.bad_studies import EXHAUSTING, SEEDS, UNREADABLE, special_file
-from tests.sweep.conftest import (copy_stored, journal_study, one_line_error, run_cli, tracking_client, tree_snapshot,
-                                  write_study)
+from tests.sweep.conftest import (
+    copy_stored,
+    journal_study,
+    one_line_error,
+    run_cli,
+    tracking_client,
+    tree_snapshot,
+    write_study,
+)
 from tests.sweep.pg import database_url, free_port, pg_databases
 
 __all__ = ["pg_databases"]  # a fixture, imported for pytest

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from sweep.cli import cli
-from tests.sweep.bad_studies import BAD_STUDIES, BY_PART, CLI_SAMPLE
+from sweep.cli.commands import cli
 from sweep.words import plural
-from tests.sweep.conftest import copy_stored, journal_study, one_line_error, overlapping, run_cli, tree_snapshot, write_study
+from tests.sweep.bad_studies import BAD_STUDIES, BY_PART, CLI_SAMPLE
+from tests.sweep.conftest import (
+    copy_stored,
+    journal_study,
+    one_line_error,
+    overlapping,
+    run_cli,
+    tree_snapshot,
+    write_study,
+)
 
 COMMANDS = sorted(cli.commands)
 

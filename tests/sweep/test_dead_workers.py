@@ -22,14 +22,33 @@ from datetime import datetime
 import pytest
 from optuna.trial import TrialState
 
-from sweep.runner import Stores, create_or_resume
-from sweep.studyfile import load_spec
-from sweep.storage import StorageSpec
+from sweep.run.runner import Stores, create_or_resume
+from sweep.spec.file import load_spec
+from sweep.stores.storage import StorageSpec
 from sweep.words import plural
 from tests.sweep.conftest import child_runs, run_cli, tracking_client, write_study
-from tests.sweep.pg import (NEVER_PRUNE, by_state, can_fake_a_host, check_agreement, check_grid_done, check_retries,
-                            database_url, finish, gone, held_claim_env, held_env, held_workers, journal, pg_databases,
-                            rdb_study, signal_pending, start_sweep, stopped, trial_runs, wait_until)
+from tests.sweep.pg import (
+    NEVER_PRUNE,
+    by_state,
+    can_fake_a_host,
+    check_agreement,
+    check_grid_done,
+    check_retries,
+    database_url,
+    finish,
+    gone,
+    held_claim_env,
+    held_env,
+    held_workers,
+    journal,
+    pg_databases,
+    rdb_study,
+    signal_pending,
+    start_sweep,
+    stopped,
+    trial_runs,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 __all__ = ["pg_databases"]  # a fixture, imported for pytest

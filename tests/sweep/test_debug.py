@@ -2,7 +2,7 @@
 
 import pytest
 
-import sweep.runner
+import sweep.run.runner
 from sweep.cli import main
 
 
@@ -12,7 +12,7 @@ def broken(monkeypatch):
     def fail() -> None:
         raise RuntimeError("a bug\nwith a second line")
 
-    monkeypatch.setattr(sweep.runner, "configure_libraries", fail)
+    monkeypatch.setattr(sweep.run.runner, "configure_libraries", fail)
     monkeypatch.delenv("MLP_SWEEP_DEBUG", raising=False)
 
 

@@ -16,14 +16,31 @@ from pathlib import Path
 
 import pytest
 
-from sweep.runner import Stores, create_or_resume
+from sweep.run.runner import Stores, create_or_resume
 from sweep.schema import PARENT_ATTR
-from sweep.studyfile import load_spec
-from sweep.storage import StorageSpec
+from sweep.spec.file import load_spec
+from sweep.stores.storage import StorageSpec
 from tests.sweep.conftest import TINY
-from tests.sweep.pg import (NEVER_PRUNE, QUIET, SWEEP, by_state, can_fake_a_host, check_agreement, check_grid_done,
-                            database_url, finish, held_env, held_workers, mlflow_server, pg_databases, rdb_study,
-                            start_sweep, study_ready, trial_runs, wait_until)
+from tests.sweep.pg import (
+    NEVER_PRUNE,
+    QUIET,
+    SWEEP,
+    by_state,
+    can_fake_a_host,
+    check_agreement,
+    check_grid_done,
+    database_url,
+    finish,
+    held_env,
+    held_workers,
+    mlflow_server,
+    pg_databases,
+    rdb_study,
+    start_sweep,
+    study_ready,
+    trial_runs,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 __all__ = ["mlflow_server", "pg_databases"]  # fixtures, imported for pytest

@@ -3,8 +3,8 @@
 import pytest
 
 from sweep.errors import SpecError
-from sweep.study import trial_config
-from sweep.studyfile import load_spec
+from sweep.spec.file import load_spec
+from sweep.spec.study import trial_config
 from tests.sweep.test_spec import MINIMAL, write
 
 

@@ -13,11 +13,18 @@ import numpy as np
 import pytest
 
 from core.model import load_params, predict
-from sweep.runner import Stores, load_data, load_stored_study
+from sweep.run.runner import Stores, load_data, load_stored_study
 from sweep.schema import RESULT_ATTR, RUN_ATTR, TRIAL_TAG, WEIGHTS_ARTIFACT, WEIGHTS_DIR
-from sweep.storage import StorageSpec
-from tests.sweep.conftest import (child_runs, copy_stored, journal_study, one_line_error, run_cli, tracking_client,
-                                  write_study)
+from sweep.stores.storage import StorageSpec
+from tests.sweep.conftest import (
+    child_runs,
+    copy_stored,
+    journal_study,
+    one_line_error,
+    run_cli,
+    tracking_client,
+    write_study,
+)
 
 #: Loads the registered model as a user would, in a process of its own (no project on its path:
 #: the model carries its code), and prints its predictions of the test set.

@@ -12,10 +12,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sweep.cli import SHOWN_PARETO, summary
-from sweep.runner import Stores
-from sweep.studyfile import load_spec
-from sweep.storage import StorageSpec
+from sweep.cli.commands import SHOWN_PARETO, summary
+from sweep.run.runner import Stores
+from sweep.spec.file import load_spec
+from sweep.stores.storage import StorageSpec
 from tests.sweep.bad_studies import TWO_OBJECTIVES
 from tests.sweep.conftest import journal_study, run_cli, write_study
 from tests.sweep.test_report import N, make_study

@@ -7,9 +7,9 @@ import pytest
 from matplotlib import pyplot as plt
 from optuna.distributions import FloatDistribution
 
-from sweep import plots
 from sweep.errors import UsageError
-from sweep.report import epochs_frame, trials_frame, write_report
+from sweep.report import plots
+from sweep.report.tables import epochs_frame, trials_frame, write_report
 from tests.sweep.test_report import N, make_study
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -14,12 +14,26 @@ import time
 
 import pytest
 
-from sweep.runner import Stores, create_or_resume
-from sweep.storage import StorageSpec
-from sweep.studyfile import load_spec
+from sweep.run.runner import Stores, create_or_resume
+from sweep.spec.file import load_spec
+from sweep.stores.storage import StorageSpec
 from tests.sweep.conftest import run_cli, write_study
-from tests.sweep.pg import (NEVER_PRUNE, by_state, can_fake_a_host, check_grid_done, check_retries, database_url,
-                            finish, free_port, held_env, held_workers, pg_databases, rdb_study, start_sweep, wait_until)
+from tests.sweep.pg import (
+    NEVER_PRUNE,
+    by_state,
+    can_fake_a_host,
+    check_grid_done,
+    check_retries,
+    database_url,
+    finish,
+    free_port,
+    held_env,
+    held_workers,
+    pg_databases,
+    rdb_study,
+    start_sweep,
+    wait_until,
+)
 
 grpc = pytest.importorskip("grpc", reason="grpcio is not installed (pip install '.[test]')")
 __all__ = ["pg_databases"]  # a fixture, imported for pytest
@@ -123,7 +137,7 @@ def test_a_proxy_beyond_loopback_needs_expose_and_a_database(tmp_path, capsys):
 @pytest.mark.parametrize("url, problem", [("grpc://127.0.0.1:1", "no sweep proxy answers at grpc://127.0.0.1:1"),
                                           ("grpc://nohost", "a proxy's URL is grpc://HOST:PORT")])
 def test_a_worker_given_a_bad_proxy_says_so_in_one_line(tmp_path, capsys, monkeypatch, url, problem):
-    monkeypatch.setattr("sweep.storage.CONNECT_TIMEOUT", 1)
+    monkeypatch.setattr("sweep.stores.storage.CONNECT_TIMEOUT", 1)
     assert run_cli("worker", "--study", "s", "--storage", url, "--no-tracking") == 2
     err = capsys.readouterr().err
     assert problem in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -8,12 +8,12 @@ import pytest
 from optuna.trial import TrialState
 
 from sweep.errors import UsageError
-from sweep.refine import refine, refined_name, write_refined
-from sweep.samplers import grid_key, grid_points
+from sweep.report.refine import refine, refined_name, write_refined
 from sweep.schema import RESULT_ATTR, SPEC_ATTR
-from sweep.space import Categorical, Fixed, FloatRange, IntRange
-from sweep.study import suggest
-from sweep.studyfile import load_spec, parse_spec, spec_to_dict
+from sweep.spec.file import load_spec, parse_spec, spec_to_dict
+from sweep.spec.samplers import grid_key, grid_points
+from sweep.spec.space import Categorical, Fixed, FloatRange, IntRange
+from sweep.spec.study import suggest
 from tests.sweep.conftest import copy_stored, journal_study, run_cli
 from tests.sweep.test_report import result
 

@@ -12,8 +12,16 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from sweep.report import (METRIC_COLUMNS, best_region, epochs_frame, objective_names, param_columns,
-                          study_region, trials_frame, value_columns)
+from sweep.report.tables import (
+    METRIC_COLUMNS,
+    best_region,
+    epochs_frame,
+    objective_names,
+    param_columns,
+    study_region,
+    trials_frame,
+    value_columns,
+)
 from sweep.schema import RESULT_ATTR, SPEC_ATTR
 
 N = 20  # completed trials 0..19 with value i

@@ -16,12 +16,12 @@ from optuna.trial import TrialState
 
 from core.train import EpochRecord
 from sweep.limits import MAX_EPOCHS
-from sweep.relay import Relay, RelayedTracker
-from sweep.runner import Budget, Stores, Worker, create_or_resume, join_study, load_data
-from sweep.samplers import SAMPLERS
-from sweep.studyfile import load_spec
-from sweep.tracking import logged_metric
-from sweep.storage import StorageSpec
+from sweep.run.runner import Budget, Stores, Worker, create_or_resume, join_study, load_data
+from sweep.spec.file import load_spec
+from sweep.spec.samplers import SAMPLERS
+from sweep.stores.storage import StorageSpec
+from sweep.tracking.relay import Relay, RelayedTracker
+from sweep.tracking.tracker import logged_metric
 from tests.sweep.conftest import child_runs, journal_study, overlapping, run_cli, tracking_client, write_study
 from tests.sweep.pg import NEVER_PRUNE, check_agreement, finish, held_env, start_sweep, stopped, wait_until
 
@@ -188,16 +188,16 @@ eta = { type = "categorical", choices = [0.5, 50.0, 1e12] }
 
 
 def test_a_failing_trial_becomes_fail_and_the_study_goes_on(workdir, monkeypatch):
-    import sweep.objective
+    import sweep.run.trial
 
-    real = sweep.objective.train_packed
+    real = sweep.run.trial.train_packed
 
     def flaky(network, configs, *args, **kwargs):  # grid trials differing in eta train as one pack
         if configs[0].batch_size == 20:
             raise RuntimeError("simulated failure")
         return real(network, configs, *args, **kwargs)
 
-    monkeypatch.setattr(sweep.objective, "train_packed", flaky)
+    monkeypatch.setattr(sweep.run.trial, "train_packed", flaky)
     assert run_cli("run", write_study(workdir / "tiny.toml"), "--no-report") == 0
     study = journal_study(workdir, "tiny")
     by_state = Counter(t.state for t in study.trials)
@@ -374,7 +374,7 @@ def test_the_ledger_counts_the_budget_as_a_full_read_does_reading_each_trial_onc
     import optuna
     from optuna.trial import TrialState
 
-    from sweep.runner import StudyLedger, counted
+    from sweep.run.runner import StudyLedger, counted
     from sweep.schema import RETRY_OF_ATTR
 
     study = optuna.create_study()

@@ -9,10 +9,19 @@ import optuna
 import pytest
 
 from sweep.errors import SpecError
-from sweep.samplers import (GRID_SAMPLERS, PRUNERS, SAMPLERS, SINGLE_OBJECTIVE_SAMPLERS, grid_key, grid_order,
-                            grid_points, pruner_options, sampler_options)
-from sweep.study import suggest
-from sweep.studyfile import load_spec, parse_spec
+from sweep.spec.file import load_spec, parse_spec
+from sweep.spec.samplers import (
+    GRID_SAMPLERS,
+    PRUNERS,
+    SAMPLERS,
+    SINGLE_OBJECTIVE_SAMPLERS,
+    grid_key,
+    grid_order,
+    grid_points,
+    pruner_options,
+    sampler_options,
+)
+from sweep.spec.study import suggest
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
 

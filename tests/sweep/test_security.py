@@ -11,12 +11,20 @@ from pathlib import Path
 
 import pytest
 
-from sweep.cli import ui_command
+from sweep.cli.commands import ui_command
 from sweep.errors import UsageError
 from tests.conftest import REPO_ROOT
 from tests.sweep.conftest import run_cli, write_study
-from tests.sweep.pg import (database_url, finish, free_port, pg_databases, start_sweep, stop_group, trial_runs,
-                            wait_for_http)
+from tests.sweep.pg import (
+    database_url,
+    finish,
+    free_port,
+    pg_databases,
+    start_sweep,
+    stop_group,
+    trial_runs,
+    wait_for_http,
+)
 
 __all__ = ["pg_databases"]  # a fixture, imported for pytest
 

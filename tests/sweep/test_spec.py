@@ -11,11 +11,21 @@ import pytest
 
 from core import NetworkSpec, TrainConfig
 from sweep.errors import InvalidValue, SpecError
-from sweep.samplers import grid_points
 from sweep.schema import METRICS, PER_EPOCH_METRICS
-from sweep.space import DEFAULTS, Categorical, Fixed, FloatRange, IntRange
-from sweep.study import DataSpec, Objective, PrunerSpec, SamplerSpec, StudySpec, all_params, suggest, trial_config, used
-from sweep.studyfile import dumps, load_spec, parse_spec, spec_to_dict
+from sweep.spec.file import dumps, load_spec, parse_spec, spec_to_dict
+from sweep.spec.samplers import grid_points
+from sweep.spec.space import DEFAULTS, Categorical, Fixed, FloatRange, IntRange
+from sweep.spec.study import (
+    DataSpec,
+    Objective,
+    PrunerSpec,
+    SamplerSpec,
+    StudySpec,
+    all_params,
+    suggest,
+    trial_config,
+    used,
+)
 from tests.sweep.bad_studies import BAD_STUDIES, special_file
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"

@@ -4,8 +4,8 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from sweep.studyfile import load_spec
-from sweep.study_summary import parent_summary
+from sweep.spec.file import load_spec
+from sweep.tracking.summary import parent_summary
 from tests.sweep.conftest import write_study
 
 ETA = {"eta": FloatDistribution(0.0, 1.0)}

@@ -1,4 +1,4 @@
-"""sweep.tracking against a real SQLite MLflow store in a temp dir: runs, metrics, resume, concurrency."""
+"""sweep.tracking.tracker against a real SQLite MLflow store in a temp dir: runs, metrics, resume, concurrency."""
 
 import json
 import multiprocessing
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sweep import tracking
+from sweep.tracking import tracker as tracking
 
 tracking.configure()  # before mlflow is imported: it turns MLflow's telemetry off
 
@@ -21,9 +21,18 @@ from core.data import Dataset, Split
 from core.train import CURVES, EpochRecord
 from sweep.errors import UsageError
 from sweep.schema import BEST_PARAMS_TAG
-from sweep.tracking import (Tracker, artifact_root_for, default_tracking_uri, logged_metric, run_label, runs_view,
-                            short, study_views, view_path)
-from sweep.urls import redact
+from sweep.stores.urls import redact
+from sweep.tracking.tracker import (
+    Tracker,
+    artifact_root_for,
+    default_tracking_uri,
+    logged_metric,
+    run_label,
+    runs_view,
+    short,
+    study_views,
+    view_path,
+)
 from tests.sweep.conftest import tracking_db
 
 STATES = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}  # pruned: not drawn as a crash
@@ -326,7 +335,7 @@ def test_uris(tmp_path: Path) -> None:
 def test_importing_is_light_and_tracking_is_silent(tmp_path: Path) -> None:
     code = f"""
 import sys
-import sweep.tracking as t
+import sweep.tracking.tracker as t
 assert "mlflow" not in sys.modules
 tracker = t.Tracker({default_tracking_uri(tmp_path)!r}, "s")  # a fresh database: migrations run
 tracker.start_trial(tracker.parent_run(), 0, {{"eta": 1}}).finish("COMPLETE", {{"test_accuracy": 1}})

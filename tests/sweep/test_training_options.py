@@ -9,12 +9,12 @@ import pytest
 
 from core.model import NetworkSpec, init_params
 from core.train import EpochRecord, TrainResult
-from sweep.objective import final_metrics
-from sweep.runner import pack_size
+from sweep.run.runner import pack_size
+from sweep.run.trial import final_metrics
 from sweep.schema import EPOCH_ETA
-from sweep.study import all_params, suggest, trial_config
-from sweep.studyfile import parse_spec
-from sweep.tracking import TrialRun
+from sweep.spec.file import parse_spec
+from sweep.spec.study import all_params, suggest, trial_config
+from sweep.tracking.tracker import TrialRun
 
 HEAD = 'name = "options"\n[budget]\nn_trials = 4\n'
 
@@ -85,8 +85,8 @@ class _Tracker:
 @pytest.mark.parametrize("etas, logged", [([0.1, 0.1, 0.05, 0.05, 0.025], [(1, 0.1), (3, 0.05), (5, 0.025)]),
                                           ([0.2, 0.2], [(1, 0.2)])])
 def test_the_epochs_eta_is_logged_when_it_changes(monkeypatch, etas, logged):
-    import sweep.tracking
-    monkeypatch.setattr(sweep.tracking, "FLUSH_EVERY_S", 0.0)
+    import sweep.tracking.tracker
+    monkeypatch.setattr(sweep.tracking.tracker, "FLUSH_EVERY_S", 0.0)
     tracker = _Tracker()
     run = TrialRun(tracker, "run")
     for epoch, eta in enumerate(etas, 1):

@@ -18,10 +18,10 @@ import threading
 import time
 import uuid
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from multiprocessing.connection import Connection, wait
-from typing import Callable, Iterator
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -29,21 +29,32 @@ from optuna.trial import FrozenTrial, TrialState
 from core.data import DataError, Dataset, load_dataset
 from core.packed import UNPACKED_OPTIONS
 from sweep.adapters import FIXED_PARAMS_ATTR
-from sweep.best import register
-from sweep import tracking
 from sweep.errors import Stopped, TrialsKeepFailing, UsageError, WorkersDied
 from sweep.limits import MAX_FAILED_IN_A_ROW
-from sweep.objective import TrialRunner, is_alive_here, worker_identity
-from sweep.relay import DIED, Relay, RelayedTracker, reconcile
-from sweep.samplers import GRID_SAMPLERS, PACKABLE, grid_key, grid_order, grid_points
-from sweep.schema import (BEAT_ATTR, PARENT_ATTR, REASON_ATTR, REASON_TAG, RESULT_ATTR, RETRY_OF_ATTR, RUN_ATTR,
-                          SPEC_ATTR, STUDY_ID_ATTR, WORKER_ATTR, TrialRecord)
-from sweep.storage import StorageSpec, heartbeat_settings, not_yet_made, open_storage, study_lock
-from sweep.study import StudySpec, suggest
-from sweep.study_summary import parent_summary, state_counts
-from sweep.studyfile import dumps, parse_spec, spec_to_dict
-from sweep.tracking import Tracker, check_reachable, runs_view
-from sweep.urls import redact
+from sweep.run.trial import TrialRunner, is_alive_here, worker_identity
+from sweep.schema import (
+    BEAT_ATTR,
+    PARENT_ATTR,
+    REASON_ATTR,
+    REASON_TAG,
+    RESULT_ATTR,
+    RETRY_OF_ATTR,
+    RUN_ATTR,
+    SPEC_ATTR,
+    STUDY_ID_ATTR,
+    WORKER_ATTR,
+    TrialRecord,
+)
+from sweep.spec.file import dumps, parse_spec, spec_to_dict
+from sweep.spec.samplers import GRID_SAMPLERS, PACKABLE, grid_key, grid_order, grid_points
+from sweep.spec.study import StudySpec, suggest
+from sweep.stores.storage import StorageSpec, heartbeat_settings, not_yet_made, open_storage, study_lock
+from sweep.stores.urls import redact
+from sweep.tracking import tracker as tracking
+from sweep.tracking.registry import register
+from sweep.tracking.relay import DIED, Relay, RelayedTracker, reconcile
+from sweep.tracking.summary import parent_summary, state_counts
+from sweep.tracking.tracker import Tracker, check_reachable, runs_view
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 PACK_MAX = 16  # trials trained together at most
@@ -240,7 +251,7 @@ def _track(opened: OpenStudy, tracker: Tracker, data: Dataset | None) -> None:
                                 data=data, view=runs_view(spec.space, [o.metric for o in spec.objectives]))
     if study.user_attrs.get(PARENT_ATTR) != parent:
         study.set_user_attr(PARENT_ATTR, parent)
-    if not opened.created:  # runs a launcher that died left open (see sweep.relay)
+    if not opened.created:  # runs a launcher that died left open (see sweep.tracking.relay)
         reconcile(study, spec, tracker, parent)
     opened.tracker, opened.parent = tracker, parent
 
@@ -257,7 +268,7 @@ def join_study(spec: StudySpec, stores: Stores, parent: str | None, seed_offset:
                relay: Connection | None = None) -> OpenStudy:
     """Open the existing study of ``spec`` in a worker process (its own connections, a sampler
     seeded with its ``seed_offset``), logging under the parent run ``parent``: through the
-    launcher over ``relay`` if given (sweep.relay), else with its own Tracker."""
+    launcher over ``relay`` if given (sweep.tracking.relay), else with its own Tracker."""
     on_stale = _OnStale()
     storage = open_storage(stores.storage, on_stale, create=False)
     study = optuna.load_study(study_name=spec.name, storage=storage, sampler=spec.make_sampler(seed_offset),
@@ -682,7 +693,7 @@ def _worker_main(plan: WorkerPlan, seed_offset: int, relay: Connection | None) -
             raise SystemExit(FAILING_EXIT) from None  # the supervisor says why
 
 
-PRELOAD = ["sweep.runner", "core.preload"]  # about 1 s of imports; the compiled engine's code, loaded once
+PRELOAD = ["sweep.run.runner", "core.preload"]  # about 1 s of imports; the compiled engine's code, loaded once
 
 
 def prepare_workers() -> None:
@@ -690,7 +701,7 @@ def prepare_workers() -> None:
 
     Workers are then forked from it ready-made (clean, single-threaded, one BLAS thread)
     instead of each importing everything again. They never import MLflow: the launcher
-    logs their runs (sweep.relay).
+    logs their runs (sweep.tracking.relay).
     """
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     ctx = multiprocessing.get_context("forkserver")
@@ -748,7 +759,7 @@ def run_study(spec: StudySpec, stores: Stores, *, n_trials: int | None = None, t
     stops the run before any worker starts. Ctrl-C propagates after the workers stopped:
     finished trials stay, running ones are failed and queued again for the next run. So are
     the trials of a worker that was killed; the others run them (see ``_supervise``). The
-    local workers' MLflow runs are logged here, by a Relay thread (sweep.relay); the workers
+    local workers' MLflow runs are logged here, by a Relay thread (sweep.tracking.relay); the workers
     start before MLflow is imported and its parent run made (``_track_beside``), and train
     their first epoch meanwhile (their runs' ids come from the relay once it runs).
     """
@@ -796,7 +807,7 @@ def run_study(spec: StudySpec, stores: Stores, *, n_trials: int | None = None, t
     if relay is not None and relay.error is not None:
         raise relay.error  # (after the trials: a store that failed in the meantime)
     if opened.tracker is not None:
-        register(study, spec, opened.tracker)  # the best network, as a model (sweep.best)
+        register(study, spec, opened.tracker)  # the best network, as a model (sweep.tracking.registry)
     return study
 
 

@@ -19,8 +19,16 @@ from pathlib import Path
 import click
 
 from sweep import limits
-from sweep.errors import (DamagedStore, FileExists, OptionError, Stopped, StoreError, TrialsKeepFailing,
-                          UsageError, WorkersDied)
+from sweep.errors import (
+    DamagedStore,
+    FileExists,
+    OptionError,
+    Stopped,
+    StoreError,
+    TrialsKeepFailing,
+    UsageError,
+    WorkersDied,
+)
 from sweep.words import plural
 
 DEFAULT_STORE_DIR = Path("mlruns")
@@ -46,9 +54,9 @@ def default_tracking_uri() -> str:
 
 
 def _stores(storage: str | None, tracking_uri: str | None, no_tracking: bool = False):
-    from sweep.runner import Stores
-    from sweep.storage import StorageSpec, check_identity
-    from sweep.tracking import check_tracking_uri
+    from sweep.run.runner import Stores
+    from sweep.stores.storage import StorageSpec, check_identity
+    from sweep.tracking.tracker import check_tracking_uri
 
     spec = StorageSpec(storage or default_storage())
     if storage is not None:  # (the default journal's directory is made when the first study is)
@@ -113,7 +121,7 @@ def trial_options(command):
 @click.option("--debug", is_flag=True, help=f"Show the traceback of an unexpected error (also ${DEBUG_ENV}=1).")
 def cli(debug) -> None:
     """Hyperparameter sweeps of a NumPy MLP on MNIST: Optuna studies, tracked in MLflow."""
-    from sweep.runner import configure_libraries
+    from sweep.run.runner import configure_libraries
 
     # reports are files: matplotlib (imported later, if at all) draws without a GUI
     os.environ.setdefault("MPLBACKEND", "Agg")
@@ -129,12 +137,12 @@ def cli(debug) -> None:
 def run(study_file, n_trials, timeout, storage, tracking_uri, no_tracking, no_pack, data_dir, workers,
         no_report) -> None:
     """Create or resume the study in STUDY_FILE and run it to its budget, then report on it."""
-    from tqdm import tqdm
-
     from datetime import datetime
 
-    from sweep.runner import retried_since, run_study
-    from sweep.studyfile import load_spec
+    from tqdm import tqdm
+
+    from sweep.run.runner import retried_since, run_study
+    from sweep.spec.file import load_spec
 
     spec = load_spec(study_file)
     stores = _stores(storage, tracking_uri, no_tracking)
@@ -190,8 +198,8 @@ def summary(study, spec, stores, report_dir: Path | None = None) -> str:
     from optuna.trial import TrialState
 
     from sweep.schema import BEST_VALIDATION_ACCURACY, GAP, TEST_ACCURACY, TRAINING_SECONDS, TrialRecord
-    from sweep.study import used
-    from sweep.urls import redact
+    from sweep.spec.study import used
+    from sweep.stores.urls import redact
 
     trials = study.get_trials(deepcopy=False)
     by_state = {s: sum(t.state == s for t in trials) for s in TrialState}
@@ -225,9 +233,9 @@ def summary(study, spec, stores, report_dir: Path | None = None) -> str:
 
 def _write_report(study, stores, out_dir: Path, **options) -> None:
     """Write the report, print its summary, log it to the study's MLflow parent run."""
-    from sweep.report import write_report
+    from sweep.report.tables import write_report
     from sweep.schema import PARENT_ATTR
-    from sweep.tracking import Tracker, check_reachable
+    from sweep.tracking.tracker import Tracker, check_reachable
 
     parent = study.user_attrs.get(PARENT_ATTR)
     if stores.tracking_uri and parent:
@@ -259,7 +267,7 @@ def _write_report(study, stores, out_dir: Path, **options) -> None:
               help="Parameters on the heat map's axes [default: the first two numeric ones].")
 def report(study_name, storage, tracking_uri, no_tracking, out, quantile, gap_threshold, heatmap) -> None:
     """Write STUDY's report (CSVs, summary, plots) and log it to the study's MLflow parent run."""
-    from sweep.runner import load_stored_study
+    from sweep.run.runner import load_stored_study
 
     stores = _stores(storage, tracking_uri, no_tracking)
     study, _ = load_stored_study(study_name, stores, read_only=True)
@@ -285,10 +293,11 @@ def refine(ctx, study_name, storage, tracking_uri, no_tracking, quantile, out, r
     """Write a study file searching the best region of STUDY (narrower ranges, finer grid, best point first)."""
     import optuna
 
-    from sweep.refine import refine as refine_study, write_refined
-    from sweep.runner import load_stored_study
-    from sweep.space import Fixed
-    from sweep.storage import open_storage
+    from sweep.report.refine import refine as refine_study
+    from sweep.report.refine import write_refined
+    from sweep.run.runner import load_stored_study
+    from sweep.spec.space import Fixed
+    from sweep.stores.storage import open_storage
 
     stores = _stores(storage, tracking_uri, no_tracking)
     study, spec = load_stored_study(study_name, stores, read_only=True)
@@ -313,11 +322,11 @@ def refine(ctx, study_name, storage, tracking_uri, no_tracking, quantile, out, r
               help="Write the best trial's weights to PATH, a new .npz file (core.model.load_params reads it).")
 def best(study_name, storage, tracking_uri, export) -> None:
     """Show STUDY's best trial (single objective) and, with --export, write its weights."""
-    from sweep.best import SHOWN_METRICS, best_trial, check_export_path, export_weights, trial_metrics
-    from sweep.runner import load_stored_study
+    from sweep.run.runner import load_stored_study
     from sweep.schema import RUN_ATTR
-    from sweep.study import all_params, used
-    from sweep.tracking import Tracker, short
+    from sweep.spec.study import all_params, used
+    from sweep.tracking.registry import SHOWN_METRICS, best_trial, check_export_path, export_weights, trial_metrics
+    from sweep.tracking.tracker import Tracker, short
 
     if export:
         check_export_path(export)  # (before anything is read)
@@ -342,7 +351,7 @@ def worker(study_name, n_trials, timeout, storage, tracking_uri, no_tracking, no
     """Join an existing study (from any machine) and run trials until its budget is spent."""
     from threadpoolctl import threadpool_limits
 
-    from sweep.runner import Budget, Worker, join_stored_study, load_data, stop_on_signals
+    from sweep.run.runner import Budget, Worker, join_stored_study, load_data, stop_on_signals
 
     stores = _stores(storage, tracking_uri, no_tracking)
     opened = join_stored_study(study_name, stores)
@@ -359,8 +368,8 @@ def list_studies(storage) -> None:
     """List the studies in the storage with trial counts by state and best value."""
     import optuna
 
-    from sweep.storage import StorageSpec, check_identity, open_storage
-    from sweep.study_summary import state_counts
+    from sweep.stores.storage import StorageSpec, check_identity, open_storage
+    from sweep.tracking.summary import state_counts
 
     spec = StorageSpec(storage or default_storage())
     if storage is not None:
@@ -415,7 +424,7 @@ def ui_command(tracking_uri: str, host: str | None = None, port: int = 5000,
                    "can read and change every run.")
 def ui(tracking_uri, host, port, expose) -> None:
     """Open the MLflow UI over the project's tracking store (loopback only unless --expose)."""
-    from sweep.tracking import check_tracking_uri, study_views
+    from sweep.tracking.tracker import check_tracking_uri, study_views
 
     check_tracking_uri(tracking_uri or default_tracking_uri())
     argv, env = ui_command(tracking_uri or default_tracking_uri(), host, port, expose)
@@ -442,9 +451,9 @@ def proxy(storage, host, port, expose, threads) -> None:
     import signal
     import threading
 
-    from sweep.proxy import make_server
-    from sweep.storage import StorageSpec, check_identity
-    from sweep.urls import redact
+    from sweep.stores.proxy import make_server
+    from sweep.stores.storage import StorageSpec, check_identity
+    from sweep.stores.urls import redact
 
     spec = StorageSpec(storage)
     host = bind_host(host, expose, "the proxy")

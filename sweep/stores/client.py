@@ -1,12 +1,12 @@
-"""The workers' side of a ``sweep proxy`` (sweep.proxy): a storage through it, and the study lock it holds.
+"""The workers' side of a ``sweep proxy`` (sweep.stores.proxy): a storage through it, and the study lock it holds.
 
-Imported only for ``grpc://`` storages (sweep.storage), and needs grpcio then.
+Imported only for ``grpc://`` storages (sweep.stores.storage), and needs grpcio then.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 from sweep.errors import StoreError, UsageError
 

@@ -1,7 +1,7 @@
 """A study's best trial and its network: the model ``sweep run`` registers, ``sweep best`` shows.
 
 Weights travel with the runs: a completed trial that is the study's best so far logs them as
-WEIGHTS_ARTIFACT of its MLflow run (sweep.objective; a local worker's through the launcher's
+WEIGHTS_ARTIFACT of its MLflow run (sweep.run.trial; a local worker's through the launcher's
 relay, a ``sweep worker`` elsewhere through its own tracker), so the best trial's weights are
 in the tracking store whichever process or machine trained it. At the end of ``sweep run``
 the launcher logs them as a pyfunc model and registers it under the study's name.
@@ -18,10 +18,18 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from sweep.errors import OptionError, UsageError
-from sweep.schema import (BEST_VALIDATION_ACCURACY, RUN_ATTR, STUDY_TAG, SUMMARY, TEST_ACCURACY, TRIAL_TAG,
-                          VALIDATION_ACCURACY, TrialRecord)
-from sweep.study import StudySpec
-from sweep.tracking import Tracker
+from sweep.schema import (
+    BEST_VALIDATION_ACCURACY,
+    RUN_ATTR,
+    STUDY_TAG,
+    SUMMARY,
+    TEST_ACCURACY,
+    TRIAL_TAG,
+    VALIDATION_ACCURACY,
+    TrialRecord,
+)
+from sweep.spec.study import StudySpec
+from sweep.tracking.tracker import Tracker
 
 #: The stored metrics a best trial is shown and its model version tagged with.
 SHOWN_METRICS = (VALIDATION_ACCURACY, BEST_VALIDATION_ACCURACY, TEST_ACCURACY)

@@ -9,8 +9,8 @@ import optuna
 from optuna.trial import TrialState
 
 from sweep.schema import BEST_PARAMS_TAG, BEST_RUN_TAG, COUNT, RUN_ATTR
-from sweep.study import StudySpec
-from sweep.tracking import logged_metric, run_label, view_path
+from sweep.spec.study import StudySpec
+from sweep.tracking.tracker import logged_metric, run_label, view_path
 
 COUNTED = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
 

@@ -19,11 +19,11 @@ from pathlib import Path
 import optuna
 
 from sweep.errors import FileExists, UsageError
-from sweep.report import ParamRegion, objective_names, param_columns, study_region, trials_frame
-from sweep.samplers import GRID_SAMPLERS
-from sweep.space import Categorical, Fixed, FloatRange, IntRange, Param, significant
-from sweep.study import StudySpec
-from sweep.studyfile import dumps
+from sweep.report.tables import ParamRegion, objective_names, param_columns, study_region, trials_frame
+from sweep.spec.file import dumps
+from sweep.spec.samplers import GRID_SAMPLERS
+from sweep.spec.space import Categorical, Fixed, FloatRange, IntRange, Param, significant
+from sweep.spec.study import StudySpec
 from sweep.words import plural
 
 MARGIN = 0.10  # of the parent's range (log range for log parameters), added on each side of the region

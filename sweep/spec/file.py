@@ -18,8 +18,8 @@ import tomli_w
 
 from sweep import limits
 from sweep.errors import InvalidValue, SpecError
-from sweep.space import ARRAY, PARAM_TYPES, STR, TABLE, Fixed, Kind, Param, at_key, did_you_mean, join_key
-from sweep.study import DataSpec, Objective, PrunerSpec, SamplerSpec, StudySpec, default_direction
+from sweep.spec.space import ARRAY, PARAM_TYPES, STR, TABLE, Fixed, Kind, Param, at_key, did_you_mean, join_key
+from sweep.spec.study import DataSpec, Objective, PrunerSpec, SamplerSpec, StudySpec, default_direction
 
 _REQUIRED, _ABSENT = object(), object()  # defaults of _Table.take: a required key, an optional one
 

@@ -5,7 +5,7 @@ point. The trial's record (epochs, metrics, reason) is stored in Optuna and its 
 is sent to MLflow before the trial is told, so a trial that is still RUNNING in Optuna is
 always safe to fail, retry, and have its run marked KILLED. With its own Tracker (one
 worker, ``sweep worker``) the run has ended when the trial is told; a local worker of
-``sweep run`` hands the end to the launcher (sweep.relay), which logs it even if the worker
+``sweep run`` hands the end to the launcher (sweep.tracking.relay), which logs it even if the worker
 dies meanwhile, and runs a dead launcher left open are ended from the stored records when
 the study is next opened (``relay.reconcile``).
 """
@@ -16,8 +16,8 @@ import io
 import math
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -26,12 +26,21 @@ from core.data import Dataset
 from core.model import NetworkSpec, Params, save_params
 from core.packed import PACKED_FIELDS, packs, train_packed
 from core.train import CURVES, EpochRecord, NotLearningError, TrainConfig, TrainResult, evaluate_on, train
-from sweep.relay import RelayedRun, RelayedTracker, finish_run
-from sweep.schema import (BEST_VALIDATION_ACCURACY, EPOCHS_RUN, GAP, HISTORY_KEYS, PER_EPOCH_METRICS, RESULT_ATTR,
-                          RUN_ATTR, TEST_ACCURACY, TRAINING_SECONDS, TrialRecord)
-from sweep.study import StudySpec, all_params, suggest, trial_config, used
-from sweep.tracking import Tracker, TrialRun
-
+from sweep.schema import (
+    BEST_VALIDATION_ACCURACY,
+    EPOCHS_RUN,
+    GAP,
+    HISTORY_KEYS,
+    PER_EPOCH_METRICS,
+    RESULT_ATTR,
+    RUN_ATTR,
+    TEST_ACCURACY,
+    TRAINING_SECONDS,
+    TrialRecord,
+)
+from sweep.spec.study import StudySpec, all_params, suggest, trial_config, used
+from sweep.tracking.relay import RelayedRun, RelayedTracker, finish_run
+from sweep.tracking.tracker import Tracker, TrialRun
 
 
 def _process_start(pid: int) -> str | None:

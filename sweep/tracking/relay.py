@@ -5,7 +5,7 @@ worker would pay both. Instead a worker gets one end of a pipe (``RelayedTracker
 Tracker calls a TrialRunner makes, sent as messages) and the launcher logs every message,
 in the order its worker sent it, through its one Tracker in a thread (``Relay``). Nothing
 waits for the launcher: a run is created when its trial starts, and its id comes back while
-the trial trains (the trial stores it after its first epoch, see sweep.objective); the
+the trial trains (the trial stores it after its first epoch, see sweep.run.trial); the
 run's epochs and end follow, named by the trial's number, so a trial may be told to Optuna
 before its run has ended in MLflow.
 
@@ -28,10 +28,9 @@ from optuna.trial import TrialState
 
 from core.data import Dataset
 from core.train import CURVES, EpochRecord
-from sweep.schema import (HISTORY_KEYS, REASON_ATTR, REASON_TAG, RETRY_OF_ATTR, RUN_ATTR, TIMING_TAG,
-                          TrialRecord)
-from sweep.study import StudySpec, all_params
-from sweep.tracking import Tracker, TrialRun, timing_note
+from sweep.schema import HISTORY_KEYS, REASON_ATTR, REASON_TAG, RETRY_OF_ATTR, RUN_ATTR, TIMING_TAG, TrialRecord
+from sweep.spec.study import StudySpec, all_params
+from sweep.tracking.tracker import Tracker, TrialRun, timing_note
 
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 DIED = "worker process died"  # why a run is KILLED when its worker is gone

@@ -191,8 +191,8 @@ SETTINGS: Mapping[str, Callable[[Any], Any]] = MappingProxyType({
     "cost": one_of("cost", tuple(COSTS)),
     "engine": one_of("engine", ENGINES),
     "sizes": _layer_sizes,
-    **{name: BOOL.check for name in MONITORS},
-    **{name: fraction for name in ("momentum", "dropout")},
+    **dict.fromkeys(MONITORS, BOOL.check),
+    **dict.fromkeys(("momentum", "dropout"), fraction),
     **{name: int_at_least(0, limits.MAX_EPOCHS, "the most epochs a trial trains")
        for name in ("patience", "eta_patience")},  # 0: off
     "eta_min_factor": above_one,
@@ -380,10 +380,10 @@ PARAM_TYPES: Mapping[str, type] = MappingProxyType(
 )
 # The range type each numeric tunable takes; activation and cost take choices only.
 _RANGE_OF: Mapping[str, type] = MappingProxyType({
-    **{name: IntRange for name in ("batch_size", "hidden", "hidden2", "depth", "epochs")},
-    **{name: FloatRange for name in ("eta", "lmbda")},
-    **{name: FloatRange for name in ("momentum", "dropout", "eta_min_factor")},
-    **{name: IntRange for name in ("patience", "eta_patience")},
+    **dict.fromkeys(("batch_size", "hidden", "hidden2", "depth", "epochs"), IntRange),
+    **dict.fromkeys(("eta", "lmbda"), FloatRange),
+    **dict.fromkeys(("momentum", "dropout", "eta_min_factor"), FloatRange),
+    **dict.fromkeys(("patience", "eta_patience"), IntRange),
 })
 
 

@@ -9,7 +9,7 @@ stream that the server answers once it holds the study's lock for the caller (a 
 server, and the database's advisory lock, so that workers using the database directly are
 excluded too) and that keeps it until the call ends. A worker that dies drops its connection,
 which ends the call: the lock cannot outlive its holder (keepalive pings find a machine that
-vanished without closing it). Dead workers' trials: see ``sweep.runner.StampBeats``.
+vanished without closing it). Dead workers' trials: see ``sweep.run.runner.StampBeats``.
 Needs grpcio (``pip install 'mlp-sweep[proxy]'``).
 """
 
@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
 
 from sweep.errors import OptionError, StoreError
-from sweep.proxy_client import HELD, HOLD, KEEPALIVE, grpc_module
-from sweep.storage import open_storage, study_lock
-from sweep.urls import redact
+from sweep.stores.client import HELD, HOLD, KEEPALIVE, grpc_module
+from sweep.stores.storage import open_storage, study_lock
+from sweep.stores.urls import redact
 
 POLL = 0.5  # seconds between a waiting Hold's checks that its caller is still there
 DEFAULT_THREADS = 128  # concurrent calls; each worker waiting for the lock takes one

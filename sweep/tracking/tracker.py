@@ -21,21 +21,48 @@ import random
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import unquote
 
 from core.data import Dataset
 from core.train import CURVES, EpochRecord
-from sweep.errors import StoreError, UsageError
 from sweep.adapters import MLFLOW_DB_LOGGER, batch_limits
-from sweep.integrity import check_sqlite
-from sweep.schema import (BEST_TAG, CONFIG_ARTIFACT, DATA_CONTEXT, DATA_CONTEXT_TAG, EPOCH_ETA, EPOCH_SECONDS,
-                          KIND_TAG, ML_KIND, MODEL_NAME, MODEL_WEIGHTS_KEY, N_PIXELS, NOTE_TAG, PARENT_TAG, ROLE_PARENT,
-                          ROLE_TAG, ROLE_TRIAL, STATE_TAG, STATUS_FOR_STATE, STORAGE_TAG, STUDY_ID_TAG, STUDY_TAG,
-                          SUMMARY, TRIAL_TAG, VIEW_KEY, VIEW_TAG, WEIGHTS_ARTIFACT, WEIGHTS_DIR, WEIGHTS_FILE)
-from sweep.urls import MLFLOW_TABLES, OPTUNA_TABLES, in_memory_sqlite, redact, sqlite_file, sqlite_tables
-from sweep.urls import scheme as url_scheme
+from sweep.errors import StoreError, UsageError
+from sweep.schema import (
+    BEST_TAG,
+    CONFIG_ARTIFACT,
+    DATA_CONTEXT,
+    DATA_CONTEXT_TAG,
+    EPOCH_ETA,
+    EPOCH_SECONDS,
+    KIND_TAG,
+    ML_KIND,
+    MODEL_NAME,
+    MODEL_WEIGHTS_KEY,
+    N_PIXELS,
+    NOTE_TAG,
+    PARENT_TAG,
+    ROLE_PARENT,
+    ROLE_TAG,
+    ROLE_TRIAL,
+    STATE_TAG,
+    STATUS_FOR_STATE,
+    STORAGE_TAG,
+    STUDY_ID_TAG,
+    STUDY_TAG,
+    SUMMARY,
+    TRIAL_TAG,
+    VIEW_KEY,
+    VIEW_TAG,
+    WEIGHTS_ARTIFACT,
+    WEIGHTS_DIR,
+    WEIGHTS_FILE,
+)
+from sweep.stores.integrity import check_sqlite
+from sweep.stores.urls import MLFLOW_TABLES, OPTUNA_TABLES, in_memory_sqlite, redact, sqlite_file, sqlite_tables
+from sweep.stores.urls import scheme as url_scheme
 
 if TYPE_CHECKING:
     from mlflow.entities import DatasetInput, Run
@@ -103,8 +130,8 @@ def check_tracking_uri(tracking_uri: str) -> None:
     db = sqlite_file(tracking_uri)
     if db is not None and db.is_file():
         tables = sqlite_tables(db)
-        if tables and not MLFLOW_TABLES <= tables:
-            what = "an Optuna storage" if OPTUNA_TABLES <= tables else "a database of something else"
+        if tables and not tables >= MLFLOW_TABLES:
+            what = "an Optuna storage" if tables >= OPTUNA_TABLES else "a database of something else"
             raise StoreError(TRACKING, where, f"{db} is {what}, not an MLflow tracking store")
 
 
@@ -409,7 +436,8 @@ class Tracker:
 
     def _dataset_input(self, data: Dataset) -> DatasetInput:
         """The data as an MLflow dataset input: name, digest of the arrays, split sizes (made once)."""
-        from mlflow.entities import Dataset as LoggedDataset, DatasetInput, InputTag
+        from mlflow.entities import Dataset as LoggedDataset
+        from mlflow.entities import DatasetInput, InputTag
 
         if self._input is None or self._input[0] is not data:
             digest = hashlib.blake2b(digest_size=DIGEST_BYTES)
@@ -457,7 +485,7 @@ class Tracker:
         return Path(_retry(self._client.download_artifacts, run_id, WEIGHTS_ARTIFACT, os.fspath(dst_dir)))
 
     def register_best(self, run_id: str, tags: dict) -> str | None:
-        """Log the weights of the trial run ``run_id`` as a pyfunc model (sweep.served) and register it
+        """Log the weights of the trial run ``run_id`` as a pyfunc model (sweep.tracking.served) and register it
         under the study's name; the new version, or None when that run is already the latest
         version or has no weights.
 
@@ -483,7 +511,7 @@ class Tracker:
                 warnings.simplefilter("ignore", UserWarning)
                 mlflow.pyfunc.save_model(  # (models from code: no pickle)
                     local, python_model=str(SERVED), artifacts={MODEL_WEIGHTS_KEY: str(weights)},
-                    code_paths=[str(SERVED.parents[1] / "core"), str(SERVED.parent)],
+                    code_paths=[str(SERVED.parents[2] / "core"), str(SERVED.parents[1])],  # (core/ and sweep/)
                     signature=served_signature(),
                     pip_requirements=[f"numpy=={np.__version__}", f"mlflow=={mlflow.__version__}"])
             strings = _strings(tags, batch_limits().tag_chars)

@@ -1,6 +1,6 @@
 """Store URLs and files, read without touching them: SQLite paths, table names, passwords hidden.
 
-Shared by the Optuna side (``sweep.storage``) and the MLflow side (``sweep.tracking``), which
+Shared by the Optuna side (``sweep.stores.storage``) and the MLflow side (``sweep.tracking.tracker``), which
 both take ``sqlite:///FILE`` URLs and must tell each other's databases apart.
 """
 

@@ -4,7 +4,7 @@ Mappings inside a spec are ``types.MappingProxyType`` (read-only) and sequences 
 tuples, so a spec cannot change after validation (it compares by value but is not hashable).
 ``suggest``, ``trial_config`` and ``all_params`` are what one trial needs: its sampled
 parameters, its core configs, and every setting to log. Study files are read and written
-by ``sweep.studyfile``.
+by ``sweep.spec.file``.
 """
 
 from __future__ import annotations
@@ -20,13 +20,33 @@ import optuna
 
 from core import CURVES, NetworkSpec, TrainConfig
 from core.data import DATASETS
-from sweep import limits, samplers
+from sweep import limits
 from sweep.errors import InvalidValue, SpecError
-from sweep.samplers import GRID_SAMPLERS, PRUNERS, SAMPLERS, SINGLE_OBJECTIVE_SAMPLERS, Option
 from sweep.schema import BEST_VALIDATION_ACCURACY, GAP, METRICS, PER_EPOCH_METRICS, VALIDATION_ACCURACY
-from sweep.space import (DEFAULTS, OPTIONS, SETTINGS, STR, TABLE, TRAIN_KEYS, TUNABLE, Categorical, Fixed,
-                         Param, at_key, check_study_name, checked_param, did_you_mean, int_at_least, is_int,
-                         join_key, one_of, positive, show)
+from sweep.spec import samplers
+from sweep.spec.samplers import GRID_SAMPLERS, PRUNERS, SAMPLERS, SINGLE_OBJECTIVE_SAMPLERS, Option
+from sweep.spec.space import (
+    DEFAULTS,
+    OPTIONS,
+    SETTINGS,
+    STR,
+    TABLE,
+    TRAIN_KEYS,
+    TUNABLE,
+    Categorical,
+    Fixed,
+    Param,
+    at_key,
+    check_study_name,
+    checked_param,
+    did_you_mean,
+    int_at_least,
+    is_int,
+    join_key,
+    one_of,
+    positive,
+    show,
+)
 
 DIRECTIONS = ("maximize", "minimize")
 AT_TIMEOUT = ("finish", "stop")  # [budget] at_timeout: what trials still running at the timeout do

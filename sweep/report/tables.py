@@ -22,10 +22,17 @@ from optuna.distributions import IntDistribution
 from optuna.trial import TrialState
 
 from core.train import CURVES
-from sweep import plots
 from sweep.errors import OptionError, UsageError
-from sweep.schema import (BEST_VALIDATION_ACCURACY, EPOCHS_RUN, GAP, SPEC_ATTR, TEST_ACCURACY, TRAINING_SECONDS,
-                          TrialRecord)
+from sweep.report import plots
+from sweep.schema import (
+    BEST_VALIDATION_ACCURACY,
+    EPOCHS_RUN,
+    GAP,
+    SPEC_ATTR,
+    TEST_ACCURACY,
+    TRAINING_SECONDS,
+    TrialRecord,
+)
 from sweep.words import plural, show_number
 
 #: The trial metrics ``trials_frame`` has a column for, besides epochs_run and seconds.
@@ -95,7 +102,7 @@ def trials_frame(study: optuna.Study, gap_threshold: float = 0.05) -> pd.DataFra
         rows.append({
             "number": t.number, "state": t.state.name,
             **dict(zip(values, t.values or [None] * len(values))),
-            **{column: t.number in front for column in pareto},
+            **dict.fromkeys(pareto, t.number in front),
             **{column: t.params.get(name) for name, column in params.items()},
             **{key: metrics.get(key) for key in METRIC_COLUMNS},
             EPOCHS_RUN: metrics.get(EPOCHS_RUN), "seconds": metrics.get(TRAINING_SECONDS),
@@ -103,9 +110,9 @@ def trials_frame(study: optuna.Study, gap_threshold: float = 0.05) -> pd.DataFra
         })
     columns = ["number", "state", *values, *pareto, *params.values(), *METRIC_COLUMNS, *_TAIL_COLUMNS]
     frame = pd.DataFrame(rows, columns=columns)
-    frame = frame.astype({**{c: "float64" for c in (*values, *METRIC_COLUMNS, "seconds", "ended_after")},
-                          **{c: "boolean" for c in pareto},
-                          **{c: "Int64" for c in (*int_params, EPOCHS_RUN, "pruned_at_epoch")}})
+    frame = frame.astype({**dict.fromkeys((*values, *METRIC_COLUMNS, "seconds", "ended_after"), "float64"),
+                          **dict.fromkeys(pareto, "boolean"),
+                          **dict.fromkeys((*int_params, EPOCHS_RUN, "pruned_at_epoch"), "Int64")})
     frame["overfit"] = (frame[GAP] > gap_threshold).astype("boolean").mask(frame[GAP].isna())
     return frame
 
@@ -120,7 +127,7 @@ def epochs_frame(study: optuna.Study) -> pd.DataFrame:
             rows.append({"trial": t.number, "epoch": epoch,
                          **{key: _item(history.get(key), i) for key in keys}})
     frame = pd.DataFrame(rows, columns=["trial", "epoch", *keys])
-    return frame.astype({"trial": "int64", "epoch": "int64", **{key: "float64" for key in keys}})
+    return frame.astype({"trial": "int64", "epoch": "int64", **dict.fromkeys(keys, "float64")})
 
 
 def _item(values: Sequence | None, i: int):

@@ -4,7 +4,7 @@ Default: a journal file (safe for several local processes; SQLite is not), its w
 serialised by an flock that dies with its holder. A
 ``sqlite:///`` or ``postgresql://`` URL selects Optuna's RDB storage, with heartbeats so
 that a trial whose worker died on another machine is failed and retried. ``grpc://HOST:PORT``
-is a ``sweep proxy`` (Optuna's gRPC storage proxy over such a database, see sweep.proxy):
+is a ``sweep proxy`` (Optuna's gRPC storage proxy over such a database, see sweep.stores.proxy):
 many workers share its cache and its few database connections.
 """
 
@@ -15,17 +15,17 @@ import fcntl
 import hashlib
 import os
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import optuna
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
 from sweep.errors import StoreError, UsageError
-from sweep.integrity import check_journal, check_sqlite
-from sweep.urls import MLFLOW_TABLES, OPTUNA_TABLES, in_memory_sqlite, redact, sqlite_file, sqlite_tables
+from sweep.stores.integrity import check_journal, check_sqlite
+from sweep.stores.urls import MLFLOW_TABLES, OPTUNA_TABLES, in_memory_sqlite, redact, sqlite_file, sqlite_tables
 
 DEFAULT_JOURNAL = "mlruns/optuna.journal"
 STORAGE = StoreError.STORAGE
@@ -191,8 +191,8 @@ def check_identity(spec: StorageSpec) -> None:
         raise StoreError(STORAGE, where, "an in-memory database is private to one process; give a file (sqlite:///FILE)")
     local = _local_file(spec)
     tables = sqlite_tables(local) if local is not None and local.is_file() else _server_tables(spec)
-    if tables and not OPTUNA_TABLES <= tables:
-        what = "an MLflow tracking store" if MLFLOW_TABLES <= tables else "a database of something else"
+    if tables and not tables >= OPTUNA_TABLES:
+        what = "an MLflow tracking store" if tables >= MLFLOW_TABLES else "a database of something else"
         raise StoreError(STORAGE, where, f"the database is {what}, not an Optuna storage")
 
 
@@ -234,7 +234,7 @@ def open_storage(spec: StorageSpec, heartbeat_callback: Callable | None = None, 
     if local is not None:
         _refuse_damaged(spec, local, read_only)
     if spec.is_proxy:
-        from sweep.proxy_client import connect
+        from sweep.stores.client import connect
 
         return connect(spec, CONNECT_TIMEOUT)
     if not spec.is_rdb:
@@ -271,7 +271,7 @@ def study_lock(spec: StorageSpec, study_name: str) -> Iterator[None]:
     advisory lock for its workers) for a ``sweep proxy``.
     """
     if spec.is_proxy:
-        from sweep.proxy_client import held
+        from sweep.stores.client import held
 
         with held(spec, study_name):
             yield

@@ -1,0 +1,1 @@
+"""Where a study lives: store URLs, damaged-file checks, Optuna storages and the study lock, the gRPC proxy."""
