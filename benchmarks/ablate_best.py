@@ -27,15 +27,23 @@ from sweep.tracking.registry import best_trial
 
 def variants(network: NetworkSpec, config: TrainConfig) -> dict[str, tuple[NetworkSpec, TrainConfig]]:
     """The found configuration and each option it uses switched off, by label."""
-    off = {"momentum": {"momentum": 0.0}, "dropout": {"dropout": 0.0}, "early stopping": {"patience": None},
-           "η schedule": {"eta_patience": None}, "L2": {"lmbda": 0.0}}
+    off = {
+        "momentum": {"momentum": 0.0},
+        "dropout": {"dropout": 0.0},
+        "early stopping": {"patience": None},
+        "η schedule": {"eta_patience": None},
+        "L2": {"lmbda": 0.0},
+    }
     found = {"found": (network, config)}
     for label, change in off.items():
         name, value = next(iter(change.items()))
         if getattr(config, name) not in (None, 0, 0.0):
             found[f"no {label}"] = (network, dataclasses.replace(config, **change))
     if network.n_layers > 2:
-        found["one hidden layer"] = (dataclasses.replace(network, sizes=(*network.sizes[:2], network.sizes[-1])), config)
+        found["one hidden layer"] = (
+            dataclasses.replace(network, sizes=(*network.sizes[:2], network.sizes[-1])),
+            config,
+        )
     return found
 
 

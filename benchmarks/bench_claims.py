@@ -9,7 +9,8 @@ cell over the time from the workers' common start to the last one's end.
 
 Every cell is a grid study of exactly that many points in a fresh PostgreSQL database, all but
 its last ``--claims`` (100) stored as finished trials; the workers claim those last ones, so
-each latency is a claim's in a study of that size. Then every grid point must be COMPLETE exactly once, nothing left RUNNING or WAITING
+each latency is a claim's in a study of that size. Then every grid point must be COMPLETE exactly once,
+nothing left RUNNING or WAITING
 (the script stops with an error otherwise). The most connections to the study's database seen
 at once (pg_stat_activity) are printed too. ``proxy`` cells run ``sweep proxy`` (Optuna's gRPC
 storage proxy over the same kind of database) and give the workers ``grpc://127.0.0.1:PORT``.
@@ -148,8 +149,12 @@ def _start_proxy(storage: str) -> tuple[subprocess.Popen, str]:
     import grpc
 
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "sweep", "proxy", "--storage", storage, "--port", str(port)],
-                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sweep", "proxy", "--storage", storage, "--port", str(port)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stderr=subprocess.DEVNULL,
+    )
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         grpc.channel_ready_future(channel).result(timeout=60)
     return proc, f"grpc://127.0.0.1:{port}"
@@ -169,8 +174,10 @@ def check_exactly_once(storage: str, spec) -> None:
     points = {grid_key(p) for p in grid_order(spec.searched)}
     if set(done) != points or set(done.values()) != {1} or states["RUNNING"] or states["WAITING"]:
         repeated = sum(n > 1 for n in done.values())
-        raise SystemExit(f"{spec.name}: not every grid point exactly once: {len(done)} of {len(points)} done, "
-                         f"{repeated} repeated, states {dict(states)}")
+        raise SystemExit(
+            f"{spec.name}: not every grid point exactly once: {len(done)} of {len(points)} done, "
+            f"{repeated} repeated, states {dict(states)}"
+        )
 
 
 def cell(ctx, pg: str, via: str, n_trials: int, workers: int, claims: int) -> dict:
@@ -181,7 +188,9 @@ def cell(ctx, pg: str, via: str, n_trials: int, workers: int, claims: int) -> di
     proxy = None
     try:
         spec = study_spec(n_trials)
-        maker = ctx.Process(target=_create, args=(direct, n_trials, n_trials - claims))  # (no connection of this process's survives)
+        maker = ctx.Process(
+            target=_create, args=(direct, n_trials, n_trials - claims)
+        )  # (no connection of this process's survives)
         maker.start()
         maker.join()
         assert maker.exitcode == 0, "could not create the study"
@@ -190,8 +199,10 @@ def cell(ctx, pg: str, via: str, n_trials: int, workers: int, claims: int) -> di
             proxy, storage = _start_proxy(direct)
         start = ctx.Barrier(workers + 1)
         pipes = [ctx.Pipe(duplex=False) for _ in range(workers)]
-        procs = [ctx.Process(target=_worker, args=(storage, n_trials, workers, i, start, send))
-                 for i, (_, send) in enumerate(pipes)]
+        procs = [
+            ctx.Process(target=_worker, args=(storage, n_trials, workers, i, start, send))
+            for i, (_, send) in enumerate(pipes)
+        ]
         for p in procs:
             p.start()
         with contextlib.suppress(threading.BrokenBarrierError):  # (a worker failed to start: it says why)
@@ -213,10 +224,17 @@ def cell(ctx, pg: str, via: str, n_trials: int, workers: int, claims: int) -> di
             proxy.wait(timeout=30)
         _admin(pg, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     latencies = sorted(x for lat, _ in results for x in lat)
-    return {"via": via, "trials": n_trials, "workers": workers, "claims": len(latencies),
-            "claims_per_s": len(latencies) / wall, "p50_ms": 1000 * statistics.median(latencies),
-            "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], "wall_s": wall,
-            "connections": connections.most}
+    return {
+        "via": via,
+        "trials": n_trials,
+        "workers": workers,
+        "claims": len(latencies),
+        "claims_per_s": len(latencies) / wall,
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+        "wall_s": wall,
+        "connections": connections.most,
+    }
 
 
 def _create(storage: str, n_trials: int, done: int) -> None:
@@ -252,21 +270,54 @@ def _create(storage: str, n_trials: int, done: int) -> None:
     engine = sqlalchemy.create_engine(StorageSpec(storage).sqlalchemy_url)
     points = grid_order(spec.searched)[:done]
     with engine.begin() as conn:
-        conn.execute(sqlalchemy.insert(models.TrialModel.__table__), [
-            {"number": i, "study_id": study._study_id, "state": optuna.trial.TrialState.COMPLETE,
-             "datetime_start": now, "datetime_complete": now} for i in range(done)])
-        ids = dict(conn.execute(sqlalchemy.text("SELECT number, trial_id FROM trials WHERE study_id = :s"),
-                                {"s": study._study_id}).all())
-        conn.execute(sqlalchemy.insert(models.TrialParamModel.__table__), [
-            {"trial_id": ids[i], "param_name": name, "param_value": dists[name].to_internal_repr(value),
-             "distribution_json": distribution_to_json(dists[name])}
-            for i, point in enumerate(points) for name, value in point.items()])
-        conn.execute(sqlalchemy.insert(models.TrialValueModel.__table__), [
-            {"trial_id": ids[i], "objective": 0, "value": 0.0, "value_type": models.TrialValueModel.TrialValueType.FINITE}
-            for i in range(done)])
+        conn.execute(
+            sqlalchemy.insert(models.TrialModel.__table__),
+            [
+                {
+                    "number": i,
+                    "study_id": study._study_id,
+                    "state": optuna.trial.TrialState.COMPLETE,
+                    "datetime_start": now,
+                    "datetime_complete": now,
+                }
+                for i in range(done)
+            ],
+        )
+        ids = dict(
+            conn.execute(
+                sqlalchemy.text("SELECT number, trial_id FROM trials WHERE study_id = :s"), {"s": study._study_id}
+            ).all()
+        )
+        conn.execute(
+            sqlalchemy.insert(models.TrialParamModel.__table__),
+            [
+                {
+                    "trial_id": ids[i],
+                    "param_name": name,
+                    "param_value": dists[name].to_internal_repr(value),
+                    "distribution_json": distribution_to_json(dists[name]),
+                }
+                for i, point in enumerate(points)
+                for name, value in point.items()
+            ],
+        )
+        conn.execute(
+            sqlalchemy.insert(models.TrialValueModel.__table__),
+            [
+                {
+                    "trial_id": ids[i],
+                    "objective": 0,
+                    "value": 0.0,
+                    "value_type": models.TrialValueModel.TrialValueType.FINITE,
+                }
+                for i in range(done)
+            ],
+        )
         worker = json.dumps({"host": "bench", "pid": 0, "started": "0"})
-        conn.execute(sqlalchemy.insert(models.TrialUserAttributeModel.__table__), [
-            {"trial_id": ids[i], "key": WORKER_ATTR, "value_json": worker} for i in range(done)])
+        conn.execute(
+            sqlalchemy.insert(models.TrialUserAttributeModel.__table__),
+            [{"trial_id": ids[i], "key": WORKER_ATTR, "value_json": worker} for i in range(done)],
+        )
     engine.dispose()
 
 
@@ -274,23 +325,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[8, 32, 64])
     parser.add_argument("--trials", type=int, nargs="+", default=[100, 1000, 10000])
-    parser.add_argument("--claims", type=int, default=100,
-                        help="claims measured per cell: the study's last ones (its other trials are stored finished)")
+    parser.add_argument(
+        "--claims",
+        type=int,
+        default=100,
+        help="claims measured per cell: the study's last ones (its other trials are stored finished)",
+    )
     parser.add_argument("--via", nargs="+", choices=["direct", "proxy"], default=["direct", "proxy"])
-    parser.add_argument("--pg", default=os.environ.get("MLP_SWEEP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    parser.add_argument(
+        "--pg", default=os.environ.get("MLP_SWEEP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+    )
     args = parser.parse_args()
     if any(n % 10 or n < args.claims for n in args.trials):
         parser.error("--trials: multiples of 10, at least --claims")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD[:1])
-    print(f"{'via':6} {'trials':>6} {'workers':>7} {'claims/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'wall s':>7} {'db conns':>8}  exactly once")
+    print(
+        f"{'via':6} {'trials':>6} {'workers':>7} {'claims/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'wall s':>7} "
+        f"{'db conns':>8}  exactly once"
+    )
     for via in args.via:
         for workers in args.workers:
             for n_trials in args.trials:
                 r = cell(ctx, args.pg, via, n_trials, workers, args.claims)
-                print(f"{r['via']:6} {r['trials']:6} {r['workers']:7} {r['claims_per_s']:9.1f} {r['p50_ms']:8.1f} "
-                      f"{r['p99_ms']:8.1f} {r['wall_s']:7.1f} {r['connections']:8}  yes ({r['claims']} claims)", flush=True)
+                print(
+                    f"{r['via']:6} {r['trials']:6} {r['workers']:7} {r['claims_per_s']:9.1f} {r['p50_ms']:8.1f} "
+                    f"{r['p99_ms']:8.1f} {r['wall_s']:7.1f} {r['connections']:8}  yes ({r['claims']} claims)",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

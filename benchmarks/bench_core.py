@@ -26,9 +26,17 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
 
 def fast_epochs(spec: NetworkSpec, data, epochs: int, lmbda: float) -> list[float]:
-    config = TrainConfig(epochs=epochs, batch_size=10, eta=0.1, lmbda=lmbda, seed=0,
-                         monitor_training_cost=False, monitor_training_accuracy=False,
-                         monitor_validation_cost=False, monitor_validation_accuracy=False)
+    config = TrainConfig(
+        epochs=epochs,
+        batch_size=10,
+        eta=0.1,
+        lmbda=lmbda,
+        seed=0,
+        monitor_training_cost=False,
+        monitor_training_accuracy=False,
+        monitor_validation_cost=False,
+        monitor_validation_accuracy=False,
+    )
     return [r.seconds for r in train(spec, config, data).history]
 
 
@@ -40,7 +48,7 @@ def reference_epoch(spec: NetworkSpec, data, batches: int) -> float:
     perm = rng.permutation(len(data.X))
     start = time.perf_counter()
     for k in range(0, batches * 10, 10):
-        rows = perm[k:k + 10]
+        rows = perm[k : k + 10]
         net.update_mini_batch(data.X[rows], Y[rows], 0.1, 0.0, len(data.X))
     return (time.perf_counter() - start) * (len(data.X) / 10) / batches
 
@@ -60,8 +68,10 @@ def main() -> None:
         for lmbda in (0.0, 5.0):
             times = fast_epochs(spec, data, args.epochs, lmbda)
             best, med = min(times), statistics.median(times)
-            print(f"fast, lambda={lmbda:<4}       {med:8.3f} s/epoch median, {best:.3f} best "
-                  f"of {args.epochs}  ->  {ref / med:5.1f}x the reference (best {ref / best:.1f}x)")
+            print(
+                f"fast, lambda={lmbda:<4}       {med:8.3f} s/epoch median, {best:.3f} best "
+                f"of {args.epochs}  ->  {ref / med:5.1f}x the reference (best {ref / best:.1f}x)"
+            )
     with threadpool_limits(2):
         med = statistics.median(fast_epochs(spec, data, args.epochs, 0.0))
         print(f"fast, 2 BLAS threads    {med:8.3f} s/epoch median  ->  {ref / med:5.1f}x")

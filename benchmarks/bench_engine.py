@@ -79,7 +79,7 @@ def plain_numpy_epoch(spec: NetworkSpec, data) -> None:
     eta, m = np.float32(0.1), 10
     perm = rng.permutation(len(X))
     for k in range(0, len(X), m):
-        rows = perm[k:k + m]
+        rows = perm[k : k + m]
         x, y = X[rows], Y[rows]
         z1 = x @ W1 + b1
         a1 = np.maximum(z1, 0)
@@ -109,7 +109,7 @@ def torch_epoch(spec: NetworkSpec, data, batches: int) -> float:
     perm = torch.randperm(len(X))
     start = time.process_time()
     for k in range(0, batches * 10, 10):
-        rows = perm[k:k + 10]
+        rows = perm[k : k + 10]
         opt.zero_grad()
         loss_fn(net(X[rows]), y[rows]).backward()
         opt.step()
@@ -141,33 +141,51 @@ def profile(data, rep: int, whole: float) -> None:
     @njit
     def first_layer(flat, indptr, indices, codes, table, perm, z, step):
         for start in range(0, perm.shape[0], 10):
-            _prefetch_rows(perm[start + 10:start + 20], indptr, indices, codes)
-            for e in perm[start:start + 10]:
+            _prefetch_rows(perm[start + 10 : start + 20], indptr, indices, codes)
+            for e in perm[start : start + 10]:
                 _first_layer(z, flat, z.shape[0], indices, codes, table, indptr[e], indptr[e + 1], False)
-            for e in perm[start:start + 10]:
+            for e in perm[start : start + 10]:
                 _first_layer(step, flat, z.shape[0], indices, codes, table, indptr[e], indptr[e + 1], True)
 
     rows = sparse_rows(np.asarray(data.X, np.float32))
     rng = np.random.default_rng(0)
     flat = rng.normal(0, 0.1, 784 * 32).astype(np.float32)
     z, step = np.zeros(32, np.float32), np.full(32, 1e-9, np.float32)
-    run = lambda: first_layer(flat, rows.indptr, rows.indices, rows.codes, rows.table,  # noqa: E731
-                              rng.permutation(len(data.X)), z, step)
+
+    def run():
+        return first_layer(
+            flat, rows.indptr, rows.indices, rows.codes, rows.table, rng.permutation(len(data.X)), z, step
+        )
+
     run()  # compile
-    first, = median_of(rep, run)
+    (first,) = median_of(rep, run)
     nnz = int(rows.indptr[-1])
     print(f"\nprofile of the compiled [784, 30, 10] epoch ({whole:.3f} s):")
-    print(f"  first layer, sparse product + update (width 32)    {first:8.3f} s  {100 * first / whole:5.1f} %  "
-          f"({2 * nnz * 30 / first / 1e9:.2f} G multiply-adds/s over {nnz / len(data.X):.0f} non-zero "
-          f"pixels per image, {100 * nnz / data.X.size:.0f} % of them)")
-    print(f"  the rest: second layer, output, errors, bookkeeping  {whole - first:8.3f} s  "
-          f"{100 * (whole - first) / whole:5.1f} %")
+    print(
+        f"  first layer, sparse product + update (width 32)    {first:8.3f} s  {100 * first / whole:5.1f} %  "
+        f"({2 * nnz * 30 / first / 1e9:.2f} G multiply-adds/s over {nnz / len(data.X):.0f} non-zero "
+        f"pixels per image, {100 * nnz / data.X.size:.0f} % of them)"
+    )
+    print(
+        f"  the rest: second layer, output, errors, bookkeeping  {whole - first:8.3f} s  "
+        f"{100 * (whole - first) / whole:5.1f} %"
+    )
 
 
 def eta_axis(k: int, engine: str) -> list[TrainConfig]:
     """The homework grid's η axis at batch 10 (η 0.08 … 0.18), one seed, accuracies monitored."""
-    return [TrainConfig(epochs=10, batch_size=10, eta=round(0.08 + 0.01 * i, 2), seed=0, engine=engine,
-                        monitor_training_cost=False, monitor_validation_cost=False) for i in range(k)]
+    return [
+        TrainConfig(
+            epochs=10,
+            batch_size=10,
+            eta=round(0.08 + 0.01 * i, 2),
+            seed=0,
+            engine=engine,
+            monitor_training_cost=False,
+            monitor_validation_cost=False,
+        )
+        for i in range(k)
+    ]
 
 
 def compare_eta_axis(data_dir: Path | None, rep: int) -> None:
@@ -175,11 +193,15 @@ def compare_eta_axis(data_dir: Path | None, rep: int) -> None:
     small = load_mnist(data_dir, n_train=5000, n_validation=1000)
     spec = NetworkSpec((784, 15, 10))
     one_by_one, packed, numpy_packed = median_of(
-        2 * rep - 1, lambda: [train(spec, c, small.train, small.validation) for c in eta_axis(11, "compiled")],
+        2 * rep - 1,
+        lambda: [train(spec, c, small.train, small.validation) for c in eta_axis(11, "compiled")],
         lambda: train_packed(spec, eta_axis(11, "compiled"), small.train, small.validation),
-        lambda: train_packed(spec, eta_axis(11, "numpy"), small.train, small.validation))
-    print("\neta axis: 11 trials of [784, 15, 10], one seed, batch 10, 10 epochs, 5000/1000 images, "
-          "accuracies monitored (CPU s)")
+        lambda: train_packed(spec, eta_axis(11, "numpy"), small.train, small.validation),
+    )
+    print(
+        "\neta axis: 11 trials of [784, 15, 10], one seed, batch 10, 10 epochs, 5000/1000 images, "
+        "accuracies monitored (CPU s)"
+    )
     print(f"  compiled, one by one     {one_by_one:8.3f} s")
     print(f"  compiled, one pack       {packed:8.3f} s   {one_by_one / packed:5.2f}x one by one")
     print(f"  NumPy engine, one pack   {numpy_packed:8.3f} s   compiled pack is {numpy_packed / packed:5.2f}x faster")
@@ -188,16 +210,21 @@ def compare_eta_axis(data_dir: Path | None, rep: int) -> None:
 def in_fresh_process(code: str, env: dict[str, str]) -> str:
     """stdout of ``python -c code`` in a new process with this repository first on its path."""
     env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          check=True).stdout.strip()
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
-START = ("import time; t, c = time.perf_counter(), time.process_time(); import core.compiled; "
-         "core.compiled.warm_up(); print(time.perf_counter() - t, time.process_time() - c)")
-PEAK = ("import resource; from core.data import load_mnist; from core.model import NetworkSpec;"
-        "from core.train import TrainConfig, train; data = load_mnist({!r});"
-        "train(NetworkSpec((784, 30, 10)), TrainConfig(epochs=1, batch_size=10, eta=0.1, engine={!r}),"
-        " data.train, data.validation); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+START = (
+    "import time; t, c = time.perf_counter(), time.process_time(); import core.compiled; "
+    "core.compiled.warm_up(); print(time.perf_counter() - t, time.process_time() - c)"
+)
+PEAK = (
+    "import resource; from core.data import load_mnist; from core.model import NetworkSpec;"
+    "from core.train import TrainConfig, train; data = load_mnist({!r});"
+    "train(NetworkSpec((784, 30, 10)), TrainConfig(epochs=1, batch_size=10, eta=0.1, engine={!r}),"
+    " data.train, data.validation); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+)
 
 
 def main() -> None:
@@ -217,22 +244,25 @@ def main() -> None:
         start = time.perf_counter()
         cached = [float(t) for t in in_fresh_process(START, {"NUMBA_CACHE_DIR": cache}).split()]
         cached_process = time.perf_counter() - start
-        peaks = {engine: float(in_fresh_process(PEAK.format(str(args.data_dir), engine), {"NUMBA_CACHE_DIR": cache}))
-                 for engine in ("numpy", "compiled")}
+        peaks = {
+            engine: float(in_fresh_process(PEAK.format(str(args.data_dir), engine), {"NUMBA_CACHE_DIR": cache}))
+            for engine in ("numpy", "compiled")
+        }
     mnist = load_mnist(args.data_dir)
     data = mnist.train
-    print(f"training set {data.X.shape}, batch 10, eta 0.1, float32, 1 BLAS thread; CPU seconds, "
-          f"medians of {rep} rounds")
+    print(
+        f"training set {data.X.shape}, batch 10, eta 0.1, float32, 1 BLAS thread; CPU seconds, medians of {rep} rounds"
+    )
     compiled_at: dict[str, float] = {}
     with threadpool_limits(1):
         for sizes in ((784, 30, 10), (784, 100, 10)):
             spec = NetworkSpec(sizes)
             runs = {
-                "per-example (core.reference)": lambda: per_example_epoch(spec, data, 200),
-                "PyTorch CPU, 1 thread": lambda: torch_epoch(spec, data, 500),
-                "plain vectorised NumPy loop": lambda: plain_numpy_epoch(spec, data),
-                "NumPy engine": lambda: engine_epoch(spec, data, "numpy"),
-                "compiled engine": lambda: engine_epoch(spec, data, "compiled"),
+                "per-example (core.reference)": lambda spec=spec: per_example_epoch(spec, data, 200),
+                "PyTorch CPU, 1 thread": lambda spec=spec: torch_epoch(spec, data, 500),
+                "plain vectorised NumPy loop": lambda spec=spec: plain_numpy_epoch(spec, data),
+                "NumPy engine": lambda spec=spec: engine_epoch(spec, data, "numpy"),
+                "compiled engine": lambda spec=spec: engine_epoch(spec, data, "compiled"),
             }
             times = dict(zip(runs, median_of(rep, *runs.values())))
             compiled = times["compiled engine"]
@@ -240,19 +270,25 @@ def main() -> None:
             print(f"\n{list(sizes)}: s/epoch, and the compiled engine's speed-up over each")
             for label, seconds in times.items():
                 print(f"  {label:30} {seconds:8.3f} s   compiled is {seconds / compiled:6.1f}x faster")
-        floor, = median_of(rep, floor_epoch)
-        print(f"\nfloor: 2 GEMMs + W -= G of [784, 30] x 5000  {floor:8.3f} s   "
-              f"compiled [784, 30, 10] takes {compiled_at['floor'] / floor:5.2f}x of it")
+        (floor,) = median_of(rep, floor_epoch)
+        print(
+            f"\nfloor: 2 GEMMs + W -= G of [784, 30] x 5000  {floor:8.3f} s   "
+            f"compiled [784, 30, 10] takes {compiled_at['floor'] / floor:5.2f}x of it"
+        )
 
         profile(data, rep, compiled_at["floor"])
 
         compare_eta_axis(args.data_dir, rep)
     print(f"\nfirst compile (empty cache, import + compile): {first[0]:6.2f} s wall, {first[1]:.2f} s CPU")
-    print(f"cached start (fresh process, warm cache: import + load): {cached[0]:6.2f} s wall, {cached[1]:.2f} s CPU "
-          f"({cached_process:.2f} s wall for the whole process)")
+    print(
+        f"cached start (fresh process, warm cache: import + load): {cached[0]:6.2f} s wall, {cached[1]:.2f} s CPU "
+        f"({cached_process:.2f} s wall for the whole process)"
+    )
     for engine, peak in peaks.items():
-        print(f"peak RSS, one monitored epoch of [784, 30, 10] on full MNIST, {engine} engine "
-              f"(warm cache): {peak:6.0f} MB")
+        print(
+            f"peak RSS, one monitored epoch of [784, 30, 10] on full MNIST, {engine} engine "
+            f"(warm cache): {peak:6.0f} MB"
+        )
 
 
 if __name__ == "__main__":

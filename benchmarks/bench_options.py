@@ -19,15 +19,28 @@ from core.train import TrainConfig, train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 SETTINGS = [  # (label, batch size, options); each compared with the plain run of its batch size
-    ("plain", 10, {}), ("momentum 0.9", 10, {"momentum": 0.9}), ("dropout 0.5", 10, {"dropout": 0.5}),
-    ("plain", 50, {}), ("momentum 0.9", 50, {"momentum": 0.9}), ("dropout 0.5", 50, {"dropout": 0.5}),
+    ("plain", 10, {}),
+    ("momentum 0.9", 10, {"momentum": 0.9}),
+    ("dropout 0.5", 10, {"dropout": 0.5}),
+    ("plain", 50, {}),
+    ("momentum 0.9", 50, {"momentum": 0.9}),
+    ("dropout 0.5", 50, {"dropout": 0.5}),
 ]
 
 
 def seconds_per_epoch(spec: NetworkSpec, data, batch_size: int, options: dict) -> float:
-    config = TrainConfig(epochs=1, batch_size=batch_size, eta=0.1, lmbda=5.0, engine="compiled",
-                         monitor_training_cost=False, monitor_training_accuracy=False,
-                         monitor_validation_cost=False, monitor_validation_accuracy=False, **options)
+    config = TrainConfig(
+        epochs=1,
+        batch_size=batch_size,
+        eta=0.1,
+        lmbda=5.0,
+        engine="compiled",
+        monitor_training_cost=False,
+        monitor_training_accuracy=False,
+        monitor_validation_cost=False,
+        monitor_validation_accuracy=False,
+        **options,
+    )
     return train(spec, config, data).history[0].seconds
 
 
@@ -39,10 +52,13 @@ def main() -> None:
     args = parser.parse_args()
     spec = NetworkSpec(tuple(int(s) for s in args.sizes.split(",")))
     train_set = load_mnist(args.data_dir).train
-    seconds_per_epoch(spec, type(train_set)(train_set.X[:100], train_set.y[:100]), 10,
-                      {"momentum": 0.5, "dropout": 0.5})  # compile
-    times = [[seconds_per_epoch(spec, train_set, batch_size, options) for _, batch_size, options in SETTINGS]
-             for _ in range(args.rounds)]
+    seconds_per_epoch(
+        spec, type(train_set)(train_set.X[:100], train_set.y[:100]), 10, {"momentum": 0.5, "dropout": 0.5}
+    )  # compile
+    times = [
+        [seconds_per_epoch(spec, train_set, batch_size, options) for _, batch_size, options in SETTINGS]
+        for _ in range(args.rounds)
+    ]
     plain = {}
     for (label, batch_size, _), s in zip(SETTINGS, map(min, zip(*times))):
         plain.setdefault(batch_size, s)

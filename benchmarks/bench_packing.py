@@ -30,9 +30,17 @@ SPEC = NetworkSpec((784, 15, 10))
 
 def configs(k: int, batch_size: int, epochs: int) -> list[TrainConfig]:
     """k trials with η = 0.05, 0.10, … and their own seeds; accuracies monitored only."""
-    return [TrainConfig(epochs=epochs, batch_size=batch_size, eta=round(0.05 * (i + 1), 2), seed=i,
-                        monitor_training_cost=False, monitor_validation_cost=False)
-            for i in range(k)]
+    return [
+        TrainConfig(
+            epochs=epochs,
+            batch_size=batch_size,
+            eta=round(0.05 * (i + 1), 2),
+            seed=i,
+            monitor_training_cost=False,
+            monitor_validation_cost=False,
+        )
+        for i in range(k)
+    ]
 
 
 def best_of(repeat: int, *runs) -> list[float]:
@@ -62,20 +70,26 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     data = load_mnist(args.data_dir, n_train=5000, n_validation=1000)
-    print(f"network {SPEC.sizes}, {data.train.n} training / {data.validation.n} validation images, "
-          f"{args.epochs} epochs, accuracies monitored, 1 BLAS thread, best of {args.repeat}")
+    print(
+        f"network {SPEC.sizes}, {data.train.n} training / {data.validation.n} validation images, "
+        f"{args.epochs} epochs, accuracies monitored, 1 BLAS thread, best of {args.repeat}"
+    )
     print(f"{'batch':>5} {'K':>3} {'one by one (s)':>15} {'packed (s)':>11} {'speed-up':>9}")
     with threadpool_limits(1):
         for batch_size in (10, 50):
             for k in (11, 1):
                 pack = configs(k, batch_size, args.epochs)
-                alone, packed = best_of(args.repeat,
-                                        lambda: [train(SPEC, c, data.train, data.validation) for c in pack],
-                                        lambda: train_packed(SPEC, pack, data.train, data.validation))
+                alone, packed = best_of(
+                    args.repeat,
+                    lambda pack=pack: [train(SPEC, c, data.train, data.validation) for c in pack],
+                    lambda pack=pack: train_packed(SPEC, pack, data.train, data.validation),
+                )
                 print(f"{batch_size:>5} {k:>3} {alone:>15.3f} {packed:>11.3f} {alone / packed:>8.2f}x")
         full = load_mnist(args.data_dir)
-        print(f"full MNIST ({full.train.n} training images), K = 11, batch 10, one epoch: "
-              f"{peak_megabytes(full, 11):.1f} MB allocated at peak beyond the data")
+        print(
+            f"full MNIST ({full.train.n} training images), K = 11, batch 10, one epoch: "
+            f"{peak_megabytes(full, 11):.1f} MB allocated at peak beyond the data"
+        )
 
 
 if __name__ == "__main__":

@@ -54,8 +54,13 @@ def run_sweep(workdir: Path, study: Path, workers: int, data_dir: Path, *flags: 
     env = {**os.environ, "MNIST_DIR": str(data_dir.resolve())}  # (the sweep runs in workdir)
     env.pop("MLFLOW_TRACKING_URI", None)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "sweep", "run", str(study), "--workers", str(workers), "--no-report",
-                    *flags], cwd=workdir, env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "sweep", "run", str(study), "--workers", str(workers), "--no-report", *flags],
+        cwd=workdir,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     wall = time.perf_counter() - start
     return wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
@@ -69,7 +74,7 @@ def reference_trial(spec: NetworkSpec, data, batch_size: int, eta: float, epochs
     for _ in range(epochs):
         perm = rng.permutation(len(X))
         for k in range(0, len(X), batch_size):
-            rows = perm[k:k + batch_size]
+            rows = perm[k : k + batch_size]
             net.update_mini_batch(X[rows], Y[rows], eta, 0.0, len(X))
         params = net.params()
         evaluate(spec, params, data.train.X, data.train.y)  # the homework monitored both accuracies
@@ -84,11 +89,27 @@ def _epochs() -> list[EpochRecord]:
     return [EpochRecord(e, 1.0 / e, 0.5 + e / 100, 1.1 / e, 0.5 + e / 200, 0.01, 0.002) for e in range(1, EPOCHS + 1)]
 
 
-PARAMS = {"batch_size": 10, "eta": 0.1, "sizes": "784-15-10", "activation": "relu", "cost": "cross_entropy",
-          "epochs": EPOCHS, "lmbda": 0.0, "seed": 0, "dataset": "mnist", "n_train": 5000, "n_validation": 1000,
-          "n_test": 1000}
-SUMMARY = {"best_validation_accuracy": 0.9, "gap": 0.05, "test_accuracy": 0.9, "training_seconds": 0.3,
-           "epochs_run": float(EPOCHS)}
+PARAMS = {
+    "batch_size": 10,
+    "eta": 0.1,
+    "sizes": "784-15-10",
+    "activation": "relu",
+    "cost": "cross_entropy",
+    "epochs": EPOCHS,
+    "lmbda": 0.0,
+    "seed": 0,
+    "dataset": "mnist",
+    "n_train": 5000,
+    "n_validation": 1000,
+    "n_test": 1000,
+}
+SUMMARY = {
+    "best_validation_accuracy": 0.9,
+    "gap": 0.05,
+    "test_accuracy": 0.9,
+    "training_seconds": 0.3,
+    "epochs_run": float(EPOCHS),
+}
 
 
 def floor_cpu(client, experiment_id: str, parent: str, n: int) -> float:
@@ -97,16 +118,28 @@ def floor_cpu(client, experiment_id: str, parent: str, n: int) -> float:
 
     start = time.process_time()
     for number in range(n):
-        tags = {"mlflow.parentRunId": parent, "mlp_sweep.study": "bench", "mlp_sweep.trial": str(number),
-                "mlp_sweep.role": "trial"}
+        tags = {
+            "mlflow.parentRunId": parent,
+            "mlp_sweep.study": "bench",
+            "mlp_sweep.trial": str(number),
+            "mlp_sweep.role": "trial",
+        }
         run = client.create_run(experiment_id, run_name=f"trial-{number:04d}", tags=tags)
         now = int(time.time() * 1000)
-        metrics = [Metric(key, getattr(r, key), now, r.epoch) for r in _epochs()
-                   for key in ("training_cost", "training_accuracy", "validation_cost", "validation_accuracy")]
+        metrics = [
+            Metric(key, getattr(r, key), now, r.epoch)
+            for r in _epochs()
+            for key in ("training_cost", "training_accuracy", "validation_cost", "validation_accuracy")
+        ]
         metrics += [Metric("epoch_seconds", r.seconds, now, r.epoch) for r in _epochs()]
         metrics += [Metric(key, value, now, 0) for key, value in SUMMARY.items()]
-        client.log_batch(run.info.run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in PARAMS.items()],
-                         tags=[], synchronous=True)
+        client.log_batch(
+            run.info.run_id,
+            metrics=metrics,
+            params=[Param(k, str(v)) for k, v in PARAMS.items()],
+            tags=[],
+            synchronous=True,
+        )
         client.set_terminated(run.info.run_id, "FINISHED")
     return (time.process_time() - start) / n
 
@@ -150,8 +183,10 @@ def tracking_overhead(n: int, rounds: int = 3) -> None:
     floor, mine = float(np.median(floors)), float(np.median(ours))
     print(f"tracking, CPU per trial ({n} runs x {rounds} rounds, {EPOCHS} epochs each, SQLite):")
     print(f"  MLflow's floor (MlflowClient: create_run, log_batch, set_terminated) {1000 * floor:6.1f} ms")
-    print(f"  the project's (worker -> pipe -> launcher's Relay -> Tracker)        {1000 * mine:6.1f} ms"
-          f"   -> {mine / floor:.2f}x the floor")
+    print(
+        f"  the project's (worker -> pipe -> launcher's Relay -> Tracker)        {1000 * mine:6.1f} ms"
+        f"   -> {mine / floor:.2f}x the floor"
+    )
 
 
 def main() -> None:
@@ -170,9 +205,12 @@ def main() -> None:
 
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for label, flags in [("tracking, packing", ()), ("no tracking, packing", ("--no-tracking",)),
-                             ("tracking, no packing", ("--no-pack",)),
-                             ("no tracking, no packing", ("--no-tracking", "--no-pack"))]:
+        for label, flags in [
+            ("tracking, packing", ()),
+            ("no tracking, packing", ("--no-tracking",)),
+            ("tracking, no packing", ("--no-pack",)),
+            ("no tracking, no packing", ("--no-tracking", "--no-pack")),
+        ]:
             workdir = Path(tmp) / label.replace(", ", "-").replace(" ", "_")
             workdir.mkdir()
             wall, rss = run_sweep(workdir, STUDY, args.workers, args.data_dir, *flags)
@@ -186,8 +224,10 @@ def main() -> None:
                 print(f"  sweep run, {label + ', warm':28} {wall:6.2f} s wall   (peak RSS so far {rss:.0f} MB)")
         for stores in ("", ", warm"):
             tracked, untracked = runs[f"tracking, packing{stores}"][0], runs[f"no tracking, packing{stores}"][0]
-            print(f"  tracking overhead{stores or ', fresh'}: {tracked - untracked:+.2f} s = "
-                  f"{100 * (tracked - untracked) / tracked:.1f} % of the sweep's wall time")
+            print(
+                f"  tracking overhead{stores or ', fresh'}: {tracked - untracked:+.2f} s = "
+                f"{100 * (tracked - untracked) / tracked:.1f} % of the sweep's wall time"
+            )
 
         journal = runs["tracking, packing"][1] / "mlruns" / "optuna.journal"
         storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
@@ -204,8 +244,10 @@ def main() -> None:
             ref_times.append(ref)
             print(f"  batch {b:3} eta {eta:4.2f}       {ref:12.2f} {ours:14.3f} {ref / ours:6.0f}x")
         ref_grid = float(np.mean(ref_times)) * 121
-        print(f"\n  reference grid (121 x mean of {len(picks)} points): {ref_grid:7.1f} s  "
-              f"(the homework's own run took 432 s)")
+        print(
+            f"\n  reference grid (121 x mean of {len(picks)} points): {ref_grid:7.1f} s  "
+            f"(the homework's own run took 432 s)"
+        )
         for label in ("tracking, packing", "tracking, packing, warm"):
             wall = runs[label][0]
             print(f"  sweep run, {label + ':':32} {wall:7.2f} s  -> {ref_grid / wall:5.0f}x overall (target 60x)")

@@ -3,18 +3,31 @@ with a compiled engine (numba, imported only when it trains: see ``core.engine``
 
 from core.model import NetworkSpec, Params, evaluate, gradients, init_params, load_params, predict, save_params
 from core.train import (
-                        CURVES,
-                        EpochRecord,
-                        LearningCheck,
-                        NonFiniteError,
-                        NotLearningError,
-                        TrainConfig,
-                        TrainResult,
-                        train,
+    CURVES,
+    EpochRecord,
+    LearningCheck,
+    NonFiniteError,
+    NotLearningError,
+    TrainConfig,
+    TrainResult,
+    train,
 )
 
 __all__ = [
-    "CURVES", "EpochRecord", "LearningCheck", "NetworkSpec", "NonFiniteError", "NotLearningError", "Params",
-    "TrainConfig", "TrainResult", "evaluate", "gradients", "init_params", "load_params", "predict", "save_params",
+    "CURVES",
+    "EpochRecord",
+    "LearningCheck",
+    "NetworkSpec",
+    "NonFiniteError",
+    "NotLearningError",
+    "Params",
+    "TrainConfig",
+    "TrainResult",
+    "evaluate",
+    "gradients",
+    "init_params",
+    "load_params",
+    "predict",
+    "save_params",
     "train",
 ]

@@ -127,7 +127,7 @@ def sparse_rows(X: np.ndarray) -> SparseRows:
     if not _fill(X, indptr, indices, rows.codes, GREYS, True):
         rows = SparseRows(indptr, indices, np.empty(indptr[-1], np.uint32), np.empty(indptr[-1], np.float32))
         _fill(X, indptr, indices, rows.codes, rows.table, False)
-    _sparse_cache[:] = [*_sparse_cache[1 - SPARSE_SETS:], (X, rows)]
+    _sparse_cache[:] = [*_sparse_cache[1 - SPARSE_SETS :], (X, rows)]
     return rows
 
 
@@ -146,8 +146,9 @@ def _splat(builder, value):
     """A vector of LANES copies of the float ``value``."""
     vector = ir.VectorType(ir.FloatType(), LANES)
     lane0 = builder.insert_element(ir.Constant(vector, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
-    return builder.shuffle_vector(lane0, ir.Constant(vector, ir.Undefined),
-                                  ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
+    return builder.shuffle_vector(
+        lane0, ir.Constant(vector, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
+    )
 
 
 def _fma(builder, a, b, c):
@@ -168,8 +169,12 @@ def _span_steps(vectors: int):
 
     def operands(context, builder, sig, args):
         """Data pointers of the arrays, the integers as intp, and pixel(p) → (row offset + c, value)."""
-        data = [context.make_array(t)(context, builder, a).data if isinstance(t, types.Array)
-                else context.cast(builder, a, t, types.intp) for t, a in zip(sig.args, args)]
+        data = [
+            context.make_array(t)(context, builder, a).data
+            if isinstance(t, types.Array)
+            else context.cast(builder, a, t, types.intp)
+            for t, a in zip(sig.args, args)
+        ]
         out, flat, Hp, c, indices, codes, table, p0, p1 = data
 
         def pixel(p):
@@ -184,8 +189,7 @@ def _span_steps(vectors: int):
         return builder.bitcast(builder.gep(base, [builder.add(offset, widths[j])]), vector.as_pointer())
 
     def product(builder, z, flat, c, p0, p1, pixel):
-        sums = [[cgutils.alloca_once_value(builder, ir.Constant(vector, None)) for _ in widths]
-                for _ in range(GROUP)]
+        sums = [[cgutils.alloca_once_value(builder, ir.Constant(vector, None)) for _ in widths] for _ in range(GROUP)]
 
         def add(p, sums):
             offset, value = pixel(p)
@@ -203,8 +207,9 @@ def _span_steps(vectors: int):
             add(loop.index, sums[0])
         for j in range(len(widths)):
             s = [builder.load(sums[g][j]) for g in range(GROUP)]
-            builder.store(builder.fadd(builder.fadd(s[0], s[1]), builder.fadd(s[2], s[3])),
-                          at(builder, z, c, j), align=4)
+            builder.store(
+                builder.fadd(builder.fadd(s[0], s[1]), builder.fadd(s[2], s[3])), at(builder, z, c, j), align=4
+            )
 
     def update(builder, step, flat, c, p0, p1, pixel):
         steps = [builder.load(at(builder, step, c, j), align=4) for j in range(len(widths))]
@@ -225,6 +230,7 @@ def _span_steps(vectors: int):
                 with otherwise:
                     product(builder, *operand)
             return context.get_dummy_value()
+
         return types.void(out, flat, Hp, c, indices, codes, table, p0, p1, updating), codegen
 
     return span
@@ -236,10 +242,14 @@ def _dense(typingctx, out, oo, M, mo, ms, x, xo, xs, n):
     and strides counting floats of the (C-ordered) arrays: LANES outputs of a dense layer's
     product (x its inputs, M its weights' rows) or of its weight gradient (x one input over the
     batch, M the errors above), the sums in registers (two sets, so multiply-adds overlap)."""
+
     def codegen(context, builder, sig, args):
         out, oo, M, mo, ms, x, xo, xs, n = [
-            context.make_array(t)(context, builder, a).data if isinstance(t, types.Array)
-            else context.cast(builder, a, t, types.intp) for t, a in zip(sig.args, args)]
+            context.make_array(t)(context, builder, a).data
+            if isinstance(t, types.Array)
+            else context.cast(builder, a, t, types.intp)
+            for t, a in zip(sig.args, args)
+        ]
         vector = ir.VectorType(ir.FloatType(), LANES)
         sums = [cgutils.alloca_once_value(builder, ir.Constant(vector, None)) for _ in range(2)]
 
@@ -258,21 +268,26 @@ def _dense(typingctx, out, oo, M, mo, ms, x, xo, xs, n):
         target = builder.bitcast(builder.gep(out, [oo]), vector.as_pointer())
         builder.store(builder.fadd(builder.load(sums[0]), builder.load(sums[1])), target, align=4)
         return context.get_dummy_value()
+
     return types.void(out, oo, M, mo, ms, x, xo, xs, n), codegen
 
 
 @intrinsic
 def _prefetch(typingctx, array, offset):
     """Ask for the cache line of array[offset] (llvm.prefetch, for reading, kept close)."""
+
     def codegen(context, builder, sig, args):
         data = context.make_array(sig.args[0])(context, builder, args[0]).data
-        at = builder.bitcast(builder.gep(data, [context.cast(builder, args[1], sig.args[1], types.intp)]),
-                             ir.IntType(8).as_pointer())
+        at = builder.bitcast(
+            builder.gep(data, [context.cast(builder, args[1], sig.args[1], types.intp)]), ir.IntType(8).as_pointer()
+        )
         i32 = ir.IntType(32)
         fn = builder.module.globals.get("llvm.prefetch.p0") or ir.Function(
-            builder.module, ir.FunctionType(ir.VoidType(), [at.type, i32, i32, i32]), "llvm.prefetch.p0")
+            builder.module, ir.FunctionType(ir.VoidType(), [at.type, i32, i32, i32]), "llvm.prefetch.p0"
+        )
         builder.call(fn, [at, i32(0), i32(3), i32(1)])
         return context.get_dummy_value()
+
     return types.void(array, offset), codegen
 
 
@@ -347,8 +362,31 @@ def _output(z, a, start, w, cost):
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy")
-def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0, b0, W, b, eta, decay,
-           momentum, V0, Vb0, VW, Vb, keep, keep_scale):
+def _epoch(
+    perm,
+    m,
+    indptr,
+    indices,
+    codes,
+    table,
+    labels,
+    sizes,
+    act,
+    cost,
+    W0,
+    b0,
+    W,
+    b,
+    eta,
+    decay,
+    momentum,
+    V0,
+    Vb0,
+    VW,
+    Vb,
+    keep,
+    keep_scale,
+):
     """One epoch of SGD for K trials on the row order ``perm`` (n,), batch size m.
 
     sizes (L+1,): one trial's layer sizes. W0 (d, ≥ K·h) and b0 (≥ K·h,): the first layers
@@ -388,7 +426,7 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
     vflat = V0.reshape(V0.size)
     for start in range(0, n, m):
         mb = min(m, n - start)
-        _prefetch_rows(perm[start + m:start + 2 * m], indptr, indices, codes)
+        _prefetch_rows(perm[start + m : start + 2 * m], indptr, indices, codes)
         # forward: the first layer from the non-zero pixels, for the whole pack at once
         for r in range(mb):
             e = perm[start + r]
@@ -408,8 +446,17 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
             for r in range(mb):
                 for k in range(K):
                     for c in range(0, fo, LANES):
-                        _dense(grad, c, W, ((l - 1) * K + k) * fan_in * fop + c, fop,
-                               a, ((l - 1) * m + r) * widest + k * fi, 1, fi)
+                        _dense(
+                            grad,
+                            c,
+                            W,
+                            ((l - 1) * K + k) * fan_in * fop + c,
+                            fop,
+                            a,
+                            ((l - 1) * m + r) * widest + k * fi,
+                            1,
+                            fi,
+                        )
                     for j in range(fo):
                         z[l, r, k * fo + j] = grad[j] + b[l - 1, k, j]
                 if l == L - 1:
@@ -418,7 +465,7 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
                 else:
                     _hidden(z[l, r], a[l, r], K * fo, act)
                     if drop:  # hidden layer l's columns of keep start after those of the layers before
-                        _mask(a[l, r], keep[start + r], sizes[1:l + 1].sum(), fo, ks)
+                        _mask(a[l, r], keep[start + r], sizes[1 : l + 1].sum(), fo, ks)
         # output error δᴸ, scaled by η/m as in the reference
         k_out = sizes[L]
         for r in range(mb):
@@ -462,8 +509,17 @@ def _epoch(perm, m, indptr, indices, codes, table, labels, sizes, act, cost, W0,
                 dk, ck = np.float32(decay[k]), np.float32(1.0 - decay[k])
                 for i in range(fi):
                     for c in range(0, fo, LANES):  # lanes past fo read other units: not used
-                        _dense(grad, c, delta, l * m * widest + k * fo + c, widest,
-                               a, (l - 1) * m * widest + k * fi + i, widest, mb)
+                        _dense(
+                            grad,
+                            c,
+                            delta,
+                            l * m * widest + k * fo + c,
+                            widest,
+                            a,
+                            (l - 1) * m * widest + k * fi + i,
+                            widest,
+                            mb,
+                        )
                     if mu > _ZERO:
                         for j in range(fo):
                             v = mu * VW[l - 1, k, i, j] - grad[j] - ck * W[l - 1, k, i, j]
@@ -559,17 +615,17 @@ def _kernel_layout(spec: NetworkSpec, trials: Sequence[Params]) -> tuple[np.ndar
     K, L = len(trials), spec.n_layers
     width = -(-K * spec.sizes[1] // LANES) * LANES
     W0 = _rows_matrix((spec.sizes[0], width))
-    W0[:, :K * spec.sizes[1]] = np.concatenate([p.layers[0][:, :-1].T for p in trials], axis=1)
+    W0[:, : K * spec.sizes[1]] = np.concatenate([p.layers[0][:, :-1].T for p in trials], axis=1)
     b0 = np.zeros(width, np.float32)
-    b0[:K * spec.sizes[1]] = np.concatenate([p.layers[0][:, -1] for p in trials])
+    b0[: K * spec.sizes[1]] = np.concatenate([p.layers[0][:, -1] for p in trials])
     fan_in, fan_out = max(spec.sizes[1:-1], default=1), max(spec.sizes[2:], default=1)
     W = np.zeros((L - 1, K, fan_in, -(-fan_out // LANES) * LANES), np.float32)
     b = np.zeros((L - 1, K, fan_out), np.float32)
     for k, p in enumerate(trials):
         for l in range(1, L):
             block = p.layers[l]  # (fan_out, fan_in + 1)
-            W[l - 1, k, :block.shape[1] - 1, :block.shape[0]] = block[:, :-1].T
-            b[l - 1, k, :block.shape[0]] = block[:, -1]
+            W[l - 1, k, : block.shape[1] - 1, : block.shape[0]] = block[:, :-1].T
+            b[l - 1, k, : block.shape[0]] = block[:, -1]
     return W0, b0, W, b
 
 
@@ -605,8 +661,7 @@ def _evaluate(indptr, indices, codes, table, labels, sizes, act, cost, W0, b0, W
             fi, fo = sizes[l], sizes[l + 1]
             for k in range(K):
                 for c in range(0, fo, LANES):
-                    _dense(grad, c, W, ((l - 1) * K + k) * fan_in * fop + c, fop,
-                           a, (l - 1) * widest + k * fi, 1, fi)
+                    _dense(grad, c, W, ((l - 1) * K + k) * fan_in * fop + c, fop, a, (l - 1) * widest + k * fi, 1, fi)
                 for j in range(fo):
                     z[l, k * fo + j] = grad[j] + b[l - 1, k, j]
             if l < L - 1:
@@ -636,9 +691,15 @@ def _evaluate(indptr, indices, codes, table, labels, sizes, act, cost, W0, b0, W
                 totals[k] += 0.5 * squares
 
 
-def evaluate_compiled(spec: NetworkSpec, trials: Sequence[Params], X: np.ndarray, y: np.ndarray,
-                      lmbdas: Sequence[float], n_train: int, want_cost: bool = True
-                      ) -> tuple[list[float] | None, list[float]]:
+def evaluate_compiled(
+    spec: NetworkSpec,
+    trials: Sequence[Params],
+    X: np.ndarray,
+    y: np.ndarray,
+    lmbdas: Sequence[float],
+    n_train: int,
+    want_cost: bool = True,
+) -> tuple[list[float] | None, list[float]]:
     """``core.model.evaluate`` of K networks of one spec on (X, y) at once: (costs, or None
     unless ``want_cost``, and accuracies).
 
@@ -649,12 +710,29 @@ def evaluate_compiled(spec: NetworkSpec, trials: Sequence[Params], X: np.ndarray
     rows = sparse_rows(X)
     K = len(trials)
     totals, correct = np.zeros(K), np.zeros(K, np.int64)
-    _evaluate(rows.indptr, rows.indices, rows.codes, rows.table, np.ascontiguousarray(y, np.int64),
-              np.array(spec.sizes, np.int64), ACTIVATION_CODES[spec.activation], COST_CODES[spec.cost],
-              *_kernel_layout(spec, trials), want_cost, totals, correct)
+    _evaluate(
+        rows.indptr,
+        rows.indices,
+        rows.codes,
+        rows.table,
+        np.ascontiguousarray(y, np.int64),
+        np.array(spec.sizes, np.int64),
+        ACTIVATION_CODES[spec.activation],
+        COST_CODES[spec.cost],
+        *_kernel_layout(spec, trials),
+        want_cost,
+        totals,
+        correct,
+    )
     n = len(y)
-    costs = [total / n + (0.5 * lmbda / n_train * p.l2() if lmbda else 0.0)
-             for total, lmbda, p in zip(totals.tolist(), lmbdas, trials)] if want_cost else None
+    costs = (
+        [
+            total / n + (0.5 * lmbda / n_train * p.l2() if lmbda else 0.0)
+            for total, lmbda, p in zip(totals.tolist(), lmbdas, trials)
+        ]
+        if want_cost
+        else None
+    )
     return costs, [int(c) / n for c in correct]
 
 
@@ -667,8 +745,9 @@ class CompiledSGD:
     alone (ValueError for a pack of K > 1 with them: see ``core.packed.packs``).
     """
 
-    def __init__(self, spec: NetworkSpec, trials: Sequence[Params], X: np.ndarray, y: np.ndarray,
-                 configs: Sequence[TrainConfig]) -> None:
+    def __init__(
+        self, spec: NetworkSpec, trials: Sequence[Params], X: np.ndarray, y: np.ndarray, configs: Sequence[TrainConfig]
+    ) -> None:
         self.spec, self.trials = spec, list(trials)
         if len(configs) > 1 and any(c.momentum or c.dropout for c in configs):
             raise ValueError("momentum and dropout train one trial at a time, not a pack")
@@ -696,32 +775,53 @@ class CompiledSGD:
         decay = 1.0 - self.eta * self.lmbda / self.n  # as SGD computes it
         rows = self.rows
         V0, Vb0, VW, Vb = self.velocity
-        _epoch(np.ascontiguousarray(perm, np.int64), self.m, rows.indptr, rows.indices, rows.codes, rows.table,
-               self.labels, self.sizes, *self.codes, self.W0, self.b0, self.W, self.b, self.eta, decay,
-               self.momentum, V0, Vb0, VW, Vb, self.no_keep if keep is None else np.ascontiguousarray(keep),
-               self.keep_scale)
+        _epoch(
+            np.ascontiguousarray(perm, np.int64),
+            self.m,
+            rows.indptr,
+            rows.indices,
+            rows.codes,
+            rows.table,
+            self.labels,
+            self.sizes,
+            *self.codes,
+            self.W0,
+            self.b0,
+            self.W,
+            self.b,
+            self.eta,
+            decay,
+            self.momentum,
+            V0,
+            Vb0,
+            VW,
+            Vb,
+            self.no_keep if keep is None else np.ascontiguousarray(keep),
+            self.keep_scale,
+        )
         h = self.spec.sizes[1]
         for k, p in enumerate(self.trials):
-            p.layers[0][:, :-1] = self.W0[:, k * h:(k + 1) * h].T
-            p.layers[0][:, -1] = self.b0[k * h:(k + 1) * h]
+            p.layers[0][:, :-1] = self.W0[:, k * h : (k + 1) * h].T
+            p.layers[0][:, -1] = self.b0[k * h : (k + 1) * h]
             for l in range(1, len(p.layers)):
                 block = p.layers[l]
-                block[:, :-1] = self.W[l - 1, k, :block.shape[1] - 1, :block.shape[0]].T
-                block[:, -1] = self.b[l - 1, k, :block.shape[0]]
+                block[:, :-1] = self.W[l - 1, k, : block.shape[1] - 1, : block.shape[0]].T
+                block[:, -1] = self.b[l - 1, k, : block.shape[0]]
 
 
 class PackedCompiledSGD:
     """``core.packed.PackedSGD`` on the compiled engine: trials of the same seed (so the same
     permutations) train as one ``CompiledSGD`` pack, trials of other seeds in packs of their own."""
 
-    def __init__(self, spec: NetworkSpec, stack, X: np.ndarray, y: np.ndarray,
-                 configs: Sequence[TrainConfig]) -> None:
+    def __init__(self, spec: NetworkSpec, stack, X: np.ndarray, y: np.ndarray, configs: Sequence[TrainConfig]) -> None:
         self.stack = stack  # a core.packed.Stack: its trials' slices are written after every epoch
         seeds: dict[int, list[int]] = {}
         for k, config in enumerate(configs):
             seeds.setdefault(config.seed, []).append(k)
-        self.packs = [(ks[0], CompiledSGD(spec, [stack.trial(k) for k in ks], X, y, [configs[k] for k in ks]))
-                      for ks in seeds.values()]
+        self.packs = [
+            (ks[0], CompiledSGD(spec, [stack.trial(k) for k in ks], X, y, [configs[k] for k in ks]))
+            for ks in seeds.values()
+        ]
 
     def epoch(self, perms: np.ndarray) -> None:
         """One pass; trial k visits rows perms[k] (K, n), the same for every trial of a seed."""

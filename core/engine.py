@@ -66,5 +66,5 @@ def resolve(requested: str, dtype: np.dtype) -> str:
         return "numpy"
     reason = compiled_unavailable()
     if reason is not None and explicit:
-        raise EngineUnavailable(f"the compiled engine cannot run: {reason}; use engine = \"numpy\"")
+        raise EngineUnavailable(f'the compiled engine cannot run: {reason}; use engine = "numpy"')
     return "numpy" if reason else "compiled"

@@ -14,6 +14,7 @@ import numpy as np
 
 # --- hidden activations: f(z, out), and δ ← δ ⊙ f'(z) in place, from z or from a = f(z) ---
 
+
 def relu(z: np.ndarray, out: np.ndarray) -> np.ndarray:
     return np.maximum(z, 0.0, out=out)
 
@@ -55,6 +56,7 @@ ACTIVATIONS: dict[str, Activation] = {
 
 
 # --- output layers with their costs ----------------------------------------------------
+
 
 def softmax(z: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Softmax over the last axis of z (…, k), stable: the row maximum is subtracted first."""

@@ -31,8 +31,11 @@ class NetworkSpec:
 
     def __post_init__(self) -> None:
         sizes = tuple(self.sizes) if isinstance(self.sizes, (list, tuple)) else self.sizes
-        if (not isinstance(sizes, tuple) or len(sizes) < 2
-                or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes)):
+        if (
+            not isinstance(sizes, tuple)
+            or len(sizes) < 2
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes)
+        ):
             raise ValueError(f"sizes must be two or more positive integers, got {self.sizes!r}")
         object.__setattr__(self, "sizes", sizes)
         if self.activation not in ACTIVATIONS:
@@ -66,8 +69,9 @@ class Params:
             if block.ndim != 2 or block.shape[1] < 2:
                 raise ValueError(f"layer {l}: block must be (fan_out, fan_in + 1), got {block.shape}")
             if l and self.layers[l - 1].shape[0] != block.shape[1] - 1:
-                raise ValueError(f"layer {l}: fan_in {block.shape[1] - 1} != previous fan_out "
-                                 f"{self.layers[l - 1].shape[0]}")
+                raise ValueError(
+                    f"layer {l}: fan_in {block.shape[1] - 1} != previous fan_out {self.layers[l - 1].shape[0]}"
+                )
 
     @classmethod
     def from_arrays(cls, weights, biases, dtype: type | None = None) -> Params:
@@ -116,8 +120,10 @@ def init_params(spec: NetworkSpec, rng: np.random.Generator, dtype: type = np.fl
     (network2 also draws biases from N(0, 1); with ReLU that silences about half of
     the hidden units from the start, so they begin at zero here.)
     """
-    weights = [rng.standard_normal((fan_in, fan_out)) / math.sqrt(fan_in)
-               for fan_in, fan_out in zip(spec.sizes[:-1], spec.sizes[1:])]
+    weights = [
+        rng.standard_normal((fan_in, fan_out)) / math.sqrt(fan_in)
+        for fan_in, fan_out in zip(spec.sizes[:-1], spec.sizes[1:])
+    ]
     return Params.from_arrays(weights, [np.zeros(w.shape[1]) for w in weights], dtype)
 
 
@@ -151,8 +157,7 @@ class Workspace:
     Either way x may also come without its ones column (see ``forward``).
     """
 
-    def __init__(self, spec: NetworkSpec, rows: int, dtype: type = np.float32,
-                 trials: int | None = None) -> None:
+    def __init__(self, spec: NetworkSpec, rows: int, dtype: type = np.float32, trials: int | None = None) -> None:
         self.activation = ACTIVATIONS[spec.activation]
         self.cost = COSTS[spec.cost]
         self._mm = np.dot if trials is None else np.matmul  # np.dot: less call overhead in 2-D
@@ -176,15 +181,32 @@ class Workspace:
         """Bind the views each layer needs: forward (Wᵀ|b)ᵀ, z, f, output; backward W, f', buffers."""
         last = len(self.z) - 1
         outs = [a[..., :-1] for a in self.inputs] + [self.output]  # where f(z[l]) goes
-        self._forward = [(block.swapaxes(-1, -2), self.z[l],
-                          self.cost.output if l == last else self.activation.forward,
-                          outs[l], self.inputs[l] if l < last else self.output)
-                         for l, block in enumerate(params.layers)]
+        self._forward = [
+            (
+                block.swapaxes(-1, -2),
+                self.z[l],
+                self.cost.output if l == last else self.activation.forward,
+                outs[l],
+                self.inputs[l] if l < last else self.output,
+            )
+            for l, block in enumerate(params.layers)
+        ]
         self._first = (self._forward[0][0][..., :-1, :], self._forward[0][0][..., -1:, :])  # Wᵀ, b
-        self._backward = [(l - 1, self.delta[l], self._delta_t[l], self.grads[l], self.inputs[l - 1],
-                           params.layers[l][..., :-1],
-                           self.delta[l - 1], self.z[l - 1], outs[l - 1], self.scratch[l - 1])
-                          for l in range(last, 0, -1)]
+        self._backward = [
+            (
+                l - 1,
+                self.delta[l],
+                self._delta_t[l],
+                self.grads[l],
+                self.inputs[l - 1],
+                params.layers[l][..., :-1],
+                self.delta[l - 1],
+                self.z[l - 1],
+                outs[l - 1],
+                self.scratch[l - 1],
+            )
+            for l in range(last, 0, -1)
+        ]
         self._planned_for = params
 
     def forward(self, params: Params, x: np.ndarray, masks: list[np.ndarray] | None = None) -> np.ndarray:
@@ -265,8 +287,9 @@ def predict(spec: NetworkSpec, params: Params, X: np.ndarray) -> np.ndarray:
     return logits(spec, params, X).argmax(axis=1)
 
 
-def evaluate(spec: NetworkSpec, params: Params, X: np.ndarray, y: np.ndarray,
-             lmbda: float = 0.0, n_train: int | None = None) -> tuple[float, float]:
+def evaluate(
+    spec: NetworkSpec, params: Params, X: np.ndarray, y: np.ndarray, lmbda: float = 0.0, n_train: int | None = None
+) -> tuple[float, float]:
     """(cost, accuracy) of the network on (X, y).
 
     The cost is the mean per-example cost plus the L2 term λ/(2 n_train) Σ‖W‖², where
@@ -285,8 +308,15 @@ def evaluate(spec: NetworkSpec, params: Params, X: np.ndarray, y: np.ndarray,
     return cost, correct / len(X)
 
 
-def gradients(spec: NetworkSpec, params: Params, X: np.ndarray, y: np.ndarray,
-              lmbda: float = 0.0, n_train: int | None = None, masks: list[np.ndarray] | None = None) -> Params:
+def gradients(
+    spec: NetworkSpec,
+    params: Params,
+    X: np.ndarray,
+    y: np.ndarray,
+    lmbda: float = 0.0,
+    n_train: int | None = None,
+    masks: list[np.ndarray] | None = None,
+) -> Params:
     """∂C/∂(W, b) of ``evaluate``'s cost on (X, y), by the same backprop that trains.
 
     Returned as a ``Params`` whose weights and biases are the matching gradients. With
@@ -316,8 +346,9 @@ def load_params(path: str | os.PathLike) -> tuple[NetworkSpec, Params]:
         with np.load(path, allow_pickle=False) as f:
             meta = json.loads(str(f["spec"]))
             spec = NetworkSpec(tuple(meta["sizes"]), meta["activation"], meta["cost"])
-            params = Params.from_arrays([f[f"W{l}"] for l in range(spec.n_layers)],
-                                        [f[f"b{l}"] for l in range(spec.n_layers)])
+            params = Params.from_arrays(
+                [f[f"W{l}"] for l in range(spec.n_layers)], [f[f"b{l}"] for l in range(spec.n_layers)]
+            )
     except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{os.fspath(path)}: not a saved network ({exc})") from None
     if params.sizes != spec.sizes:

@@ -95,8 +95,9 @@ class PackedSGD:
     without a ones column as in SGD; a step's K batches are then a view of it, not a copy.
     """
 
-    def __init__(self, spec: NetworkSpec, stack: Stack, X: np.ndarray, Y: np.ndarray,
-                 configs: Sequence[TrainConfig]) -> None:
+    def __init__(
+        self, spec: NetworkSpec, stack: Stack, X: np.ndarray, Y: np.ndarray, configs: Sequence[TrainConfig]
+    ) -> None:
         self.stack, self.X, self.Y = stack, X, Y  # X (n, d), one-hot Y (n, k)
         n = len(X)
         trials, dtype = len(configs), stack.layers[0].dtype
@@ -119,12 +120,12 @@ class PackedSGD:
         m, n, x, X, Y = self.m, perms.shape[1], self.x, self.X, self.Y
         n_full = n - n % m
         for start in range(0, n_full, self.group):
-            rows = perms[:, start:min(start + self.group, n_full)]  # (K, r)
+            rows = perms[:, start : min(start + self.group, n_full)]  # (K, r)
             r = rows.shape[1]
             X.take(rows, axis=0, out=x[:, :r], mode="clip")
             Y.take(rows, axis=0, out=self.y[:, :r], mode="clip")
             for k in range(0, r, m):
-                self._step(self.full, x[:, k:k + m], self.y[:, k:k + m], self.scale)
+                self._step(self.full, x[:, k : k + m], self.y[:, k : k + m], self.scale)
         if self.tail is not None:
             r = n - n_full
             X.take(perms[:, n_full:], axis=0, out=x[:, :r], mode="clip")
@@ -141,9 +142,16 @@ class PackedSGD:
             block -= grad
 
 
-def evaluate_stack(spec: NetworkSpec, stack: Stack, X: np.ndarray, y: np.ndarray, lmbda: np.ndarray,
-                   n_train: int, want_cost: bool = True, engine: str = "numpy"
-                   ) -> tuple[list[float] | None, list[float]]:
+def evaluate_stack(
+    spec: NetworkSpec,
+    stack: Stack,
+    X: np.ndarray,
+    y: np.ndarray,
+    lmbda: np.ndarray,
+    n_train: int,
+    want_cost: bool = True,
+    engine: str = "numpy",
+) -> tuple[list[float] | None, list[float]]:
     """``core.model.evaluate`` for every network of the stack: (costs or None, accuracies).
 
     On the compiled engine, ``core.compiled.evaluate_compiled`` runs every network in one
@@ -157,8 +165,10 @@ def evaluate_stack(spec: NetworkSpec, stack: Stack, X: np.ndarray, y: np.ndarray
     trials, dtype = len(stack.layers[0]), stack.layers[0].dtype
     if engine == "compiled":
         from core.compiled import evaluate_compiled
-        return evaluate_compiled(spec, [stack.trial(k) for k in range(trials)], X, y, lmbda.tolist(), n_train,
-                                 want_cost)
+
+        return evaluate_compiled(
+            spec, [stack.trial(k) for k in range(trials)], X, y, lmbda.tolist(), n_train, want_cost
+        )
     first = stack.layers[0].reshape(-1, spec.sizes[0] + 1)  # (K·fan_out, d + 1)
     rest = Stack(stack.layers[1:])
     rest_spec = NetworkSpec(spec.sizes[1:], spec.activation, spec.cost) if rest.layers else None
@@ -166,7 +176,7 @@ def evaluate_stack(spec: NetworkSpec, stack: Stack, X: np.ndarray, y: np.ndarray
     totals, correct = np.zeros(trials), np.zeros(trials, np.int64)
     chunk = max(1, EVAL_CHUNK // trials)
     for start in range(0, len(X), chunk):
-        x, labels = np.asarray(X[start:start + chunk], dtype), y[start:start + chunk]
+        x, labels = np.asarray(X[start : start + chunk], dtype), y[start : start + chunk]
         z = np.dot(x, first[:, :-1].T)  # (rows, K·fan_out)
         z += first[:, -1]
         z = z.reshape(len(x), trials, -1).swapaxes(0, 1)  # (K, rows, fan_out)
@@ -182,15 +192,23 @@ def evaluate_stack(spec: NetworkSpec, stack: Stack, X: np.ndarray, y: np.ndarray
             totals += cost.value(z, a, labels)  # (K,)
     costs = None
     if want_cost:
-        costs = [total / len(X) + (0.5 * l / n_train * stack.trial(k).l2() if l else 0.0)
-                 for k, (total, l) in enumerate(zip(totals.tolist(), lmbda.tolist()))]
+        costs = [
+            total / len(X) + (0.5 * l / n_train * stack.trial(k).l2() if l else 0.0)
+            for k, (total, l) in enumerate(zip(totals.tolist(), lmbda.tolist()))
+        ]
     return costs, [int(c) / len(X) for c in correct]
 
 
-def train_packed(spec: NetworkSpec, configs: Sequence[TrainConfig], training: LabelledSet,
-                 validation: LabelledSet | None = None, *, params: Sequence[Params] | None = None,
-                 callbacks: Sequence[EpochCallback | None] | None = None, check: LearningCheck = LEARNING_CHECK
-                 ) -> list[TrainResult | NotLearningError]:
+def train_packed(
+    spec: NetworkSpec,
+    configs: Sequence[TrainConfig],
+    training: LabelledSet,
+    validation: LabelledSet | None = None,
+    *,
+    params: Sequence[Params] | None = None,
+    callbacks: Sequence[EpochCallback | None] | None = None,
+    check: LearningCheck = LEARNING_CHECK,
+) -> list[TrainResult | NotLearningError]:
     """Train every config in one pack; result i is what ``train`` would return or raise.
 
     That is ``train(spec, configs[i], training, validation, params=params[i],
@@ -221,9 +239,11 @@ def train_packed(spec: NetworkSpec, configs: Sequence[TrainConfig], training: La
     lmbda = np.array([c.lmbda for c in configs])
     classes = spec.sizes[-1]
     etas = [c.eta for c in configs]
-    untrained = (_records(_monitor(spec, configs[0], stack, training, validation, n, lmbda, engine), etas,
-                          0, 0.0, 0.0)
-                 if check.cost_growth is not None else [None] * len(configs))
+    untrained = (
+        _records(_monitor(spec, configs[0], stack, training, validation, n, lmbda, engine), etas, 0, 0.0, 0.0)
+        if check.cost_growth is not None
+        else [None] * len(configs)
+    )
     histories: list[list[EpochRecord]] = [[] for _ in configs]
     results: list[TrainResult | NotLearningError | None] = [None] * len(configs)
     active = list(range(len(configs)))  # the trial of each slice of the stack
@@ -242,8 +262,11 @@ def train_packed(spec: NetworkSpec, configs: Sequence[TrainConfig], training: La
         eval_seconds = (time.perf_counter() - start) / len(active)
         records = _records(values, [etas[i] for i in active], epoch, seconds, eval_seconds)
         for k, (i, record) in enumerate(zip(active, records)):
-            stopped = (NonFiniteError(epoch, "weights") if not finite[k]  # as train: weights first
-                       else check.judge([*histories[i], record], untrained[i], classes))
+            stopped = (
+                NonFiniteError(epoch, "weights")
+                if not finite[k]  # as train: weights first
+                else check.judge([*histories[i], record], untrained[i], classes)
+            )
             if stopped is not None:
                 results[i] = stopped
                 continue
@@ -260,17 +283,27 @@ def train_packed(spec: NetworkSpec, configs: Sequence[TrainConfig], training: La
     return results
 
 
-def _sgd(engine: str, spec: NetworkSpec, stack: Stack, X: np.ndarray, y: np.ndarray,
-         configs: Sequence[TrainConfig]) -> PackedSGD:
+def _sgd(
+    engine: str, spec: NetworkSpec, stack: Stack, X: np.ndarray, y: np.ndarray, configs: Sequence[TrainConfig]
+) -> PackedSGD:
     """The pack's SGD on ``engine`` over X (n, d) with labels y (n,): ``PackedSGD`` or its compiled twin."""
     if engine == "compiled":
         from core.compiled import PackedCompiledSGD
+
         return PackedCompiledSGD(spec, stack, X, y, configs)
     return PackedSGD(spec, stack, X, one_hot(y, spec.sizes[-1], X.dtype), configs)
 
 
-def _monitor(spec: NetworkSpec, config: TrainConfig, stack: Stack, training: LabelledSet,
-             validation: LabelledSet | None, n: int, lmbda: np.ndarray, engine: str) -> dict[str, list | None]:
+def _monitor(
+    spec: NetworkSpec,
+    config: TrainConfig,
+    stack: Stack,
+    training: LabelledSet,
+    validation: LabelledSet | None,
+    n: int,
+    lmbda: np.ndarray,
+    engine: str,
+) -> dict[str, list | None]:
     """What the (shared) config monitors after an epoch, for every network (on ``engine``): curve → K values."""
     values: dict[str, list | None] = dict.fromkeys(CURVES)
     for part, data, want_cost, want_acc in monitored(config, training, validation):
@@ -281,27 +314,38 @@ def _monitor(spec: NetworkSpec, config: TrainConfig, stack: Stack, training: Lab
     return values
 
 
-def _records(values: dict[str, list | None], etas: list[float], epoch: int, seconds: float,
-             eval_seconds: float) -> list[EpochRecord]:
+def _records(
+    values: dict[str, list | None], etas: list[float], epoch: int, seconds: float, eval_seconds: float
+) -> list[EpochRecord]:
     """The K networks' EpochRecords from ``_monitor``'s curve → K values, and their η (K,)."""
-    return [EpochRecord(epoch=epoch, seconds=seconds, eval_seconds=eval_seconds, eta=eta,
-                        **{curve: v if v is None else v[k] for curve, v in values.items()})
-            for k, eta in enumerate(etas)]
+    return [
+        EpochRecord(
+            epoch=epoch,
+            seconds=seconds,
+            eval_seconds=eval_seconds,
+            eta=eta,
+            **{curve: v if v is None else v[k] for curve, v in values.items()},
+        )
+        for k, eta in enumerate(etas)
+    ]
 
 
-def _check(spec: NetworkSpec, configs: list[TrainConfig], params: Sequence[Params] | None,
-           callbacks: list) -> None:
+def _check(spec: NetworkSpec, configs: list[TrainConfig], params: Sequence[Params] | None, callbacks: list) -> None:
     """ValueError unless the configs pack together and params and callbacks pair with them."""
     for i, config in enumerate(configs):
         option = _unpacked(config)
         if option is not None:
-            raise ValueError(f"configs[{i}] cannot be packed: {option} is {getattr(config, option)!r} "
-                             f"(packs train plain SGD; train it alone)")
+            raise ValueError(
+                f"configs[{i}] cannot be packed: {option} is {getattr(config, option)!r} "
+                f"(packs train plain SGD; train it alone)"
+            )
     for i, config in enumerate(configs[1:], 1):
         field = _differing(configs[0], config)
         if field is not None:
-            raise ValueError(f"configs[{i}] cannot be packed with configs[0]: {field} is "
-                             f"{getattr(config, field)!r}, not {getattr(configs[0], field)!r}")
+            raise ValueError(
+                f"configs[{i}] cannot be packed with configs[0]: {field} is "
+                f"{getattr(config, field)!r}, not {getattr(configs[0], field)!r}"
+            )
     if len(callbacks) != len(configs):
         raise ValueError(f"callbacks must pair with configs: got {len(callbacks)} for {len(configs)}")
     if params is None:
@@ -310,5 +354,7 @@ def _check(spec: NetworkSpec, configs: list[TrainConfig], params: Sequence[Param
         raise ValueError(f"params must pair with configs: got {len(params)} for {len(configs)}")
     for i, p in enumerate(params):
         if p.sizes != spec.sizes or p.dtype != params[0].dtype:
-            raise ValueError(f"params[{i}] has sizes {p.sizes} and dtype {p.dtype}; the pack needs "
-                             f"{spec.sizes} and {params[0].dtype}")
+            raise ValueError(
+                f"params[{i}] has sizes {p.sizes} and dtype {p.dtype}; the pack needs "
+                f"{spec.sizes} and {params[0].dtype}"
+            )

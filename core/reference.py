@@ -75,8 +75,9 @@ class ReferenceNetwork:
         self.b = [b - (eta / m) * nb for b, nb in zip(self.b, nabla_b)]
 
 
-def reference_train(spec: NetworkSpec, config: TrainConfig, X: np.ndarray, y: np.ndarray,
-                    params: Params | None = None) -> ReferenceNetwork:
+def reference_train(
+    spec: NetworkSpec, config: TrainConfig, X: np.ndarray, y: np.ndarray, params: Params | None = None
+) -> ReferenceNetwork:
     """Train like ``core.train.train`` (same random draws), without monitoring."""
     rng = np.random.default_rng(config.seed)
     params = init_params(spec, rng) if params is None else params
@@ -87,6 +88,6 @@ def reference_train(spec: NetworkSpec, config: TrainConfig, X: np.ndarray, y: np
     for _ in range(config.epochs):
         perm = rng.permutation(n)
         for k in range(0, n, m):
-            rows = perm[k:k + m]
+            rows = perm[k : k + m]
             net.update_mini_batch(X[rows], Y[rows], config.eta, config.lmbda, n)
     return net

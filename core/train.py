@@ -40,8 +40,12 @@ class CostGrowthError(NotLearningError):
     """Training diverged: a cost grew far above the untrained network's, yet stayed finite."""
 
     def __init__(self, epoch: int, what: str, cost: float, untrained: float, factor: float) -> None:
-        super().__init__(epoch, what, f"{what} {cost:.3g} at epoch {epoch} is over {factor:g} × the "
-                                      f"untrained network's {untrained:.3g} (learning rate too large?)")
+        super().__init__(
+            epoch,
+            what,
+            f"{what} {cost:.3g} at epoch {epoch} is over {factor:g} × the "
+            f"untrained network's {untrained:.3g} (learning rate too large?)",
+        )
         self.cost, self.untrained = cost, untrained
 
 
@@ -49,8 +53,12 @@ class ChanceAccuracyError(NotLearningError):
     """Training is not learning: the accuracy has stayed at chance level for a few epochs."""
 
     def __init__(self, epoch: int, what: str, accuracy: float, classes: int, margin: float, epochs: int) -> None:
-        super().__init__(epoch, what, f"{what} {accuracy:.3f} at epoch {epoch}, within {margin:g} of chance "
-                                      f"(1/{classes}) for {epochs} epochs in a row: not learning")
+        super().__init__(
+            epoch,
+            what,
+            f"{what} {accuracy:.3f} at epoch {epoch}, within {margin:g} of chance "
+            f"(1/{classes}) for {epochs} epochs in a row: not learning",
+        )
         self.accuracy = accuracy
 
 
@@ -165,8 +173,11 @@ class TrainResult:
 def _best_accuracy(record: EpochRecord) -> tuple[str, float] | None:
     """The highest monitored accuracy of an epoch with its name ("validation accuracy"), or None."""
     accuracies = {f"{part} accuracy": getattr(record, f"{part}_accuracy") for part in ("validation", "training")}
-    return max(((what, value) for what, value in accuracies.items() if value is not None),
-               key=lambda item: item[1], default=None)
+    return max(
+        ((what, value) for what, value in accuracies.items() if value is not None),
+        key=lambda item: item[1],
+        default=None,
+    )
 
 
 @dataclass(frozen=True)
@@ -200,8 +211,9 @@ class LearningCheck:
         if self.chance_margin is not None and not 0 <= self.chance_margin < 1:
             raise ValueError(f"chance_margin must be in [0, 1) or None, got {self.chance_margin!r}")
 
-    def judge(self, history: Sequence[EpochRecord], untrained: EpochRecord | None,
-              classes: int) -> NotLearningError | None:
+    def judge(
+        self, history: Sequence[EpochRecord], untrained: EpochRecord | None, classes: int
+    ) -> NotLearningError | None:
         """Why the run should stop after the last epoch of ``history`` (``untrained``: the
         costs before epoch 1; ``classes``: the number of outputs), or None."""
         record = history[-1]
@@ -211,10 +223,14 @@ class LearningCheck:
                 return NonFiniteError(record.epoch, f"{part} cost")
         for part, cost in costs:
             start = None if untrained is None else getattr(untrained, f"{part}_cost")
-            if self.cost_growth is not None and cost is not None and start is not None \
-                    and cost > self.cost_growth * start:
+            if (
+                self.cost_growth is not None
+                and cost is not None
+                and start is not None
+                and cost > self.cost_growth * start
+            ):
                 return CostGrowthError(record.epoch, f"{part} cost", cost, start, self.cost_growth)
-        recent = [_best_accuracy(r) for r in history[-self.chance_epochs:]]
+        recent = [_best_accuracy(r) for r in history[-self.chance_epochs :]]
         if self.chance_margin is None or len(recent) < self.chance_epochs or None in recent:
             return None
         if all(accuracy <= 1 / classes + self.chance_margin for _, accuracy in recent):
@@ -247,7 +263,7 @@ def draw_keep(spec: NetworkSpec, n: int, p: float, rng: np.random.Generator) -> 
     are ``hidden_units(spec)[l]``. Drawn here once per epoch, so every engine sees the same."""
     keep = np.empty((n, sum(spec.sizes[1:-1])), bool)
     for start in range(0, n, KEEP_CHUNK):
-        rows = keep[start:start + KEEP_CHUNK]
+        rows = keep[start : start + KEEP_CHUNK]
         np.greater_equal(rng.random(rows.shape, np.float32), p, out=rows)
     return keep
 
@@ -289,21 +305,23 @@ class SGD:
         scale = eta / m
         n_full = n - n % m
         for start in range(0, n_full, self.group):
-            rows = perm[start:min(start + self.group, n_full)]
-            X.take(rows, axis=0, out=x[:len(rows)], mode="clip")
+            rows = perm[start : min(start + self.group, n_full)]
+            X.take(rows, axis=0, out=x[: len(rows)], mode="clip")
             for k in range(0, len(rows), m):
                 at = slice(start + k, start + k + m)
-                self._step(self.full, x[k:k + m], Y[at], scale, None if keep is None else keep[at])
+                self._step(self.full, x[k : k + m], Y[at], scale, None if keep is None else keep[at])
         if self.tail is not None:
-            x_tail = x[:n - n_full]
+            x_tail = x[: n - n_full]
             X.take(perm[n_full:], axis=0, out=x_tail, mode="clip")
             self._step(self.tail, x_tail, Y[n_full:], eta / (n - n_full), None if keep is None else keep[n_full:])
 
     def _step(self, ws: Workspace, x: np.ndarray, y: np.ndarray, scale: float, keep: np.ndarray | None) -> None:
         masks = None
         if keep is not None:  # (rows, Σ widths) bool → each hidden layer's 0 or 1/(1 − p)
-            masks = [np.multiply(keep[:, start:start + width], self.keep_scale, out=mask[:len(keep)])
-                     for (start, width), mask in zip(self.units, self.masks)]
+            masks = [
+                np.multiply(keep[:, start : start + width], self.keep_scale, out=mask[: len(keep)])
+                for (start, width), mask in zip(self.units, self.masks)
+            ]
         ws.forward(self.params, x, masks)
         ws.backward(self.params, y, scale)
         decay = self.decay
@@ -324,9 +342,16 @@ class SGD:
             block -= grad
 
 
-def train(spec: NetworkSpec, config: TrainConfig, training: LabelledSet,
-          validation: LabelledSet | None = None, *, params: Params | None = None,
-          callback: EpochCallback | None = None, check: LearningCheck = LEARNING_CHECK) -> TrainResult:
+def train(
+    spec: NetworkSpec,
+    config: TrainConfig,
+    training: LabelledSet,
+    validation: LabelledSet | None = None,
+    *,
+    params: Params | None = None,
+    callback: EpochCallback | None = None,
+    check: LearningCheck = LEARNING_CHECK,
+) -> TrainResult:
     """Train by mini-batch SGD and return the parameters and per-epoch history.
 
     All randomness comes from ``np.random.default_rng(config.seed)``: the initial weights
@@ -351,11 +376,15 @@ def train(spec: NetworkSpec, config: TrainConfig, training: LabelledSet,
     engine = resolve(config.engine, params.dtype)
     if engine == "compiled":
         from core.compiled import CompiledSGD
+
         sgd = CompiledSGD(spec, [params], X, training.y, [config])
     else:
         sgd = SGD(spec, params, X, one_hot(training.y, spec.sizes[-1], params.dtype), config)
-    untrained = (_monitor(spec, config, params, training, validation, n, 0, 0.0, config.eta, engine)
-                 if check.cost_growth is not None else None)
+    untrained = (
+        _monitor(spec, config, params, training, validation, n, 0, 0.0, config.eta, engine)
+        if check.cost_growth is not None
+        else None
+    )
     history: list[EpochRecord] = []
     schedule = Schedule(config)
     best = None  # with patience: a copy of the best epoch's parameters
@@ -415,8 +444,15 @@ class Schedule:
                 return f"η fell to η₀/{config.eta / self.eta:g}"
         return None
 
-    def result(self, params: Params, best: Params | None, history: list[EpochRecord], stopped: bool,
-               engine: str, ended_by: str | None = None) -> TrainResult:
+    def result(
+        self,
+        params: Params,
+        best: Params | None,
+        history: list[EpochRecord],
+        stopped: bool,
+        engine: str,
+        ended_by: str | None = None,
+    ) -> TrainResult:
         """The run's result: with patience, the best epoch's parameters (``best``)."""
         if best is None:
             return TrainResult(params, tuple(history), stopped, engine, ended_by=ended_by)
@@ -432,9 +468,18 @@ def monitored(config: TrainConfig, training: LabelledSet, validation: LabelledSe
             yield part, data, want_cost, want_acc
 
 
-def _monitor(spec: NetworkSpec, config: TrainConfig, params: Params, training: LabelledSet,
-             validation: LabelledSet | None, n: int, epoch: int, seconds: float, eta: float,
-             engine: str = "numpy") -> EpochRecord:
+def _monitor(
+    spec: NetworkSpec,
+    config: TrainConfig,
+    params: Params,
+    training: LabelledSet,
+    validation: LabelledSet | None,
+    n: int,
+    epoch: int,
+    seconds: float,
+    eta: float,
+    engine: str = "numpy",
+) -> EpochRecord:
     """Evaluate what the config monitors after an epoch, on ``engine`` (``evaluate`` or its
     compiled twin, ``core.compiled.evaluate_compiled``)."""
     start = time.perf_counter()
@@ -449,13 +494,22 @@ def _monitor(spec: NetworkSpec, config: TrainConfig, params: Params, training: L
     return EpochRecord(epoch=epoch, seconds=seconds, eval_seconds=time.perf_counter() - start, eta=eta, **values)
 
 
-def evaluate_on(engine: str, spec: NetworkSpec, params: Params, data: LabelledSet, lmbda: float = 0.0,
-                n_train: int | None = None, want_cost: bool = True) -> tuple[float | None, float]:
+def evaluate_on(
+    engine: str,
+    spec: NetworkSpec,
+    params: Params,
+    data: LabelledSet,
+    lmbda: float = 0.0,
+    n_train: int | None = None,
+    want_cost: bool = True,
+) -> tuple[float | None, float]:
     """``evaluate`` of one network on ``data``, by the NumPy reference or the compiled engine
     (which skips the cost unless ``want_cost``): (cost or None, accuracy)."""
     if engine == "compiled":
         from core.compiled import evaluate_compiled
-        costs, accuracies = evaluate_compiled(spec, [params], data.X, data.y, [lmbda], n_train or len(data.y),
-                                              want_cost)
+
+        costs, accuracies = evaluate_compiled(
+            spec, [params], data.X, data.y, [lmbda], n_train or len(data.y), want_cost
+        )
         return None if costs is None else costs[0], accuracies[0]
     return evaluate(spec, params, data.X, data.y, lmbda, n_train)

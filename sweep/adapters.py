@@ -51,8 +51,14 @@ def batch_limits() -> BatchLimits:
     import importlib
 
     v = importlib.import_module(MLFLOW_LIMITS_MODULE)
-    return BatchLimits(v.MAX_METRICS_PER_BATCH, v.MAX_PARAMS_TAGS_PER_BATCH, v.MAX_PARAMS_TAGS_PER_BATCH,
-                       v.MAX_ENTITIES_PER_BATCH, v.MAX_PARAM_VAL_LENGTH, v.MAX_TAG_VAL_LENGTH)
+    return BatchLimits(
+        v.MAX_METRICS_PER_BATCH,
+        v.MAX_PARAMS_TAGS_PER_BATCH,
+        v.MAX_PARAMS_TAGS_PER_BATCH,
+        v.MAX_ENTITIES_PER_BATCH,
+        v.MAX_PARAM_VAL_LENGTH,
+        v.MAX_TAG_VAL_LENGTH,
+    )
 
 
 def cached_storage(storage):

@@ -77,15 +77,17 @@ class WorkersDied(Exception):
 
     def __init__(self, study: str, signals: list[int], done: int, budget: int) -> None:
         self.study, self.signals, self.done, self.budget = study, signals, done, budget
-        super().__init__(f"study {study!r}: {len(signals)} worker processes were killed; "
-                         f"{done} of {budget} trials ended")
+        super().__init__(
+            f"study {study!r}: {len(signals)} worker processes were killed; {done} of {budget} trials ended"
+        )
 
 
 class DamagedStore(UsageError):
     """The store file ``path`` is damaged: ``problem``; for a journal, from ``line`` (1-based)
     of its ``lines``, and whether Optuna can still read the lines before (``readable``)."""
 
-    def __init__(self, path: str, problem: str, *, line: int | None = None, lines: int | None = None,
-                 readable: bool = False) -> None:
+    def __init__(
+        self, path: str, problem: str, *, line: int | None = None, lines: int | None = None, readable: bool = False
+    ) -> None:
         self.path, self.problem, self.line, self.lines, self.readable = path, problem, line, lines, readable
         super().__init__(f"{path}: damaged: {problem}" + (f" at line {line} of {lines}" if line else ""))

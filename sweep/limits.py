@@ -59,13 +59,18 @@ MAX_ROWS = 70_000
 
 #: Bounds on the numeric sampler and pruner options that make Optuna allocate or loop in
 #: proportion to them: {option name: (largest value, why)}.
-OPTION_BOUNDS: Mapping[str, tuple[int, str]] = MappingProxyType({
-    "n_ei_candidates": (10_000, "TPE draws and scores that many candidates per parameter and trial"),
-    "popsize": (10_000, "CMA-ES samples and sorts a population of that many points per generation"),
-    "population_size": (10_000, "NSGA-II/III sorts a generation of that many trials"),
-    "dividing_parameter": (100, "NSGA-III makes every one of C(objectives + p - 1, p) reference points"),
-    **dict.fromkeys(("n_startup_trials", "n_min_trials", "bootstrap_count"), (MAX_TRIALS, "a study holds at most that many trials")),
-})
+OPTION_BOUNDS: Mapping[str, tuple[int, str]] = MappingProxyType(
+    {
+        "n_ei_candidates": (10_000, "TPE draws and scores that many candidates per parameter and trial"),
+        "popsize": (10_000, "CMA-ES samples and sorts a population of that many points per generation"),
+        "population_size": (10_000, "NSGA-II/III sorts a generation of that many trials"),
+        "dividing_parameter": (100, "NSGA-III makes every one of C(objectives + p - 1, p) reference points"),
+        **dict.fromkeys(
+            ("n_startup_trials", "n_min_trials", "bootstrap_count"),
+            (MAX_TRIALS, "a study holds at most that many trials"),
+        ),
+    }
+)
 
 
 def max_workers() -> int:

@@ -103,7 +103,9 @@ class TrialRecord:
     def of(cls, trial) -> TrialRecord:
         """What an Optuna trial stored under RESULT_ATTR (an empty record if nothing yet)."""
         stored = trial.user_attrs.get(RESULT_ATTR, {})
-        return cls(stored.get("history", {}), stored.get("metrics"), stored.get("reason"), stored.get("pruned_at_epoch"))
+        return cls(
+            stored.get("history", {}), stored.get("metrics"), stored.get("reason"), stored.get("pruned_at_epoch")
+        )
 
     def tags(self) -> dict[str, str]:
         """The MLflow tags that say why the trial ended (none for a completed one)."""

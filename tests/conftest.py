@@ -42,8 +42,9 @@ def pytest_configure(config):
     os.environ["NUMBA_CACHE_DIR"] = str(NUMBA_CACHE)
     os.environ[PRELOADED] = os.path.join(config.numba_marker, "filled")
     path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-    config.numba_filler = subprocess.Popen([sys.executable, "-c", _FILL, os.environ[PRELOADED]], cwd=REPO_ROOT,
-                                           env={**os.environ, "PYTHONPATH": path})
+    config.numba_filler = subprocess.Popen(
+        [sys.executable, "-c", _FILL, os.environ[PRELOADED]], cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": path}
+    )
 
 
 def pytest_unconfigure(config):

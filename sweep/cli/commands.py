@@ -38,8 +38,11 @@ SHOWN_PARETO = 5  # Pareto trials `sweep run` prints; summary.txt lists them all
 # The UI's server: no job runner (seven huey consumers, each importing mlflow, that serve only
 # GenAI features: they doubled the start-up time on two cores), no usage telemetry, and not
 # the starlette deprecation that mlflow's own import triggers.
-UI_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
-          "PYTHONWARNINGS": "ignore:starlette.middleware.wsgi is deprecated"}
+UI_ENV = {
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PYTHONWARNINGS": "ignore:starlette.middleware.wsgi is deprecated",
+}
 UI_GRACE = 10  # seconds the UI's processes have to stop before they are killed
 DEBUG_ENV = "MLP_SWEEP_DEBUG"  # =1: like --debug
 STORE_FLAGS = {StoreError.STORAGE: "--storage", StoreError.TRACKING: "--tracking-uri"}  # the flag naming each store
@@ -82,37 +85,55 @@ WORKERS = click.IntRange(1, limits.max_workers())
 SECONDS = FiniteFloatRange(min=0, min_open=True)
 FRACTION = FiniteFloatRange(0, 1, min_open=True)
 
-storage_option = click.option("--storage", metavar="URL",
-                              help="Optuna storage: a journal file path, sqlite:///FILE, postgresql://... or a "
-                                   "`sweep proxy` at grpc://HOST:PORT [default: mlruns/optuna.journal]")
-tracking_option = click.option("--tracking-uri", metavar="URI",
-                               help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or "
-                                    "sqlite:///mlruns/mlflow.db]")
+storage_option = click.option(
+    "--storage",
+    metavar="URL",
+    help="Optuna storage: a journal file path, sqlite:///FILE, postgresql://... or a "
+    "`sweep proxy` at grpc://HOST:PORT [default: mlruns/optuna.journal]",
+)
+tracking_option = click.option(
+    "--tracking-uri",
+    metavar="URI",
+    help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db]",
+)
+
+
 def no_tracking_option(what: str = "Do not log to MLflow."):
     return click.option("--no-tracking", is_flag=True, help=what)
 
 
-data_dir_option = click.option("--data-dir", type=click.Path(file_okay=False), metavar="DIR",
-                               help="Directory holding the four MNIST .gz files (else $MNIST_DIR, else the cache).")
-
-
+data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="Directory holding the four MNIST .gz files (else $MNIST_DIR, else the cache).",
+)
 
 
 def trial_options(command):
     """The options of the commands that run trials (``run`` and ``worker``), defined once."""
-    for option in reversed((
-        click.option("--n-trials", type=TRIALS, help="Total trials for the study (default: its budget)."),
-        click.option("--timeout", type=SECONDS, metavar="SECONDS",
-                     help="Stop starting trials after this long (with [budget] at_timeout = \"stop\", end those "
-                          "running at their next epoch)."),
-        storage_option,
-        tracking_option,
-        no_tracking_option(),
-        click.option("--no-pack", is_flag=True,
-                     help="Train every trial alone (by default grid trials that differ only in eta and lmbda "
-                          "train together in one vectorised pass, with identical results)."),
-        data_dir_option,
-    )):
+    for option in reversed(
+        (
+            click.option("--n-trials", type=TRIALS, help="Total trials for the study (default: its budget)."),
+            click.option(
+                "--timeout",
+                type=SECONDS,
+                metavar="SECONDS",
+                help='Stop starting trials after this long (with [budget] at_timeout = "stop", end those '
+                "running at their next epoch).",
+            ),
+            storage_option,
+            tracking_option,
+            no_tracking_option(),
+            click.option(
+                "--no-pack",
+                is_flag=True,
+                help="Train every trial alone (by default grid trials that differ only in eta and lmbda "
+                "train together in one vectorised pass, with identical results).",
+            ),
+            data_dir_option,
+        )
+    ):
         command = option(command)
     return command
 
@@ -131,11 +152,17 @@ def cli(debug) -> None:
 @cli.command()
 @click.argument("study_file", type=click.Path(dir_okay=False))
 @trial_options
-@click.option("--workers", type=WORKERS, default=1, show_default=True,
-              help=f"Local worker processes (one BLAS thread each; at most {limits.WORKERS_PER_CPU} per CPU).")
+@click.option(
+    "--workers",
+    type=WORKERS,
+    default=1,
+    show_default=True,
+    help=f"Local worker processes (one BLAS thread each; at most {limits.WORKERS_PER_CPU} per CPU).",
+)
 @click.option("--no-report", is_flag=True, help="Do not write the report (reports/STUDY) at the end.")
-def run(study_file, n_trials, timeout, storage, tracking_uri, no_tracking, no_pack, data_dir, workers,
-        no_report) -> None:
+def run(
+    study_file, n_trials, timeout, storage, tracking_uri, no_tracking, no_pack, data_dir, workers, no_report
+) -> None:
     """Create or resume the study in STUDY_FILE and run it to its budget, then report on it."""
     from datetime import datetime
 
@@ -158,14 +185,24 @@ def run(study_file, n_trials, timeout, storage, tracking_uri, no_tracking, no_pa
 
     start = datetime.now()  # (Optuna's trial start times are local and naive)
     try:
-        study = run_study(spec, stores, n_trials=n_trials, timeout=timeout, workers=workers, data_dir=data_dir,
-                          pack=not no_pack, on_progress=on_progress, data_progress=_download_progress())
+        study = run_study(
+            spec,
+            stores,
+            n_trials=n_trials,
+            timeout=timeout,
+            workers=workers,
+            data_dir=data_dir,
+            pack=not no_pack,
+            on_progress=on_progress,
+            data_progress=_download_progress(),
+        )
     finally:
         bar.close()
     click.echo(summary(study, spec, stores, None if no_report else REPORT_DIR / spec.name))
     if retried := retried_since(study, start):
-        click.echo(f"{plural(len(retried), 'trial')} retried (their worker process died): "
-                   f"#{', #'.join(map(str, retried))}")
+        click.echo(
+            f"{plural(len(retried), 'trial')} retried (their worker process died): #{', #'.join(map(str, retried))}"
+        )
     if not no_report:
         _write_report(study, stores, REPORT_DIR / spec.name)
 
@@ -203,9 +240,11 @@ def summary(study, spec, stores, report_dir: Path | None = None) -> str:
 
     trials = study.get_trials(deepcopy=False)
     by_state = {s: sum(t.state == s for t in trials) for s in TrialState}
-    lines = [f"Study {study.study_name}: {plural(len(trials), 'trial')} "
-             f"({by_state[TrialState.COMPLETE]} complete, {by_state[TrialState.PRUNED]} pruned, "
-             f"{by_state[TrialState.FAIL]} failed)"]
+    lines = [
+        f"Study {study.study_name}: {plural(len(trials), 'trial')} "
+        f"({by_state[TrialState.COMPLETE]} complete, {by_state[TrialState.PRUNED]} pruned, "
+        f"{by_state[TrialState.FAIL]} failed)"
+    ]
     if by_state[TrialState.COMPLETE]:
         multi = len(study.directions) > 1
         if multi:
@@ -217,14 +256,20 @@ def summary(study, spec, stores, report_dir: Path | None = None) -> str:
         for t in best[:SHOWN_PARETO]:
             metrics = TrialRecord.of(t).metrics or {}
             values = ", ".join(f"{v:.4g}" for v in t.values)
-            lines.append(f"{'Pareto' if multi else 'Best'} trial #{t.number}: {values}   " +
-                         " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                                  for k, v in used(spec, t.params).items()))
+            lines.append(
+                f"{'Pareto' if multi else 'Best'} trial #{t.number}: {values}   "
+                + " ".join(
+                    f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in used(spec, t.params).items()
+                )
+            )
             shown = (TEST_ACCURACY, BEST_VALIDATION_ACCURACY, GAP, TRAINING_SECONDS)
             lines.append("  " + "  ".join(f"{k} {metrics[k]:.4g}" for k in shown if k in metrics))
         if len(best) > SHOWN_PARETO:
-            where = (f"see {report_dir / 'summary.txt'}" if report_dir is not None
-                     else f"`sweep report {study.study_name}` lists them all in summary.txt")
+            where = (
+                f"see {report_dir / 'summary.txt'}"
+                if report_dir is not None
+                else f"`sweep report {study.study_name}` lists them all in summary.txt"
+            )
             lines.append(f"... and {len(best) - SHOWN_PARETO} more, {where}")
     if stores.tracking_uri:
         lines.append(f"Runs: {redact(stores.tracking_uri)} (browse with `sweep ui`)")
@@ -247,8 +292,10 @@ def _write_report(study, stores, out_dir: Path, **options) -> None:
         click.echo(f"left out {name}: {why}")
     if stores.tracking_uri and parent:
         Tracker(stores.tracking_uri, study.study_name).log_artifacts(parent, result.out_dir)
-    click.echo(f"Reports: {plural(len(result.files), 'file')} in {result.out_dir}"
-               + (" (also artifacts of the study's MLflow run)" if stores.tracking_uri and parent else ""))
+    click.echo(
+        f"Reports: {plural(len(result.files), 'file')} in {result.out_dir}"
+        + (" (also artifacts of the study's MLflow run)" if stores.tracking_uri and parent else "")
+    )
 
 
 @cli.command()
@@ -256,23 +303,44 @@ def _write_report(study, stores, out_dir: Path, **options) -> None:
 @storage_option
 @tracking_option
 @no_tracking_option("Do not log the report to MLflow.")
-@click.option("--out", type=click.Path(file_okay=False), metavar="DIR",
-              help="Directory for the report files [default: reports/STUDY].")
-@click.option("--quantile", type=FRACTION, default=0.10, show_default=True,
-              help="Fraction of the completed trials that makes the best region (single objective; "
-                   "a multi-objective study's is its Pareto front).")
-@click.option("--gap-threshold", type=FiniteFloatRange(min=0), default=0.05, show_default=True,
-              help="Training minus validation accuracy above which a trial is flagged as over-fitting.")
-@click.option("--heatmap", nargs=2, metavar="X Y",
-              help="Parameters on the heat map's axes [default: the first two numeric ones].")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="Directory for the report files [default: reports/STUDY].",
+)
+@click.option(
+    "--quantile",
+    type=FRACTION,
+    default=0.10,
+    show_default=True,
+    help="Fraction of the completed trials that makes the best region (single objective; "
+    "a multi-objective study's is its Pareto front).",
+)
+@click.option(
+    "--gap-threshold",
+    type=FiniteFloatRange(min=0),
+    default=0.05,
+    show_default=True,
+    help="Training minus validation accuracy above which a trial is flagged as over-fitting.",
+)
+@click.option(
+    "--heatmap", nargs=2, metavar="X Y", help="Parameters on the heat map's axes [default: the first two numeric ones]."
+)
 def report(study_name, storage, tracking_uri, no_tracking, out, quantile, gap_threshold, heatmap) -> None:
     """Write STUDY's report (CSVs, summary, plots) and log it to the study's MLflow parent run."""
     from sweep.run.runner import load_stored_study
 
     stores = _stores(storage, tracking_uri, no_tracking)
     study, _ = load_stored_study(study_name, stores, read_only=True)
-    _write_report(study, stores, Path(out) if out else REPORT_DIR / study_name, quantile=quantile,
-                  gap_threshold=gap_threshold, heatmap_params=heatmap or None)
+    _write_report(
+        study,
+        stores,
+        Path(out) if out else REPORT_DIR / study_name,
+        quantile=quantile,
+        gap_threshold=gap_threshold,
+        heatmap_params=heatmap or None,
+    )
 
 
 @cli.command()
@@ -280,14 +348,22 @@ def report(study_name, storage, tracking_uri, no_tracking, out, quantile, gap_th
 @storage_option
 @tracking_option
 @no_tracking_option("With --run: do not log to MLflow.")
-@click.option("--quantile", type=FRACTION, default=0.10, show_default=True,
-              help="Fraction of the completed trials whose region the new study searches (single "
-                   "objective; a multi-objective study's region is its Pareto front).")
-@click.option("--out", type=click.Path(dir_okay=False), metavar="FILE",
-              help="Study file to write, never overwritten [default: studies/NEW_NAME.toml].")
+@click.option(
+    "--quantile",
+    type=FRACTION,
+    default=0.10,
+    show_default=True,
+    help="Fraction of the completed trials whose region the new study searches (single "
+    "objective; a multi-objective study's region is its Pareto front).",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="Study file to write, never overwritten [default: studies/NEW_NAME.toml].",
+)
 @click.option("--run", "run_it", is_flag=True, help="Run the refined study right away.")
-@click.option("--workers", type=WORKERS, default=1, show_default=True,
-              help="With --run: local worker processes.")
+@click.option("--workers", type=WORKERS, default=1, show_default=True, help="With --run: local worker processes.")
 @click.pass_context
 def refine(ctx, study_name, storage, tracking_uri, no_tracking, quantile, out, run_it, workers) -> None:
     """Write a study file searching the best region of STUDY (narrower ranges, finer grid, best point first)."""
@@ -309,17 +385,31 @@ def refine(ctx, study_name, storage, tracking_uri, no_tracking, quantile, out, r
     for name, param in refined.space.items():
         click.echo(f"  {name}: {f'fixed at {param.value!r}' if isinstance(param, Fixed) else param.describe()}")
     if run_it:
-        ctx.invoke(run, study_file=str(path), n_trials=None, timeout=None, workers=workers, storage=storage,
-                   tracking_uri=tracking_uri, no_tracking=no_tracking, no_report=False, no_pack=False,
-                   data_dir=None)
+        ctx.invoke(
+            run,
+            study_file=str(path),
+            n_trials=None,
+            timeout=None,
+            workers=workers,
+            storage=storage,
+            tracking_uri=tracking_uri,
+            no_tracking=no_tracking,
+            no_report=False,
+            no_pack=False,
+            data_dir=None,
+        )
 
 
 @cli.command()
 @click.argument("study_name", metavar="STUDY")
 @storage_option
 @tracking_option
-@click.option("--export", type=click.Path(), metavar="PATH",
-              help="Write the best trial's weights to PATH, a new .npz file (core.model.load_params reads it).")
+@click.option(
+    "--export",
+    type=click.Path(),
+    metavar="PATH",
+    help="Write the best trial's weights to PATH, a new .npz file (core.model.load_params reads it).",
+)
 def best(study_name, storage, tracking_uri, export) -> None:
     """Show STUDY's best trial (single objective) and, with --export, write its weights."""
     from sweep.run.runner import load_stored_study
@@ -335,7 +425,9 @@ def best(study_name, storage, tracking_uri, export) -> None:
     trial = best_trial(study, spec)
     objective = spec.objectives[0]
     metrics = trial_metrics(trial)
-    click.echo(f"Best trial #{trial.number} of {study_name}: {objective.metric} {trial.value:.6g} ({objective.direction})")
+    click.echo(
+        f"Best trial #{trial.number} of {study_name}: {objective.metric} {trial.value:.6g} ({objective.direction})"
+    )
     click.echo("  " + "  ".join(f"{name} {metrics[name]:.6g}" for name in SHOWN_METRICS if name in metrics))
     click.echo("  params: " + " ".join(f"{k}={short(v)}" for k, v in used(spec, trial.params).items()))
     click.echo(f"  network: {all_params(spec, trial.params)['sizes']}")
@@ -389,8 +481,10 @@ def list_studies(storage) -> None:
         best = "-"
         if s.best_trial is not None:
             best = ", ".join(f"{v:.4g}" for v in s.best_trial.values)
-        click.echo(f"{s.study_name:32} {len(trials):6} {count['COMPLETE']:8} {count['PRUNED']:6} "
-                   f"{count['FAIL']:6} {count['RUNNING']:7}  {best}")
+        click.echo(
+            f"{s.study_name:32} {len(trials):6} {count['COMPLETE']:8} {count['PRUNED']:6} "
+            f"{count['FAIL']:6} {count['RUNNING']:7}  {best}"
+        )
 
 
 def bind_host(host: str | None, expose: bool, what: str) -> str:
@@ -402,8 +496,9 @@ def bind_host(host: str | None, expose: bool, what: str) -> str:
     return host
 
 
-def ui_command(tracking_uri: str, host: str | None = None, port: int = 5000,
-               expose: bool = False) -> tuple[list[str], dict[str, str]]:
+def ui_command(
+    tracking_uri: str, host: str | None = None, port: int = 5000, expose: bool = False
+) -> tuple[list[str], dict[str, str]]:
     """The command ``sweep ui`` runs and the environment variables it adds.
 
     It binds to loopback unless ``expose`` (then to every interface if no host is given).
@@ -419,9 +514,12 @@ def ui_command(tracking_uri: str, host: str | None = None, port: int = 5000,
 @tracking_option
 @click.option("--host", help="Interface to bind [default: 127.0.0.1; with --expose: 0.0.0.0].")
 @click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True, help="Port to listen on.")
-@click.option("--expose", is_flag=True,
-              help="Listen beyond loopback (on 0.0.0.0 unless --host says where): anyone who can reach it "
-                   "can read and change every run.")
+@click.option(
+    "--expose",
+    is_flag=True,
+    help="Listen beyond loopback (on 0.0.0.0 unless --host says where): anyone who can reach it "
+    "can read and change every run.",
+)
 def ui(tracking_uri, host, port, expose) -> None:
     """Open the MLflow UI over the project's tracking store (loopback only unless --expose)."""
     from sweep.tracking.tracker import check_tracking_uri, study_views
@@ -436,16 +534,28 @@ def ui(tracking_uri, host, port, expose) -> None:
 
 
 @cli.command()
-@click.option("--storage", metavar="URL", required=True,
-              help="The study database the proxy serves: postgresql://... (or sqlite:///FILE).")
+@click.option(
+    "--storage",
+    metavar="URL",
+    required=True,
+    help="The study database the proxy serves: postgresql://... (or sqlite:///FILE).",
+)
 @click.option("--host", help="Interface to bind [default: 127.0.0.1; with --expose: 0.0.0.0].")
 @click.option("--port", type=click.IntRange(1, 65535), default=13000, show_default=True, help="Port to listen on.")
-@click.option("--expose", is_flag=True,
-              help="Listen beyond loopback (on 0.0.0.0 unless --host says where): anyone who can reach it "
-                   "can read and change every study in the database.")
-@click.option("--threads", type=click.IntRange(8, 10_000), default=128, show_default=True,
-              help="Calls served at once; each worker waiting for a study's lock takes one, so give more "
-                   "than the workers that use the proxy.")
+@click.option(
+    "--expose",
+    is_flag=True,
+    help="Listen beyond loopback (on 0.0.0.0 unless --host says where): anyone who can reach it "
+    "can read and change every study in the database.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(8, 10_000),
+    default=128,
+    show_default=True,
+    help="Calls served at once; each worker waiting for a study's lock takes one, so give more "
+    "than the workers that use the proxy.",
+)
 def proxy(storage, host, port, expose, threads) -> None:
     """Serve a study database to many workers through Optuna's gRPC storage proxy (workers: --storage grpc://HOST:PORT)."""
     import signal
@@ -461,7 +571,9 @@ def proxy(storage, host, port, expose, threads) -> None:
         check_identity(spec)
     server = make_server(spec, host, port, threads)
     stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    }
     server.start()
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"sweep proxy on grpc://{shown}:{port} over {redact(storage)} (Ctrl-C to stop)", err=True)
@@ -531,17 +643,22 @@ def _group_alive(pgid: int) -> bool:
 def damaged_store_message(exc: DamagedStore) -> str:
     """What is wrong with a damaged store file and how to recover it (it is never repaired here)."""
     if exc.line is None:
-        return (f"{exc.path} is damaged: {exc.problem}; nothing was written to it; restore it from a backup "
-                "or move it aside to start afresh")
+        return (
+            f"{exc.path} is damaged: {exc.problem}; nothing was written to it; restore it from a backup "
+            "or move it aside to start afresh"
+        )
     tail = exc.lines - exc.line + 1
     if exc.readable:
-        how = (f"copy it aside and remove its last {plural(tail, 'line')}; until then `sweep list`, "
-               "`report` and `refine` still read the lines before it")
+        how = (
+            f"copy it aside and remove its last {plural(tail, 'line')}; until then `sweep list`, "
+            "`report` and `refine` still read the lines before it"
+        )
     else:
-        how = (f"copy it aside and remove or mend line {exc.line} and any later line that is not JSON "
-               "(Optuna cannot read past it, so no command can use it until then)")
-    return (f"{exc.path} is damaged: line {exc.line} of {exc.lines} is {exc.problem}; "
-            f"nothing was written to it; {how}")
+        how = (
+            f"copy it aside and remove or mend line {exc.line} and any later line that is not JSON "
+            "(Optuna cannot read past it, so no command can use it until then)"
+        )
+    return f"{exc.path} is damaged: line {exc.line} of {exc.lines} is {exc.problem}; nothing was written to it; {how}"
 
 
 def _debug(args: list[str]) -> bool:
@@ -579,16 +696,23 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"sweep: error: {exc}", err=True)
         code = 2
     except TrialsKeepFailing as exc:
-        click.echo(f"sweep: error: stopped study {exc.study}: its last {exc.count} trials failed, the last with "
-                   f"{exc.reason.splitlines()[0] if exc.reason else 'no reason'}; `sweep report {exc.study}` lists every trial's reason", err=True)
+        click.echo(
+            f"sweep: error: stopped study {exc.study}: its last {exc.count} trials failed, the last with "
+            f"{exc.reason.splitlines()[0] if exc.reason else 'no reason'}; "
+            f"`sweep report {exc.study}` lists every trial's reason",
+            err=True,
+        )
         code = 1
     except WorkersDied as exc:
         import signal
 
         how = ", ".join(sorted({signal.Signals(n).name for n in exc.signals}))
-        click.echo(f"sweep: error: study {exc.study}: {plural(len(exc.signals), 'worker process', 'worker processes')} "
-                   f"killed ({how}) before its budget was spent ({exc.done} of {exc.budget} trials ended); "
-                   "run the same command again to continue", err=True)
+        click.echo(
+            f"sweep: error: study {exc.study}: {plural(len(exc.signals), 'worker process', 'worker processes')} "
+            f"killed ({how}) before its budget was spent ({exc.done} of {exc.budget} trials ended); "
+            "run the same command again to continue",
+            err=True,
+        )
         code = 1
     except (Stopped, KeyboardInterrupt, click.exceptions.Abort):
         click.echo("interrupted: finished trials are kept; run the same command again to continue", err=True)
@@ -600,8 +724,11 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         where = "the traceback above says where" if debug else f"--debug or {DEBUG_ENV}=1 shows where"
         first = str(exc).strip().splitlines()
-        click.echo(f"sweep: unexpected error: {type(exc).__name__}{': ' + first[0] if first else ''} ({where}); "
-                   "please report it", err=True)
+        click.echo(
+            f"sweep: unexpected error: {type(exc).__name__}{': ' + first[0] if first else ''} ({where}); "
+            "please report it",
+            err=True,
+        )
         code = 1
     if argv is None:  # the process's own command line: it ends here
         # Everything is written and closed. The interpreter's teardown would walk every object

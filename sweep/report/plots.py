@@ -76,9 +76,18 @@ def collect(makers: Mapping[str, Callable[[], Figure]]) -> tuple[dict[str, Figur
     return figures, skipped
 
 
-def heatmap_scatter(trials: pd.DataFrame, x: str, y: str, value: str, *, direction: str = "maximize",
-                    log_x: bool = False, log_y: bool = False, label: str | None = None,
-                    title: str | None = None) -> Figure:
+def heatmap_scatter(
+    trials: pd.DataFrame,
+    x: str,
+    y: str,
+    value: str,
+    *,
+    direction: str = "maximize",
+    log_x: bool = False,
+    log_y: bool = False,
+    label: str | None = None,
+    title: str | None = None,
+) -> Figure:
     """The homework's figure: each trial at (x, y) coloured by ``value`` (named ``label``), the best marked.
 
     The best point is annotated as the homework did, (x, y, value), an accuracy in
@@ -97,19 +106,49 @@ def heatmap_scatter(trials: pd.DataFrame, x: str, y: str, value: str, *, directi
     ax = fig.subplots()
     ax.set_xscale("log" if log_x else "linear")
     ax.set_yscale("log" if log_y else "linear")
-    points = ax.scatter(scored[x], scored[y], c=scored[value], cmap="viridis", s=_marker_size(len(scored)),
-                        edgecolors="white", linewidths=0.5, zorder=2)
+    points = ax.scatter(
+        scored[x],
+        scored[y],
+        c=scored[value],
+        cmap="viridis",
+        s=_marker_size(len(scored)),
+        edgecolors="white",
+        linewidths=0.5,
+        zorder=2,
+    )
     if not unscored.empty:
-        ax.scatter(unscored[x], unscored[y], marker="x", c="0.6", s=30, linewidths=1, zorder=1,
-                   label="not completed (pruned or failed)")
+        ax.scatter(
+            unscored[x],
+            unscored[y],
+            marker="x",
+            c="0.6",
+            s=30,
+            linewidths=1,
+            zorder=1,
+            label="not completed (pruned or failed)",
+        )
     fig.colorbar(points, ax=ax).set_label(name)
     best = scored.loc[scored[value].idxmax() if direction == "maximize" else scored[value].idxmin()]
-    ax.scatter([best[x]], [best[y]], marker="*", s=400, c="red", edgecolors="black", linewidths=0.8, zorder=3,
-               label=f"best: trial #{best['number']}, annotated ({x}, {y}, {name})")
+    ax.scatter(
+        [best[x]],
+        [best[y]],
+        marker="*",
+        s=400,
+        c="red",
+        edgecolors="black",
+        linewidths=0.8,
+        zorder=3,
+        label=f"best: trial #{best['number']}, annotated ({x}, {y}, {name})",
+    )
     ax.margins(0.08)
     rows = sorted(pd.unique(scored[y]))
-    _annotate(ax, best[x], best[y], f"({show_number(best[x])}, {show_number(best[y])}, {_metric(label or value, best[value])})",
-              rows if len(rows) <= _MAX_TICKS else ())
+    _annotate(
+        ax,
+        best[x],
+        best[y],
+        f"({show_number(best[x])}, {show_number(best[y])}, {_metric(label or value, best[value])})",
+        rows if len(rows) <= _MAX_TICKS else (),
+    )
     for axis, column, log in ((ax.xaxis, x, log_x), (ax.yaxis, y, log_y)):
         values = sorted(pd.unique(scored[column]))
         if not log and len(values) <= _MAX_TICKS:
@@ -150,9 +189,16 @@ def _annotate(ax, x: float, y: float, text: str, rows: Sequence[float] = ()) -> 
         place = {"xytext": (dx * 12, between), "textcoords": ("offset points", "data"), "va": "center"}
     else:
         place = {"xytext": (dx * 30, dy * 30), "textcoords": "offset points", "va": "top" if dy < 0 else "bottom"}
-    ax.annotate(text, xy=(x, y), ha="right" if dx < 0 else "left", fontsize="small",
-                bbox={"boxstyle": "round", "fc": "white", "ec": "0.5", "alpha": 0.9},
-                arrowprops={"arrowstyle": "->", "color": "0.2"}, zorder=4, **place)
+    ax.annotate(
+        text,
+        xy=(x, y),
+        ha="right" if dx < 0 else "left",
+        fontsize="small",
+        bbox={"boxstyle": "round", "fc": "white", "ec": "0.5", "alpha": 0.9},
+        arrowprops={"arrowstyle": "->", "color": "0.2"},
+        zorder=4,
+        **place,
+    )
 
 
 def best_curves(epochs: pd.DataFrame, trial_number: int, *, title: str | None = None) -> Figure:
@@ -165,8 +211,10 @@ def best_curves(epochs: pd.DataFrame, trial_number: int, *, title: str | None = 
         raise ValueError(f"trial {trial_number} has no recorded epochs")
     fig = _figure((12.0, 5.0))
     panels = fig.subplots(1, 2)
-    for ax, kind, unit in ((panels[0], "cost", "cost (mean per example, with L2 term)"),
-                           (panels[1], "accuracy", "accuracy (fraction correct)")):
+    for ax, kind, unit in (
+        (panels[0], "cost", "cost (mean per example, with L2 term)"),
+        (panels[1], "accuracy", "accuracy (fraction correct)"),
+    ):
         for part, style in (("training", "-o"), ("validation", "--s")):
             curve = rows[f"{part}_{kind}"]
             if curve.notna().any():
@@ -184,16 +232,27 @@ def best_curves(epochs: pd.DataFrame, trial_number: int, *, title: str | None = 
     if accuracy.notna().any():
         at, epoch = accuracy.idxmax(), rows["epoch"][accuracy.idxmax()]
         late = epoch > rows["epoch"].median()
-        panels[1].annotate(f"best validation {accuracy[at]:.4f} (epoch {epoch})", xy=(epoch, accuracy[at]),
-                           xytext=(-10 if late else 10, -30), textcoords="offset points",
-                           ha="right" if late else "left", fontsize="small",
-                           arrowprops={"arrowstyle": "->", "color": "0.3"})
+        panels[1].annotate(
+            f"best validation {accuracy[at]:.4f} (epoch {epoch})",
+            xy=(epoch, accuracy[at]),
+            xytext=(-10 if late else 10, -30),
+            textcoords="offset points",
+            ha="right" if late else "left",
+            fontsize="small",
+            arrowprops={"arrowstyle": "->", "color": "0.3"},
+        )
     fig.suptitle(title or f"Trial #{trial_number}: learning curves")
     return fig
 
 
-def best_so_far(trials: pd.DataFrame, value: str = "value", *, direction: str = "maximize",
-                label: str | None = None, title: str | None = None) -> Figure:
+def best_so_far(
+    trials: pd.DataFrame,
+    value: str = "value",
+    *,
+    direction: str = "maximize",
+    label: str | None = None,
+    title: str | None = None,
+) -> Figure:
     """The best objective value so far over wall time (minutes), a step at each new best; every
     completed trial as a dot, and the test accuracy of the trial that was best at each moment.
 
@@ -208,20 +267,35 @@ def best_so_far(trials: pd.DataFrame, value: str = "value", *, direction: str = 
     running = done[value].cummax() if direction == "maximize" else done[value].cummin()
     chosen = done.loc[(done[value] == running)].drop_duplicates(subset=[value], keep="first")
     # the test accuracy of the trial chosen at each moment: its row's, carried to the next choice
-    chosen_test = (done.index.to_series().where(done.index.isin(chosen.index)).ffill()
-                   .map(done[TEST_ACCURACY]) if TEST_ACCURACY in done else None)
+    chosen_test = (
+        done.index.to_series().where(done.index.isin(chosen.index)).ffill().map(done[TEST_ACCURACY])
+        if TEST_ACCURACY in done
+        else None
+    )
     name = axis_label(label or value)
     fig = _figure((9.0, 5.0))
     ax = fig.subplots()
     ax.scatter(minutes, done[value], s=14, c="0.7", zorder=1, label=f"{name} of each completed trial")
     ax.step(minutes, running, where="post", color="tab:blue", linewidth=2, zorder=2, label=f"best {name} so far")
     if chosen_test is not None and chosen_test.notna().any():
-        ax.step(minutes, chosen_test, where="post", color="tab:orange", linestyle="--", zorder=2,
-                label="test accuracy of that trial")
+        ax.step(
+            minutes,
+            chosen_test,
+            where="post",
+            color="tab:orange",
+            linestyle="--",
+            zorder=2,
+            label="test accuracy of that trial",
+        )
     last = chosen.iloc[-1]
-    ax.annotate(f"#{int(last['number'])}: {last[value]:.4g} at {last['ended_after'] / 60:.1f} min",
-                xy=(last["ended_after"] / 60, last[value]), xytext=(10, -25), textcoords="offset points",
-                fontsize="small", arrowprops={"arrowstyle": "->", "color": "0.3"})
+    ax.annotate(
+        f"#{int(last['number'])}: {last[value]:.4g} at {last['ended_after'] / 60:.1f} min",
+        xy=(last["ended_after"] / 60, last[value]),
+        xytext=(10, -25),
+        textcoords="offset points",
+        fontsize="small",
+        arrowprops={"arrowstyle": "->", "color": "0.3"},
+    )
     shown = pd.concat([running, chosen_test]) if chosen_test is not None else running
     low, high = shown.min(), shown.max()
     if high > low:  # zoom on the curves: the early poor trials would flatten the part that matters
@@ -234,8 +308,15 @@ def best_so_far(trials: pd.DataFrame, value: str = "value", *, direction: str = 
     return fig
 
 
-def overfitting(trials: pd.DataFrame, top: int = 10, *, by: str = "value", direction: str = "maximize",
-                label: str | None = None, gap_threshold: float = 0.05) -> Figure:
+def overfitting(
+    trials: pd.DataFrame,
+    top: int = 10,
+    *,
+    by: str = "value",
+    direction: str = "maximize",
+    label: str | None = None,
+    gap_threshold: float = 0.05,
+) -> Figure:
     """Training vs validation accuracy of the ``top`` trials by ``by``, each pair joined and its gap written.
 
     Pairs whose gap exceeds ``gap_threshold`` are drawn in red. Raises ValueError when
@@ -256,30 +337,46 @@ def overfitting(trials: pd.DataFrame, top: int = 10, *, by: str = "value", direc
     ax.scatter(train, rows, marker="o", s=50, c="tab:blue", zorder=2, label="training")
     ax.scatter(valid, rows, marker="D", s=45, c="tab:orange", zorder=2, label="validation")
     for row, t, v, gap in zip(rows, train, valid, gaps):
-        ax.annotate(f"gap {gap:+.3f}", xy=(max(t, v), row), xytext=(8, 0), textcoords="offset points",
-                    va="center", fontsize="small")
+        ax.annotate(
+            f"gap {gap:+.3f}",
+            xy=(max(t, v), row),
+            xytext=(8, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize="small",
+        )
     name = axis_label(label or by)
     ax.set_yticks(list(rows), [f"#{n}  {name} {v:.4g}" for n, v in zip(ranked["number"], ranked[by])])
     ax.margins(x=0.2)
     ax.set_xlabel("accuracy (fraction correct)")
     ax.set_title(f"Over-fitting of the top {plural(len(ranked), 'trial')} by {name}")
     ax.grid(axis="x", alpha=0.3)
-    handles = [*ax.get_legend_handles_labels()[0],
-               Line2D([], [], color="tab:red", linewidth=3, label=f"gap > {gap_threshold:g}")]
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.08 - 0.5 / len(ranked)), ncols=3,
-              frameon=False)
+    handles = [
+        *ax.get_legend_handles_labels()[0],
+        Line2D([], [], color="tab:red", linewidth=3, label=f"gap > {gap_threshold:g}"),
+    ]
+    ax.legend(
+        handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.08 - 0.5 / len(ranked)), ncols=3, frameon=False
+    )
     return fig
 
 
-def optuna_plots(study: optuna.Study, objective_names: Sequence[str] | None = None
-                 ) -> tuple[dict[str, Figure], dict[str, str]]:
+def optuna_plots(
+    study: optuna.Study, objective_names: Sequence[str] | None = None
+) -> tuple[dict[str, Figure], dict[str, str]]:
     """Optuna's matplotlib plots of the study: (figures by name, {name: why left out}).
 
     A multi-objective study is shown on its first objective (as its best region is)
     and gets its Pareto front as well (2 or 3 objectives).
     """
-    names = list(objective_names or (["Objective Value"] if len(study.directions) == 1 else
-                                     [f"Objective {i}" for i in range(len(study.directions))]))
+    names = list(
+        objective_names
+        or (
+            ["Objective Value"]
+            if len(study.directions) == 1
+            else [f"Objective {i}" for i in range(len(study.directions))]
+        )
+    )
     multi = len(names) > 1
     first = {"target": (lambda t: t.values[0]) if multi else None, "target_name": names[0]}
 
@@ -317,8 +414,10 @@ def optuna_plots(study: optuna.Study, objective_names: Sequence[str] | None = No
         "slice": (lambda: optuna_mpl.plot_slice(study, **first), _grow),
     }
     if any(t.intermediate_values for t in study.get_trials(deepcopy=False)):  # (reported only when pruning)
-        makers["intermediate_values"] = (lambda: optuna_mpl.plot_intermediate_values(study),
-                                         lambda figure: _per_epoch(figure, names[0]))
+        makers["intermediate_values"] = (
+            lambda: optuna_mpl.plot_intermediate_values(study),
+            lambda figure: _per_epoch(figure, names[0]),
+        )
     if multi:
         makers["pareto_front"] = (lambda: optuna_mpl.plot_pareto_front(study, target_names=names), None)
     return collect({name: _optuna_figure(draw, finish) for name, (draw, finish) in makers.items()})
@@ -331,6 +430,7 @@ def _optuna_figure(draw: Callable[[], object], finish: Callable[[Figure], None] 
     silenced, and Optuna's logged warnings kept: a plot with nothing on it raises
     ValueError with them as the reason.
     """
+
     def make() -> Figure:
         before = set(plt.get_fignums())
         try:
@@ -349,6 +449,7 @@ def _optuna_figure(draw: Callable[[], object], finish: Callable[[Figure], None] 
         if finish is not None:
             finish(figure)
         return figure
+
     return make
 
 

@@ -40,8 +40,7 @@ def refined_name(parent: str, taken: Collection[str] = ()) -> str:
     return name
 
 
-def refine(study: optuna.Study, spec: StudySpec, quantile: float = 0.10, *,
-           taken: Collection[str] = ()) -> StudySpec:
+def refine(study: optuna.Study, spec: StudySpec, quantile: float = 0.10, *, taken: Collection[str] = ()) -> StudySpec:
     """A new study spec searching the best region of ``study`` (``study_region``: the top
     ``quantile`` on the objective, or the Pareto front of a multi-objective study).
 
@@ -55,26 +54,42 @@ def refine(study: optuna.Study, spec: StudySpec, quantile: float = 0.10, *,
     if region is None:
         raise UsageError(f"study {study.study_name!r} has no completed trials: nothing to refine")
     columns = param_columns(study)
-    space = {name: _refined(param, region.params[columns[name]]) if name in columns else param
-             for name, param in spec.space.items()}
+    space = {
+        name: _refined(param, region.params[columns[name]]) if name in columns else param
+        for name, param in spec.space.items()
+    }
     if region.front:
         on = " and ".join(label for label, _ in region.front)
-        description = (f"Refined from study {spec.name}: its Pareto front on {on} ({region.support} of "
-                       f"{plural(region.n_complete, 'completed trial')}); the front's trials are enqueued to run first.")
+        description = (
+            f"Refined from study {spec.name}: its Pareto front on {on} ({region.support} of "
+            f"{plural(region.n_complete, 'completed trial')}); the front's trials are enqueued to run first."
+        )
     else:
         metric = objective_names(study)[0]
-        description = (f"Refined from study {spec.name}: its top {quantile * 100:g}% by {metric} ({region.support} "
-                       f"of {plural(region.n_complete, 'completed trial')}); its best trial #{region.best_trial} ({metric} "
-                       f"{region.best_value:.4g}) is enqueued to run first.")
-    refined = dataclasses.replace(spec, name=refined_name(spec.name, taken), parent=spec.name,
-                                  description=description, space=space, enqueue=(), source=f"refined {spec.name}")
+        description = (
+            f"Refined from study {spec.name}: its top {quantile * 100:g}% by {metric} ({region.support} "
+            f"of {plural(region.n_complete, 'completed trial')}); its best trial #{region.best_trial} ({metric} "
+            f"{region.best_value:.4g}) is enqueued to run first."
+        )
+    refined = dataclasses.replace(
+        spec,
+        name=refined_name(spec.name, taken),
+        parent=spec.name,
+        description=description,
+        space=space,
+        enqueue=(),
+        source=f"refined {spec.name}",
+    )
     budget = refined.grid_size if spec.sampler.name in GRID_SAMPLERS else spec.n_trials
     by_number = {t.number: t.params for t in study.get_trials(deepcopy=False)}
     starts = []
     for number in region.trials if region.front else (region.best_trial,):
         point = {name: significant(value) for name, value in by_number[number].items()}
-        start = {name: point[name] for name, param in refined.searched.items()
-                 if name in point and param.contains(point[name])}
+        start = {
+            name: point[name]
+            for name, param in refined.searched.items()
+            if name in point and param.contains(point[name])
+        }
         if start and start not in starts:
             starts.append(start)
     return dataclasses.replace(refined, n_trials=budget, enqueue=tuple(starts[:budget]))

@@ -54,7 +54,7 @@ def objective_names(study: optuna.Study) -> list[str]:
 
 
 def directions(study: optuna.Study) -> list[str]:
-    """"maximize" or "minimize" for each objective."""
+    """ "maximize" or "minimize" for each objective."""
     return [d.name.lower() for d in study.directions]
 
 
@@ -72,8 +72,12 @@ def param_columns(study: optuna.Study) -> dict[str, str]:
 
 def log_scaled(study: optuna.Study) -> set[str]:
     """Parameters sampled on a log scale."""
-    return {name for t in study.get_trials(deepcopy=False) for name, d in t.distributions.items()
-            if getattr(d, "log", False)}
+    return {
+        name
+        for t in study.get_trials(deepcopy=False)
+        for name, d in t.distributions.items()
+        if getattr(d, "log", False)
+    }
 
 
 def trials_frame(study: optuna.Study, gap_threshold: float = 0.05) -> pd.DataFrame:
@@ -89,8 +93,12 @@ def trials_frame(study: optuna.Study, gap_threshold: float = 0.05) -> pd.DataFra
     """
     values, pareto, params = value_columns(study), pareto_columns(study), param_columns(study)
     front = {t.number for t in study.best_trials} if pareto else set()
-    int_params = {params[name] for t in study.get_trials(deepcopy=False)
-                  for name, d in t.distributions.items() if isinstance(d, IntDistribution)}
+    int_params = {
+        params[name]
+        for t in study.get_trials(deepcopy=False)
+        for name, d in t.distributions.items()
+        if isinstance(d, IntDistribution)
+    }
     starts = [t.datetime_start for t in study.get_trials(deepcopy=False) if t.datetime_start is not None]
     first = min(starts, default=None)
     rows = []
@@ -99,20 +107,30 @@ def trials_frame(study: optuna.Study, gap_threshold: float = 0.05) -> pd.DataFra
         ended_after = (ended - first).total_seconds() if ended is not None and first is not None else None
         record = TrialRecord.of(t)
         metrics = record.metrics or {}
-        rows.append({
-            "number": t.number, "state": t.state.name,
-            **dict(zip(values, t.values or [None] * len(values))),
-            **dict.fromkeys(pareto, t.number in front),
-            **{column: t.params.get(name) for name, column in params.items()},
-            **{key: metrics.get(key) for key in METRIC_COLUMNS},
-            EPOCHS_RUN: metrics.get(EPOCHS_RUN), "seconds": metrics.get(TRAINING_SECONDS),
-            "ended_after": ended_after, "pruned_at_epoch": record.pruned_at_epoch, "reason": record.reason,
-        })
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                **dict(zip(values, t.values or [None] * len(values))),
+                **dict.fromkeys(pareto, t.number in front),
+                **{column: t.params.get(name) for name, column in params.items()},
+                **{key: metrics.get(key) for key in METRIC_COLUMNS},
+                EPOCHS_RUN: metrics.get(EPOCHS_RUN),
+                "seconds": metrics.get(TRAINING_SECONDS),
+                "ended_after": ended_after,
+                "pruned_at_epoch": record.pruned_at_epoch,
+                "reason": record.reason,
+            }
+        )
     columns = ["number", "state", *values, *pareto, *params.values(), *METRIC_COLUMNS, *_TAIL_COLUMNS]
     frame = pd.DataFrame(rows, columns=columns)
-    frame = frame.astype({**dict.fromkeys((*values, *METRIC_COLUMNS, "seconds", "ended_after"), "float64"),
-                          **dict.fromkeys(pareto, "boolean"),
-                          **dict.fromkeys((*int_params, EPOCHS_RUN, "pruned_at_epoch"), "Int64")})
+    frame = frame.astype(
+        {
+            **dict.fromkeys((*values, *METRIC_COLUMNS, "seconds", "ended_after"), "float64"),
+            **dict.fromkeys(pareto, "boolean"),
+            **dict.fromkeys((*int_params, EPOCHS_RUN, "pruned_at_epoch"), "Int64"),
+        }
+    )
     frame["overfit"] = (frame[GAP] > gap_threshold).astype("boolean").mask(frame[GAP].isna())
     return frame
 
@@ -124,8 +142,7 @@ def epochs_frame(study: optuna.Study) -> pd.DataFrame:
     for t in study.get_trials(deepcopy=False):
         history = TrialRecord.of(t).history or {}
         for i, epoch in enumerate(history.get("epoch", ())):
-            rows.append({"trial": t.number, "epoch": epoch,
-                         **{key: _item(history.get(key), i) for key in keys}})
+            rows.append({"trial": t.number, "epoch": epoch, **{key: _item(history.get(key), i) for key in keys}})
     frame = pd.DataFrame(rows, columns=["trial", "epoch", *keys])
     return frame.astype({"trial": "int64", "epoch": "int64", **dict.fromkeys(keys, "float64")})
 
@@ -181,26 +198,40 @@ class Region:
 
     def table(self) -> pd.DataFrame:
         """One row per parameter (param, kind, low, high, median, best, values, support): region.csv."""
-        rows = [{"param": p.name, "kind": p.kind, "low": p.low, "high": p.high, "median": p.median,
-                 "best": p.best, "values": _counts(p.values) if p.kind == "categorical" else None,
-                 "support": self.support} for p in self.params.values()]
+        rows = [
+            {
+                "param": p.name,
+                "kind": p.kind,
+                "low": p.low,
+                "high": p.high,
+                "median": p.median,
+                "best": p.best,
+                "values": _counts(p.values) if p.kind == "categorical" else None,
+                "support": self.support,
+            }
+            for p in self.params.values()
+        ]
         return pd.DataFrame(rows, columns=["param", "kind", "low", "high", "median", "best", "values", "support"])
 
     def summary(self) -> str:
         """The region in a few readable lines."""
         if self.front:
             on = ", ".join(f"{label} ({direction})" for label, direction in self.front)
-            lines = [f"Best region: the Pareto front of {plural(self.n_complete, 'completed trial')} on {on}: "
-                     f"{plural(self.support, 'trial')} ({', '.join(f'#{n}' for n in self.trials)}); "
-                     f"the quantile applies to single-objective studies only",
-                     f"Best trial #{self.best_trial} of the front on {self.label} (the first objective): "
-                     f"{self.label} = {self.best_value:.4g}"]
+            lines = [
+                f"Best region: the Pareto front of {plural(self.n_complete, 'completed trial')} on {on}: "
+                f"{plural(self.support, 'trial')} ({', '.join(f'#{n}' for n in self.trials)}); "
+                f"the quantile applies to single-objective studies only",
+                f"Best trial #{self.best_trial} of the front on {self.label} (the first objective): "
+                f"{self.label} = {self.best_value:.4g}",
+            ]
         else:
             bound = "≥" if self.direction == "maximize" else "≤"
-            lines = [f"Best region: top {self.quantile * 100:g}% of {plural(self.n_complete, 'completed trial')} by "
-                     f"{self.label} ({self.direction}): {plural(self.support, 'trial')}, {self.label} {bound} "
-                     f"{self.threshold:.4g}",
-                     f"Best trial #{self.best_trial}: {self.label} = {self.best_value:.4g}"]
+            lines = [
+                f"Best region: top {self.quantile * 100:g}% of {plural(self.n_complete, 'completed trial')} by "
+                f"{self.label} ({self.direction}): {plural(self.support, 'trial')}, {self.label} {bound} "
+                f"{self.threshold:.4g}",
+                f"Best trial #{self.best_trial}: {self.label} = {self.best_value:.4g}",
+            ]
         width = max((len(name) for name in self.params), default=0)
         for p in self.params.values():
             if p.kind == "categorical":
@@ -209,13 +240,18 @@ class Region:
                 where = f"{p.low:.4g} .. {p.high:.4g}   median {p.median:.4g}"
             lines.append(f"  {p.name:<{width}}  {where}   best {show_number(p.best)}")
         if self.gap_mean is not None:
-            lines.append(f"Over-fitting in the region: gap (training - validation accuracy) mean "
-                         f"{self.gap_mean:.3f}, max {self.gap_max:.3f}; {self.n_overfit} of "
-                         f"{plural(self.support, 'trial')} flagged")
+            lines.append(
+                f"Over-fitting in the region: gap (training - validation accuracy) mean "
+                f"{self.gap_mean:.3f}, max {self.gap_max:.3f}; {self.n_overfit} of "
+                f"{plural(self.support, 'trial')} flagged"
+            )
         for name, marginal in self.marginals.items():
             lines.append(f"{self.label} by {name}:")
-            lines.extend(f"  {str(index):>24}  n={int(row['count']):<4} mean {row['mean']:.4g}  "
-                         f"min {row['min']:.4g}  max {row['max']:.4g}" for index, row in marginal.iterrows())
+            lines.extend(
+                f"  {str(index):>24}  n={int(row['count']):<4} mean {row['mean']:.4g}  "
+                f"min {row['min']:.4g}  max {row['max']:.4g}"
+                for index, row in marginal.iterrows()
+            )
         return "\n".join(lines)
 
 
@@ -240,8 +276,9 @@ def _param_region(name: str, top: pd.Series, best: object) -> ParamRegion:
     values = {_scalar(v): int(n) for v, n in taken.value_counts().items()}
     if kind == "categorical":
         return ParamRegion(name, kind, None, None, None, _scalar(best), values)
-    return ParamRegion(name, kind, _scalar(taken.min()), _scalar(taken.max()), float(taken.median()),
-                       _scalar(best), values)
+    return ParamRegion(
+        name, kind, _scalar(taken.min()), _scalar(taken.max()), float(taken.median()), _scalar(best), values
+    )
 
 
 def _marginal(done: pd.DataFrame, param: str, objective: str) -> pd.DataFrame:
@@ -249,14 +286,22 @@ def _marginal(done: pd.DataFrame, param: str, objective: str) -> pd.DataFrame:
     column = done[param]
     if _kind(column) != "categorical" and column.nunique() > _MARGINAL_BINS:
         _, edges = pd.qcut(column, _MARGINAL_BINS, retbins=True, duplicates="drop")
-        column = pd.cut(column, edges, labels=[f"{lo:.3g} .. {hi:.3g}" for lo, hi in zip(edges, edges[1:])],
-                        include_lowest=True)
+        column = pd.cut(
+            column, edges, labels=[f"{lo:.3g} .. {hi:.3g}" for lo, hi in zip(edges, edges[1:])], include_lowest=True
+        )
     grouped = done[objective].groupby(column, observed=True, dropna=True)
     return grouped.agg(["count", "mean", "min", "max"]).rename_axis(param)
 
 
-def best_region(trials: pd.DataFrame, objective: str, direction: str, quantile: float = 0.10,
-                params: Sequence[str] = (), *, label: str | None = None) -> Region:
+def best_region(
+    trials: pd.DataFrame,
+    objective: str,
+    direction: str,
+    quantile: float = 0.10,
+    params: Sequence[str] = (),
+    *,
+    label: str | None = None,
+) -> Region:
     """The top ``quantile`` (at least one) of the completed trials by ``objective``, and the
     range of each of ``params`` (columns of ``trials_frame``) among them.
 
@@ -271,8 +316,14 @@ def best_region(trials: pd.DataFrame, objective: str, direction: str, quantile: 
     return _region(done, ranked.head(support), objective, label or objective, direction, quantile, params)
 
 
-def pareto_region(trials: pd.DataFrame, objectives: Sequence[str], directions: Sequence[str],
-                  params: Sequence[str] = (), *, labels: Sequence[str] | None = None) -> Region:
+def pareto_region(
+    trials: pd.DataFrame,
+    objectives: Sequence[str],
+    directions: Sequence[str],
+    params: Sequence[str] = (),
+    *,
+    labels: Sequence[str] | None = None,
+) -> Region:
     """The Pareto front (the ``pareto`` column of a multi-objective ``trials_frame``) and the
     range of each of ``params`` among its trials: the best region over all ``objectives``.
 
@@ -285,8 +336,16 @@ def pareto_region(trials: pd.DataFrame, objectives: Sequence[str], directions: S
     done = _completed(trials, objectives)
     front = _ranked(done[done["pareto"]], objectives[0], directions[0])
     labels = list(labels or objectives)
-    return _region(done, front, objectives[0], labels[0], directions[0], len(front) / len(done), params,
-                   front=tuple(zip(labels, directions)))
+    return _region(
+        done,
+        front,
+        objectives[0],
+        labels[0],
+        directions[0],
+        len(front) / len(done),
+        params,
+        front=tuple(zip(labels, directions)),
+    )
 
 
 def _completed(trials: pd.DataFrame, objectives: Sequence[str]) -> pd.DataFrame:
@@ -301,17 +360,32 @@ def _ranked(trials: pd.DataFrame, objective: str, direction: str) -> pd.DataFram
     return trials.sort_values([objective, "number"], ascending=[direction == "minimize", True])
 
 
-def _region(done: pd.DataFrame, top: pd.DataFrame, objective: str, label: str, direction: str, quantile: float,
-            params: Sequence[str], front: tuple[tuple[str, str], ...] = ()) -> Region:
+def _region(
+    done: pd.DataFrame,
+    top: pd.DataFrame,
+    objective: str,
+    label: str,
+    direction: str,
+    quantile: float,
+    params: Sequence[str],
+    front: tuple[tuple[str, str], ...] = (),
+) -> Region:
     """The region of the ``top`` trials (best first) among the completed ``done``."""
     best, gap = top.iloc[0], top[GAP].dropna()
     return Region(
-        objective=objective, label=label, direction=direction, quantile=quantile, n_complete=len(done),
-        support=len(top), threshold=float(top[objective].iloc[-1]), best_trial=int(best["number"]),
+        objective=objective,
+        label=label,
+        direction=direction,
+        quantile=quantile,
+        n_complete=len(done),
+        support=len(top),
+        threshold=float(top[objective].iloc[-1]),
+        best_trial=int(best["number"]),
         best_value=float(best[objective]),
         trials=tuple(int(n) for n in top["number"]),
         params={p: _param_region(p, top[p], best[p]) for p in params},
-        gap_mean=float(gap.mean()) if len(gap) else None, gap_max=float(gap.max()) if len(gap) else None,
+        gap_mean=float(gap.mean()) if len(gap) else None,
+        gap_max=float(gap.max()) if len(gap) else None,
         n_overfit=int(top["overfit"].sum()),
         marginals={p: _marginal(done, p, objective) for p in params},
         front=front,
@@ -342,8 +416,14 @@ class Report:
     region: Region | None
 
 
-def write_report(study: optuna.Study, out_dir: str | os.PathLike, *, quantile: float = 0.10,
-                 gap_threshold: float = 0.05, heatmap_params: Sequence[str] | None = None) -> Report:
+def write_report(
+    study: optuna.Study,
+    out_dir: str | os.PathLike,
+    *,
+    quantile: float = 0.10,
+    gap_threshold: float = 0.05,
+    heatmap_params: Sequence[str] | None = None,
+) -> Report:
     """Write trials.csv, epochs.csv, region.csv, summary.txt and the plots (PNG) into ``out_dir``.
 
     The region of a multi-objective study is its Pareto front, which summary.txt lists in
@@ -368,15 +448,24 @@ def write_report(study: optuna.Study, out_dir: str | os.PathLike, *, quantile: f
     return Report(Path(out_dir), _write_all(Path(out_dir), data), skipped, region)
 
 
-def _report_plots(study: optuna.Study, trials: pd.DataFrame, epochs: pd.DataFrame, region: Region | None,
-                  gap_threshold: float, heatmap_params: Sequence[str] | None) -> dict:
+def _report_plots(
+    study: optuna.Study,
+    trials: pd.DataFrame,
+    epochs: pd.DataFrame,
+    region: Region | None,
+    gap_threshold: float,
+    heatmap_params: Sequence[str] | None,
+) -> dict:
     """Our own plots of the report, by file name (made later, by ``plots.collect``)."""
     value, name, direction = value_columns(study)[0], objective_names(study)[0], directions(study)[0]
     columns = param_columns(study)
     if heatmap_params is not None:
         if len(heatmap_params) != 2 or any(p not in columns for p in heatmap_params):
-            raise OptionError("heatmap", " ".join(heatmap_params), f"needs two parameters of study "
-                                    f"{study.study_name} (its parameters: {', '.join(columns) or 'none'})")
+            raise OptionError(
+                "heatmap",
+                " ".join(heatmap_params),
+                f"needs two parameters of study {study.study_name} (its parameters: {', '.join(columns) or 'none'})",
+            )
         x, y = heatmap_params
     else:
         numeric = [p for p, c in columns.items() if _kind(trials[c]) != "categorical"]
@@ -386,17 +475,26 @@ def _report_plots(study: optuna.Study, trials: pd.DataFrame, epochs: pd.DataFram
     def heatmap():
         if y is None:
             raise ValueError("needs two numeric parameters")
-        return plots.heatmap_scatter(trials, columns[x], columns[y], value, direction=direction, label=name,
-                                     log_x=x in logs, log_y=y in logs,
-                                     title=f"{study.study_name}: {plots.axis_label(name)} by {x} and {y}")
+        return plots.heatmap_scatter(
+            trials,
+            columns[x],
+            columns[y],
+            value,
+            direction=direction,
+            label=name,
+            log_x=x in logs,
+            log_y=y in logs,
+            title=f"{study.study_name}: {plots.axis_label(name)} by {x} and {y}",
+        )
 
     def curves():
         if region is None:
             raise ValueError("no completed trial")
         best = trials.set_index("number").loc[region.best_trial]
         setting = ", ".join(f"{p}={show_number(_scalar(best[c]))}" for p, c in columns.items())
-        return plots.best_curves(epochs, region.best_trial,
-                                 title=f"{study.study_name}: best trial #{region.best_trial} ({setting})")
+        return plots.best_curves(
+            epochs, region.best_trial, title=f"{study.study_name}: best trial #{region.best_trial} ({setting})"
+        )
 
     def overfitting():
         return plots.overfitting(trials, by=value, direction=direction, label=name, gap_threshold=gap_threshold)
@@ -404,14 +502,18 @@ def _report_plots(study: optuna.Study, trials: pd.DataFrame, epochs: pd.DataFram
     def best_so_far():
         if len(directions(study)) > 1:
             raise ValueError("one objective only (a Pareto front has no single best)")
-        return plots.best_so_far(trials, value, direction=direction, label=name,
-                                 title=f"{study.study_name}: best {plots.axis_label(name)} so far")
+        return plots.best_so_far(
+            trials,
+            value,
+            direction=direction,
+            label=name,
+            title=f"{study.study_name}: best {plots.axis_label(name)} so far",
+        )
 
     return {"heatmap": heatmap, "best_curves": curves, "overfitting": overfitting, "best_so_far": best_so_far}
 
 
-def _summary_text(study: optuna.Study, trials: pd.DataFrame, region: Region | None,
-                  skipped: Mapping[str, str]) -> str:
+def _summary_text(study: optuna.Study, trials: pd.DataFrame, region: Region | None, skipped: Mapping[str, str]) -> str:
     counts = trials["state"].value_counts()
     states = ", ".join(f"{counts[s]} {s.lower()}" for s in counts.index)
     lines = [f"Study {study.study_name}: {plural(len(trials), 'trial')} ({states or 'none'})"]

@@ -197,8 +197,9 @@ class _OnStale:
             self.opened.requeue(trial, STALE_REASON)
 
 
-def create_or_resume(spec: StudySpec, stores: Stores, data: Dataset | None = None, *,
-                     track_later: bool = False) -> OpenStudy:
+def create_or_resume(
+    spec: StudySpec, stores: Stores, data: Dataset | None = None, *, track_later: bool = False
+) -> OpenStudy:
     """Create the study (or find it again) and its MLflow parent run (``data``: its dataset
     input): what ``sweep run`` opens once.
 
@@ -222,8 +223,10 @@ def create_or_resume(spec: StudySpec, stores: Stores, data: Dataset | None = Non
     given = spec_to_dict(spec)
     stored = study.user_attrs.get(SPEC_ATTR) if study else None
     if stored is not None and (changed := _unchanged(stored, given)):
-        raise UsageError(f"{spec.source}: study {spec.name!r} already exists in {redact(stores.storage.url)} "
-                         f"with other settings ({', '.join(changed)}); give the study a new name")
+        raise UsageError(
+            f"{spec.source}: study {spec.name!r} already exists in {redact(stores.storage.url)} "
+            f"with other settings ({', '.join(changed)}); give the study a new name"
+        )
     study_id = study.user_attrs.get(STUDY_ID_ATTR) if study else uuid.uuid4().hex
     tracker = Tracker(stores.tracking_uri, spec.name) if stores.tracking_uri is not None else None
     if tracker is not None:  # before a new study is stored: its name may be taken in MLflow by another
@@ -246,9 +249,15 @@ def _track(opened: OpenStudy, tracker: Tracker, data: Dataset | None) -> None:
     """Log the opened study through ``tracker``: its parent run (found again, or made with
     ``data`` as its dataset input), named in the study; runs a dead launcher left open, ended."""
     spec, study = opened.spec, opened.study
-    parent = tracker.parent_run(study.user_attrs.get(PARENT_ATTR), study.user_attrs.get(STUDY_ID_ATTR),
-                                description=spec.description, config=dumps(spec), storage=opened.stores.storage.url,
-                                data=data, view=runs_view(spec.space, [o.metric for o in spec.objectives]))
+    parent = tracker.parent_run(
+        study.user_attrs.get(PARENT_ATTR),
+        study.user_attrs.get(STUDY_ID_ATTR),
+        description=spec.description,
+        config=dumps(spec),
+        storage=opened.stores.storage.url,
+        data=data,
+        view=runs_view(spec.space, [o.metric for o in spec.objectives]),
+    )
     if study.user_attrs.get(PARENT_ATTR) != parent:
         study.set_user_attr(PARENT_ATTR, parent)
     if not opened.created:  # runs a launcher that died left open (see sweep.tracking.relay)
@@ -264,17 +273,24 @@ def open_tracking(opened: OpenStudy, tracking_uri: str, data: Dataset | None = N
     _track(opened, tracker, data)  # (parent_run checks the parent first: Tracker.check_parent)
 
 
-def join_study(spec: StudySpec, stores: Stores, parent: str | None, seed_offset: int = 0,
-               relay: Connection | None = None) -> OpenStudy:
+def join_study(
+    spec: StudySpec, stores: Stores, parent: str | None, seed_offset: int = 0, relay: Connection | None = None
+) -> OpenStudy:
     """Open the existing study of ``spec`` in a worker process (its own connections, a sampler
     seeded with its ``seed_offset``), logging under the parent run ``parent``: through the
     launcher over ``relay`` if given (sweep.tracking.relay), else with its own Tracker."""
     on_stale = _OnStale()
     storage = open_storage(stores.storage, on_stale, create=False)
-    study = optuna.load_study(study_name=spec.name, storage=storage, sampler=spec.make_sampler(seed_offset),
-                              pruner=spec.make_pruner())
-    tracker = (RelayedTracker(relay) if relay is not None
-               else Tracker(stores.tracking_uri, spec.name) if stores.tracking_uri else None)
+    study = optuna.load_study(
+        study_name=spec.name, storage=storage, sampler=spec.make_sampler(seed_offset), pruner=spec.make_pruner()
+    )
+    tracker = (
+        RelayedTracker(relay)
+        if relay is not None
+        else Tracker(stores.tracking_uri, spec.name)
+        if stores.tracking_uri
+        else None
+    )
     on_stale.opened = OpenStudy(spec, stores, storage, study, tracker, parent)
     return on_stale.opened
 
@@ -324,8 +340,14 @@ def load_data(spec: StudySpec, data_dir: str | None, progress=None) -> Dataset:
     """The study's dataset; bad or missing files become a UsageError (exit 2)."""
     d = spec.data
     try:
-        return load_dataset(d.dataset, data_dir=data_dir, n_train=d.n_train, n_validation=d.n_validation,
-                            n_test=d.n_test, progress=progress)
+        return load_dataset(
+            d.dataset,
+            data_dir=data_dir,
+            n_train=d.n_train,
+            n_validation=d.n_validation,
+            n_test=d.n_test,
+            progress=progress,
+        )
     except (DataError, ValueError) as exc:
         raise UsageError(str(exc)) from None
 
@@ -361,17 +383,20 @@ def retried_numbers(trials: list[FrozenTrial]) -> set[int]:
 def retried_since(study: optuna.Study, start: datetime) -> list[int]:
     """Numbers of the trials started at ``start`` or later that were queued again."""
     trials = study.get_trials(deepcopy=False)
-    return sorted(n for n in retried_numbers(trials)
-                  if trials[n].datetime_start is not None and trials[n].datetime_start >= start)
+    return sorted(
+        n for n in retried_numbers(trials) if trials[n].datetime_start is not None and trials[n].datetime_start >= start
+    )
 
 
 def counted(trials: list[FrozenTrial], states=COUNTED) -> int:
     """Trials that take a share of the budget: those in ``states``, and failed trials that
     started and were not queued again."""
     retried = retried_numbers(trials)
-    return sum(t.state in states or (t.state == TrialState.FAIL and t.number not in retried
-                                     and bool(t.params))  # (no params: never started)
-               for t in trials)
+    return sum(
+        t.state in states
+        or (t.state == TrialState.FAIL and t.number not in retried and bool(t.params))  # (no params: never started)
+        for t in trials
+    )
 
 
 class StudyLedger:
@@ -395,7 +420,7 @@ class StudyLedger:
     def read(self, study: optuna.Study) -> list[FrozenTrial]:
         """Bring the ledger up to date; return the RUNNING trials."""
         trials = study.get_trials(deepcopy=False)
-        fresh = trials[self.seen:]
+        fresh = trials[self.seen :]
         for t in fresh:
             if self.grids:
                 self.taken.add(grid_key(trial_point(t)))
@@ -426,8 +451,15 @@ class StudyLedger:
 class Worker:
     """The loop one process runs: reap dead trials, claim a trial under the lock, train it."""
 
-    def __init__(self, opened: OpenStudy, budget: Budget, data: Dataset,
-                 on_trial: Callable[[], None] | None = None, workers: int = 1, pack: bool = True) -> None:
+    def __init__(
+        self,
+        opened: OpenStudy,
+        budget: Budget,
+        data: Dataset,
+        on_trial: Callable[[], None] | None = None,
+        workers: int = 1,
+        pack: bool = True,
+    ) -> None:
         self.opened, self.study, self.spec, self.stores = opened, opened.study, opened.spec, opened.stores
         self.budget = budget
         self.on_trial = on_trial
@@ -547,8 +579,11 @@ class Worker:
         if self.rdb and time.monotonic() >= self.stale_due:
             self.stale_due = time.monotonic() + heartbeat_settings()[0]
             with warnings.catch_warnings():  # (Optuna's one public way to apply the grace period, experimental)
-                warnings.filterwarnings("ignore", message=r".*\.fail_stale_trials is experimental",
-                                        category=optuna.exceptions.ExperimentalWarning)
+                warnings.filterwarnings(
+                    "ignore",
+                    message=r".*\.fail_stale_trials is experimental",
+                    category=optuna.exceptions.ExperimentalWarning,
+                )
                 optuna.storages.fail_stale_trials(self.study)
             changed = True  # (its callback may have failed and re-queued trials; Optuna does not say which)
         return changed
@@ -559,7 +594,6 @@ class Worker:
         if trial.number in running and RESULT_ATTR not in trial.user_attrs:
             trial.set_user_attr(RESULT_ATTR, TrialRecord(reason="interrupted").to_attr())
         return self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-
 
 
 class Beats:
@@ -718,8 +752,10 @@ def start_workers(plan: WorkerPlan) -> tuple[list[multiprocessing.Process], list
     ctx = multiprocessing.get_context("forkserver")
     tracked = plan.stores.tracking_uri is not None
     pipes = [ctx.Pipe() if tracked else (None, None) for _ in range(plan.workers)]
-    procs = [ctx.Process(target=_worker_main, args=(plan, i, theirs), daemon=False, name=f"sweep-worker-{i}")
-             for i, (_, theirs) in enumerate(pipes)]
+    procs = [
+        ctx.Process(target=_worker_main, args=(plan, i, theirs), daemon=False, name=f"sweep-worker-{i}")
+        for i, (_, theirs) in enumerate(pipes)
+    ]
     for p in procs:
         p.start()
     for _, theirs in pipes:
@@ -750,9 +786,18 @@ def progress_of(study: optuna.Study, total: int) -> Progress:
     return Progress(counts, min(total, max(len(trials), total)), best)
 
 
-def run_study(spec: StudySpec, stores: Stores, *, n_trials: int | None = None, timeout: float | None = None,
-              workers: int = 1, data_dir: str | None = None, pack: bool = True,
-              on_progress: Callable[[Progress], None] | None = None, data_progress=None) -> optuna.Study:
+def run_study(
+    spec: StudySpec,
+    stores: Stores,
+    *,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    workers: int = 1,
+    data_dir: str | None = None,
+    pack: bool = True,
+    on_progress: Callable[[Progress], None] | None = None,
+    data_progress=None,
+) -> optuna.Study:
     """Create or resume the study and run it to its budget with ``workers`` local processes.
 
     The data is loaded (and, if needed, downloaded and verified) here first, so bad data
@@ -778,10 +823,12 @@ def run_study(spec: StudySpec, stores: Stores, *, n_trials: int | None = None, t
             if workers == 1:
                 Worker(opened, budget, data, on_trial=report, pack=pack).run()
             else:
-                target = min(budget.n_trials, spec.grid_size) if spec.sampler.name in GRID_SAMPLERS \
-                    else budget.n_trials  # (a grid runs out of points)
-                plan = WorkerPlan(spec_to_dict(spec), spec.source, stores, opened.parent, budget, data_dir, workers,
-                                  pack)
+                target = (
+                    min(budget.n_trials, spec.grid_size) if spec.sampler.name in GRID_SAMPLERS else budget.n_trials
+                )  # (a grid runs out of points)
+                plan = WorkerPlan(
+                    spec_to_dict(spec), spec.source, stores, opened.parent, budget, data_dir, workers, pack
+                )
                 procs, relays = start_workers(plan)
                 _LOCAL_WORKERS[:] = procs
                 if STOP.is_set():  # (a signal while they started)
@@ -802,8 +849,9 @@ def run_study(spec: StudySpec, stores: Stores, *, n_trials: int | None = None, t
             if relay.error is not None:
                 status = "FAILED"
         if opened.tracker is not None and opened.parent is not None:
-            opened.tracker.finish_parent(opened.parent, status,
-                                         **parent_summary(study, spec, opened.tracker.experiment_id))
+            opened.tracker.finish_parent(
+                opened.parent, status, **parent_summary(study, spec, opened.tracker.experiment_id)
+            )
     if relay is not None and relay.error is not None:
         raise relay.error  # (after the trials: a store that failed in the meantime)
     if opened.tracker is not None:
@@ -811,8 +859,9 @@ def run_study(spec: StudySpec, stores: Stores, *, n_trials: int | None = None, t
     return study
 
 
-def _track_beside(opened: OpenStudy, tracking_uri: str, data: Dataset, procs: list[multiprocessing.Process],
-                  relays: list[Connection]) -> None:
+def _track_beside(
+    opened: OpenStudy, tracking_uri: str, data: Dataset, procs: list[multiprocessing.Process], relays: list[Connection]
+) -> None:
     """``open_tracking`` while the local workers train (their relays wait, unread, meanwhile). If it
     fails, the workers are stopped and a study this run stored is deleted again, as when the
     tracking store refuses it before it is stored (``create_or_resume``)."""
@@ -849,8 +898,9 @@ def _signal_wakeup() -> Iterator[int | None]:
         os.close(write)
 
 
-def _supervise(procs: list[multiprocessing.Process], report: Callable | None, study: optuna.Study,
-               budget: Budget, target: int) -> None:
+def _supervise(
+    procs: list[multiprocessing.Process], report: Callable | None, study: optuna.Study, budget: Budget, target: int
+) -> None:
     """Wait for local workers, reporting progress; pass Ctrl-C or SIGTERM on to them at once,
     let them stop, then raise Stopped.
 

@@ -163,8 +163,13 @@ class TrialRunner:
         network, config = trial_config(self.spec, params)
         run = None
         if self.tracker is not None:
-            run = self.tracker.start_trial(self.parent_run_id, trial.number, all_params(self.spec, params),
-                                           searched=used(self.spec, params), data=self.data)
+            run = self.tracker.start_trial(
+                self.parent_run_id,
+                trial.number,
+                all_params(self.spec, params),
+                searched=used(self.spec, params),
+                data=self.data,
+            )
         t = _Trial(trial, network, config, run)
         if not isinstance(run, RelayedRun):
             t.name_run()
@@ -175,8 +180,9 @@ class TrialRunner:
         data, callbacks = self.data, [self._on_epoch(t, group) for t in group]
         if len(group) > 1:
             try:
-                return train_packed(group[0].network, [t.config for t in group], data.train, data.validation,
-                                    callbacks=callbacks)
+                return train_packed(
+                    group[0].network, [t.config for t in group], data.train, data.validation, callbacks=callbacks
+                )
             except Exception as exc:  # fails the whole pack, like one trial
                 return [exc] * len(group)
         try:
@@ -230,8 +236,11 @@ class TrialRunner:
                 reason = f"stopped at the run's timeout, after epoch {outcome.history[-1].epoch}"
         if isinstance(outcome, TrainResult):
             test = self.data.test
-            test_accuracy = (evaluate_on(outcome.engine, t.network, outcome.params, test, want_cost=False)[1]
-                             if state == TrialState.COMPLETE else None)
+            test_accuracy = (
+                evaluate_on(outcome.engine, t.network, outcome.params, test, want_cost=False)[1]
+                if state == TrialState.COMPLETE
+                else None
+            )
             seconds = sum(r.seconds + r.eval_seconds for r in outcome.history)
             metrics = final_metrics(outcome, test_accuracy, seconds)
         values = [metrics[o.metric] for o in self.spec.objectives] if state == TrialState.COMPLETE else None

@@ -61,8 +61,10 @@ class _Table:
     def done(self) -> None:
         for name in self.data:
             if name not in self.known:
-                raise InvalidValue(join_key(self.key, name), f"unknown key{did_you_mean(name, self.known)}; "
-                                                          f"known here: {', '.join(self.known)}")
+                raise InvalidValue(
+                    join_key(self.key, name),
+                    f"unknown key{did_you_mean(name, self.known)}; known here: {', '.join(self.known)}",
+                )
 
 
 def _read_param(value: Any, key: str) -> Param:
@@ -75,8 +77,7 @@ def _read_param(value: Any, key: str) -> Param:
     cls = PARAM_TYPES.get(kind)
     if cls is None:
         raise InvalidValue(f"{key}.type", f"unknown type {kind!r}; known: {', '.join(PARAM_TYPES)}")
-    args = {f.name: table.take(f.name, default=_REQUIRED if f.default is MISSING else f.default)
-            for f in fields(cls)}
+    args = {f.name: table.take(f.name, default=_REQUIRED if f.default is MISSING else f.default) for f in fields(cls)}
     table.done()
     with at_key(key):
         return cls(**args)
@@ -141,16 +142,20 @@ def parse_spec(data: Mapping[str, Any], source: str | os.PathLike) -> StudySpec:
         raise SpecError(source, exc.key, exc.problem) from None
 
 
-_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
 
 
 def _not_regular(mode: int) -> str | None:
     """Why a file of this mode is not a study file, or None for a regular file."""
     if stat.S_ISREG(mode):
         return None
-    return next((f"not a regular file ({kind})" for test, kind in _FILE_KINDS if test(mode)),
-                "not a regular file")
+    return next((f"not a regular file ({kind})" for test, kind in _FILE_KINDS if test(mode)), "not a regular file")
 
 
 def _read_study_file(path: str | os.PathLike) -> bytes:
@@ -177,8 +182,9 @@ def _read_study_file(path: str | os.PathLike) -> bytes:
     except OSError as exc:
         raise SpecError(path, None, f"cannot read: {exc.strerror or exc}") from None
     if size > limits.MAX_STUDY_BYTES:
-        raise SpecError(path, None, f"larger than {limits.show_bytes(limits.MAX_STUDY_BYTES)} "
-                                    "(a study file is a few KiB)")
+        raise SpecError(
+            path, None, f"larger than {limits.show_bytes(limits.MAX_STUDY_BYTES)} (a study file is a few KiB)"
+        )
     return b"".join(chunks)
 
 
@@ -222,6 +228,7 @@ def _pruner_dict(pruner: PrunerSpec) -> dict[str, Any]:
 
 def spec_to_dict(spec: StudySpec) -> dict[str, Any]:
     """The spec as plain TOML- and JSON-able data (without ``source``); ``parse_spec`` reads it back."""
+
     def given(obj: Any, *keys: str) -> dict[str, Any]:
         return {key: getattr(obj, key) for key in keys if getattr(obj, key) is not None}
 
@@ -235,8 +242,7 @@ def spec_to_dict(spec: StudySpec) -> dict[str, Any]:
         budget["at_timeout"] = spec.at_timeout
     if budget:
         out["budget"] = budget
-    out["train"] = {name: list(value) if isinstance(value, tuple) else value
-                    for name, value in spec.train.items()}
+    out["train"] = {name: list(value) if isinstance(value, tuple) else value for name, value in spec.train.items()}
     out["space"] = {name: param.to_toml() for name, param in spec.space.items()}
     if spec.enqueue:
         out["enqueue"] = [dict(entry) for entry in spec.enqueue]

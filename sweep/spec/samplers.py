@@ -28,8 +28,19 @@ if TYPE_CHECKING:
     from sweep.spec.space import Param
 
 __all__ = [
-    "GRID_SAMPLERS", "PACKABLE", "PRUNERS", "SAMPLERS", "SINGLE_OBJECTIVE_SAMPLERS", "Option",
-    "build_pruner", "build_sampler", "grid_key", "grid_order", "grid_points", "grid_size", "pruner_options",
+    "GRID_SAMPLERS",
+    "PACKABLE",
+    "PRUNERS",
+    "SAMPLERS",
+    "SINGLE_OBJECTIVE_SAMPLERS",
+    "Option",
+    "build_pruner",
+    "build_sampler",
+    "grid_key",
+    "grid_order",
+    "grid_points",
+    "grid_size",
+    "pruner_options",
     "sampler_options",
 ]
 
@@ -63,26 +74,30 @@ class BruteForceSampler(_BudgetStops, optuna.samplers.BruteForceSampler):
     """Optuna's brute-force sampler, ended by the sweep's budget."""
 
 
-_SAMPLER_CLASSES: Mapping[str, type[optuna.samplers.BaseSampler]] = MappingProxyType({
-    "grid": GridSampler,
-    "tpe": optuna.samplers.TPESampler,
-    "random": optuna.samplers.RandomSampler,
-    "cmaes": optuna.samplers.CmaEsSampler,
-    "qmc": optuna.samplers.QMCSampler,
-    "nsga2": optuna.samplers.NSGAIISampler,
-    "nsga3": optuna.samplers.NSGAIIISampler,
-    "gp": optuna.samplers.GPSampler,
-    "bruteforce": BruteForceSampler,
-})
-_PRUNER_CLASSES: Mapping[str, type[optuna.pruners.BasePruner]] = MappingProxyType({
-    "none": optuna.pruners.NopPruner,
-    "median": optuna.pruners.MedianPruner,
-    "percentile": optuna.pruners.PercentilePruner,
-    "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
-    "hyperband": optuna.pruners.HyperbandPruner,
-    "patient": optuna.pruners.PatientPruner,
-    "threshold": optuna.pruners.ThresholdPruner,
-})
+_SAMPLER_CLASSES: Mapping[str, type[optuna.samplers.BaseSampler]] = MappingProxyType(
+    {
+        "grid": GridSampler,
+        "tpe": optuna.samplers.TPESampler,
+        "random": optuna.samplers.RandomSampler,
+        "cmaes": optuna.samplers.CmaEsSampler,
+        "qmc": optuna.samplers.QMCSampler,
+        "nsga2": optuna.samplers.NSGAIISampler,
+        "nsga3": optuna.samplers.NSGAIIISampler,
+        "gp": optuna.samplers.GPSampler,
+        "bruteforce": BruteForceSampler,
+    }
+)
+_PRUNER_CLASSES: Mapping[str, type[optuna.pruners.BasePruner]] = MappingProxyType(
+    {
+        "none": optuna.pruners.NopPruner,
+        "median": optuna.pruners.MedianPruner,
+        "percentile": optuna.pruners.PercentilePruner,
+        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+        "hyperband": optuna.pruners.HyperbandPruner,
+        "patient": optuna.pruners.PatientPruner,
+        "threshold": optuna.pruners.ThresholdPruner,
+    }
+)
 
 SAMPLERS: tuple[str, ...] = tuple(_SAMPLER_CLASSES)
 PRUNERS: tuple[str, ...] = tuple(_PRUNER_CLASSES)
@@ -96,9 +111,7 @@ SINGLE_OBJECTIVE_SAMPLERS = ("cmaes",)
 _FROM_SPEC = frozenset({"seed", "search_space", "wrapped_pruner"})
 # Annotation words a TOML value can satisfy; an argument annotated with any other word
 # (a callable, a sampler, an array, a dict, ...) cannot be set from a study file.
-_TOML_TYPES: Mapping[str, type] = MappingProxyType(
-    {"int": int, "float": float, "str": str, "bool": bool}
-)
+_TOML_TYPES: Mapping[str, type] = MappingProxyType({"int": int, "float": float, "str": str, "bool": bool})
 
 
 @dataclass(frozen=True)
@@ -187,8 +200,9 @@ def grid_key(params: Mapping[str, Any]) -> tuple:
     return tuple(sorted((name, significant(value, 9)) for name, value in params.items()))
 
 
-def build_sampler(name: str, seed: int, options: Mapping[str, Any], grid: Mapping[str, list] | None = None,
-                  seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+def build_sampler(
+    name: str, seed: int, options: Mapping[str, Any], grid: Mapping[str, list] | None = None, seed_offset: int = 0
+) -> optuna.samplers.BaseSampler:
     """The sampler ``name`` (one of ``SAMPLERS``) with ``options``, seeded with ``seed + seed_offset``
     modulo 2**32 (NumPy's seeds are 32-bit: the seeds of a run's workers stay distinct and valid).
 
@@ -207,8 +221,9 @@ def build_sampler(name: str, seed: int, options: Mapping[str, Any], grid: Mappin
     return _construct(_SAMPLER_CLASSES[name], given, options)
 
 
-def build_pruner(name: str, options: Mapping[str, Any],
-                 wrapped: optuna.pruners.BasePruner | None = None) -> optuna.pruners.BasePruner:
+def build_pruner(
+    name: str, options: Mapping[str, Any], wrapped: optuna.pruners.BasePruner | None = None
+) -> optuna.pruners.BasePruner:
     """The pruner ``name`` (one of ``PRUNERS``) with ``options``; a patient pruner wraps ``wrapped``.
 
     Raises InvalidValue naming the option (None: the pruner) when Optuna rejects a value.

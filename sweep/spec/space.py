@@ -34,11 +34,13 @@ TUNABLE += OPTIONS
 TRAIN_KEYS = (*(f.name for f in fields(TrainConfig)), *(f.name for f in fields(NetworkSpec)))
 MONITORS = tuple(key for key in TRAIN_KEYS if key.startswith("monitor_"))
 #: Training settings used when neither [train] nor [space] gives them (batch_size and eta must be given).
-DEFAULTS: Mapping[str, Any] = MappingProxyType({
-    "sizes": (784, 30, 10),
-    "epochs": 10,
-    **{f.name: f.default for f in (*fields(TrainConfig), *fields(NetworkSpec)) if f.default is not MISSING},
-})
+DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {
+        "sizes": (784, 30, 10),
+        "epochs": 10,
+        **{f.name: f.default for f in (*fields(TrainConfig), *fields(NetworkSpec)) if f.default is not MISSING},
+    }
+)
 _N_INPUTS, _N_OUTPUTS = 784, 10  # MNIST: 28 x 28 pixels in, one output per digit
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a path component: never ".", "..", "/" or NUL
 
@@ -112,6 +114,7 @@ SCALAR = Kind("a string, number or boolean", lambda v: isinstance(v, (str, bool)
 
 def int_at_least(minimum: int, maximum: int | None = None, why: str = "") -> Callable[[Any], int]:
     """A check of an integer from ``minimum`` to ``maximum`` (None: no upper bound; ``why`` says why)."""
+
     def check(value: Any) -> int:
         INT.check(value)
         if value < minimum:
@@ -119,6 +122,7 @@ def int_at_least(minimum: int, maximum: int | None = None, why: str = "") -> Cal
         if maximum is not None and value > maximum:
             raise InvalidValue(None, f"must be at most {maximum:,}{f' ({why})' if why else ''}, got {value:,}")
         return value
+
     return check
 
 
@@ -152,17 +156,23 @@ def one_of(what: str, names: tuple[str, ...]) -> Callable[[Any], str]:
         if STR.check(value) not in names:
             raise InvalidValue(None, f"unknown {what} {show(value)}; known: {', '.join(names)}")
         return value
+
     return check
 
 
 def check_study_name(value: Any) -> str:
     """A study name: a file name, an MLflow experiment and run name (see limits.MAX_NAME_LENGTH)."""
     if not _NAME.fullmatch(STR.check(value)):
-        raise InvalidValue(None, "must be letters, digits, '_', '.' or '-' only, starting with a letter or "
-                                 f"digit, got {show(value)[:80]}")
+        raise InvalidValue(
+            None,
+            f"must be letters, digits, '_', '.' or '-' only, starting with a letter or digit, got {show(value)[:80]}",
+        )
     if len(value) > limits.MAX_NAME_LENGTH:
-        raise InvalidValue(None, f"must be at most {limits.MAX_NAME_LENGTH} characters (it names files and "
-                                 f"MLflow experiments and runs), got {len(value)}")
+        raise InvalidValue(
+            None,
+            f"must be at most {limits.MAX_NAME_LENGTH} characters (it names files and "
+            f"MLflow experiments and runs), got {len(value)}",
+        )
     return value
 
 
@@ -172,31 +182,38 @@ def _layer_sizes(value: Any) -> tuple[int, ...]:
         with at_key(f"[{i}]"):
             int_at_least(1)(size)
     if len(sizes) < 2 or sizes[0] != _N_INPUTS or sizes[-1] != _N_OUTPUTS:
-        raise InvalidValue(None, f"must run from {_N_INPUTS} inputs (the pixels) to {_N_OUTPUTS} "
-                                 f"outputs (the digits), got {show(list(sizes))[:80]}")
+        raise InvalidValue(
+            None,
+            f"must run from {_N_INPUTS} inputs (the pixels) to {_N_OUTPUTS} "
+            f"outputs (the digits), got {show(list(sizes))[:80]}",
+        )
     if len(sizes) - 2 > limits.MAX_DEPTH:
         raise InvalidValue(None, f"at most {limits.MAX_DEPTH} hidden layers, got {len(sizes) - 2}")
     return sizes
 
 
 # How each training setting is checked and normalised (ints stay ints, numbers become floats).
-SETTINGS: Mapping[str, Callable[[Any], Any]] = MappingProxyType({
-    **{name: int_at_least(1) for name in ("batch_size", "hidden", "hidden2")},  # (bounded by the memory estimate)
-    "epochs": int_at_least(1, limits.MAX_EPOCHS, "a trial that long would run for days"),
-    "depth": int_at_least(1, limits.MAX_DEPTH, "deeper sigmoid networks stop learning"),
-    "eta": positive,
-    "lmbda": non_negative,
-    "seed": int_at_least(0),
-    "activation": one_of("activation", tuple(ACTIVATIONS)),
-    "cost": one_of("cost", tuple(COSTS)),
-    "engine": one_of("engine", ENGINES),
-    "sizes": _layer_sizes,
-    **dict.fromkeys(MONITORS, BOOL.check),
-    **dict.fromkeys(("momentum", "dropout"), fraction),
-    **{name: int_at_least(0, limits.MAX_EPOCHS, "the most epochs a trial trains")
-       for name in ("patience", "eta_patience")},  # 0: off
-    "eta_min_factor": above_one,
-})
+SETTINGS: Mapping[str, Callable[[Any], Any]] = MappingProxyType(
+    {
+        **{name: int_at_least(1) for name in ("batch_size", "hidden", "hidden2")},  # (bounded by the memory estimate)
+        "epochs": int_at_least(1, limits.MAX_EPOCHS, "a trial that long would run for days"),
+        "depth": int_at_least(1, limits.MAX_DEPTH, "deeper sigmoid networks stop learning"),
+        "eta": positive,
+        "lmbda": non_negative,
+        "seed": int_at_least(0),
+        "activation": one_of("activation", tuple(ACTIVATIONS)),
+        "cost": one_of("cost", tuple(COSTS)),
+        "engine": one_of("engine", ENGINES),
+        "sizes": _layer_sizes,
+        **dict.fromkeys(MONITORS, BOOL.check),
+        **dict.fromkeys(("momentum", "dropout"), fraction),
+        **{
+            name: int_at_least(0, limits.MAX_EPOCHS, "the most epochs a trial trains")
+            for name in ("patience", "eta_patience")
+        },  # 0: off
+        "eta_min_factor": above_one,
+    }
+)
 
 
 # ---------------------------------------------------------------------------
@@ -218,8 +235,11 @@ def _check_range(low: float, high: float, step: float | None, log: bool, default
     if step is not None and step <= 0:
         raise InvalidValue("step", f"must be positive, got {step}")
     if isinstance(step, float) and not (high - low) / step <= limits.MAX_RANGE_STEPS:  # (also catches inf)
-        raise InvalidValue("step", f"{step:g} is too small for the range {low:g}..{high:g}: more than "
-                                   f"2**53 steps, which floating point cannot tell apart")
+        raise InvalidValue(
+            "step",
+            f"{step:g} is too small for the range {low:g}..{high:g}: more than "
+            f"2**53 steps, which floating point cannot tell apart",
+        )
     if log and step != default_step:
         raise InvalidValue("step", "cannot be combined with log = true")
     if log and low <= 0:
@@ -309,8 +329,11 @@ class FloatRange:
         return None if self.step is None else round((self.high - self.low) / self.step) + 1
 
     def contains(self, value: object) -> bool:
-        return (is_number(value) and self.low <= value <= self.high
-                and (self.step is None or _aligned(value - self.low, self.step)))
+        return (
+            is_number(value)
+            and self.low <= value <= self.high
+            and (self.step is None or _aligned(value - self.low, self.step))
+        )
 
     def describe(self) -> str:
         step = f" step {self.step:g}" if self.step is not None else ""
@@ -375,16 +398,16 @@ class Fixed:
 
 
 Param = IntRange | FloatRange | Categorical | Fixed
-PARAM_TYPES: Mapping[str, type] = MappingProxyType(
-    {"int": IntRange, "float": FloatRange, "categorical": Categorical}
-)
+PARAM_TYPES: Mapping[str, type] = MappingProxyType({"int": IntRange, "float": FloatRange, "categorical": Categorical})
 # The range type each numeric tunable takes; activation and cost take choices only.
-_RANGE_OF: Mapping[str, type] = MappingProxyType({
-    **dict.fromkeys(("batch_size", "hidden", "hidden2", "depth", "epochs"), IntRange),
-    **dict.fromkeys(("eta", "lmbda"), FloatRange),
-    **dict.fromkeys(("momentum", "dropout", "eta_min_factor"), FloatRange),
-    **dict.fromkeys(("patience", "eta_patience"), IntRange),
-})
+_RANGE_OF: Mapping[str, type] = MappingProxyType(
+    {
+        **dict.fromkeys(("batch_size", "hidden", "hidden2", "depth", "epochs"), IntRange),
+        **dict.fromkeys(("eta", "lmbda"), FloatRange),
+        **dict.fromkeys(("momentum", "dropout", "eta_min_factor"), FloatRange),
+        **dict.fromkeys(("patience", "eta_patience"), IntRange),
+    }
+)
 
 
 def checked_param(name: str, param: Any) -> Param:

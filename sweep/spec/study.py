@@ -101,8 +101,7 @@ class DataSpec:
                     int_at_least(1)(getattr(self, key))
 
 
-def _checked_options(options: Mapping[str, Any], allowed: Mapping[str, Option],
-                     owner: str) -> Mapping[str, Any]:
+def _checked_options(options: Mapping[str, Any], allowed: Mapping[str, Option], owner: str) -> Mapping[str, Any]:
     """Constructor options checked by name and TOML type against ``allowed``."""
     TABLE.check(options)
     for key, value in options.items():
@@ -162,8 +161,7 @@ class PrunerSpec:
         options = _checked_options(self.options, samplers.pruner_options(self.name), f"the {self.name} pruner")
         object.__setattr__(self, "options", options)
         if self.wrapped is not None and self.name != "patient":
-            raise InvalidValue("wrapped", f"only the patient pruner wraps another, "
-                                          f"not the {self.name} pruner")
+            raise InvalidValue("wrapped", f"only the patient pruner wraps another, not the {self.name} pruner")
         self.build()  # Optuna's own checks of the values
 
     def build(self) -> optuna.pruners.BasePruner:
@@ -248,8 +246,7 @@ class StudySpec:
         if len(self.fixed["sizes"]) <= 2:
             for name, other in (("hidden", "depth"), ("depth", "hidden")):
                 if name in self.space and other not in self.space:
-                    raise InvalidValue(f"space.{name}",
-                                       f"train.sizes has no hidden layer; add {other} to [space]")
+                    raise InvalidValue(f"space.{name}", f"train.sizes has no hidden layer; add {other} to [space]")
         if "hidden2" in self.space and _max_depth(self) < 2:
             where = "space.depth is at most 1" if "depth" in self.space else "train.sizes has one hidden layer at most"
             raise InvalidValue("space.hidden2", f"never used: {where} (hidden2 is the width of the second one)")
@@ -257,8 +254,9 @@ class StudySpec:
 
     def largest_network(self) -> tuple[tuple[int, ...], int]:
         """The layer sizes of the largest network a trial may train, and the largest batch size."""
-        largest = {name: _highest(param) for name, param in self.searched.items()
-                   if name in (*_LAYER_NAMES, "batch_size")}
+        largest = {
+            name: _highest(param) for name, param in self.searched.items() if name in (*_LAYER_NAMES, "batch_size")
+        }
         settings = {**self.fixed, **largest}
         return _sizes(settings), settings["batch_size"]
 
@@ -273,20 +271,32 @@ class StudySpec:
     def _check_size(self, pack: int, workers: int) -> None:
         sizes, batch_size = self.largest_network()
         widths = {name: _highest(self.space[name]) for name in ("hidden", "hidden2") if name in self.space}
-        key = (f"space.{max(widths, key=widths.get)}" if widths  # (the widest layer's key)
-               else "space.depth" if "depth" in self.space else "train.sizes")
-        shown = ("-".join(map(str, sizes)) if len(sizes) <= 6
-                 else f"{len(sizes) - 2} hidden layers, the widest {max(sizes[1:-1])}")
+        key = (
+            f"space.{max(widths, key=widths.get)}"
+            if widths  # (the widest layer's key)
+            else "space.depth"
+            if "depth" in self.space
+            else "train.sizes"
+        )
+        shown = (
+            "-".join(map(str, sizes))
+            if len(sizes) <= 6
+            else f"{len(sizes) - 2} hidden layers, the widest {max(sizes[1:-1])}"
+        )
         network = f"the largest network ({shown}, {limits.parameter_count(sizes):,} parameters)"
         need, have = limits.training_bytes(sizes, batch_size, pack, workers), limits.machine_memory()
         if need > have:
             many = f", {pack} at once in each of {workers} workers," if (pack, workers) != (1, 1) else ""
-            raise InvalidValue(key, f"{network}{many} with batches of {batch_size} needs about "
-                                    f"{limits.show_bytes(need)} to train, more than this machine's "
-                                    f"{limits.show_bytes(have)}")
+            raise InvalidValue(
+                key,
+                f"{network}{many} with batches of {batch_size} needs about "
+                f"{limits.show_bytes(need)} to train, more than this machine's "
+                f"{limits.show_bytes(have)}",
+            )
         if limits.parameter_count(sizes) > limits.MAX_PARAMETERS:
-            raise InvalidValue(key, f"{network} is larger than {limits.MAX_PARAMETERS:,} parameters "
-                                    "(one MNIST epoch would take hours)")
+            raise InvalidValue(
+                key, f"{network} is larger than {limits.MAX_PARAMETERS:,} parameters (one MNIST epoch would take hours)"
+            )
 
     def _check_objectives(self) -> None:
         if not self.objectives:
@@ -307,14 +317,18 @@ class StudySpec:
     def _check_sampling(self) -> None:
         sampler, pruner = self.sampler.name, self.pruner.name
         if self.is_multi_objective and sampler in SINGLE_OBJECTIVE_SAMPLERS:
-            raise InvalidValue("sampler.name", f"the {sampler} sampler handles a single objective, "
-                                               f"not {len(self.objectives)}")
+            raise InvalidValue(
+                "sampler.name", f"the {sampler} sampler handles a single objective, not {len(self.objectives)}"
+            )
         if pruner != "none" and self.is_multi_objective:
             raise InvalidValue("pruner", f"pruning needs a single objective, not {len(self.objectives)}")
         metric = self.objectives[0].metric
         if pruner != "none" and metric not in PER_EPOCH_METRICS:
-            raise InvalidValue("pruner", f"pruning needs a per-epoch metric; {metric} is only known at "
-                                         f"the end (per-epoch: {', '.join(PER_EPOCH_METRICS)})")
+            raise InvalidValue(
+                "pruner",
+                f"pruning needs a per-epoch metric; {metric} is only known at "
+                f"the end (per-epoch: {', '.join(PER_EPOCH_METRICS)})",
+            )
         if sampler in GRID_SAMPLERS:
             size = 1
             for name, param in self.searched.items():
@@ -322,8 +336,11 @@ class StudySpec:
                     raise InvalidValue(f"space.{name}", f"the {sampler} sampler needs a step or choices")
                 size *= param.n_values()
             if size > limits.MAX_GRID_POINTS:
-                raise InvalidValue("space", f"the grid has {size:,} points, more than {limits.MAX_GRID_POINTS:,} "
-                                            "(every worker holds them all; it would run for days)")
+                raise InvalidValue(
+                    "space",
+                    f"the grid has {size:,} points, more than {limits.MAX_GRID_POINTS:,} "
+                    "(every worker holds them all; it would run for days)",
+                )
 
     def _check_budget(self) -> None:
         if self.n_trials is not None:
@@ -335,8 +352,11 @@ class StudySpec:
         with at_key("budget.at_timeout"):
             one_of("at_timeout", AT_TIMEOUT)(self.at_timeout)
         if self.n_trials is None and self.timeout is None and self.sampler.name not in GRID_SAMPLERS:
-            raise InvalidValue("budget", f"n_trials or timeout is needed (only {' and '.join(GRID_SAMPLERS)} "
-                                         "end by themselves, when the grid is done)")
+            raise InvalidValue(
+                "budget",
+                f"n_trials or timeout is needed (only {' and '.join(GRID_SAMPLERS)} "
+                "end by themselves, when the grid is done)",
+            )
 
     def _checked_enqueue(self) -> tuple[Mapping[str, Any], ...]:
         searched, entries = self.searched, []
@@ -387,8 +407,9 @@ def _checked_train(train: Any) -> Mapping[str, Any]:
     for name, value in train.items():
         with at_key(f"train.{name}"):
             if name not in TRAIN_KEYS:
-                raise InvalidValue(None, f"unknown key{did_you_mean(name, TRAIN_KEYS)}; "
-                                         f"[train] keys: {', '.join(TRAIN_KEYS)}")
+                raise InvalidValue(
+                    None, f"unknown key{did_you_mean(name, TRAIN_KEYS)}; [train] keys: {', '.join(TRAIN_KEYS)}"
+                )
             checked[name] = SETTINGS[name](value)
     return MappingProxyType(checked)
 
@@ -400,13 +421,13 @@ def _checked_space(space: Any, train: Mapping[str, Any]) -> Mapping[str, Param]:
     for name, param in space.items():
         with at_key(f"space.{name}"):
             if name not in TUNABLE:
-                raise InvalidValue(None, f"not a tunable parameter{did_you_mean(name, TUNABLE)}; "
-                                         f"tunable: {', '.join(TUNABLE)}")
+                raise InvalidValue(
+                    None, f"not a tunable parameter{did_you_mean(name, TUNABLE)}; tunable: {', '.join(TUNABLE)}"
+                )
             if name in train:
                 raise InvalidValue(None, "also given in [train]; give it in one place")
             checked[name] = checked_param(name, param)
     return MappingProxyType(checked)
-
 
 
 # ---------------------------------------------------------------------------
@@ -493,6 +514,8 @@ def all_params(spec: StudySpec, params: Mapping[str, Any]) -> dict[str, Any]:
         "sizes": "-".join(map(str, _sizes(settings))),
         **{name: settings[name] for name in training},
         **{name: settings[name] for name in OPTIONS if settings[name] != DEFAULTS[name]},  # those in use
-        "dataset": data.dataset, "n_train": data.n_train, "n_validation": data.n_validation,
+        "dataset": data.dataset,
+        "n_train": data.n_train,
+        "n_validation": data.n_validation,
         "n_test": data.n_test,
     }

@@ -13,9 +13,13 @@ from sweep.errors import StoreError, UsageError
 HOLD = "/mlp_sweep.StudyLock/Hold"
 HELD = b"held"
 # Pings every 20 s on an idle connection, 10 s to answer: a vanished peer is dropped in half a minute.
-KEEPALIVE = [("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 10_000),
-             ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0),
-             ("grpc.http2.min_ping_interval_without_data_ms", 10_000)]
+KEEPALIVE = [
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+]
 CLIENT_OPTIONS = [("grpc.max_receive_message_length", -1), *KEEPALIVE]
 
 
@@ -65,8 +69,9 @@ def held(spec, study_name: str) -> Iterator[None]:
             raise RuntimeError("the proxy answered Hold with something else")
     except grpc.RpcError as exc:
         call.cancel()
-        raise StoreError(StoreError.STORAGE, None, f"the sweep proxy at {spec.url} did not lock the study: "
-                                                   f"{exc.code().name}") from None
+        raise StoreError(
+            StoreError.STORAGE, None, f"the sweep proxy at {spec.url} did not lock the study: {exc.code().name}"
+        ) from None
     try:
         yield
     finally:

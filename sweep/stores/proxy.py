@@ -64,15 +64,19 @@ def make_server(storage_spec, host: str, port: int, threads: int = DEFAULT_THREA
     from sweep.adapters import add_storage_service, cached_storage
 
     if storage_spec.is_proxy or not storage_spec.is_rdb:
-        raise StoreError(StoreError.STORAGE, redact(storage_spec.url), "the proxy serves a database "
-                         "(postgresql://... or sqlite:///FILE), not a journal file or another proxy")
+        raise StoreError(
+            StoreError.STORAGE,
+            redact(storage_spec.url),
+            "the proxy serves a database (postgresql://... or sqlite:///FILE), not a journal file or another proxy",
+        )
     storage = cached_storage(open_storage(storage_spec, pool=PROXY_POOL))
     server = grpc.server(ThreadPoolExecutor(max_workers=threads), options=KEEPALIVE)
     add_storage_service(storage, server)
     locks = StudyLocks(storage_spec)
     service, method = HOLD.strip("/").split("/")
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service, {
-        method: grpc.unary_stream_rpc_method_handler(locks.hold)})])  # (bytes in and out: no serialisers)
+    server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler(service, {method: grpc.unary_stream_rpc_method_handler(locks.hold)})]
+    )  # (bytes in and out: no serialisers)
     try:
         bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     except RuntimeError:

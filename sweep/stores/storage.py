@@ -80,9 +80,13 @@ class StorageSpec:
         if not self.url:
             raise StoreError(STORAGE, None, "empty storage URL")
         if self.scheme != "journal" and self.scheme not in (*RDB_SCHEMES, PROXY_SCHEME):
-            raise StoreError(STORAGE, None, f"unknown storage scheme {self.scheme!r} in {redact(self.url)} "
-                                            f"(use a journal file path, sqlite:///FILE, postgresql://... "
-                                            f"or grpc://HOST:PORT)")
+            raise StoreError(
+                STORAGE,
+                None,
+                f"unknown storage scheme {self.scheme!r} in {redact(self.url)} "
+                f"(use a journal file path, sqlite:///FILE, postgresql://... "
+                f"or grpc://HOST:PORT)",
+            )
         if self.is_proxy:
             rest = self.url.split("://", 1)[1].rstrip("/")
             host, _, port = rest.rpartition(":")
@@ -142,8 +146,10 @@ def heartbeat_settings() -> tuple[int, int]:
     interval = _seconds(HEARTBEAT_ENV, HEARTBEAT_INTERVAL)
     grace = _seconds(GRACE_ENV, 4 * interval if os.environ.get(HEARTBEAT_ENV, "").strip() else GRACE_PERIOD)
     if grace <= interval:
-        raise UsageError(f"${GRACE_ENV}: the grace period ({grace} s) must be longer than the heartbeat "
-                         f"interval ({interval} s), or live workers would be taken for dead")
+        raise UsageError(
+            f"${GRACE_ENV}: the grace period ({grace} s) must be longer than the heartbeat "
+            f"interval ({interval} s), or live workers would be taken for dead"
+        )
     return interval, grace
 
 
@@ -184,11 +190,17 @@ def check_identity(spec: StorageSpec) -> None:
     where = redact(spec.url)
     if not spec.is_rdb:
         if not spec.journal_path.parent.is_dir():
-            raise StoreError(STORAGE, where, f"{spec.journal_path} does not exist, nor does its directory "
-                             f"{spec.journal_path.parent} (create the directory first)")
+            raise StoreError(
+                STORAGE,
+                where,
+                f"{spec.journal_path} does not exist, nor does its directory "
+                f"{spec.journal_path.parent} (create the directory first)",
+            )
         return
     if in_memory_sqlite(spec.url):
-        raise StoreError(STORAGE, where, "an in-memory database is private to one process; give a file (sqlite:///FILE)")
+        raise StoreError(
+            STORAGE, where, "an in-memory database is private to one process; give a file (sqlite:///FILE)"
+        )
     local = _local_file(spec)
     tables = sqlite_tables(local) if local is not None and local.is_file() else _server_tables(spec)
     if tables and not tables >= OPTUNA_TABLES:
@@ -209,8 +221,9 @@ def _server_tables(spec: StorageSpec) -> set[str]:
         return set()
     import sqlalchemy  # (only for servers: Optuna imports it only for them too)
 
-    engine = sqlalchemy.create_engine(spec.sqlalchemy_url, poolclass=sqlalchemy.pool.NullPool,
-                                      connect_args={"connect_timeout": CONNECT_TIMEOUT})
+    engine = sqlalchemy.create_engine(
+        spec.sqlalchemy_url, poolclass=sqlalchemy.pool.NullPool, connect_args={"connect_timeout": CONNECT_TIMEOUT}
+    )
     try:
         return set(sqlalchemy.inspect(engine).get_table_names())
     except (sqlalchemy.exc.SQLAlchemyError, ImportError):  # unreachable or not allowed: open_storage says why
@@ -219,8 +232,14 @@ def _server_tables(spec: StorageSpec) -> set[str]:
         engine.dispose()
 
 
-def open_storage(spec: StorageSpec, heartbeat_callback: Callable | None = None, *, create: bool = True,
-                 read_only: bool = False, pool: dict | None = None) -> optuna.storages.BaseStorage:
+def open_storage(
+    spec: StorageSpec,
+    heartbeat_callback: Callable | None = None,
+    *,
+    create: bool = True,
+    read_only: bool = False,
+    pool: dict | None = None,
+) -> optuna.storages.BaseStorage:
     """Open the storage; UsageError if it cannot be reached, DamagedStore if its file is damaged.
 
     ``create=False`` is for commands that only use existing studies: a journal or SQLite
@@ -254,8 +273,13 @@ def open_storage(spec: StorageSpec, heartbeat_callback: Callable | None = None, 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(spec.sqlalchemy_url, heartbeat_interval=interval, grace_period=grace,
-                              heartbeat_stale_trial_callback=heartbeat_callback, engine_kwargs=engine_kwargs)
+            return RDBStorage(
+                spec.sqlalchemy_url,
+                heartbeat_interval=interval,
+                grace_period=grace,
+                heartbeat_stale_trial_callback=heartbeat_callback,
+                engine_kwargs=engine_kwargs,
+            )
     # SQLAlchemy's and the driver's errors, a missing driver, an Optuna schema of another version (RuntimeError):
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, OSError, RuntimeError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -308,8 +332,9 @@ def _engine(url: str):
     if url not in _ENGINES:
         import sqlalchemy
 
-        _ENGINES[url] = sqlalchemy.create_engine(url, pool_size=1, pool_pre_ping=True,
-                                                 connect_args={"connect_timeout": CONNECT_TIMEOUT})
+        _ENGINES[url] = sqlalchemy.create_engine(
+            url, pool_size=1, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT}
+        )
     return _ENGINES[url]
 
 

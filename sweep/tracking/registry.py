@@ -38,8 +38,10 @@ SHOWN_METRICS = (VALIDATION_ACCURACY, BEST_VALIDATION_ACCURACY, TEST_ACCURACY)
 def best_trial(study: optuna.Study, spec: StudySpec) -> FrozenTrial:
     """The study's best trial (Optuna's); UsageError when it has several objectives or none completed."""
     if spec.is_multi_objective:
-        raise UsageError(f"study {study.study_name!r} has {len(spec.objectives)} objectives, so no one best trial; "
-                         f"`sweep report {study.study_name}` lists its Pareto front")
+        raise UsageError(
+            f"study {study.study_name!r} has {len(spec.objectives)} objectives, so no one best trial; "
+            f"`sweep report {study.study_name}` lists its Pareto front"
+        )
     try:
         return study.best_trial
     except ValueError:
@@ -61,8 +63,11 @@ def register(study: optuna.Study, spec: StudySpec, tracker: Tracker) -> str | No
     if run_id is None:
         return None
     metrics = trial_metrics(trial)
-    tags = {STUDY_TAG: study.study_name, TRIAL_TAG: trial.number,
-            **{SUMMARY + name: metrics[name] for name in SHOWN_METRICS if name in metrics}}
+    tags = {
+        STUDY_TAG: study.study_name,
+        TRIAL_TAG: trial.number,
+        **{SUMMARY + name: metrics[name] for name in SHOWN_METRICS if name in metrics},
+    }
     return tracker.register_best(run_id, tags)
 
 
@@ -84,13 +89,17 @@ def export_weights(study: optuna.Study, trial: FrozenTrial, tracker: Tracker | N
     path = check_export_path(path)
     run_id = trial.user_attrs.get(RUN_ATTR)
     if tracker is None or run_id is None:
-        raise UsageError(f"trial {trial.number} of study {study.study_name!r} has no tracked run, "
-                         "so no saved weights (was it run untracked?)")
+        raise UsageError(
+            f"trial {trial.number} of study {study.study_name!r} has no tracked run, "
+            "so no saved weights (was it run untracked?)"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         weights = tracker.download_weights(run_id, tmp)
         if weights is None:
-            raise UsageError(f"trial {trial.number} of study {study.study_name!r} has no saved weights "
-                             "(its run has none: was it run before weights were kept?)")
+            raise UsageError(
+                f"trial {trial.number} of study {study.study_name!r} has no saved weights "
+                "(its run has none: was it run before weights were kept?)"
+            )
         try:
             with open(path, "xb") as out, open(weights, "rb") as src:  # ("x": never over another file)
                 shutil.copyfileobj(src, out)

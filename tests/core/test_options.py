@@ -25,7 +25,7 @@ def _greys(data):
 def _masks(spec, n, p, rng, dtype=np.float64):
     """Per hidden layer (n, width): 0 or 1/(1 − p), from draw_keep."""
     keep = draw_keep(spec, n, p, rng)
-    return [keep[:, start:start + width] / dtype(1 - p) for start, width in hidden_units(spec)]
+    return [keep[:, start : start + width] / dtype(1 - p) for start, width in hidden_units(spec)]
 
 
 def _masked_cost(spec, params, X, y, masks, lmbda, n_train):
@@ -34,9 +34,11 @@ def _masked_cost(spec, params, X, y, masks, lmbda, n_train):
     return float(COSTS[spec.cost].value(ws.z[-1], a, y)) / len(X) + 0.5 * lmbda / n_train * params.l2()
 
 
-@pytest.mark.parametrize("spec", [NetworkSpec((6, 5, 4)), NetworkSpec((7, 6, 5, 3), "sigmoid"),
-                                  NetworkSpec((7, 6, 5, 3), "relu", "quadratic")],
-                         ids=lambda s: f"{s.sizes}-{s.activation}-{s.cost}")
+@pytest.mark.parametrize(
+    "spec",
+    [NetworkSpec((6, 5, 4)), NetworkSpec((7, 6, 5, 3), "sigmoid"), NetworkSpec((7, 6, 5, 3), "relu", "quadratic")],
+    ids=lambda s: f"{s.sizes}-{s.activation}-{s.cost}",
+)
 def test_backprop_gradient_with_a_fixed_dropout_mask_matches_finite_differences(spec):
     """The gradient of the masked network's cost (units dropped, the kept ones scaled), L2 included."""
     rng = np.random.default_rng(4)
@@ -71,8 +73,17 @@ def test_momentum_zero_and_options_off_leave_training_as_it_was():
     """The defaults are plain SGD: a config spelling them out trains the very same weights."""
     spec, data = NetworkSpec((20, 8, 4)), _data()
     plain = TrainConfig(epochs=2, batch_size=7, eta=0.3, lmbda=1.0, engine="numpy")
-    spelt = TrainConfig(epochs=2, batch_size=7, eta=0.3, lmbda=1.0, engine="numpy", momentum=0.0, dropout=0.0,
-                        patience=0, eta_patience=None)
+    spelt = TrainConfig(
+        epochs=2,
+        batch_size=7,
+        eta=0.3,
+        lmbda=1.0,
+        engine="numpy",
+        momentum=0.0,
+        dropout=0.0,
+        patience=0,
+        eta_patience=None,
+    )
     a, b = train(spec, plain, data, check=NO_CHECK), train(spec, spelt, data, check=NO_CHECK)
     for x, y in zip(a.params.layers, b.params.layers):
         np.testing.assert_array_equal(x, y)
@@ -84,24 +95,40 @@ def test_dropout_masks_keep_one_minus_p_and_change_training():
     keep = draw_keep(spec, 4000, 0.3, np.random.default_rng(0))
     assert keep.shape == (4000, 50) and abs(keep.mean() - 0.7) < 0.01
     data = _data()
-    runs = [train(spec, TrainConfig(epochs=2, batch_size=10, eta=0.3, dropout=p, engine="numpy"), data,
-                  check=NO_CHECK) for p in (0.0, 0.5)]
+    runs = [
+        train(spec, TrainConfig(epochs=2, batch_size=10, eta=0.3, dropout=p, engine="numpy"), data, check=NO_CHECK)
+        for p in (0.0, 0.5)
+    ]
     assert not np.allclose(runs[0].params.layers[0], runs[1].params.layers[0])
 
 
 def _records(accuracies):
-    return [EpochRecord(epoch=i, training_cost=None, training_accuracy=None, validation_cost=None,
-                        validation_accuracy=a, seconds=0.0, eval_seconds=0.0) for i, a in enumerate(accuracies, 1)]
+    return [
+        EpochRecord(
+            epoch=i,
+            training_cost=None,
+            training_accuracy=None,
+            validation_cost=None,
+            validation_accuracy=a,
+            seconds=0.0,
+            eval_seconds=0.0,
+        )
+        for i, a in enumerate(accuracies, 1)
+    ]
 
 
-@pytest.mark.parametrize("patience, accuracies, stop_at, best", [
-    (3, [0.5, 0.6, 0.6, 0.55, 0.6, 0.9], 5, 2),  # equal is not better
-    (2, [0.5, 0.6, 0.7, 0.65, 0.8, 0.7, 0.7], 7, 5),
-    (1, [0.5, 0.4], 2, 1),
-    (3, [0.5, 0.6, 0.7, 0.8], None, 4),  # never stalls
-])
+@pytest.mark.parametrize(
+    "patience, accuracies, stop_at, best",
+    [
+        (3, [0.5, 0.6, 0.6, 0.55, 0.6, 0.9], 5, 2),  # equal is not better
+        (2, [0.5, 0.6, 0.7, 0.65, 0.8, 0.7, 0.7], 7, 5),
+        (1, [0.5, 0.4], 2, 1),
+        (3, [0.5, 0.6, 0.7, 0.8], None, 4),  # never stalls
+    ],
+)
 def test_early_stopping_stops_after_patience_epochs_without_a_better_validation_accuracy(
-        patience, accuracies, stop_at, best):
+    patience, accuracies, stop_at, best
+):
     schedule = Schedule(TrainConfig(epochs=10, batch_size=1, eta=1.0, patience=patience))
     ended = None
     for record in _records(accuracies):
@@ -134,9 +161,14 @@ def test_train_with_patience_keeps_the_best_epochs_parameters(engine):
     result = train(spec, config, data, val, check=NO_CHECK)
     accuracies = [r.validation_accuracy for r in result.history]
     assert result.ended_by is not None and len(accuracies) == result.best_epoch + 2
-    assert accuracies[result.best_epoch - 1] == max(accuracies) > max(accuracies[:result.best_epoch - 1], default=0)
-    again = train(spec, TrainConfig(epochs=result.best_epoch, batch_size=10, eta=2.0, seed=1, engine=engine),
-                  data, val, check=NO_CHECK)
+    assert accuracies[result.best_epoch - 1] == max(accuracies) > max(accuracies[: result.best_epoch - 1], default=0)
+    again = train(
+        spec,
+        TrainConfig(epochs=result.best_epoch, batch_size=10, eta=2.0, seed=1, engine=engine),
+        data,
+        val,
+        check=NO_CHECK,
+    )
     for x, y in zip(result.params.layers, again.params.layers):
         np.testing.assert_array_equal(x, y)
 
@@ -159,8 +191,7 @@ def test_a_callback_that_stops_at_a_new_best_epoch_keeps_that_epochs_parameters(
 
 def test_train_halves_eta_as_the_schedule_says_and_records_it():
     spec, data, val = NetworkSpec((20, 6, 4)), _data(), _data(n=40, seed=3)
-    config = TrainConfig(epochs=40, batch_size=10, eta=1.0, seed=2, eta_patience=1, eta_min_factor=16,
-                         engine="numpy")
+    config = TrainConfig(epochs=40, batch_size=10, eta=1.0, seed=2, eta_patience=1, eta_min_factor=16, engine="numpy")
     result = train(spec, config, data, val, check=NO_CHECK)
     replay = Schedule(config)
     for record in result.history:
@@ -176,13 +207,27 @@ def test_schedule_and_patience_need_a_monitored_validation_set():
         train(NetworkSpec((20, 4)), TrainConfig(epochs=1, batch_size=1, eta=1.0, eta_patience=2), _data())
 
 
-@pytest.mark.parametrize("field, value", [
-    ("momentum", 1.0), ("momentum", -0.1), ("momentum", True), ("momentum", float("nan")),
-    ("dropout", 1.0), ("dropout", -0.5), ("dropout", "0.5"),
-    ("patience", -1), ("patience", 2.5), ("patience", True),
-    ("eta_patience", -3), ("eta_patience", 1.0),
-    ("eta_min_factor", 1.0), ("eta_min_factor", 0.5), ("eta_min_factor", float("inf")), ("eta_min_factor", None),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("momentum", 1.0),
+        ("momentum", -0.1),
+        ("momentum", True),
+        ("momentum", float("nan")),
+        ("dropout", 1.0),
+        ("dropout", -0.5),
+        ("dropout", "0.5"),
+        ("patience", -1),
+        ("patience", 2.5),
+        ("patience", True),
+        ("eta_patience", -3),
+        ("eta_patience", 1.0),
+        ("eta_min_factor", 1.0),
+        ("eta_min_factor", 0.5),
+        ("eta_min_factor", float("inf")),
+        ("eta_min_factor", None),
+    ],
+)
 def test_config_rejects_bad_option_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=f"^{field} must be"):
         TrainConfig(epochs=1, batch_size=1, eta=1.0, **{field: value})
@@ -199,21 +244,35 @@ def test_packs_refuse_the_options_they_do_not_train(option):
 
 
 @needs_numba
-@pytest.mark.parametrize("options", [
-    {"momentum": 0.9}, {"momentum": 0.5, "lmbda": 3.0}, {"momentum": 0.9, "batch_size": 50, "lmbda": 1.0},
-    {"dropout": 0.5}, {"dropout": 0.2, "lmbda": 3.0}, {"dropout": 0.5, "momentum": 0.8, "lmbda": 1.0},
-    {"eta_patience": 1, "eta_min_factor": 8, "epochs": 8}, {"patience": 2, "epochs": 8, "eta": 1.0},
-], ids=lambda o: "-".join(f"{k}{v}" for k, v in o.items()))
-@pytest.mark.parametrize("spec", [NetworkSpec((20, 8, 4)), NetworkSpec((20, 9, 7, 4), "sigmoid"),
-                                  NetworkSpec((20, 9, 7, 4), "relu", "quadratic")],
-                         ids=lambda s: f"{len(s.sizes) - 2}hidden-{s.activation}-{s.cost}")
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"momentum": 0.9},
+        {"momentum": 0.5, "lmbda": 3.0},
+        {"momentum": 0.9, "batch_size": 50, "lmbda": 1.0},
+        {"dropout": 0.5},
+        {"dropout": 0.2, "lmbda": 3.0},
+        {"dropout": 0.5, "momentum": 0.8, "lmbda": 1.0},
+        {"eta_patience": 1, "eta_min_factor": 8, "epochs": 8},
+        {"patience": 2, "epochs": 8, "eta": 1.0},
+    ],
+    ids=lambda o: "-".join(f"{k}{v}" for k, v in o.items()),
+)
+@pytest.mark.parametrize(
+    "spec",
+    [NetworkSpec((20, 8, 4)), NetworkSpec((20, 9, 7, 4), "sigmoid"), NetworkSpec((20, 9, 7, 4), "relu", "quadratic")],
+    ids=lambda s: f"{len(s.sizes) - 2}hidden-{s.activation}-{s.cost}",
+)
 def test_the_engines_train_the_options_alike(spec, options):
     """Same seed → same weights, masks and η per epoch → the same weights and curves to float32 rounding."""
     from tests.core.test_packed import _assert_same
+
     data, val = _greys(_data()), _greys(_data(n=50, seed=3))
     settings = {"epochs": 3, "batch_size": 7, "eta": 0.3, "seed": 5, **options}
-    runs = [train(spec, TrainConfig(**settings, engine=engine), data, val, check=NO_CHECK)
-            for engine in ("numpy", "compiled")]
+    runs = [
+        train(spec, TrainConfig(**settings, engine=engine), data, val, check=NO_CHECK)
+        for engine in ("numpy", "compiled")
+    ]
     assert [r.engine for r in runs] == ["numpy", "compiled"]
     _assert_same(runs[1], runs[0], RTOL, 50)
     assert [r.eta for r in runs[0].history] == [r.eta for r in runs[1].history]

@@ -14,12 +14,19 @@ SPECS = [NetworkSpec((20, 9, 7, 4)), NetworkSpec((20, 9, 7, 4), "sigmoid", "quad
 SPEC_IDS = ["relu-ce-2hidden", "sigmoid-quad-2hidden"]
 
 
-
-
 def _configs(k, epochs=4, batch_size=10, **kwargs):
     """k configs with their own eta, lmbda (some 0) and seed."""
-    return [TrainConfig(epochs=epochs, batch_size=batch_size, eta=0.1 + 0.15 * i, lmbda=(0.0, 2.0, 0.5)[i % 3],
-                        seed=10 + i, **kwargs) for i in range(k)]
+    return [
+        TrainConfig(
+            epochs=epochs,
+            batch_size=batch_size,
+            eta=0.1 + 0.15 * i,
+            lmbda=(0.0, 2.0, 0.5)[i % 3],
+            seed=10 + i,
+            **kwargs,
+        )
+        for i in range(k)
+    ]
 
 
 def _assert_same(packed, alone, rtol, n_examples):
@@ -94,18 +101,21 @@ def test_a_trial_stopped_by_its_callback_leaves_and_the_others_go_on():
         def callback(record):
             seen[i].append(record.epoch)
             return i == 1 and record.epoch == 2
+
         return callback
 
-    results = train_packed(spec, configs, data, val, params=inits, callbacks=[watcher(i) for i in range(4)],
-                           check=NO_CHECK)
+    results = train_packed(
+        spec, configs, data, val, params=inits, callbacks=[watcher(i) for i in range(4)], check=NO_CHECK
+    )
     assert seen == [[1, 2, 3, 4, 5], [1, 2], [1, 2, 3, 4, 5], [1, 2, 3, 4, 5]]
     assert results[1].stopped_early and len(results[1].history) == 2
     for e in range(5):  # the pack's epoch time, shared equally by the trials in it
         records = [r.history[e] for r in results if len(r.history) > e]
         assert len({r.seconds for r in records}) == 1 and records[0].seconds > 0
     for i, (config, init, result) in enumerate(zip(configs, inits, results)):
-        alone = train(spec, config, data, val, params=init, callback=lambda r, i=i: i == 1 and r.epoch == 2,
-                      check=NO_CHECK)
+        alone = train(
+            spec, config, data, val, params=init, callback=lambda r, i=i: i == 1 and r.epoch == 2, check=NO_CHECK
+        )
         _assert_same(result, alone, 1e-9, 50)
 
 
@@ -122,8 +132,12 @@ def test_a_diverging_trial_fails_as_alone_and_the_others_are_unaffected(dtype):
     assert isinstance(results[1], NonFiniteError)
     assert (results[1].epoch, results[1].what) == (alone_error.value.epoch, alone_error.value.what)
     for i in (0, 2):
-        _assert_same(results[i], train(spec, configs[i], data, val, params=inits[i], check=NO_CHECK),
-                     1e-9 if dtype == np.float64 else 1e-4, 50)
+        _assert_same(
+            results[i],
+            train(spec, configs[i], data, val, params=inits[i], check=NO_CHECK),
+            1e-9 if dtype == np.float64 else 1e-4,
+            50,
+        )
 
 
 @pytest.mark.parametrize("activation", ["relu", "sigmoid"])
@@ -132,8 +146,10 @@ def test_a_pack_stops_its_trials_that_do_not_learn_as_alone_and_only_them(activa
     """η = 50 and 1e12 beside healthy η: the first are stopped as ``train`` stops them, the rest go on."""
     data = load_dataset("mnist-5k", n_train=300, n_validation=100, n_test=100)
     spec = NetworkSpec((784, 8, 10), activation, cost)
-    configs = [TrainConfig(epochs=5, batch_size=10, eta=eta, seed=seed)
-               for eta, seed in ((0.5, 0), (50.0, 1), (1e12, 2), (0.3, 3))]
+    configs = [
+        TrainConfig(epochs=5, batch_size=10, eta=eta, seed=seed)
+        for eta, seed in ((0.5, 0), (50.0, 1), (1e12, 2), (0.3, 3))
+    ]
     results = train_packed(spec, configs, data.train, data.validation)
     for config, result in zip(configs, results):
         if config.eta < 1:
@@ -182,8 +198,11 @@ def test_workspace_gradients_need_no_ones_column(trials):
 def test_can_pack_allows_only_eta_lmbda_and_seed_to_differ():
     base = TrainConfig(epochs=3, batch_size=10, eta=0.1)
     assert can_pack(base, TrainConfig(epochs=3, batch_size=10, eta=0.7, lmbda=2.0, seed=5))
-    for other in (TrainConfig(epochs=4, batch_size=10, eta=0.1), TrainConfig(epochs=3, batch_size=20, eta=0.1),
-                  TrainConfig(epochs=3, batch_size=10, eta=0.1, monitor_validation_cost=False)):
+    for other in (
+        TrainConfig(epochs=4, batch_size=10, eta=0.1),
+        TrainConfig(epochs=3, batch_size=20, eta=0.1),
+        TrainConfig(epochs=3, batch_size=10, eta=0.1, monitor_validation_cost=False),
+    ):
         assert not can_pack(base, other)
 
 
@@ -193,8 +212,7 @@ def test_validation_names_what_is_wrong():
     with pytest.raises(ValueError, match=r"configs\[2\].*batch_size is 20, not 10"):
         train_packed(spec, [base, base, TrainConfig(epochs=1, batch_size=20, eta=0.1)], data)
     with pytest.raises(ValueError, match="monitor_training_accuracy"):
-        train_packed(spec, [base, TrainConfig(epochs=1, batch_size=10, eta=0.1, monitor_training_accuracy=False)],
-                     data)
+        train_packed(spec, [base, TrainConfig(epochs=1, batch_size=10, eta=0.1, monitor_training_accuracy=False)], data)
     with pytest.raises(ValueError, match="callbacks"):
         train_packed(spec, [base, base], data, callbacks=[None])
     with pytest.raises(ValueError, match="params"):

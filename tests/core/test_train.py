@@ -23,8 +23,11 @@ from core.train import (
 from tests.core.toy import toy_data as _data
 
 
-@pytest.mark.parametrize("spec", [NetworkSpec((20, 8, 4)), NetworkSpec((20, 9, 7, 4), "sigmoid", "quadratic")],
-                         ids=["relu-ce", "sigmoid-quad-2hidden"])
+@pytest.mark.parametrize(
+    "spec",
+    [NetworkSpec((20, 8, 4)), NetworkSpec((20, 9, 7, 4), "sigmoid", "quadratic")],
+    ids=["relu-ce", "sigmoid-quad-2hidden"],
+)
 @pytest.mark.parametrize("batch_size, lmbda", [(10, 0.0), (7, 3.0), (1, 0.5), (500, 1.0)])
 def test_fast_trainer_matches_per_example_reference(spec, batch_size, lmbda):
     """Same seed → same mini-batches → same weights as the homework's column-vector SGD.
@@ -75,8 +78,9 @@ def test_history_has_one_record_per_epoch_and_learns():
 
 def test_monitoring_can_be_switched_off():
     spec = NetworkSpec((20, 8, 4))
-    config = TrainConfig(epochs=2, batch_size=10, eta=0.5, monitor_training_cost=False,
-                         monitor_validation_accuracy=False)
+    config = TrainConfig(
+        epochs=2, batch_size=10, eta=0.5, monitor_training_cost=False, monitor_validation_accuracy=False
+    )
     record = train(spec, config, _data(), _data(n=40, seed=4)).history[0]
     assert record.training_cost is None and record.validation_accuracy is None
     assert record.training_accuracy is not None and record.validation_cost is not None
@@ -102,11 +106,20 @@ def test_divergence_raises_naming_the_epoch():
     assert info.value.epoch == 1
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({"epochs": 0}, "epochs"), ({"batch_size": 0}, "batch_size"), ({"batch_size": 2.5}, "batch_size"),
-    ({"eta": -0.1}, "eta"), ({"eta": 0.0}, "eta"), ({"eta": float("nan")}, "eta"),
-    ({"lmbda": -1.0}, "lmbda"), ({"seed": -3}, "seed"), ({"epochs": True}, "epochs"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": 2.5}, "batch_size"),
+        ({"eta": -0.1}, "eta"),
+        ({"eta": 0.0}, "eta"),
+        ({"eta": float("nan")}, "eta"),
+        ({"lmbda": -1.0}, "lmbda"),
+        ({"seed": -3}, "seed"),
+        ({"epochs": True}, "epochs"),
+    ],
+)
 def test_config_validation_names_field_and_value(kwargs, field):
     base = {"epochs": 1, "batch_size": 10, "eta": 0.1}
     with pytest.raises(ValueError, match=rf"{field} .*{kwargs[field]!r}".replace("(", r"\(").replace(")", r"\)")):
@@ -143,9 +156,14 @@ def test_learning_check_judges_cost_growth_chance_accuracy_and_non_finite_costs(
     assert isinstance(NO_CHECK.judge([_record(9, training_cost=float("nan"))], untrained, 10), NonFiniteError)
 
 
-@pytest.mark.parametrize("kwargs, field", [({"cost_growth": 1.0}, "cost_growth"),
-                                           ({"chance_epochs": 0}, "chance_epochs"),
-                                           ({"chance_margin": -0.1}, "chance_margin")])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"cost_growth": 1.0}, "cost_growth"),
+        ({"chance_epochs": 0}, "chance_epochs"),
+        ({"chance_margin": -0.1}, "chance_margin"),
+    ],
+)
 def test_learning_check_validation_names_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         LearningCheck(**kwargs)
@@ -191,6 +209,7 @@ def test_cost_growth_catches_a_finite_divergence():
 
 @pytest.mark.parametrize("activation, cost", PAIRS)
 def test_a_healthy_run_is_not_stopped(mnist_slice, activation, cost):
-    result = train(NetworkSpec((784, 8, 10), activation, cost), TrainConfig(epochs=5, batch_size=10, eta=0.5),
-                   *mnist_slice)
+    result = train(
+        NetworkSpec((784, 8, 10), activation, cost), TrainConfig(epochs=5, batch_size=10, eta=0.5), *mnist_slice
+    )
     assert len(result.history) == 5 and result.history[-1].validation_accuracy > 0.2

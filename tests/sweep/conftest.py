@@ -132,7 +132,8 @@ def one_line_error(capsys) -> str:
 
 def journal_study(workdir: Path, name: str) -> optuna.Study:
     storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(workdir / "mlruns" / "optuna.journal")))
+        optuna.storages.journal.JournalFileBackend(str(workdir / "mlruns" / "optuna.journal"))
+    )
     return optuna.load_study(study_name=name, storage=storage)
 
 
@@ -161,8 +162,15 @@ def tree_snapshot(root: Path) -> dict[str, tuple[int, int]]:
 
     Less SQLite's ``-shm`` index, which any reader of a WAL database rewrites (it holds no
     data: SQLite rebuilds it from the database and its ``-wal`` file)."""
-    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")
-            if p.is_file() and not p.name.endswith("-shm")} if root.exists() else {}
+    return (
+        {
+            str(p): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in root.rglob("*")
+            if p.is_file() and not p.name.endswith("-shm")
+        }
+        if root.exists()
+        else {}
+    )
 
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")

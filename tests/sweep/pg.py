@@ -34,14 +34,20 @@ from optuna.trial import TrialState
 ADMIN_URL = os.environ.get("MLP_SWEEP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 CURVE_NAMES = ("training_cost", "training_accuracy", "validation_cost", "validation_accuracy")
 SWEEP = [sys.executable, "-m", "sweep"]
-QUIET = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
-         "MLFLOW_LOGGING_LEVEL": "WARNING", "GIT_PYTHON_REFRESH": "quiet", "OPENBLAS_NUM_THREADS": "1",
-         "PYTHONWARNINGS": "ignore"}
+QUIET = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+    "GIT_PYTHON_REFRESH": "quiet",
+    "OPENBLAS_NUM_THREADS": "1",
+    "PYTHONWARNINGS": "ignore",
+}
 
 _UNREACHABLE: list[str] = []  # the reason, once the server was found unreachable
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------
+
 
 def _admin():
     """An autocommit connection to the maintenance database; skips the test when there is none."""
@@ -56,8 +62,10 @@ def _admin():
         conn = psycopg2.connect(ADMIN_URL, connect_timeout=3)
     except psycopg2.OperationalError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        _UNREACHABLE.append(f"no PostgreSQL server at {ADMIN_URL.rsplit('@', 1)[-1]} ({first}); "
-                            f"set MLP_SWEEP_TEST_PG to a superuser URL to run these tests")
+        _UNREACHABLE.append(
+            f"no PostgreSQL server at {ADMIN_URL.rsplit('@', 1)[-1]} ({first}); "
+            f"set MLP_SWEEP_TEST_PG to a superuser URL to run these tests"
+        )
         pytest.skip(_UNREACHABLE[0])
     conn.autocommit = True
     return conn
@@ -128,8 +136,11 @@ def study_ready(url: str, name: str) -> bool:
         return False
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT 1 FROM studies s JOIN study_user_attributes a ON a.study_id = s.study_id "
-                        "WHERE s.study_name = %s AND a.key = 'mlp_sweep.parent_run_id'", (name,))
+            cur.execute(
+                "SELECT 1 FROM studies s JOIN study_user_attributes a ON a.study_id = s.study_id "
+                "WHERE s.study_name = %s AND a.key = 'mlp_sweep.parent_run_id'",
+                (name,),
+            )
             return cur.fetchone() is not None
     except psycopg2.Error:  # no tables yet
         return False
@@ -138,6 +149,7 @@ def study_ready(url: str, name: str) -> bool:
 
 
 # --- an MLflow tracking server --------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -195,12 +207,31 @@ def mlflow_server(tmp_path_factory) -> Iterator[MlflowServer]:
     db = create_database("mlpsweep_mlflow")
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-           database_url(db, driver="postgresql+psycopg2"), "--artifacts-destination", str(root / "artifacts"),
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    log = open(root / "server.log", "wb")
-    proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, **QUIET, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # (as sweep ui)
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        database_url(db, driver="postgresql+psycopg2"),
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    log = open(root / "server.log", "wb")  # noqa: SIM115 (the server writes to it until stop_group)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=root,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, **QUIET, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+    )  # (as sweep ui)
     try:
         body = wait_for_http(f"http://127.0.0.1:{port}/health", proc)
         assert body.strip() == b"OK"
@@ -213,6 +244,7 @@ def mlflow_server(tmp_path_factory) -> Iterator[MlflowServer]:
 
 # --- the launcher as real processes -----------------------------------------------------------
 
+
 def start_sweep(*args, cwd: Path, env: dict | None = None, hostname: str | None = None) -> subprocess.Popen:
     """``sweep ARGS`` as a real process in its own session (so signals reach only it).
 
@@ -222,8 +254,15 @@ def start_sweep(*args, cwd: Path, env: dict | None = None, hostname: str | None 
     cmd = [*SWEEP, *map(str, args)]
     if hostname is not None:
         cmd = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', hostname, *cmd]
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, env={**os.environ, **QUIET, **(env or {})})
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, **QUIET, **(env or {})},
+    )
     _STARTED.append(proc)
     return proc
 
@@ -244,8 +283,12 @@ def kill_started() -> None:
 def can_fake_a_host() -> str | None:
     """None if ``unshare --uts`` works here, else why not."""
     try:
-        done = subprocess.run(["unshare", "--uts", "sh", "-c", "hostname other-machine && hostname"],
-                              capture_output=True, text=True, timeout=10)
+        done = subprocess.run(
+            ["unshare", "--uts", "sh", "-c", "hostname other-machine && hostname"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"cannot run unshare: {exc}"
     if done.returncode != 0 or done.stdout.strip() != "other-machine":
@@ -323,7 +366,7 @@ def finish(proc: subprocess.Popen, timeout: float = 180) -> tuple[int, str, str]
     except subprocess.TimeoutExpired:
         stop_group(proc, signal.SIGKILL)
         out, err = proc.communicate()
-        raise AssertionError(f"{proc.args} did not finish within {timeout} s:\n{out}\n{err}")
+        raise AssertionError(f"{proc.args} did not finish within {timeout} s:\n{out}\n{err}") from None
     return proc.returncode, out, err
 
 
@@ -419,8 +462,11 @@ def check_agreement(study: optuna.Study, runs: list, epochs: int, client=None) -
     PRUNED -> FINISHED (not drawn as a crash), FAIL -> KILLED when it was interrupted and queued again
     (else FAILED), nothing RUNNING; the Optuna state in the run's state tag. Returns the run statuses counted.
     """
-    retried = {t.user_attrs["mlp_sweep.retry_of"] for t in study.get_trials(deepcopy=False)
-               if "mlp_sweep.retry_of" in t.user_attrs}
+    retried = {
+        t.user_attrs["mlp_sweep.retry_of"]
+        for t in study.get_trials(deepcopy=False)
+        if "mlp_sweep.retry_of" in t.user_attrs
+    }
     trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
     trials = [t for t in trials if not (t.state == TrialState.FAIL and "mlp_sweep.run_id" not in t.user_attrs)]
     run_of = {r.info.run_id: r for r in runs}  # (a FAIL trial without a run died before the run was made)
@@ -430,7 +476,8 @@ def check_agreement(study: optuna.Study, runs: list, epochs: int, client=None) -
         run = run_of[t.user_attrs["mlp_sweep.run_id"]]
         assert int(run.data.tags["mlp_sweep.trial"]) == t.number
         expected = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED"}.get(
-            t.state.name, "KILLED" if t.number in retried else "FAILED")
+            t.state.name, "KILLED" if t.number in retried else "FAILED"
+        )
         assert run.info.status == expected, (t.number, t.state, run.info.status)
         assert run.data.tags["mlp_sweep.state"] == t.state.name, (t.number, run.data.tags)
         if t.state == TrialState.COMPLETE:

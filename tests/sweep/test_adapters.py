@@ -32,8 +32,12 @@ def test_batch_limits_are_mlflows_own():
     limits = adapters.batch_limits()
     validation = importlib.import_module(adapters.MLFLOW_LIMITS_MODULE)
     assert (limits.metrics, limits.params, limits.entities, limits.param_chars, limits.tag_chars) == (
-        validation.MAX_METRICS_PER_BATCH, validation.MAX_PARAMS_TAGS_PER_BATCH, validation.MAX_ENTITIES_PER_BATCH,
-        validation.MAX_PARAM_VAL_LENGTH, validation.MAX_TAG_VAL_LENGTH)
+        validation.MAX_METRICS_PER_BATCH,
+        validation.MAX_PARAMS_TAGS_PER_BATCH,
+        validation.MAX_ENTITIES_PER_BATCH,
+        validation.MAX_PARAM_VAL_LENGTH,
+        validation.MAX_TAG_VAL_LENGTH,
+    )
     assert 0 < limits.params <= limits.entities and limits.metrics <= limits.entities
 
 

@@ -42,8 +42,12 @@ from tests.sweep.pg import database_url, free_port, pg_databases
 __all__ = ["pg_databases"]  # a fixture, imported for pytest
 
 UNREACHABLE_PG = "postgresql://nobody:secret@127.0.0.1:1/none"
-MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
-               "t10k-labels-idx1-ubyte.gz")
+MNIST_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
 
 
 def refused(capsys, *args) -> str:
@@ -76,16 +80,21 @@ def stored(workdir, template):
 
 # --- unreachable databases and servers -----------------------------------------------------
 
+
 def closed_port_url() -> str:
     return f"http://127.0.0.1:{free_port()}"  # nothing listens there
 
 
-@pytest.mark.parametrize("args", [
-    ["worker", "--study", "tiny", "--storage", UNREACHABLE_PG],
-    ["report", "tiny", "--storage", UNREACHABLE_PG],
-    ["refine", "tiny", "--storage", UNREACHABLE_PG],
-    ["list", "--storage", UNREACHABLE_PG],
-], ids=["worker", "report", "refine", "list"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["worker", "--study", "tiny", "--storage", UNREACHABLE_PG],
+        ["report", "tiny", "--storage", UNREACHABLE_PG],
+        ["refine", "tiny", "--storage", UNREACHABLE_PG],
+        ["list", "--storage", UNREACHABLE_PG],
+    ],
+    ids=["worker", "report", "refine", "list"],
+)
 def test_an_unreachable_optuna_database(stored, capsys, args):
     line = refused(capsys, *args)
     assert "--storage: cannot open postgresql://nobody:***@127.0.0.1:1/none" in line and "refused" in line
@@ -96,14 +105,18 @@ def test_an_unreachable_optuna_database(stored, capsys, args):
 @pytest.mark.parametrize("kind", ["server", "database"])
 def test_an_unreachable_tracking_store_stops_before_anything_is_stored(stored, capsys, command, kind):
     uri = closed_port_url() if kind == "server" else "postgresql+psycopg2://nobody:secret@127.0.0.1:1/none"
-    args = {"run": ["run", "tiny.toml", "--n-trials", 3], "worker": ["worker", "--study", "tiny", "--n-trials", 3],
-            "report": ["report", "tiny", "--out", stored / "rep"]}[command]
+    args = {
+        "run": ["run", "tiny.toml", "--n-trials", 3],
+        "worker": ["worker", "--study", "tiny", "--n-trials", 3],
+        "report": ["report", "tiny", "--out", stored / "rep"],
+    }[command]
     line = refused(capsys, *args, "--tracking-uri", uri)
     assert "--tracking-uri" in line and "cannot reach" in line and "secret" not in line
     assert not (stored / "rep").exists()
 
 
 # --- studies that do not exist -------------------------------------------------------------
+
 
 @pytest.mark.parametrize("command", ["worker", "report", "refine"])
 @pytest.mark.parametrize("where", ["missing-journal", "missing-sqlite"])
@@ -131,6 +144,7 @@ def test_a_study_that_does_not_exist_on_postgresql(stored, capsys, pg_databases,
 
 # --- missing or damaged data files ---------------------------------------------------------
 
+
 def damage(directory: Path, mnist_dir: Path, how: str) -> str:
     """Copy the MNIST files into directory, damage one as told; return the phrase the error must hold."""
     directory.mkdir()
@@ -138,7 +152,7 @@ def damage(directory: Path, mnist_dir: Path, how: str) -> str:
         shutil.copyfile(mnist_dir / name, directory / name)
     images, labels = directory / MNIST_FILES[0], directory / MNIST_FILES[1]
     if how == "truncated":
-        images.write_bytes(images.read_bytes()[: 100_000])
+        images.write_bytes(images.read_bytes()[:100_000])
         return "truncated gzip data"
     if how == "flipped-bytes":
         data = bytearray(images.read_bytes())
@@ -188,11 +202,17 @@ def test_damaged_mnist_files_stop_a_worker_joining_a_study(stored, capsys, mnist
 
 # --- study files that are not study files --------------------------------------------------
 
-@pytest.mark.parametrize("kind, phrase", [
-    ("fifo", "not a regular file (a FIFO)"), ("socket", "not a regular file (a socket)"),
-    ("dev-zero", "not a regular file (a character device)"), ("directory", "is a directory"),
-    *((kind, phrase) for kind, (_, phrase) in UNREADABLE.items()),
-])
+
+@pytest.mark.parametrize(
+    "kind, phrase",
+    [
+        ("fifo", "not a regular file (a FIFO)"),
+        ("socket", "not a regular file (a socket)"),
+        ("dev-zero", "not a regular file (a character device)"),
+        ("directory", "is a directory"),
+        *((kind, phrase) for kind, (_, phrase) in UNREADABLE.items()),
+    ],
+)
 def test_a_study_file_that_is_not_one_is_refused_without_reading_it(stored, capsys, record_property, kind, phrase):
     """Never blocks, never reads more than limits.MAX_STUDY_BYTES + 1; the time is recorded."""
     path = special_file(stored, kind)
@@ -204,6 +224,7 @@ def test_a_study_file_that_is_not_one_is_refused_without_reading_it(stored, caps
 
 # --- report directories that cannot be written -----------------------------------------------
 
+
 @pytest.fixture
 def tmpfs(tmp_path):
     """``mount(options)``: a tiny tmpfs at a new directory (unmounted afterwards); skip if not root."""
@@ -212,8 +233,9 @@ def tmpfs(tmp_path):
     def mount(options: str) -> Path:
         where = tmp_path / f"tmpfs{len(mounted)}"
         where.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True, text=True
+        )
         if done.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
         mounted.append(where)
@@ -251,11 +273,15 @@ def test_a_report_on_a_full_disk_leaves_the_previous_report_as_it_was(stored, ca
 
 # --- settings from the environment -------------------------------------------------------------
 
-@pytest.mark.parametrize("env, phrase", [
-    ({"MLP_SWEEP_HEARTBEAT": "soon"}, "$MLP_SWEEP_HEARTBEAT='soon': must be a whole number of seconds"),
-    ({"MLP_SWEEP_HEARTBEAT": "0"}, "$MLP_SWEEP_HEARTBEAT='0'"),
-    ({"MLP_SWEEP_HEARTBEAT": "5", "MLP_SWEEP_GRACE": "5"}, "must be longer than the heartbeat interval"),
-])
+
+@pytest.mark.parametrize(
+    "env, phrase",
+    [
+        ({"MLP_SWEEP_HEARTBEAT": "soon"}, "$MLP_SWEEP_HEARTBEAT='soon': must be a whole number of seconds"),
+        ({"MLP_SWEEP_HEARTBEAT": "0"}, "$MLP_SWEEP_HEARTBEAT='0'"),
+        ({"MLP_SWEEP_HEARTBEAT": "5", "MLP_SWEEP_GRACE": "5"}, "must be longer than the heartbeat interval"),
+    ],
+)
 def test_bad_heartbeat_settings(stored, capsys, monkeypatch, env, phrase):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -266,6 +292,7 @@ def test_bad_heartbeat_settings(stored, capsys, monkeypatch, env, phrase):
 
 
 # --- limits (sweep/limits.py): refused when validated, before anything is stored ---------------
+
 
 def journal_hash(workdir: Path) -> str:
     return hashlib.sha256((workdir / "mlruns" / "optuna.journal").read_bytes()).hexdigest()
@@ -284,24 +311,28 @@ def test_a_study_beyond_the_limits_is_refused_at_once(stored, capsys, record_pro
     assert journal_hash(stored) == before
 
 
-@pytest.mark.parametrize("args, phrase", [
-    (["run", "tiny.toml", "--timeout", "nan"], "'nan' is not a finite number"),
-    (["run", "tiny.toml", "--timeout", "inf"], "'inf' is not a finite number"),
-    (["run", "tiny.toml", "--timeout", "1e400"], "'1e400' is not a finite number"),
-    (["run", "tiny.toml", "--timeout", "-inf"], "--timeout"),
-    (["worker", "--study", "tiny", "--timeout", "nan"], "'nan' is not a finite number"),
-    (["worker", "--study", "tiny", "--timeout", "infinity"], "'infinity' is not a finite number"),
-    (["report", "tiny", "--quantile", "nan"], "'nan' is not a finite number"),
-    (["report", "tiny", "--gap-threshold", "nan"], "'nan' is not a finite number"),
-    (["report", "tiny", "--gap-threshold", "inf"], "'inf' is not a finite number"),
-    (["refine", "tiny", "--quantile", "nan"], "'nan' is not a finite number"),
-    (["refine", "tiny", "--quantile", "NaN"], "'NaN' is not a finite number"),
-    (["run", "tiny.toml", "--workers", 10**6], "--workers"),
-    (["run", "tiny.toml", "--workers", limits.max_workers() + 1], f"1<=x<={limits.max_workers()}"),
-    (["refine", "tiny", "--run", "--workers", 10**6], "--workers"),
-    (["run", "tiny.toml", "--n-trials", 10**9], "--n-trials"),
-    (["worker", "--study", "tiny", "--n-trials", 10**9], "--n-trials"),
-], ids=lambda v: "-".join(map(str, v)) if isinstance(v, list) else None)
+@pytest.mark.parametrize(
+    "args, phrase",
+    [
+        (["run", "tiny.toml", "--timeout", "nan"], "'nan' is not a finite number"),
+        (["run", "tiny.toml", "--timeout", "inf"], "'inf' is not a finite number"),
+        (["run", "tiny.toml", "--timeout", "1e400"], "'1e400' is not a finite number"),
+        (["run", "tiny.toml", "--timeout", "-inf"], "--timeout"),
+        (["worker", "--study", "tiny", "--timeout", "nan"], "'nan' is not a finite number"),
+        (["worker", "--study", "tiny", "--timeout", "infinity"], "'infinity' is not a finite number"),
+        (["report", "tiny", "--quantile", "nan"], "'nan' is not a finite number"),
+        (["report", "tiny", "--gap-threshold", "nan"], "'nan' is not a finite number"),
+        (["report", "tiny", "--gap-threshold", "inf"], "'inf' is not a finite number"),
+        (["refine", "tiny", "--quantile", "nan"], "'nan' is not a finite number"),
+        (["refine", "tiny", "--quantile", "NaN"], "'NaN' is not a finite number"),
+        (["run", "tiny.toml", "--workers", 10**6], "--workers"),
+        (["run", "tiny.toml", "--workers", limits.max_workers() + 1], f"1<=x<={limits.max_workers()}"),
+        (["refine", "tiny", "--run", "--workers", 10**6], "--workers"),
+        (["run", "tiny.toml", "--n-trials", 10**9], "--n-trials"),
+        (["worker", "--study", "tiny", "--n-trials", 10**9], "--n-trials"),
+    ],
+    ids=lambda v: "-".join(map(str, v)) if isinstance(v, list) else None,
+)
 def test_flags_beyond_the_limits_are_refused(stored, capsys, args, phrase):
     before = journal_hash(stored)
     line = refused(capsys, *args)
@@ -325,25 +356,35 @@ def test_workers_that_together_do_not_fit_in_memory_are_refused(stored, capsys, 
 
 def test_a_seed_at_the_top_of_its_range_runs_with_two_workers(workdir, capsys):
     """Worker 1 seeds its sampler with (2**32 - 1 + 1) mod 2**32, which NumPy accepts."""
-    write_study(workdir / "seeded.toml", name="seeded", sampler="random", epochs=1,
-                extra=f"seed = {2**32 - 1}\n\n[budget]\nn_trials = 2")
+    write_study(
+        workdir / "seeded.toml",
+        name="seeded",
+        sampler="random",
+        epochs=1,
+        extra=f"seed = {2**32 - 1}\n\n[budget]\nn_trials = 2",
+    )
     assert run_cli("run", "seeded.toml", "--workers", 2, "--no-tracking", "--no-report") == 0
     trials = journal_study(workdir, "seeded").get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
 
 
-@pytest.mark.parametrize("space, n_trials", [("", 1), ('hidden = { type = "int", low = 4, high = 8 }', 50)],
-                         ids=["no-searched-parameter", "searched"])
+@pytest.mark.parametrize(
+    "space, n_trials",
+    [("", 1), ('hidden = { type = "int", low = 4, high = 8 }', 50)],
+    ids=["no-searched-parameter", "searched"],
+)
 def test_a_worker_stops_after_a_run_of_failed_trials(workdir, capsys, monkeypatch, space, n_trials):
     """Trials that all fail stop the run after MAX_FAILED_IN_A_ROW of them, with one line (exit 1);
     a trial without parameters is not counted against the budget, so the first case never ended."""
+
     def out_of_memory(*args, **kwargs):
         raise MemoryError("Unable to allocate 7.45 TiB for an array")
 
     monkeypatch.setattr(objective, "train", out_of_memory)
     (workdir / "failing.toml").write_text(
         f'name = "failing"\n[data]\nn_train = 100\nn_validation = 50\nn_test = 50\n[budget]\nn_trials = {n_trials}\n'
-        f'[train]\nsizes = [784, 8, 10]\nepochs = 1\nbatch_size = 10\neta = 0.1\n[space]\n{space}\n')
+        f"[train]\nsizes = [784, 8, 10]\nepochs = 1\nbatch_size = 10\neta = 0.1\n[space]\n{space}\n"
+    )
     capsys.readouterr()
     assert run_cli("run", "failing.toml", "--no-tracking", "--no-report") == 1
     line = one_line_error(capsys)
@@ -354,10 +395,14 @@ def test_a_worker_stops_after_a_run_of_failed_trials(workdir, capsys, monkeypatc
 
 # --- damaged store files (sweep/integrity.py): refused before anything is written ----------
 
+
 def file_hashes(workdir: Path) -> dict[str, str]:
     """sha256 of every file under ./mlruns (less SQLite's ``-shm`` index, see tree_snapshot)."""
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((workdir / "mlruns").rglob("*"))
-            if p.is_file() and not p.name.endswith("-shm")}
+    return {
+        str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted((workdir / "mlruns").rglob("*"))
+        if p.is_file() and not p.name.endswith("-shm")
+    }
 
 
 def damage_store(workdir: Path, template: Path, how: str) -> Path:
@@ -442,13 +487,17 @@ def test_a_truncated_optuna_sqlite_database_is_refused(workdir, capsys):
 
 # --- store identity: a path or URL names a store of a known kind, or it is refused ----------
 
+
 def store_contents(workdir: Path) -> dict:
     """Every file under the working directory by SHA-256 (less ``-shm``, see stored_files), and
     the SQL dump of every SQLite database there: to prove nothing was created or changed."""
     import sqlite3
 
-    files = {str(p.relative_to(workdir)): hashlib.sha256(p.read_bytes()).hexdigest()
-             for p in sorted(workdir.rglob("*")) if p.is_file() and not p.name.endswith("-shm")}
+    files = {
+        str(p.relative_to(workdir)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(workdir.rglob("*"))
+        if p.is_file() and not p.name.endswith("-shm")
+    }
     dirs = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*") if p.is_dir())
     dumps = {}
     for db in sorted(workdir.rglob("*.db")):
@@ -476,8 +525,11 @@ def identity(stored):
     assert store_contents(stored) == before
 
 
-@pytest.mark.parametrize("command", [["run", "tiny.toml"], ["worker", "--study", "tiny"], ["report", "tiny"],
-                                     ["list"]], ids=["run", "worker", "report", "list"])
+@pytest.mark.parametrize(
+    "command",
+    [["run", "tiny.toml"], ["worker", "--study", "tiny"], ["report", "tiny"], ["list"]],
+    ids=["run", "worker", "report", "list"],
+)
 def test_a_journal_in_a_directory_that_does_not_exist_is_refused(identity, capsys, command):
     path = identity / "nowhere" / "optuna.journal"
     line = refused(capsys, *command, "--storage", path)
@@ -485,19 +537,32 @@ def test_a_journal_in_a_directory_that_does_not_exist_is_refused(identity, capsy
     assert not (identity / "nowhere").exists()
 
 
-@pytest.mark.parametrize("command", [["run", "tiny.toml", "--no-tracking"], ["worker", "--study", "tiny"],
-                                     ["report", "tiny"], ["list"]], ids=["run", "worker", "report", "list"])
-@pytest.mark.parametrize("db, phrase", [("mlruns/mlflow.db", "is an MLflow tracking store, not an Optuna storage"),
-                                        ("other.db", "is a database of something else, not an Optuna storage")],
-                         ids=["mlflow-db", "other-db"])
+@pytest.mark.parametrize(
+    "command",
+    [["run", "tiny.toml", "--no-tracking"], ["worker", "--study", "tiny"], ["report", "tiny"], ["list"]],
+    ids=["run", "worker", "report", "list"],
+)
+@pytest.mark.parametrize(
+    "db, phrase",
+    [
+        ("mlruns/mlflow.db", "is an MLflow tracking store, not an Optuna storage"),
+        ("other.db", "is a database of something else, not an Optuna storage"),
+    ],
+    ids=["mlflow-db", "other-db"],
+)
 def test_a_database_that_is_not_an_optuna_storage_is_refused(identity, capsys, command, db, phrase):
     line = refused(capsys, *command, "--storage", f"sqlite:///{db}")
     assert phrase in line and db in line
 
 
-@pytest.mark.parametrize("db, phrase", [("optuna.db", "is an Optuna storage, not an MLflow tracking store"),
-                                        ("other.db", "is a database of something else, not an MLflow")],
-                         ids=["optuna-db", "other-db"])
+@pytest.mark.parametrize(
+    "db, phrase",
+    [
+        ("optuna.db", "is an Optuna storage, not an MLflow tracking store"),
+        ("other.db", "is a database of something else, not an MLflow"),
+    ],
+    ids=["optuna-db", "other-db"],
+)
 @pytest.mark.parametrize("command", [["run", "tiny.toml"], ["report", "tiny"], ["ui"]], ids=["run", "report", "ui"])
 def test_a_database_that_is_not_an_mlflow_store_is_refused_as_tracking_uri(identity, capsys, command, db, phrase):
     line = refused(capsys, *command, "--tracking-uri", f"sqlite:///{db}")
@@ -511,13 +576,18 @@ def test_an_in_memory_database_is_refused(identity, capsys, url, flag):
     assert f"{flag} {url}" in line and "in-memory" in line
 
 
-@pytest.mark.parametrize("uri, phrase", [
-    ("ftp://host/store", "unknown scheme 'ftp'"),
-    ("notes.txt", "is a file, not a store directory"),
-    ("file://{root}/notes.txt", "is a file, not a store directory"),
-], ids=["unknown-scheme", "plain-file", "file-uri-to-a-file"])
-@pytest.mark.parametrize("command", [["run", "tiny.toml"], ["worker", "--study", "tiny"], ["ui"]],
-                         ids=["run", "worker", "ui"])
+@pytest.mark.parametrize(
+    "uri, phrase",
+    [
+        ("ftp://host/store", "unknown scheme 'ftp'"),
+        ("notes.txt", "is a file, not a store directory"),
+        ("file://{root}/notes.txt", "is a file, not a store directory"),
+    ],
+    ids=["unknown-scheme", "plain-file", "file-uri-to-a-file"],
+)
+@pytest.mark.parametrize(
+    "command", [["run", "tiny.toml"], ["worker", "--study", "tiny"], ["ui"]], ids=["run", "worker", "ui"]
+)
 def test_a_tracking_uri_of_no_known_kind_is_refused(identity, capsys, command, uri, phrase):
     line = refused(capsys, *command, "--tracking-uri", uri.format(root=identity))
     assert "--tracking-uri" in line and phrase in line
@@ -525,7 +595,7 @@ def test_a_tracking_uri_of_no_known_kind_is_refused(identity, capsys, command, u
 
 @pytest.mark.parametrize("storage", ["journal", "sqlite"])
 def test_a_study_of_the_same_name_in_another_storage_does_not_take_over_its_mlflow_run(identity, capsys, storage):
-    """"tiny" in another (new) storage, tracked in the same mlflow.db: its parent run is the first
+    """ "tiny" in another (new) storage, tracked in the same mlflow.db: its parent run is the first
     study's, tagged with that study's id, so the run is refused, and the new storage not made."""
     (identity / "elsewhere").mkdir()
     path = identity / "elsewhere" / ("optuna.journal" if storage == "journal" else "optuna.db")

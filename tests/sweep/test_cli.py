@@ -53,8 +53,7 @@ def test_the_launchers_sample_of_bad_studies_covers_every_part():
 
 
 @pytest.mark.parametrize("case_id, text, key, phrase", CLI_SAMPLE, ids=[c[0] for c in CLI_SAMPLE])
-def test_bad_study_file_gives_one_line_exit_2_and_touches_nothing(workdir, stored, capsys, case_id, text, key,
-                                                                  phrase):
+def test_bad_study_file_gives_one_line_exit_2_and_touches_nothing(workdir, stored, capsys, case_id, text, key, phrase):
     path = workdir / "bad.toml"
     path.write_text(text)
     capsys.readouterr()
@@ -66,21 +65,24 @@ def test_bad_study_file_gives_one_line_exit_2_and_touches_nothing(workdir, store
     assert tree_snapshot(workdir / "mlruns") == stored
 
 
-@pytest.mark.parametrize("args, phrase", [
-    (["run", "tiny.toml", "--workers", "0"], "--workers"),
-    (["run", "tiny.toml", "--n-trials", "-3"], "--n-trials"),
-    (["run", "tiny.toml", "--timeout", "0"], "--timeout"),
-    (["run", "tiny.toml", "--storage", "ftp://host/x"], "unknown storage scheme 'ftp'"),
-    (["run", "tiny.toml", "--storage", "postgresql://nobody:secret@127.0.0.1:1/none"], "cannot open"),
-    (["run", "missing.toml"], "missing.toml"),
-    (["run", "tiny.toml", "--data-dir", "no-such-dir"], "no-such-dir"),
-    (["run", "tiny.toml", "--bogus"], "--bogus"),
-    (["report", "no-such-study"], "no study named 'no-such-study'"),
-    (["refine", "no-such-study"], "no study named 'no-such-study'"),
-    (["worker", "--study", "no-such-study"], "no study named 'no-such-study'"),
-    (["ui", "--host", "0.0.0.0"], "--expose"),
-    (["frobnicate"], "frobnicate"),
-])
+@pytest.mark.parametrize(
+    "args, phrase",
+    [
+        (["run", "tiny.toml", "--workers", "0"], "--workers"),
+        (["run", "tiny.toml", "--n-trials", "-3"], "--n-trials"),
+        (["run", "tiny.toml", "--timeout", "0"], "--timeout"),
+        (["run", "tiny.toml", "--storage", "ftp://host/x"], "unknown storage scheme 'ftp'"),
+        (["run", "tiny.toml", "--storage", "postgresql://nobody:secret@127.0.0.1:1/none"], "cannot open"),
+        (["run", "missing.toml"], "missing.toml"),
+        (["run", "tiny.toml", "--data-dir", "no-such-dir"], "no-such-dir"),
+        (["run", "tiny.toml", "--bogus"], "--bogus"),
+        (["report", "no-such-study"], "no study named 'no-such-study'"),
+        (["refine", "no-such-study"], "no study named 'no-such-study'"),
+        (["worker", "--study", "no-such-study"], "no study named 'no-such-study'"),
+        (["ui", "--host", "0.0.0.0"], "--expose"),
+        (["frobnicate"], "frobnicate"),
+    ],
+)
 def test_bad_flags_and_names_give_one_line_exit_2_and_touch_nothing(workdir, stored, capsys, args, phrase):
     capsys.readouterr()
     assert run_cli(*args) == 2
@@ -127,8 +129,7 @@ def test_counts_are_pluralised(workdir, capsys):
     assert "1 completed trial by" in out  # the best region's summary
     summary = (workdir / "reports" / "one" / "summary.txt").read_text()
     assert "Study one: 1 trial (" in summary and "1 trials" not in summary
-    assert run_cli("run", write_study(workdir / "two.toml", name="two", epochs=1), "--n-trials", 2,
-                   "--no-report") == 0
+    assert run_cli("run", write_study(workdir / "two.toml", name="two", epochs=1), "--n-trials", 2, "--no-report") == 0
     assert "Study two: 2 trials (2 complete" in capsys.readouterr().out
     assert run_cli("worker", "--study", "two", "--n-trials", 3) == 0
     assert "worker ran 1 trial of two" in capsys.readouterr().out

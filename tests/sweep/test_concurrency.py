@@ -8,8 +8,10 @@ from tests.sweep.conftest import TINY, child_runs, journal_study, tracking_clien
 from tests.sweep.pg import by_state, check_agreement, check_grid_done, finish, start_sweep
 
 EPOCHS = 4
-SPACE = ('batch_size = { type = "int", low = 10, high = 50, step = 10 }\n'
-         'eta = { type = "float", low = 0.1, high = 0.4, step = 0.1 }\n')  # 5 x 4 = 20 points
+SPACE = (
+    'batch_size = { type = "int", low = 10, high = 50, step = 10 }\n'
+    'eta = { type = "float", low = 0.1, high = 0.4, step = 0.1 }\n'
+)  # 5 x 4 = 20 points
 
 
 @pytest.mark.slow
@@ -29,6 +31,7 @@ def test_four_local_workers_share_one_grid_without_losing_anything(workdir):
     # one FINISHED run per trial, each with every epoch of each curve (no lost metrics)
     assert check_agreement(study, runs, EPOCHS, tracking_client(workdir)) == {"FINISHED": 20}
     for run in runs:
-        assert {f"summary/{name}" for name in ("test_accuracy", "best_validation_accuracy", "gap",
-                                               "training_seconds")} <= set(run.data.metrics)
+        assert {
+            f"summary/{name}" for name in ("test_accuracy", "best_validation_accuracy", "gap", "training_seconds")
+        } <= set(run.data.metrics)
     assert "Study shared: 20 trials (20 complete, 0 pruned, 0 failed)" in out

@@ -133,8 +133,12 @@ def test_sigterm_reaches_the_workers_at_once_and_no_trial_starts_after_it(workdi
     seen = journal(workdir, "tiny").get_trials()
     sent, start = datetime.now(), time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    wait_until(lambda: all(signal_pending(pid, signal.SIGTERM) for pid in by_pid), 60,
-               "the launcher to pass SIGTERM on", every=0.002)
+    wait_until(
+        lambda: all(signal_pending(pid, signal.SIGTERM) for pid in by_pid),
+        60,
+        "the launcher to pass SIGTERM on",
+        every=0.002,
+    )
     passed_on = time.monotonic() - start
     let_go(by_pid)
     start = time.monotonic()
@@ -150,8 +154,10 @@ def test_sigterm_reaches_the_workers_at_once_and_no_trial_starts_after_it(workdi
     after = [len(t.intermediate_values) - len(seen[t.number].intermediate_values) for t in stopped]
     assert all(n <= 1 for n in after), after  # stopped at the next epoch's end, not at the trial's
     with capsys.disabled():
-        print(f"\nSIGTERM passed on in {passed_on * 1000:.0f} ms; workers gone {latency * 1000:.0f} ms after "
-              f"they were let go; epochs after the signal: {after}")
+        print(
+            f"\nSIGTERM passed on in {passed_on * 1000:.0f} ms; workers gone {latency * 1000:.0f} ms after "
+            f"they were let go; epochs after the signal: {after}"
+        )
 
 
 def test_sigkill_mid_trial_on_the_journal_a_later_run_retries_it(workdir):
@@ -167,8 +173,9 @@ def test_sigkill_mid_trial_on_the_journal_a_later_run_retries_it(workdir):
     assert [t.number for t in killed.trials if t.state == TrialState.RUNNING] == victims == [2, 3]
     kept = {t.number: t.values for t in killed.trials if t.state == TrialState.COMPLETE}
     assert sorted(kept) == [0, 1]
-    assert sorted(r.info.status for r in child_runs(workdir, "tiny")) == \
-        sorted(["FINISHED"] * len(kept) + ["RUNNING"] * len(victims))
+    assert sorted(r.info.status for r in child_runs(workdir, "tiny")) == sorted(
+        ["FINISHED"] * len(kept) + ["RUNNING"] * len(victims)
+    )
 
     assert run_cli("run", "tiny.toml", "--no-report") == 0  # finds the dead worker's trials, retries them
 
@@ -225,8 +232,10 @@ def test_sigkill_of_a_worker_on_another_host_is_found_by_its_heartbeat(tmp_path,
     from mlflow.tracking import MlflowClient
 
     runs = trial_runs(tracking, "tiny")
-    assert check_agreement(study, runs, EPOCHS, MlflowClient(tracking)) == \
-        {"FINISHED": N_POINTS, "KILLED": len(victims)}
+    assert check_agreement(study, runs, EPOCHS, MlflowClient(tracking)) == {
+        "FINISHED": N_POINTS,
+        "KILLED": len(victims),
+    }
 
 
 def test_sigterm_stops_a_two_worker_run_and_a_later_run_continues(workdir):
@@ -253,8 +262,9 @@ def test_sigterm_stops_a_two_worker_run_and_a_later_run_continues(workdir):
     assert {t.number for t in study.trials if t.state == TrialState.COMPLETE} == done_before
     assert all(t.user_attrs["mlp_sweep.result"]["reason"] == "interrupted" for t in failed)
     assert sorted(w.user_attrs["mlp_sweep.retry_of"] for w in waiting) == running
-    assert all(w.system_attrs["fixed_params"] == study.trials[w.user_attrs["mlp_sweep.retry_of"]].params
-               for w in waiting)
+    assert all(
+        w.system_attrs["fixed_params"] == study.trials[w.user_attrs["mlp_sweep.retry_of"]].params for w in waiting
+    )
     statuses = check_agreement(study, child_runs(workdir, "tiny"), EPOCHS, tracking_client(workdir))
     assert statuses == {"FINISHED": len(done_before), "KILLED": len(running)}
 
@@ -270,8 +280,12 @@ def test_sigterm_stops_a_two_worker_run_and_a_later_run_continues(workdir):
 def test_sigterm_stops_a_sweep_worker_at_a_safe_point(workdir):
     """A worker on another machine stopped by its service manager: no heartbeat wait needed."""
     spec = load_spec(held_study(workdir / "tiny.toml"))
-    create_or_resume(spec, Stores(StorageSpec(str(workdir / "mlruns" / "optuna.journal")),
-                                  f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}"))
+    create_or_resume(
+        spec,
+        Stores(
+            StorageSpec(str(workdir / "mlruns" / "optuna.journal")), f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}"
+        ),
+    )
     proc = start_sweep("worker", "--study", "tiny", cwd=workdir, env=held_env(first=2))
     [(pid, victims)] = wait_held(workdir, 1).items()
     assert pid == proc.pid and victims == [2, 3]
@@ -329,5 +343,10 @@ def nameless(workdir, sampled: bool | None = None) -> list[int]:
         trials = journal(workdir, "tiny").get_trials(deepcopy=False)
     except KeyError:
         return []
-    return [t.number for t in trials if t.state == TrialState.RUNNING and "mlp_sweep.worker" not in t.user_attrs
-            and sampled in (None, bool(t.params))]
+    return [
+        t.number
+        for t in trials
+        if t.state == TrialState.RUNNING
+        and "mlp_sweep.worker" not in t.user_attrs
+        and sampled in (None, bool(t.params))
+    ]

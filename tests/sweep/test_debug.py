@@ -9,6 +9,7 @@ from sweep.cli import main
 @pytest.fixture
 def broken(monkeypatch):
     """Every command fails as a bug would, inside the code it runs."""
+
     def fail() -> None:
         raise RuntimeError("a bug\nwith a second line")
 
@@ -25,8 +26,9 @@ def run(argv, capsys) -> tuple[int, str]:
 def test_an_unexpected_error_is_one_line_and_exit_1(broken, capsys):
     code, err = run(["list"], capsys)
     assert code == 1
-    assert err.splitlines() == ["sweep: unexpected error: RuntimeError: a bug (--debug or MLP_SWEEP_DEBUG=1 shows "
-                                "where); please report it"]
+    assert err.splitlines() == [
+        "sweep: unexpected error: RuntimeError: a bug (--debug or MLP_SWEEP_DEBUG=1 shows where); please report it"
+    ]
 
 
 @pytest.mark.parametrize("how", ["flag", "env"])

@@ -46,8 +46,10 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 __all__ = ["mlflow_server", "pg_databases"]  # fixtures, imported for pytest
 
 EPOCHS = 3
-GRID_SPACE = ('batch_size = { type = "int", low = 10, high = 30, step = 10 }\n'
-              'eta = { type = "float", low = 0.1, high = 0.4, step = 0.1 }\n')  # 3 x 4 = 12 points
+GRID_SPACE = (
+    'batch_size = { type = "int", low = 10, high = 30, step = 10 }\n'
+    'eta = { type = "float", low = 0.1, high = 0.4, step = 0.1 }\n'
+)  # 3 x 4 = 12 points
 N_POINTS = 12
 
 
@@ -72,8 +74,9 @@ def tracking(request, pg_databases):
     return request.getfixturevalue("mlflow_server").uri
 
 
-def test_three_workers_share_a_postgresql_study_and_run_every_grid_point_once(tmp_path, pg_databases, tracking,
-                                                                              monkeypatch):
+def test_three_workers_share_a_postgresql_study_and_run_every_grid_point_once(
+    tmp_path, pg_databases, tracking, monkeypatch
+):
     """Each worker is held in its first pack until all three hold one, so each runs a pack."""
     monkeypatch.setenv("MLP_SWEEP_GRACE", "600")  # held workers send no heartbeats: not dead
     storage = database_url(pg_databases())
@@ -83,16 +86,23 @@ def test_three_workers_share_a_postgresql_study_and_run_every_grid_point_once(tm
     elsewhere = tmp_path / "other-machine"  # no study file here: the settings come from the storage
     elsewhere.mkdir()
 
-    procs = [start_sweep("worker", "--study", "dist", "--storage", storage, "--tracking-uri", tracking,
-                         cwd=elsewhere, env=held_env()) for _ in range(3)]
-    wait_until(lambda: any(p.poll() is not None for p in procs) or
-               len(held_workers(rdb_study(storage, "dist"))) == 3, 120, "three workers held")
+    procs = [
+        start_sweep(
+            "worker", "--study", "dist", "--storage", storage, "--tracking-uri", tracking, cwd=elsewhere, env=held_env()
+        )
+        for _ in range(3)
+    ]
+    wait_until(
+        lambda: any(p.poll() is not None for p in procs) or len(held_workers(rdb_study(storage, "dist"))) == 3,
+        120,
+        "three workers held",
+    )
     assert all(p.poll() is None for p in procs)  # (GRID_SPACE's 3 batch sizes: one pack each)
     for p in procs:
         os.kill(p.pid, signal.SIGCONT)
     results = [finish(p) for p in procs]
 
-    for code, out, err in results:
+    for code, _, err in results:
         assert code == 0 and "Traceback" not in err, err
     assert sum(ran(out) for _, out, _ in results) == N_POINTS
     study = rdb_study(storage, "dist")
@@ -121,14 +131,24 @@ def test_the_readme_two_machine_set_up(tmp_path, pg_databases, mlflow_server, mo
     common = ["--storage", storage, "--tracking-uri", mlflow_server.uri]
 
     run_a = start_sweep("run", "two.toml", *common, cwd=machine_a, env=held_env())
-    [(pid, held)] = wait_until(lambda: run_a.poll() is not None or
-                               (study_ready(storage, "two") and held_workers(rdb_study(storage, "two"))), 60,
-                               "machine A held in its first trials").items()
+    [(pid, held)] = wait_until(
+        lambda: run_a.poll() is not None or (study_ready(storage, "two") and held_workers(rdb_study(storage, "two"))),
+        60,
+        "machine A held in its first trials",
+    ).items()
     assert pid == run_a.pid
     worker_b = start_sweep("worker", "--study", "two", *common, cwd=machine_b, hostname="machine-b")
-    wait_until(lambda: worker_b.poll() is not None or any(
-        t.user_attrs.get("mlp_sweep.worker", {}).get("host") == "machine-b" for t in rdb_study(storage, "two").trials),
-        60, "machine B to claim trials")  # B joins while A trains
+    wait_until(
+        lambda: (
+            worker_b.poll() is not None
+            or any(
+                t.user_attrs.get("mlp_sweep.worker", {}).get("host") == "machine-b"
+                for t in rdb_study(storage, "two").trials
+            )
+        ),
+        60,
+        "machine B to claim trials",
+    )  # B joins while A trains
     os.kill(pid, signal.SIGCONT)
     code_a, out_a, err_a = finish(run_a)
     code_b, out_b, err_b = finish(worker_b)
@@ -149,7 +169,6 @@ def test_the_readme_two_machine_set_up(tmp_path, pg_databases, mlflow_server, mo
     assert not (machine_b / "mlruns").exists() and not (machine_a / "mlruns").exists()
 
 
-
 LEAKS = ("Warning", "warning", "ExperimentalWarning", "pruning feature", "experimental", "Traceback")
 
 
@@ -168,11 +187,13 @@ def test_a_postgresql_run_says_nothing_but_its_own_words(tmp_path, pg_databases)
         assert done.returncode == 0, done.stderr
         return done.stdout + done.stderr
 
-    said = [sweep("run", "quiet.toml", "--storage", storage, "--workers", "2", "--n-trials", "6", "--no-report"),
-            sweep("worker", "--study", "quiet", "--storage", storage, "--n-trials", "8"),
-            sweep("worker", "--study", "quiet", "--storage", storage, "--no-tracking", "--n-trials", "9"),
-            sweep("report", "quiet", "--storage", storage),  # what a run writes at its end, later
-            sweep("report", "quiet", "--storage", storage, "--no-tracking", "--out", "untracked")]
+    said = [
+        sweep("run", "quiet.toml", "--storage", storage, "--workers", "2", "--n-trials", "6", "--no-report"),
+        sweep("worker", "--study", "quiet", "--storage", storage, "--n-trials", "8"),
+        sweep("worker", "--study", "quiet", "--storage", storage, "--no-tracking", "--n-trials", "9"),
+        sweep("report", "quiet", "--storage", storage),  # what a run writes at its end, later
+        sweep("report", "quiet", "--storage", storage, "--no-tracking", "--out", "untracked"),
+    ]
     assert "Study quiet: 6 trials" in said[0] and "worker ran 2 trials of quiet" in said[1]
     assert "worker ran 1 trial of quiet" in said[2]
     for text in said:

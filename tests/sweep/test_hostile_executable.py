@@ -14,9 +14,11 @@ STUDY = Path(__file__).resolve().parents[2] / "studies" / "homework-grid-5k.toml
 PEAK_RSS_MB = 300  # a refusal needs the interpreter and its imports (about 60 MB), nothing of the input's size
 # Runs argv[2:] and writes its peak RSS to argv[1]. A small process of its own starts it: a child
 # forked straight from the (large) test process would report the test process's RSS as its peak.
-MEASURE = ("import pathlib, resource, subprocess, sys; code = subprocess.call(sys.argv[2:]); "
-           "pathlib.Path(sys.argv[1]).write_text(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); "
-           "sys.exit(code)")
+MEASURE = (
+    "import pathlib, resource, subprocess, sys; code = subprocess.call(sys.argv[2:]); "
+    "pathlib.Path(sys.argv[1]).write_text(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); "
+    "sys.exit(code)"
+)
 ETA = 'eta = { type = "float", low = 0.08, high = 0.18, step = 0.01 }'
 
 # name: (how the shipped study is changed, extra flags)
@@ -45,9 +47,13 @@ def test_an_exhausting_input_is_refused_by_the_real_executable_without_allocatin
     assert flags or study.read_text() != STUDY.read_text()  # the edit took
     out, err, rss = tmp_path / "out", tmp_path / "err", tmp_path / "rss"
     with out.open("w") as stdout, err.open("w") as stderr:
-        code = subprocess.call([sys.executable, "-c", MEASURE, str(rss), *sweep_command(), "run", str(study), *flags],
-                               cwd=tmp_path, stdout=stdout, stderr=stderr,
-                               env={**os.environ, "PYTHONWARNINGS": "default"})
+        code = subprocess.call(
+            [sys.executable, "-c", MEASURE, str(rss), *sweep_command(), "run", str(study), *flags],
+            cwd=tmp_path,
+            stdout=stdout,
+            stderr=stderr,
+            env={**os.environ, "PYTHONWARNINGS": "default"},
+        )
     message = err.read_text()
     assert code == 2, (out.read_text(), message)
     assert len(message.strip().splitlines()) == 1 and "Traceback" not in message, message

@@ -20,7 +20,9 @@ ADAPTER = "sweep.adapters"
 COMPILED = "core.compiled"
 ENGINE = "core.engine"  # chooses the engine: the only module importing the compiled kernels
 # Internals of Optuna and MLflow that only the adapter may name.
-PRIVATE = re.compile(r"\._storage\b|\._trial_id\b|\._all_grids\b|mlflow\.store\b|mlflow\.utils\b|[\"']fixed_params[\"']")
+PRIVATE = re.compile(
+    r"\._storage\b|\._trial_id\b|\._all_grids\b|mlflow\.store\b|mlflow\.utils\b|[\"']fixed_params[\"']"
+)
 
 
 def module_name(path: Path) -> str:
@@ -75,7 +77,14 @@ def reaches(start: str, edges: dict[str, set[str]]) -> set[str]:
 
 def test_the_graph_is_parsed():
     edges = graph()
-    assert {"sweep.cli.commands", "sweep.run.runner", "sweep.schema", "sweep.spec.study", ADAPTER, "core.train"} <= edges.keys()
+    assert {
+        "sweep.cli.commands",
+        "sweep.run.runner",
+        "sweep.schema",
+        "sweep.spec.study",
+        ADAPTER,
+        "core.train",
+    } <= edges.keys()
     assert "sweep.schema" in edges["sweep.run.trial"] and "core.model" in edges["core.train"]
     assert {layer(m) for m in edges if m != "sweep"} == {"core", *LAYERS}
 
@@ -88,17 +97,27 @@ def test_no_import_circle(package):
 
 def test_each_folder_imports_only_the_folders_below_it():
     order = {"core": -1} | {name: rank for rank, name in enumerate(LAYERS)}
-    upward = sorted(f"{a} -> {b}" for a, targets in graph().items() if a != "sweep"
-                    for b in targets if b != "sweep" and order[layer(b)] > order[layer(a)])
+    upward = sorted(
+        f"{a} -> {b}"
+        for a, targets in graph().items()
+        if a != "sweep"
+        for b in targets
+        if b != "sweep" and order[layer(b)] > order[layer(a)]
+    )
     assert upward == []
 
 
 def test_nothing_imports_the_public_front():
     """`from sweep import x` inside the package names a module, never a name the front hands on."""
     names = modules()
-    fronted = sorted(f"{name}: {alias.name}" for name, path in names.items() for node in ast.walk(ast.parse(path.read_text()))
-                     if isinstance(node, ast.ImportFrom) and node.module == "sweep"
-                     for alias in node.names if f"sweep.{alias.name}" not in names)
+    fronted = sorted(
+        f"{name}: {alias.name}"
+        for name, path in names.items()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and node.module == "sweep"
+        for alias in node.names
+        if f"sweep.{alias.name}" not in names
+    )
     assert fronted == []
 
 
@@ -115,8 +134,11 @@ def test_core_imports_nothing_of_sweep_and_one_module_imports_the_compiled_kerne
 
 
 def test_only_tracking_and_the_adapter_import_mlflow():
-    users = sorted(name for name, path in modules("sweep").items()
-                   if any(m == "mlflow" or m.startswith("mlflow.") for m in imports(path)))
+    users = sorted(
+        name
+        for name, path in modules("sweep").items()
+        if any(m == "mlflow" or m.startswith("mlflow.") for m in imports(path))
+    )
     # (the adapter names MLflow's modules without importing them at import; sweep.tracking.served is the
     # logged model's code, which MLflow runs when it loads the model and no module imports)
     assert users == ["sweep.tracking.served", "sweep.tracking.tracker"]
@@ -139,8 +161,10 @@ def test_every_stored_name_is_defined_once():
 
 def test_every_third_party_import_is_declared():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = {re.split(r"[<>=!~\[ ;]", dep)[0].lower().replace("_", "-")
-                for dep in [*project["dependencies"], *sum(project["optional-dependencies"].values(), [])]}
+    declared = {
+        re.split(r"[<>=!~\[ ;]", dep)[0].lower().replace("_", "-")
+        for dep in [*project["dependencies"], *sum(project["optional-dependencies"].values(), [])]
+    }
     dist = {"tomli_w": "tomli-w", "grpc": "grpcio"}  # import name -> distribution name where they differ
     stdlib = __import__("sys").stdlib_module_names
     used = {m.split(".")[0] for path in modules().values() for m in imports(path)}

@@ -64,8 +64,14 @@ def test_the_registered_model_predicts_the_test_set_in_a_fresh_process(workdir):
     np.savez(workdir / "test.npz", X=test.X)
     uri = f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI")}
-    out = subprocess.run([sys.executable, "-c", LOAD, uri, "served", str(workdir / "test.npz")], cwd="/",
-                         env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", LOAD, uri, "served", str(workdir / "test.npz")],
+        cwd="/",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     answer = json.loads(out.stdout.strip().splitlines()[-1])
     accuracy = float(np.mean(np.array(answer["digits"]) == test.y))
@@ -76,8 +82,11 @@ def test_the_registered_model_predicts_the_test_set_in_a_fresh_process(workdir):
     (version,) = client.search_model_versions("name = 'served'")
     assert version.run_id == best.user_attrs[RUN_ATTR] and version.tags[TRIAL_TAG] == str(best.number)
     # only the best-so-far trials kept weights (at least the best's, never more than all of them)
-    kept = [r for r in child_runs(workdir, "served")
-            if any(f.path == WEIGHTS_ARTIFACT for f in client.list_artifacts(r.info.run_id, WEIGHTS_DIR))]
+    kept = [
+        r
+        for r in child_runs(workdir, "served")
+        if any(f.path == WEIGHTS_ARTIFACT for f in client.list_artifacts(r.info.run_id, WEIGHTS_DIR))
+    ]
     assert best.user_attrs[RUN_ATTR] in {r.info.run_id for r in kept} and 1 <= len(kept) <= 4
     # resumed with nothing left to do: the same best trial, no new version
     assert run_cli("run", "served.toml", "--n-trials", 4, "--no-report") == 0
@@ -92,19 +101,24 @@ def test_best_prints_the_best_trial_and_exports_its_weights(workdir, stored_stud
     out = capsys.readouterr().out
     assert f"Best trial #{best.number} of tiny: validation_accuracy {best.value:.6g} (maximize)" in out
     assert f"test_accuracy {metrics['test_accuracy']:.6g}" in out and "network: 784-8-10" in out
-    assert "params: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                 for k, v in best.params.items()) in out
+    assert (
+        "params: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
+        in out
+    )
     network, params = load_params(workdir / "best.npz")  # (allow_pickle=False)
     test = _test_set(workdir, "tiny")
     assert np.mean(predict(network, params, test.X) == test.y) == pytest.approx(metrics["test_accuracy"], abs=1e-12)
 
 
-@pytest.mark.parametrize("case, args, phrase", [
-    ("no study", ["best", "nope"], "no study named 'nope'"),
-    ("a directory", ["best", "tiny", "--export", "."], "is a directory"),
-    ("no directory", ["best", "tiny", "--export", "missing/best.npz"], "no directory missing"),
-    ("a file there", ["best", "tiny", "--export", "tiny.toml"], "already exists"),
-])
+@pytest.mark.parametrize(
+    "case, args, phrase",
+    [
+        ("no study", ["best", "nope"], "no study named 'nope'"),
+        ("a directory", ["best", "tiny", "--export", "."], "is a directory"),
+        ("no directory", ["best", "tiny", "--export", "missing/best.npz"], "no directory missing"),
+        ("a file there", ["best", "tiny", "--export", "tiny.toml"], "already exists"),
+    ],
+)
 def test_best_refuses_with_one_line(workdir, stored_study, capsys, case, args, phrase):
     copy_stored(stored_study, workdir)
     assert run_cli(*args) == 2

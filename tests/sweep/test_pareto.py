@@ -32,8 +32,9 @@ def multi(tmp_path_factory):
     os.chdir(root)
     try:
         with contextlib.redirect_stdout(out):
-            assert run_cli("run", write_study(root / "multi.toml", name=NAME, extra=TWO_OBJECTIVES),
-                           "--no-tracking") == 0
+            assert (
+                run_cli("run", write_study(root / "multi.toml", name=NAME, extra=TWO_OBJECTIVES), "--no-tracking") == 0
+            )
     finally:
         os.chdir(cwd)
     study = journal_study(root, NAME)
@@ -101,7 +102,8 @@ def test_refine_searches_the_front_and_enqueues_it(multi, monkeypatch):
     for name in refined.space.keys() - refined.searched.keys():  # or the one value they share
         assert {point[name] for point in points} == {refined.space[name].value}
     expected = {frozenset((k, v) for k, v in point.items() if k in refined.searched) for point in points} - {
-        frozenset()}
+        frozenset()
+    }
     assert len(refined.enqueue) == len(expected) and {frozenset(e.items()) for e in refined.enqueue} == expected
 
 

@@ -48,7 +48,7 @@ def test_heatmap_scatter(study):
     assert ax.get_xlabel() == "x" and ax.get_title()
     assert figure.axes[1].get_ylabel() == "validation accuracy"  # the colour bar
     notes = [child.get_text() for child in ax.texts]
-    assert notes == [f"(19, {0.001 * 1.4 ** 19:.4g}, 19)"]  # the best (x, lr, value): not a fraction, no per cent
+    assert notes == [f"(19, {0.001 * 1.4**19:.4g}, 19)"]  # the best (x, lr, value): not a fraction, no per cent
     assert any("not completed" in text.get_text() for text in ax.get_legend().get_texts())
 
 
@@ -62,8 +62,15 @@ def test_heatmap_scatter_of_a_grid_reads_like_the_homeworks_figure():
     """The best point annotated (batch, eta, accuracy %), between two rows of points; a tick at every grid value."""
     grid = [(m, eta) for m in (5, 6, 7) for eta in (0.08, 0.09, 0.1)]
     accuracy = [0.938 if (m, eta) == (6, 0.09) else 0.9 for m, eta in grid]
-    trials = pd.DataFrame({"number": range(9), "state": "COMPLETE", "batch_size": [m for m, _ in grid],
-                           "eta": [eta for _, eta in grid], "validation_accuracy": accuracy})
+    trials = pd.DataFrame(
+        {
+            "number": range(9),
+            "state": "COMPLETE",
+            "batch_size": [m for m, _ in grid],
+            "eta": [eta for _, eta in grid],
+            "validation_accuracy": accuracy,
+        }
+    )
     ax = plots.heatmap_scatter(trials, "batch_size", "eta", "validation_accuracy").axes[0]
     [note] = ax.texts
     assert note.get_text() == "(6, 0.09, 93.8 %)"
@@ -124,12 +131,15 @@ def test_optuna_plots_multi_objective_adds_the_pareto_front():
 
 def test_optuna_plots_skip_what_cannot_be_drawn():
     study = optuna.create_study()
-    study.add_trial(optuna.create_trial(params={"eta": 0.1}, distributions={"eta": FloatDistribution(0.01, 1)},
-                                        value=0.5))
+    study.add_trial(
+        optuna.create_trial(params={"eta": 0.1}, distributions={"eta": FloatDistribution(0.01, 1)}, value=0.5)
+    )
     figures, skipped = plots.optuna_plots(study)
     assert set(figures) == {"history", "parallel_coordinate", "slice"}
-    assert skipped == {"importances": "needs at least 2 completed trials",  # each left out with its reason
-                       "contour": "needs 2 parameters that each took 2 values or more in completed trials"}
+    assert skipped == {
+        "importances": "needs at least 2 completed trials",  # each left out with its reason
+        "contour": "needs 2 parameters that each took 2 values or more in completed trials",
+    }
     assert "intermediate_values" not in figures | skipped  # nothing reported per epoch (no pruner): not tried
     assert not [why for why in skipped.values() if "pruning feature" in why]
 
@@ -138,8 +148,9 @@ def test_collect_records_failures():
     def broken():
         raise ValueError("not enough trials")
 
-    figures, skipped = plots.collect({"fine": lambda: plots.best_curves(epochs_frame(make_study()), 0),
-                                      "broken": broken})
+    figures, skipped = plots.collect(
+        {"fine": lambda: plots.best_curves(epochs_frame(make_study()), 0), "broken": broken}
+    )
     assert set(figures) == {"fine"} and skipped == {"broken": "not enough trials"}
 
 
@@ -150,7 +161,9 @@ def test_write_report_writes_every_file(tmp_path, n_objectives):
     report = write_report(study, out, heatmap_params=["x", "lr"])
     names = {path.name for path in report.files}
     optuna_names = OPTUNA_SINGLE if n_objectives == 1 else OPTUNA_SINGLE - {"intermediate_values"} | {"pareto_front"}
-    pngs = {f"{name}.png" for name in ("heatmap", "best_curves", "overfitting", "best_so_far")[:3 + (n_objectives == 1)]}
+    pngs = {
+        f"{name}.png" for name in ("heatmap", "best_curves", "overfitting", "best_so_far")[: 3 + (n_objectives == 1)]
+    }
     pngs |= {f"optuna_{name}.png" for name in optuna_names}
     assert names == {"trials.csv", "epochs.csv", "region.csv", "summary.txt"} | pngs
     assert sorted(path.name for path in out.iterdir()) == sorted(names)  # no temporary files left
@@ -217,9 +230,15 @@ def test_write_report_failing_midway_leaves_no_temporary_files(tmp_path, monkeyp
 def test_best_so_far_steps_at_each_new_best_in_wall_time_order():
     """Trials end in another order than their numbers: the curve follows the clock, and the test
     line is the test accuracy of the trial that was best at each moment (chosen by value alone)."""
-    trials = pd.DataFrame({"number": [0, 1, 2, 3, 4], "state": ["COMPLETE"] * 4 + ["PRUNED"],
-                           "value": [0.90, 0.95, 0.93, 0.97, 0.99], "test_accuracy": [0.89, 0.96, 0.99, 0.94, 1.0],
-                           "ended_after": [60.0, 300.0, 120.0, 240.0, 30.0]})
+    trials = pd.DataFrame(
+        {
+            "number": [0, 1, 2, 3, 4],
+            "state": ["COMPLETE"] * 4 + ["PRUNED"],
+            "value": [0.90, 0.95, 0.93, 0.97, 0.99],
+            "test_accuracy": [0.89, 0.96, 0.99, 0.94, 1.0],
+            "ended_after": [60.0, 300.0, 120.0, 240.0, 30.0],
+        }
+    )
     figure = plots.best_so_far(trials, label="validation_accuracy")
     assert drawn(figure)
     ax = figure.axes[0]
@@ -232,8 +251,9 @@ def test_best_so_far_steps_at_each_new_best_in_wall_time_order():
 
 
 def test_best_so_far_minimize_and_without_completed_trials():
-    trials = pd.DataFrame({"number": [0, 1], "state": ["COMPLETE", "FAIL"], "value": [2.0, None],
-                           "ended_after": [30.0, 60.0]})
+    trials = pd.DataFrame(
+        {"number": [0, 1], "state": ["COMPLETE", "FAIL"], "value": [2.0, None], "ended_after": [30.0, 60.0]}
+    )
     figure = plots.best_so_far(trials, direction="minimize")
     assert list(figure.axes[0].lines[0].get_ydata()) == [2.0]
     with pytest.raises(ValueError, match="no completed trial"):

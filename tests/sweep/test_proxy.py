@@ -66,10 +66,11 @@ def proxied_study(tmp_path, pg_databases, epochs: int = 2, extra: str = "") -> t
 @pytest.mark.slow
 def test_two_workers_through_the_proxy_run_every_grid_point_once(tmp_path, pg_databases):
     storage, proxy = proxied_study(tmp_path, pg_databases)
-    procs = [start_sweep("worker", "--study", "tiny", "--storage", proxy, "--no-tracking", cwd=tmp_path)
-             for _ in range(2)]
+    procs = [
+        start_sweep("worker", "--study", "tiny", "--storage", proxy, "--no-tracking", cwd=tmp_path) for _ in range(2)
+    ]
     results = [finish(p) for p in procs]
-    for code, out, err in results:
+    for code, _, err in results:
         assert code == 0 and "Traceback" not in err, err
     study = rdb_study(storage, "tiny")  # read from the database itself
     assert by_state(study) == {"COMPLETE": N_POINTS}
@@ -102,7 +103,8 @@ def test_a_worker_killed_behind_the_proxy_has_its_trial_failed_and_retried(tmp_p
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_a_worker_killed_on_another_host_behind_the_proxy_is_found_by_its_silent_heartbeat(
-        tmp_path, pg_databases, monkeypatch):
+    tmp_path, pg_databases, monkeypatch
+):
     if (why := can_fake_a_host()) is not None:
         pytest.skip(why)
     monkeypatch.setenv("MLP_SWEEP_HEARTBEAT", "1")
@@ -134,8 +136,13 @@ def test_a_proxy_beyond_loopback_needs_expose_and_a_database(tmp_path, capsys):
     assert "the proxy serves a database" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("url, problem", [("grpc://127.0.0.1:1", "no sweep proxy answers at grpc://127.0.0.1:1"),
-                                          ("grpc://nohost", "a proxy's URL is grpc://HOST:PORT")])
+@pytest.mark.parametrize(
+    "url, problem",
+    [
+        ("grpc://127.0.0.1:1", "no sweep proxy answers at grpc://127.0.0.1:1"),
+        ("grpc://nohost", "a proxy's URL is grpc://HOST:PORT"),
+    ],
+)
 def test_a_worker_given_a_bad_proxy_says_so_in_one_line(tmp_path, capsys, monkeypatch, url, problem):
     monkeypatch.setattr("sweep.stores.storage.CONNECT_TIMEOUT", 1)
     assert run_cli("worker", "--study", "s", "--storage", url, "--no-tracking") == 2

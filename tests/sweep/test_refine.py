@@ -22,9 +22,11 @@ GRID = {
     "objective": [{"metric": "validation_accuracy"}],
     "sampler": {"name": "grid"},
     "train": {"epochs": 3},
-    "space": {"batch_size": {"type": "int", "low": 4, "high": 40, "step": 4},  # 10 points
-              "eta": {"type": "float", "low": 0.1, "high": 1.0, "step": 0.1},  # 10 points
-              "lmbda": 0.5},
+    "space": {
+        "batch_size": {"type": "int", "low": 4, "high": 40, "step": 4},  # 10 points
+        "eta": {"type": "float", "low": 0.1, "high": 1.0, "step": 0.1},  # 10 points
+        "lmbda": 0.5,
+    },
 }
 TPE = {
     "name": "tpe-toy",
@@ -33,10 +35,12 @@ TPE = {
     "pruner": {"name": "median"},
     "budget": {"n_trials": 40},
     "train": {"epochs": 3, "sizes": [784, 30, 10]},
-    "space": {"batch_size": {"type": "categorical", "choices": [10, 20, 50]},
-              "eta": {"type": "float", "low": 0.001, "high": 1.0, "log": True},
-              "hidden": {"type": "int", "low": 10, "high": 200},
-              "activation": {"type": "categorical", "choices": ["relu", "sigmoid"]}},
+    "space": {
+        "batch_size": {"type": "categorical", "choices": [10, 20, 50]},
+        "eta": {"type": "float", "low": 0.001, "high": 1.0, "log": True},
+        "hidden": {"type": "int", "low": 10, "high": 200},
+        "activation": {"type": "categorical", "choices": ["relu", "sigmoid"]},
+    },
 }
 
 
@@ -109,7 +113,12 @@ def test_name_parent_description_and_settings(grid):
     assert "grid-toy" in refined.description and "10%" in refined.description
     assert "10 of 100 completed trials" in refined.description
     assert (refined.sampler, refined.pruner, refined.objectives, refined.train, refined.data) == (
-        spec.sampler, spec.pruner, spec.objectives, spec.train, spec.data)
+        spec.sampler,
+        spec.pruner,
+        spec.objectives,
+        spec.train,
+        spec.data,
+    )
     taken = {"grid-toy-refined", "grid-toy-refined-2"}
     assert refine(study, spec, 0.1, taken=taken).name == "grid-toy-refined-3"
     assert refined_name("a", ()) == "a-refined"
@@ -122,9 +131,17 @@ def trade_off(params) -> tuple[float, float]:
 
 
 def test_multi_objective_refines_the_pareto_front():
-    spec = parse_spec({**GRID, "name": "grid-pair", "objective": [
-        {"metric": "validation_accuracy", "direction": "maximize"},
-        {"metric": "training_seconds", "direction": "minimize"}]}, "pair.toml")
+    spec = parse_spec(
+        {
+            **GRID,
+            "name": "grid-pair",
+            "objective": [
+                {"metric": "validation_accuracy", "direction": "maximize"},
+                {"metric": "training_seconds", "direction": "minimize"},
+            ],
+        },
+        "pair.toml",
+    )
     study = run(spec, trade_off)
     assert {t.params["batch_size"] for t in study.best_trials} == {20} and len(study.best_trials) == 10
     refined = refine(study, spec, 0.1)  # the quantile plays no part: the region is the front
@@ -175,8 +192,7 @@ def test_failed_and_pruned_trials_do_not_count(grid):
     for trial in study.trials:
         copy.add_trial(trial)
     far = {"batch_size": 40, "eta": 1.0}
-    copy.add_trial(optuna.create_trial(params=far, distributions=study.trials[0].distributions,
-                                       state=TrialState.FAIL))
+    copy.add_trial(optuna.create_trial(params=far, distributions=study.trials[0].distributions, state=TrialState.FAIL))
     assert refine(copy, spec, 0.09) == refine(study, spec, 0.09)
 
 

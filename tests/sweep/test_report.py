@@ -25,53 +25,85 @@ from sweep.report.tables import (
 from sweep.schema import RESULT_ATTR, SPEC_ATTR
 
 N = 20  # completed trials 0..19 with value i
-DISTRIBUTIONS = {"x": IntDistribution(0, 19), "lr": FloatDistribution(1e-3, 1.0, log=True),
-                 "act": CategoricalDistribution(["a", "b"])}
+DISTRIBUTIONS = {
+    "x": IntDistribution(0, 19),
+    "lr": FloatDistribution(1e-3, 1.0, log=True),
+    "act": CategoricalDistribution(["a", "b"]),
+}
 
 
 def history(n_epochs: int, final: float, gap: float) -> dict:
     """A rising validation accuracy ending at ``final``, training ``gap`` above it at the end."""
     epochs = list(range(1, n_epochs + 1))
     valid = [final - 0.1 * (n_epochs - e) for e in epochs]
-    return {"epoch": epochs, "training_cost": [1.0 / e for e in epochs], "validation_cost": [1.2 / e for e in epochs],
-            "training_accuracy": [v + gap * e / n_epochs for v, e in zip(valid, epochs)],
-            "validation_accuracy": valid, "seconds": [0.5] * n_epochs}
+    return {
+        "epoch": epochs,
+        "training_cost": [1.0 / e for e in epochs],
+        "validation_cost": [1.2 / e for e in epochs],
+        "training_accuracy": [v + gap * e / n_epochs for v, e in zip(valid, epochs)],
+        "validation_accuracy": valid,
+        "seconds": [0.5] * n_epochs,
+    }
 
 
 def result(i: int, n_epochs: int = 3) -> dict:
     """Trial i: validation accuracy 0.5 + i/100, gap i/200 (over 0.05 from i = 11)."""
     h = history(n_epochs, 0.5 + i / 100, i / 200)
-    metrics = {key: h[key][-1] for key in ("training_cost", "training_accuracy", "validation_cost",
-                                           "validation_accuracy")}
-    metrics.update(best_validation_accuracy=max(h["validation_accuracy"]), gap=i / 200, test_accuracy=0.4 + i / 100,
-                   training_seconds=1.5, epochs_run=n_epochs)
+    metrics = {
+        key: h[key][-1] for key in ("training_cost", "training_accuracy", "validation_cost", "validation_accuracy")
+    }
+    metrics.update(
+        best_validation_accuracy=max(h["validation_accuracy"]),
+        gap=i / 200,
+        test_accuracy=0.4 + i / 100,
+        training_seconds=1.5,
+        epochs_run=n_epochs,
+    )
     return {"metrics": metrics, "history": h}
 
 
 def params(i: int) -> dict:
-    return {"x": i, "lr": 0.001 * 1.4 ** i, "act": "a" if i % 2 == 0 else "b"}
+    return {"x": i, "lr": 0.001 * 1.4**i, "act": "a" if i % 2 == 0 else "b"}
 
 
-def make_study(n_objectives: int = 1, direction: str = "maximize", pruned_and_failed: bool = True,
-               objectives=("validation_accuracy", "training_seconds")) -> optuna.Study:
+def make_study(
+    n_objectives: int = 1,
+    direction: str = "maximize",
+    pruned_and_failed: bool = True,
+    objectives=("validation_accuracy", "training_seconds"),
+) -> optuna.Study:
     """N completed trials (value i; a second objective N - i), then one pruned and one failed trial."""
     study = optuna.create_study(directions=[direction] * n_objectives)
-    study.set_user_attr(SPEC_ATTR, {"objective": [{"metric": m, "direction": direction}
-                                                  for m in objectives[:n_objectives]]})
+    study.set_user_attr(
+        SPEC_ATTR, {"objective": [{"metric": m, "direction": direction} for m in objectives[:n_objectives]]}
+    )
     for i in range(N):
         values = [float(i), float(N - i)][:n_objectives]
-        study.add_trial(optuna.create_trial(params=params(i), distributions=DISTRIBUTIONS, values=values,
-                                            user_attrs={RESULT_ATTR: result(i)}))
+        study.add_trial(
+            optuna.create_trial(
+                params=params(i), distributions=DISTRIBUTIONS, values=values, user_attrs={RESULT_ATTR: result(i)}
+            )
+        )
     if pruned_and_failed:
         pruned = result(5, n_epochs=2)
         pruned.update(reason="pruned at epoch 2", pruned_at_epoch=2)
         del pruned["metrics"]["test_accuracy"]
         intermediate = {1: 0.3, 2: 0.4} if n_objectives == 1 else None
-        study.add_trial(optuna.create_trial(params=params(5), distributions=DISTRIBUTIONS, state=TrialState.PRUNED,
-                                            intermediate_values=intermediate, user_attrs={RESULT_ATTR: pruned}))
+        study.add_trial(
+            optuna.create_trial(
+                params=params(5),
+                distributions=DISTRIBUTIONS,
+                state=TrialState.PRUNED,
+                intermediate_values=intermediate,
+                user_attrs={RESULT_ATTR: pruned},
+            )
+        )
         failed = {"reason": "RuntimeError: boom", "history": history(0, 0, 0)}
-        study.add_trial(optuna.create_trial(params=params(7), distributions=DISTRIBUTIONS, state=TrialState.FAIL,
-                                            user_attrs={RESULT_ATTR: failed}))
+        study.add_trial(
+            optuna.create_trial(
+                params=params(7), distributions=DISTRIBUTIONS, state=TrialState.FAIL, user_attrs={RESULT_ATTR: failed}
+            )
+        )
     return study
 
 
@@ -82,8 +114,21 @@ def study():
 
 def test_trials_frame_rows_columns_and_types(study):
     frame = trials_frame(study)
-    assert list(frame.columns) == ["number", "state", "value", "x", "lr", "act", *METRIC_COLUMNS,
-                                   "overfit", "epochs_run", "seconds", "ended_after", "pruned_at_epoch", "reason"]
+    assert list(frame.columns) == [
+        "number",
+        "state",
+        "value",
+        "x",
+        "lr",
+        "act",
+        *METRIC_COLUMNS,
+        "overfit",
+        "epochs_run",
+        "seconds",
+        "ended_after",
+        "pruned_at_epoch",
+        "reason",
+    ]
     assert len(frame) == N + 2
     assert frame["state"].value_counts().to_dict() == {"COMPLETE": N, "PRUNED": 1, "FAIL": 1}
     assert frame["value"].iloc[:N].tolist() == list(range(N))
@@ -111,8 +156,13 @@ def test_overfit_flag_follows_the_threshold(study):
 
 def test_parameter_named_like_a_metric_gets_a_prefix():
     study = optuna.create_study()
-    study.add_trial(optuna.create_trial(params={"gap": 1.0, "eta": 0.1}, value=0.5, distributions={
-        "gap": FloatDistribution(0, 2), "eta": FloatDistribution(0.01, 1)}))
+    study.add_trial(
+        optuna.create_trial(
+            params={"gap": 1.0, "eta": 0.1},
+            value=0.5,
+            distributions={"gap": FloatDistribution(0, 2), "eta": FloatDistribution(0.01, 1)},
+        )
+    )
     assert param_columns(study) == {"gap": "param_gap", "eta": "eta"}
     frame = trials_frame(study)
     assert frame["param_gap"].tolist() == [1.0] and frame["gap"].isna().all()
@@ -120,8 +170,15 @@ def test_parameter_named_like_a_metric_gets_a_prefix():
 
 def test_epochs_frame_long_format(study):
     frame = epochs_frame(study)
-    assert list(frame.columns) == ["trial", "epoch", "training_cost", "training_accuracy", "validation_cost",
-                                   "validation_accuracy", "seconds"]
+    assert list(frame.columns) == [
+        "trial",
+        "epoch",
+        "training_cost",
+        "training_accuracy",
+        "validation_cost",
+        "validation_accuracy",
+        "seconds",
+    ]
     assert len(frame) == N * 3 + 2  # three epochs per completed trial, two for the pruned one, none failed
     trial = frame[frame["trial"] == 4]
     assert trial["epoch"].tolist() == [1, 2, 3]
@@ -133,8 +190,9 @@ def test_epochs_frame_keeps_unmonitored_curves_as_nan():
     study = optuna.create_study()
     h = history(2, 0.9, 0.0)
     h["training_accuracy"] = [None, None]
-    study.add_trial(optuna.create_trial(params={}, distributions={}, value=0.9,
-                                        user_attrs={RESULT_ATTR: {"history": h}}))
+    study.add_trial(
+        optuna.create_trial(params={}, distributions={}, value=0.9, user_attrs={RESULT_ATTR: {"history": h}})
+    )
     assert epochs_frame(study)["training_accuracy"].isna().all()
 
 
@@ -148,8 +206,8 @@ def test_best_region_top_ten_percent_by_hand(study):
     x = region.params["x"]
     assert (x.kind, x.low, x.high, x.median, x.best) == ("int", 18, 19, 18.5, 19)
     lr = region.params["lr"]
-    assert lr.kind == "float" and lr.low == pytest.approx(0.001 * 1.4 ** 18)
-    assert lr.high == pytest.approx(0.001 * 1.4 ** 19) and lr.best == pytest.approx(0.001 * 1.4 ** 19)
+    assert lr.kind == "float" and lr.low == pytest.approx(0.001 * 1.4**18)
+    assert lr.high == pytest.approx(0.001 * 1.4**19) and lr.best == pytest.approx(0.001 * 1.4**19)
     act = region.params["act"]
     assert (act.kind, act.low, act.best, dict(act.values)) == ("categorical", None, "b", {"a": 1, "b": 1})
     # gaps 18/200 and 19/200, both over 0.05
@@ -177,7 +235,8 @@ def test_marginals_by_quantile_bin_and_by_value(study):
     assert x["max"].tolist() == [3, 7, 11, 15, 19]
     act = region.marginals["act"]
     assert act.loc["a"].tolist() == pytest.approx([10, 9, 0, 18]) and act.loc["b"].tolist() == pytest.approx(
-        [10, 10, 1, 19])
+        [10, 10, 1, 19]
+    )
 
 
 def test_region_table_and_summary(study):
@@ -203,11 +262,21 @@ def trade_off_study() -> optuna.Study:
     """Accuracy (maximize) against seconds (minimize): trials 0, 1 and 3 are the Pareto front,
     2 is dominated by 0, 4 by 1 and 3; then a pruned trial."""
     study = optuna.create_study(directions=["maximize", "minimize"])
-    study.set_user_attr(SPEC_ATTR, {"objective": [{"metric": "validation_accuracy", "direction": "maximize"},
-                                                  {"metric": "training_seconds", "direction": "minimize"}]})
+    study.set_user_attr(
+        SPEC_ATTR,
+        {
+            "objective": [
+                {"metric": "validation_accuracy", "direction": "maximize"},
+                {"metric": "training_seconds", "direction": "minimize"},
+            ]
+        },
+    )
     for i, values in enumerate([(0.9, 5.0), (0.8, 2.0), (0.85, 6.0), (0.7, 1.0), (0.7, 3.0)]):
-        study.add_trial(optuna.create_trial(params=params(i), distributions=DISTRIBUTIONS, values=list(values),
-                                            user_attrs={RESULT_ATTR: result(i)}))
+        study.add_trial(
+            optuna.create_trial(
+                params=params(i), distributions=DISTRIBUTIONS, values=list(values), user_attrs={RESULT_ATTR: result(i)}
+            )
+        )
     study.add_trial(optuna.create_trial(params=params(5), distributions=DISTRIBUTIONS, state=TrialState.PRUNED))
     return study
 
@@ -246,8 +315,11 @@ def test_pareto_region_is_the_front():
 def test_pareto_region_when_one_trial_dominates():
     study = optuna.create_study(directions=["maximize", "minimize"])
     for i, values in enumerate([(0.9, 1.0), (0.8, 2.0), (0.7, 3.0)]):
-        study.add_trial(optuna.create_trial(params=params(i), distributions=DISTRIBUTIONS, values=list(values),
-                                            user_attrs={RESULT_ATTR: result(i)}))
+        study.add_trial(
+            optuna.create_trial(
+                params=params(i), distributions=DISTRIBUTIONS, values=list(values), user_attrs={RESULT_ATTR: result(i)}
+            )
+        )
     region = study_region(study, trials_frame(study))
     assert region.trials == (0,) and region.params["x"].low == region.params["x"].high == 0
 
@@ -261,13 +333,25 @@ def test_ended_after_is_the_wall_time_from_the_first_start():
     """Seconds from the earliest trial start to each trial's end; a running trial has none."""
     study = optuna.create_study()
     t0 = datetime(2026, 1, 1, 12, 0, 0)
-    for number, (start, end, state) in enumerate([(5, 65, TrialState.COMPLETE), (0, 30, TrialState.COMPLETE),
-                                                  (40, None, TrialState.RUNNING)]):
-        study.add_trial(optuna.trial.FrozenTrial(
-            number=number, trial_id=number, state=state, value=0.5 if end else None, values=None,
-            datetime_start=t0 + timedelta(seconds=start),
-            datetime_complete=t0 + timedelta(seconds=end) if end else None,
-            params={}, distributions={}, user_attrs={}, system_attrs={}, intermediate_values={}))
+    for number, (start, end, state) in enumerate(
+        [(5, 65, TrialState.COMPLETE), (0, 30, TrialState.COMPLETE), (40, None, TrialState.RUNNING)]
+    ):
+        study.add_trial(
+            optuna.trial.FrozenTrial(
+                number=number,
+                trial_id=number,
+                state=state,
+                value=0.5 if end else None,
+                values=None,
+                datetime_start=t0 + timedelta(seconds=start),
+                datetime_complete=t0 + timedelta(seconds=end) if end else None,
+                params={},
+                distributions={},
+                user_attrs={},
+                system_attrs={},
+                intermediate_values={},
+            )
+        )
     frame = trials_frame(study).set_index("number")
     assert frame["ended_after"].tolist()[:2] == [65.0, 30.0]
     assert pd.isna(frame.loc[2, "ended_after"])

@@ -53,17 +53,25 @@ def test_grid_runs_every_point_exactly_once_and_tracks_every_trial(workdir, work
         assert run.data.params["epochs"] == "3" and run.data.params["dataset"] == "mnist-5k"
         assert "None" not in run.data.params.values() and "n_train" in run.data.params  # (n_test is all: left out)
         trial = study.trials[int(run.data.tags["mlp_sweep.trial"])]
-        assert run.info.run_name == f"#{trial.number:04d} batch_size={trial.params['batch_size']} " \
-                                    f"eta={trial.params['eta']:.4g}"
+        assert (
+            run.info.run_name == f"#{trial.number:04d} batch_size={trial.params['batch_size']} "
+            f"eta={trial.params['eta']:.4g}"
+        )
         packed = "pack of 2: seconds are the pack's, shared equally"  # η packs; two workers may split a pack
         assert run.data.tags["mlp_sweep.timing"] in ({packed} if workers == 1 else {packed, "own"})
     parent = client.get_run(parents.pop())
     best = study.best_trial
-    assert parent.data.metrics == {"trials/complete": 6, "trials/pruned": 0, "trials/failed": 0,
-                                   "trials/best": best.number, "validation_accuracy": best.value}
+    assert parent.data.metrics == {
+        "trials/complete": 6,
+        "trials/pruned": 0,
+        "trials/failed": 0,
+        "trials/best": best.number,
+        "validation_accuracy": best.value,
+    }
     assert [int(r.data.tags["mlp_sweep.trial"]) for r in runs if "mlp_sweep.best" in r.data.tags] == [best.number]
-    assert parent.data.tags["mlp_sweep.best_run"].endswith(best.user_attrs["mlp_sweep.run_id"] +
-                                                           "?workflowType=machine_learning")
+    assert parent.data.tags["mlp_sweep.best_run"].endswith(
+        best.user_attrs["mlp_sweep.run_id"] + "?workflowType=machine_learning"
+    )
     for t in study.trials:
         assert len(t.user_attrs["mlp_sweep.result"]["history"]["epoch"]) == 3
 
@@ -152,11 +160,14 @@ def test_trials_that_do_not_learn_are_pruned_with_their_reason_and_the_sweep_goe
     trials.csv; η = 0.5 of every pair, packed with them, completes."""
     text = write_study(workdir / "tiny.toml", epochs=4).read_text()
     space = text.index("[space]")
-    text = text[:space].replace("epochs = 4", "epochs = 4\nbatch_size = 10") + """[space]
+    text = (
+        text[:space].replace("epochs = 4", "epochs = 4\nbatch_size = 10")
+        + """[space]
 activation = { type = "categorical", choices = ["relu", "sigmoid"] }
 cost = { type = "categorical", choices = ["cross_entropy", "quadratic"] }
 eta = { type = "categorical", choices = [0.5, 50.0, 1e12] }
 """
+    )
     (workdir / "tiny.toml").write_text(text)
     assert run_cli("run", workdir / "tiny.toml") == 0
     study = journal_study(workdir, "tiny")
@@ -180,8 +191,11 @@ eta = { type = "categorical", choices = [0.5, 50.0, 1e12] }
         row = report.loc[t.number]
         assert row["state"] == "PRUNED" and row["reason"] == result["reason"]
         assert row["pruned_at_epoch"] == result["pruned_at_epoch"]
-    sigmoid_ce = [t for t in stopped if (t.params["activation"], t.params["cost"], t.params["eta"]) ==
-                  ("sigmoid", "cross_entropy", 1e12)]
+    sigmoid_ce = [
+        t
+        for t in stopped
+        if (t.params["activation"], t.params["cost"], t.params["eta"]) == ("sigmoid", "cross_entropy", 1e12)
+    ]
     assert "× the untrained network's" in sigmoid_ce[0].user_attrs["mlp_sweep.result"]["reason"]  # cost ~1e12
     assert all(runs[t.number].info.status == "FINISHED" for t in healthy)
     assert report.loc[[t.number for t in healthy], "reason"].isna().all()
@@ -222,8 +236,9 @@ def test_ctrl_c_keeps_finished_trials_fails_the_running_one_and_a_later_run_cont
     assert len(failed) == 2  # the pack that was running
     assert all(t.user_attrs["mlp_sweep.result"]["reason"] == "interrupted" for t in failed)
     waiting = [t for t in study.trials if t.state == TrialState.WAITING]
-    assert sorted((t.user_attrs["mlp_sweep.retry_of"], t.system_attrs["fixed_params"]["eta"]) for t in waiting) == \
-        sorted((t.number, t.params["eta"]) for t in failed)
+    assert sorted(
+        (t.user_attrs["mlp_sweep.retry_of"], t.system_attrs["fixed_params"]["eta"]) for t in waiting
+    ) == sorted((t.number, t.params["eta"]) for t in failed)
     killed = [r for r in child_runs(workdir, "tiny") if r.info.status == "KILLED"]
     assert len(killed) == 2
     assert not [r for r in child_runs(workdir, "tiny") if r.info.status == "RUNNING"]
@@ -266,9 +281,11 @@ def packable_study(path, sampler: str, n_trials: int, extra: str = "", epochs: i
     sampler asks for can pack."""
     study = write_study(path, sampler=sampler, epochs=epochs, extra=f"{extra}\n[budget]\nn_trials = {n_trials}\n")
     text = study.read_text()
-    space = ('[space]\neta = { type = "float", low = 1e-6, high = 0.5, log = true }\n'
-             'lmbda = { type = "float", low = 0.0, high = 5.0 }\n')
-    study.write_text(text[:text.index("[space]")].replace("epochs =", "batch_size = 10\nepochs =") + space)
+    space = (
+        '[space]\neta = { type = "float", low = 1e-6, high = 0.5, log = true }\n'
+        'lmbda = { type = "float", low = 0.0, high = 5.0 }\n'
+    )
+    study.write_text(text[: text.index("[space]")].replace("epochs =", "batch_size = 10\nepochs =") + space)
     return study
 
 

@@ -26,8 +26,12 @@ from sweep.spec.study import suggest
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
 
 # Options that make each sampler leave its start-up phase within a 4-trial test.
-QUICK = {"tpe": {"n_startup_trials": 2}, "gp": {"n_startup_trials": 2},
-         "nsga2": {"population_size": 2}, "nsga3": {"population_size": 2}}
+QUICK = {
+    "tpe": {"n_startup_trials": 2},
+    "gp": {"n_startup_trials": 2},
+    "nsga2": {"population_size": 2},
+    "nsga3": {"population_size": 2},
+}
 
 
 @pytest.fixture(autouse=True)
@@ -47,8 +51,10 @@ def homework_spec(sampler: str, n_objectives: int = 1, **sampler_options) -> dic
         "sampler": {"name": sampler, "seed": 0, **QUICK.get(sampler, {}), **sampler_options},
         "budget": {"n_trials": 4},
         "train": {"epochs": 1},
-        "space": {"batch_size": {"type": "int", "low": 5, "high": 55, "step": 5},
-                  "eta": {"type": "float", "low": 0.05, "high": 0.55, "step": 0.05}},
+        "space": {
+            "batch_size": {"type": "int", "low": 5, "high": 55, "step": 5},
+            "eta": {"type": "float", "low": 0.05, "high": 0.55, "step": 0.05},
+        },
     }
 
 
@@ -60,8 +66,9 @@ def toy(spec, trial):
 
 
 def run(spec, n_trials=4, seed_offset=0) -> optuna.Study:
-    study = optuna.create_study(directions=spec.directions, sampler=spec.make_sampler(seed_offset),
-                                pruner=spec.make_pruner())
+    study = optuna.create_study(
+        directions=spec.directions, sampler=spec.make_sampler(seed_offset), pruner=spec.make_pruner()
+    )
     study.optimize(lambda trial: toy(spec, trial), n_trials=n_trials)
     return study
 
@@ -119,15 +126,18 @@ def test_seeds_at_the_top_of_their_range_wrap_for_later_workers(name):
     data["sampler"]["seed"] = 2**32 - 1
     spec = parse_spec(data, "test")
     runs = [[t.params for t in run(spec, seed_offset=offset).trials] for offset in (1, 2)]
-    assert runs[0] == [t.params for t in run(parse_spec({**data, "sampler": {**data["sampler"], "seed": 0}},
-                                                        "test")).trials]  # 2**32 - 1 + 1 wraps to 0
+    assert runs[0] == [
+        t.params for t in run(parse_spec({**data, "sampler": {**data["sampler"], "seed": 0}}, "test")).trials
+    ]  # 2**32 - 1 + 1 wraps to 0
     assert runs[0] != runs[1]
 
 
 def test_grid_size_is_counted_not_listed():
     data = homework_spec("grid")
-    data["space"] = {"batch_size": {"type": "int", "low": 1, "high": 298, "step": 3},
-                     "eta": {"type": "float", "low": 0.001, "high": 0.3, "step": 0.001}}
+    data["space"] = {
+        "batch_size": {"type": "int", "low": 1, "high": 298, "step": 3},
+        "eta": {"type": "float", "low": 0.001, "high": 0.3, "step": 0.001},
+    }
     spec = parse_spec(data, "test")
     assert spec.grid_size == math.prod(len(values) for values in grid_points(spec.searched).values()) == 100 * 300
 
@@ -135,8 +145,10 @@ def test_grid_size_is_counted_not_listed():
 def test_grid_points_of_the_coarse_grid():
     spec = load_spec(STUDIES / "coarse-grid-5k.toml")
     points = grid_points(spec.searched)
-    assert points == {"batch_size": [5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55],
-                      "eta": [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55]}
+    assert points == {
+        "batch_size": [5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55],
+        "eta": [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55],
+    }
     assert spec.grid_size == 121
 
 
@@ -163,8 +175,11 @@ def test_grid_sampler_does_not_stop_the_study_itself():
 def test_grid_of_a_log_int_range_and_choices():
     data = homework_spec("grid")
     data["train"] = {"batch_size": 10, "eta": 0.1}
-    data["space"] = {"hidden": {"type": "int", "low": 10, "high": 20, "log": True},
-                     "activation": {"type": "categorical", "choices": ["relu", "sigmoid"]}, "epochs": 2}
+    data["space"] = {
+        "hidden": {"type": "int", "low": 10, "high": 20, "log": True},
+        "activation": {"type": "categorical", "choices": ["relu", "sigmoid"]},
+        "epochs": 2,
+    }
     spec = parse_spec(data, "test")
     assert grid_points(spec.searched) == {"hidden": list(range(10, 21)), "activation": ["relu", "sigmoid"]}
     assert spec.grid_size == 22
@@ -172,16 +187,19 @@ def test_grid_of_a_log_int_range_and_choices():
 
 def test_grid_order_walks_every_point_once_eta_and_lambda_fastest():
     data = homework_spec("grid")
-    data["space"] = {"eta": {"type": "float", "low": 0.1, "high": 0.3, "step": 0.1},
-                     "hidden": {"type": "int", "low": 10, "high": 30, "step": 10},
-                     "lmbda": {"type": "categorical", "choices": [0.0, 5.0]},
-                     "batch_size": {"type": "categorical", "choices": [10, 20]}}
+    data["space"] = {
+        "eta": {"type": "float", "low": 0.1, "high": 0.3, "step": 0.1},
+        "hidden": {"type": "int", "low": 10, "high": 30, "step": 10},
+        "lmbda": {"type": "categorical", "choices": [0.0, 5.0]},
+        "batch_size": {"type": "categorical", "choices": [10, 20]},
+    }
     spec = parse_spec(data, "test")
     order = grid_order(spec.searched)
     points = grid_points(spec.searched)
     assert len(order) == spec.grid_size == 36
-    assert sorted(map(grid_key, order)) == sorted(grid_key(dict(zip(points, values)))
-                                                  for values in itertools.product(*points.values()))
+    assert sorted(map(grid_key, order)) == sorted(
+        grid_key(dict(zip(points, values))) for values in itertools.product(*points.values())
+    )
     structures = [(p["hidden"], p["batch_size"]) for p in order]
     runs = [len(list(group)) for _, group in itertools.groupby(structures)]
     assert runs == [6] * 6  # each structure once, as one run of its 3 x 2 eta and lmbda values
@@ -201,11 +219,15 @@ def test_grid_points_refuses_a_continuous_range():
 
 # Required options of each pruner, for building them (the threshold one prunes below 0.5).
 PRUNER_NEEDS = {"percentile": {"percentile": 25.0}, "patient": {"patience": 2}, "threshold": {"lower": 0.5}}
-PRUNER_CLASSES = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
-                  "percentile": optuna.pruners.PercentilePruner,
-                  "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
-                  "hyperband": optuna.pruners.HyperbandPruner, "patient": optuna.pruners.PatientPruner,
-                  "threshold": optuna.pruners.ThresholdPruner}
+PRUNER_CLASSES = {
+    "none": optuna.pruners.NopPruner,
+    "median": optuna.pruners.MedianPruner,
+    "percentile": optuna.pruners.PercentilePruner,
+    "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+    "hyperband": optuna.pruners.HyperbandPruner,
+    "patient": optuna.pruners.PatientPruner,
+    "threshold": optuna.pruners.ThresholdPruner,
+}
 EPOCHS = 9
 
 
@@ -219,8 +241,7 @@ def test_every_pruner_builds_and_prunes(name):
     pruner = spec.make_pruner()
     assert type(pruner) is PRUNER_CLASSES[name]
     # (a fixed name: Hyperband puts trials in brackets by a hash of the study's name and the trial's number)
-    study = optuna.create_study(study_name="pruners", direction="maximize", pruner=pruner,
-                                sampler=spec.make_sampler())
+    study = optuna.create_study(study_name="pruners", direction="maximize", pruner=pruner, sampler=spec.make_sampler())
 
     def objective(trial):
         toy(spec, trial)  # the sampler's parameters, as a sweep suggests them
@@ -246,8 +267,12 @@ def test_hyperband_of_the_shipped_study():
 
 def test_patient_wraps_the_wrapped_pruner():
     data = homework_spec("tpe")
-    data["pruner"] = {"name": "patient", "patience": 3, "min_delta": 0.01,
-                      "wrapped": {"name": "median", "n_warmup_steps": 2}}
+    data["pruner"] = {
+        "name": "patient",
+        "patience": 3,
+        "min_delta": 0.01,
+        "wrapped": {"name": "median", "n_warmup_steps": 2},
+    }
     pruner = parse_spec(data, "test").make_pruner()
     assert isinstance(pruner, optuna.pruners.PatientPruner)
     assert (pruner._patience, pruner._min_delta) == (3, 0.01)
@@ -261,20 +286,26 @@ def test_patient_alone():
     assert parse_spec(data, "test").make_pruner()._wrapped_pruner is None
 
 
-@pytest.mark.parametrize("section, key, problem", [
-    ({"sampler": {"name": "nsga2", "population_size": 1}}, "sampler.population_size", "population_size"),
-    ({"sampler": {"name": "qmc", "qmc_type": "lattice"}}, "sampler.qmc_type", "qmc_type"),
-    ({"sampler": {"name": "tpe", "bogus": 1}}, "sampler.bogus", "unknown option of the tpe sampler"),
-    ({"pruner": {"name": "median", "n_startup_trials": -1}}, "pruner.n_startup_trials", "cannot be negative"),
-    ({"pruner": {"name": "percentile", "percentile": 150.0}}, "pruner.percentile", "between 0 and 100"),
-    ({"pruner": {"name": "patient", "patience": -1, "min_delta": 0.5}}, "pruner.patience", "cannot be negative"),
-    ({"pruner": {"name": "successive_halving", "reduction_factor": 1}}, "pruner.reduction_factor", ">= 2"),
-    ({"pruner": {"name": "threshold", "lower": 0.5, "n_warmup_steps": -1}}, "pruner.n_warmup_steps", "warmup"),
-    ({"pruner": {"name": "successive_halving", "min_resource": "soon"}}, "pruner.min_resource", "auto"),
-    ({"pruner": {"name": "threshold"}}, "pruner", "Either lower or upper"),
-    ({"pruner": {"name": "patient", "patience": 1, "wrapped": {"name": "median", "interval_steps": 0}}},
-     "pruner.wrapped.interval_steps", "rejected by optuna"),
-])
+@pytest.mark.parametrize(
+    "section, key, problem",
+    [
+        ({"sampler": {"name": "nsga2", "population_size": 1}}, "sampler.population_size", "population_size"),
+        ({"sampler": {"name": "qmc", "qmc_type": "lattice"}}, "sampler.qmc_type", "qmc_type"),
+        ({"sampler": {"name": "tpe", "bogus": 1}}, "sampler.bogus", "unknown option of the tpe sampler"),
+        ({"pruner": {"name": "median", "n_startup_trials": -1}}, "pruner.n_startup_trials", "cannot be negative"),
+        ({"pruner": {"name": "percentile", "percentile": 150.0}}, "pruner.percentile", "between 0 and 100"),
+        ({"pruner": {"name": "patient", "patience": -1, "min_delta": 0.5}}, "pruner.patience", "cannot be negative"),
+        ({"pruner": {"name": "successive_halving", "reduction_factor": 1}}, "pruner.reduction_factor", ">= 2"),
+        ({"pruner": {"name": "threshold", "lower": 0.5, "n_warmup_steps": -1}}, "pruner.n_warmup_steps", "warmup"),
+        ({"pruner": {"name": "successive_halving", "min_resource": "soon"}}, "pruner.min_resource", "auto"),
+        ({"pruner": {"name": "threshold"}}, "pruner", "Either lower or upper"),
+        (
+            {"pruner": {"name": "patient", "patience": 1, "wrapped": {"name": "median", "interval_steps": 0}}},
+            "pruner.wrapped.interval_steps",
+            "rejected by optuna",
+        ),
+    ],
+)
 def test_bad_option_values_name_their_key(section, key, problem):
     data = {**homework_spec("tpe"), **section}
     if "sampler" in section:
@@ -295,7 +326,8 @@ def test_option_tables_come_from_the_signatures():
     assert patient["patience"].required and "wrapped_pruner" not in patient
     assert pruner_options("hyperband")["max_resource"].types == (int, str)
     assert pruner_options("percentile")["percentile"].accepts(25) and not pruner_options("median")[
-        "n_warmup_steps"].accepts(True)
+        "n_warmup_steps"
+    ].accepts(True)
 
 
 @pytest.mark.filterwarnings("error::optuna.exceptions.ExperimentalWarning")

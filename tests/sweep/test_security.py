@@ -33,6 +33,7 @@ PASSWORD = "s3cretpw"
 
 # --- the UI -----------------------------------------------------------------------------------
 
+
 def test_the_ui_command_binds_to_loopback_unless_exposed():
     uri = "postgresql+psycopg2://me:hunter2@db.example/runs"
     argv, env = ui_command(uri)
@@ -64,7 +65,9 @@ def _outside_address() -> str | None:
 
 def _group(pgid: int) -> list[int]:
     """The processes (zombies too) of a process group."""
-    return [int(pid) for pid in subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True).stdout.split()]
+    return [
+        int(pid) for pid in subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True).stdout.split()
+    ]
 
 
 @pytest.mark.slow
@@ -146,9 +149,11 @@ def unsafe_code(source: str, name: str = "<source>") -> list[str]:
 
 
 def test_the_scanner_finds_what_it_looks_for():
-    bad = ("import pickle\nfrom marshal import loads\nimport numpy as np\n"
-           "eval(x)\nexec(y)\nnp.load(p, allow_pickle=flag)\nnp.load(p, allow_pickle=True)\nf(allow_pickle=True)\n"
-           "import yaml\nyaml.load(s)\npd.read_pickle(p)\n")
+    bad = (
+        "import pickle\nfrom marshal import loads\nimport numpy as np\n"
+        "eval(x)\nexec(y)\nnp.load(p, allow_pickle=flag)\nnp.load(p, allow_pickle=True)\nf(allow_pickle=True)\n"
+        "import yaml\nyaml.load(s)\npd.read_pickle(p)\n"
+    )
     assert len(unsafe_code(bad)) == 10  # np.load(allow_pickle=True) counts twice
     fine = "import re\nre.compile('x')\nnp.load(p)\nnp.load(p, allow_pickle=False)\n# pickle, eval(x)\n"
     assert unsafe_code(fine) == []
@@ -218,14 +223,16 @@ def test_a_cached_dataset_holding_a_pickle_is_built_again_without_running_it(tmp
 
 # --- passwords ---------------------------------------------------------------------------------------
 
+
 def _grep_tree(root: Path, needle: bytes) -> list[str]:
     return [str(p) for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
 
 
 @pytest.mark.postgres
 @pytest.mark.slow
-def test_database_passwords_never_reach_output_reports_runs_or_the_databases(tmp_path, pg_databases, monkeypatch,
-                                                                                 capfd):
+def test_database_passwords_never_reach_output_reports_runs_or_the_databases(
+    tmp_path, pg_databases, monkeypatch, capfd
+):
     optuna_db, mlflow_db = pg_databases(), pg_databases()
     storage = database_url(optuna_db, password=PASSWORD)  # trust auth: any password is accepted
     tracking = database_url(mlflow_db, password=PASSWORD, driver="postgresql+psycopg2")
@@ -234,19 +241,23 @@ def test_database_passwords_never_reach_output_reports_runs_or_the_databases(tmp
     (tmp_path / "other.toml").write_text((tmp_path / "tiny.toml").read_text().replace("epochs = 1", "epochs = 2"))
 
     outputs = []
-    for args in (["run", "tiny.toml", "--n-trials", 3, "--no-report", *stores],  # real processes: all they
-                 ["report", "tiny", "--out", "rep", *stores], ["worker", "--study", "tiny", *stores]):  # print or log
+    for args in (
+        ["run", "tiny.toml", "--n-trials", 3, "--no-report", *stores],  # real processes: all they
+        ["report", "tiny", "--out", "rep", *stores],
+        ["worker", "--study", "tiny", *stores],
+    ):  # print or log
         returned, out, err = finish(start_sweep(*args, cwd=tmp_path))
         assert returned == 0, (args, err)
         outputs.append(out + err)
     monkeypatch.chdir(tmp_path)
-    for args, code in [(["list", "--storage", storage], 0),
-                       (["run", "other.toml", *stores], 2),  # same name, other settings: names the storage
-                       (["worker", "--study", "nope", *stores], 2),
-                       (["report", "nope", *stores], 2),
-                       (["run", "tiny.toml", "--storage", storage.replace("5432", "1"), "--no-tracking"], 2),
-                       (["run", "tiny.toml", "--storage", storage, "--tracking-uri", tracking.replace("5432", "1")],
-                        2)]:  # in this process, output captured at the file descriptors (logging included)
+    for args, code in [
+        (["list", "--storage", storage], 0),
+        (["run", "other.toml", *stores], 2),  # same name, other settings: names the storage
+        (["worker", "--study", "nope", *stores], 2),
+        (["report", "nope", *stores], 2),
+        (["run", "tiny.toml", "--storage", storage.replace("5432", "1"), "--no-tracking"], 2),
+        (["run", "tiny.toml", "--storage", storage, "--tracking-uri", tracking.replace("5432", "1")], 2),
+    ]:  # in this process, output captured at the file descriptors (logging included)
         assert run_cli(*args) == code, args
         captured = capfd.readouterr()
         outputs.append(captured.out + captured.err)

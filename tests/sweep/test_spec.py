@@ -166,19 +166,30 @@ def test_default_direction(tmp_path, metric):
 
 def test_metrics():
     assert set(PER_EPOCH_METRICS) < set(METRICS)
-    assert {"validation_accuracy", "validation_cost", "training_accuracy", "training_cost",
-            "best_validation_accuracy"} == set(PER_EPOCH_METRICS)
+    assert {
+        "validation_accuracy",
+        "validation_cost",
+        "training_accuracy",
+        "training_cost",
+        "best_validation_accuracy",
+    } == set(PER_EPOCH_METRICS)
 
 
 def test_multi_objective(tmp_path):
-    spec = load_spec(write(tmp_path, MINIMAL + '\n[[objective]]\nmetric = "validation_accuracy"\n'
-                                               '\n[[objective]]\nmetric = "training_seconds"\n'))
+    spec = load_spec(
+        write(
+            tmp_path,
+            MINIMAL + '\n[[objective]]\nmetric = "validation_accuracy"\n\n[[objective]]\nmetric = "training_seconds"\n',
+        )
+    )
     assert spec.is_multi_objective and spec.directions == ["maximize", "minimize"]
 
 
 def test_grid_needs_no_budget(tmp_path):
-    text = 'name = "g"\n[sampler]\nname = "grid"\n[train]\nbatch_size = 10\n[space]\n' \
-           'eta = { type = "categorical", choices = [0.1, 0.2] }\n'
+    text = (
+        'name = "g"\n[sampler]\nname = "grid"\n[train]\nbatch_size = 10\n[space]\n'
+        'eta = { type = "categorical", choices = [0.1, 0.2] }\n'
+    )
     spec = load_spec(write(tmp_path, text))
     assert spec.n_trials is None and spec.timeout is None and spec.grid_size == 2
 
@@ -268,14 +279,15 @@ def test_trial_config_merges_train_fixed_and_sampled(rich):
     network, config = trial_config(rich, params)
     # hidden replaces every hidden layer of train.sizes (784-40-20-10); depth stays 2
     assert network == NetworkSpec((784, 50, 50, 10), "sigmoid", "quadratic")
-    assert config == TrainConfig(epochs=3, batch_size=16, eta=0.25, lmbda=1.0, seed=7,
-                                 monitor_training_cost=False)
+    assert config == TrainConfig(epochs=3, batch_size=16, eta=0.25, lmbda=1.0, seed=7, monitor_training_cost=False)
     assert trial_config(rich, {**params, "epochs": 3}) == (network, config)  # fixed values may be passed
 
 
 def _spec_with_space(tmp_path, sizes, space_lines):
-    text = f'name = "n"\n[budget]\nn_trials = 1\n[train]\nbatch_size = 10\neta = 0.1\nsizes = {sizes}\n' \
-           "[space]\n" + space_lines
+    text = (
+        f'name = "n"\n[budget]\nn_trials = 1\n[train]\nbatch_size = 10\neta = 0.1\nsizes = {sizes}\n'
+        "[space]\n" + space_lines
+    )
     return load_spec(write(tmp_path, text))
 
 
@@ -283,18 +295,25 @@ _DEPTH_1_2 = 'depth = { type = "int", low = 1, high = 2 }\n'
 _H2 = 'hidden2 = { type = "int", low = 5, high = 50 }\n'
 
 
-@pytest.mark.parametrize("sizes, space_lines, params, expected", [
-    ("[784, 15, 10]", 'depth = { type = "int", low = 1, high = 3 }\n', {"depth": 3}, (784, 15, 15, 15, 10)),
-    ("[784, 30, 20, 10]", 'hidden = { type = "int", low = 10, high = 99 }\n', {"hidden": 64}, (784, 64, 64, 10)),
-    ("[784, 10]", 'hidden = { type = "int", low = 10, high = 99 }\ndepth = { type = "int", low = 1, high = 3 }\n',
-     {"hidden": 12, "depth": 2}, (784, 12, 12, 10)),
-    ("[784, 15, 10]", "hidden = 20\n", {}, (784, 20, 10)),
-    # hidden2: the second (and any later) layer's width, ignored by a network of one hidden layer
-    ("[784, 15, 10]", _DEPTH_1_2 + _H2, {"depth": 2, "hidden2": 7}, (784, 15, 7, 10)),
-    ("[784, 15, 10]", _DEPTH_1_2 + _H2, {"depth": 1, "hidden2": 7}, (784, 15, 10)),
-    ("[784, 15, 10]", 'depth = 3\nhidden = 20\n' + _H2, {"hidden2": 7}, (784, 20, 7, 7, 10)),
-    ("[784, 30, 20, 10]", _H2, {"hidden2": 7}, (784, 30, 7, 10)),
-])
+@pytest.mark.parametrize(
+    "sizes, space_lines, params, expected",
+    [
+        ("[784, 15, 10]", 'depth = { type = "int", low = 1, high = 3 }\n', {"depth": 3}, (784, 15, 15, 15, 10)),
+        ("[784, 30, 20, 10]", 'hidden = { type = "int", low = 10, high = 99 }\n', {"hidden": 64}, (784, 64, 64, 10)),
+        (
+            "[784, 10]",
+            'hidden = { type = "int", low = 10, high = 99 }\ndepth = { type = "int", low = 1, high = 3 }\n',
+            {"hidden": 12, "depth": 2},
+            (784, 12, 12, 10),
+        ),
+        ("[784, 15, 10]", "hidden = 20\n", {}, (784, 20, 10)),
+        # hidden2: the second (and any later) layer's width, ignored by a network of one hidden layer
+        ("[784, 15, 10]", _DEPTH_1_2 + _H2, {"depth": 2, "hidden2": 7}, (784, 15, 7, 10)),
+        ("[784, 15, 10]", _DEPTH_1_2 + _H2, {"depth": 1, "hidden2": 7}, (784, 15, 10)),
+        ("[784, 15, 10]", "depth = 3\nhidden = 20\n" + _H2, {"hidden2": 7}, (784, 20, 7, 7, 10)),
+        ("[784, 30, 20, 10]", _H2, {"hidden2": 7}, (784, 30, 7, 10)),
+    ],
+)
 def test_trial_config_hidden_and_depth(tmp_path, sizes, space_lines, params, expected):
     spec = _spec_with_space(tmp_path, sizes, space_lines)
     assert trial_config(spec, params)[0].sizes == expected
@@ -319,16 +338,27 @@ def test_trial_config_rejects_params_that_do_not_fit(rich):
     with pytest.raises(ValueError, match=r"missing \['activation'\]"):
         trial_config(rich, {"batch_size": 16, "eta": 0.25, "lmbda": 1.0, "hidden": 50})
     with pytest.raises(ValueError, match=r"unknown \['momentum'\]"):
-        trial_config(rich, {"batch_size": 16, "eta": 0.25, "lmbda": 1.0, "hidden": 50, "activation": "relu",
-                            "momentum": 0.9})
+        trial_config(
+            rich, {"batch_size": 16, "eta": 0.25, "lmbda": 1.0, "hidden": 50, "activation": "relu", "momentum": 0.9}
+        )
 
 
 def test_all_params(rich):
     params = {"batch_size": 16, "eta": 0.25, "lmbda": 1.0, "hidden": 50, "activation": "sigmoid"}
     assert all_params(rich, params) == {
-        "batch_size": 16, "eta": 0.25, "lmbda": 1.0, "hidden": 50, "activation": "sigmoid", "epochs": 3,
-        "sizes": "784-50-50-10", "cost": "quadratic", "seed": 7,
-        "dataset": "mnist", "n_train": 1000, "n_validation": 200, "n_test": 100,
+        "batch_size": 16,
+        "eta": 0.25,
+        "lmbda": 1.0,
+        "hidden": 50,
+        "activation": "sigmoid",
+        "epochs": 3,
+        "sizes": "784-50-50-10",
+        "cost": "quadratic",
+        "seed": 7,
+        "dataset": "mnist",
+        "n_train": 1000,
+        "n_validation": 200,
+        "n_test": 100,
     }
 
 
@@ -392,7 +422,8 @@ def test_homework_grid():
     spec = load_spec(STUDIES / "homework-grid-5k.toml")
     assert trial_config(spec, {"batch_size": 10, "eta": 0.1}) == (
         NetworkSpec((784, 15, 10), "relu", "cross_entropy"),
-        TrainConfig(epochs=10, batch_size=10, eta=0.1, lmbda=0.0, seed=0))
+        TrainConfig(epochs=10, batch_size=10, eta=0.1, lmbda=0.0, seed=0),
+    )
     assert spec.data == DataSpec("mnist-5k") and spec.pruner.name == "none"
     assert spec.objectives == (Objective("validation_accuracy", "maximize"),)
     mnist = load_spec(STUDIES / "homework-grid-mnist.toml")
@@ -411,7 +442,9 @@ def test_homework_grid_is_the_homeworks(name):
     values = grid_points(spec.searched)
     points = list(itertools.product(values["batch_size"], values["eta"]))
     assert len(set(points)) == len(points) == 121
-    assert points == list(itertools.product(HOMEWORK_BATCH_SIZES, HOMEWORK_ETAS))  # == on floats: no 0.09000000000000001
+    assert points == list(
+        itertools.product(HOMEWORK_BATCH_SIZES, HOMEWORK_ETAS)
+    )  # == on floats: no 0.09000000000000001
     assert [repr(eta) for eta in values["eta"]] == [repr(eta) for eta in HOMEWORK_ETAS]
     network, config = trial_config(spec, {"batch_size": 9, "eta": 0.1})
     assert network == NetworkSpec((784, 15, 10), "relu", "cross_entropy") and config.epochs == 10
@@ -428,13 +461,21 @@ def test_coarse_grid_is_the_homework_networks_on_a_wider_grid():
 def test_imports_resolve_to_the_real_packages():
     import core
     import tests.sweep.bad_studies
+
     root = STUDIES.parent
     assert Path(core.__file__).resolve() == root / "core" / "__init__.py"
     assert Path(tests.sweep.bad_studies.__file__).resolve().parent == root / "tests" / "sweep"
 
 
-@pytest.mark.parametrize("kind, phrase", [("fifo", "(a FIFO)"), ("socket", "(a socket)"),
-                                          ("dev-zero", "(a character device)"), ("directory", "(a directory)")])
+@pytest.mark.parametrize(
+    "kind, phrase",
+    [
+        ("fifo", "(a FIFO)"),
+        ("socket", "(a socket)"),
+        ("dev-zero", "(a character device)"),
+        ("directory", "(a directory)"),
+    ],
+)
 def test_load_spec_reads_regular_files_only(tmp_path, kind, phrase):
     path = special_file(tmp_path, kind)
     with pytest.raises(SpecError) as caught:

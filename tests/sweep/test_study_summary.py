@@ -13,8 +13,13 @@ ETA = {"eta": FloatDistribution(0.0, 1.0)}
 
 def trial(number: int, state=TrialState.COMPLETE, values=None):
     """A finished trial of η = 0.1 + 0.05 × number, whose MLflow run is ``run<number>``."""
-    return create_trial(state=state, values=values, params={"eta": 0.1 + 0.05 * number}, distributions=ETA,
-                        user_attrs={"mlp_sweep.run_id": f"run{number}"})
+    return create_trial(
+        state=state,
+        values=values,
+        params={"eta": 0.1 + 0.05 * number},
+        distributions=ETA,
+        user_attrs={"mlp_sweep.run_id": f"run{number}"},
+    )
 
 
 def test_one_objective_names_the_best_trial_and_counts_the_states(tmp_path):
@@ -25,10 +30,17 @@ def test_one_objective_names_the_best_trial_and_counts_the_states(tmp_path):
     study.add_trial(trial(3, TrialState.PRUNED))
     study.add_trial(trial(4, TrialState.FAIL))
     summary = parent_summary(study, spec, "7")
-    assert summary["metrics"] == {"trials/complete": 3, "trials/pruned": 1, "trials/failed": 1,
-                                  spec.objectives[0].metric: 0.9, "trials/best": 1}
-    assert summary["tags"] == {"mlp_sweep.best_params": "#0001 eta=0.15",
-                               "mlp_sweep.best_run": "#/experiments/7/runs/run1?workflowType=machine_learning"}
+    assert summary["metrics"] == {
+        "trials/complete": 3,
+        "trials/pruned": 1,
+        "trials/failed": 1,
+        spec.objectives[0].metric: 0.9,
+        "trials/best": 1,
+    }
+    assert summary["tags"] == {
+        "mlp_sweep.best_params": "#0001 eta=0.15",
+        "mlp_sweep.best_run": "#/experiments/7/runs/run1?workflowType=machine_learning",
+    }
     assert summary["best"] == {"run1": "best"}
 
 
@@ -46,5 +58,8 @@ def test_no_completed_trial_no_best(tmp_path):
     study = optuna.create_study()
     study.add_trial(trial(0, TrialState.PRUNED))
     summary = parent_summary(study, load_spec(write_study(tmp_path / "tiny.toml")), "7")
-    assert summary == {"metrics": {"trials/complete": 0, "trials/pruned": 1, "trials/failed": 0}, "tags": {},
-                       "best": {}}
+    assert summary == {
+        "metrics": {"trials/complete": 0, "trials/pruned": 1, "trials/failed": 0},
+        "tags": {},
+        "best": {},
+    }

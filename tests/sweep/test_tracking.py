@@ -46,8 +46,15 @@ def uri(tmp_path: Path, empty_tracking_db: Path) -> str:
 
 
 def record(epoch: int, training_cost: float | None = 1.0) -> EpochRecord:
-    return EpochRecord(epoch, training_cost and training_cost / epoch, 0.5 + epoch / 100, 2.0 / epoch,
-                       0.4 + epoch / 100, 0.01 * epoch, 0.001)
+    return EpochRecord(
+        epoch,
+        training_cost and training_cost / epoch,
+        0.5 + epoch / 100,
+        2.0 / epoch,
+        0.4 + epoch / 100,
+        0.01 * epoch,
+        0.001,
+    )
 
 
 def steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
@@ -67,16 +74,30 @@ def test_study_parent_and_trials_round_trip(uri: str, tmp_path: Path) -> None:
     tracker = Tracker(uri, "study-a")
     data = tiny_data()
     view = runs_view(["eta", "batch_size"], ["validation_accuracy", "test_accuracy"])
-    parent = tracker.parent_run(description="a test study", config='name = "study-a"\n', data=data, view=view,
-                                storage="postgresql://sweep:s3cret@db/optuna")
+    parent = tracker.parent_run(
+        description="a test study",
+        config='name = "study-a"\n',
+        data=data,
+        view=view,
+        storage="postgresql://sweep:s3cret@db/optuna",
+    )
     for number, state in enumerate(STATES):
         eta = 0.1 * (number + 1) + 0.2  # 0.30000000000000004 first
-        run = tracker.start_trial(parent, number, {"eta": eta, "batch_size": 10, "n_test": None, "sizes": "784-30-10"},
-                                  tags={"mlp_sweep.worker": "w1"}, searched={"eta": eta, "batch_size": 10}, data=data)
+        run = tracker.start_trial(
+            parent,
+            number,
+            {"eta": eta, "batch_size": 10, "n_test": None, "sizes": "784-30-10"},
+            tags={"mlp_sweep.worker": "w1"},
+            searched={"eta": eta, "batch_size": 10},
+            data=data,
+        )
         for epoch in range(1, 11):
             run.log_epoch(record(epoch, training_cost=None if state == "FAIL" else 1.0))
-        run.finish(state, {"test_accuracy": 0.9 + number / 100, "gap": 0.01, "training_seconds": 1.5},
-                   {"mlp_sweep.reason": state.lower()})
+        run.finish(
+            state,
+            {"test_accuracy": 0.9 + number / 100, "gap": 0.01, "training_seconds": 1.5},
+            {"mlp_sweep.reason": state.lower()},
+        )
 
     client = MlflowClient(uri)
     experiment = client.get_experiment(tracker.experiment_id)
@@ -85,8 +106,12 @@ def test_study_parent_and_trials_round_trip(uri: str, tmp_path: Path) -> None:
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the model-training view
     assert experiment.tags["mlflow.note.content"] == "a test study"  # its Description column
     shown = json.loads(experiment.tags["mlflow.sharedViewState.mlp-sweep"])["selectedColumns"]
-    assert shown[:4] == ["params.`eta`", "params.`batch_size`", "metrics.`validation_accuracy`",
-                         "metrics.`summary/test_accuracy`"]
+    assert shown[:4] == [
+        "params.`eta`",
+        "params.`batch_size`",
+        "metrics.`validation_accuracy`",
+        "metrics.`summary/test_accuracy`",
+    ]
     assert {"tags.`mlp_sweep.state`", "tags.`mlp_sweep.best`", "attributes.`Dataset`"} <= set(shown)
     parent_run = client.get_run(parent)
     assert parent_run.info.run_name == "study-a" and parent_run.info.status == "RUNNING"
@@ -97,8 +122,11 @@ def test_study_parent_and_trials_round_trip(uri: str, tmp_path: Path) -> None:
     assert (tmp_path / "artifacts" / parent / "artifacts" / "study.toml").read_text() == 'name = "study-a"\n'
 
     runs = tracker.trial_runs(parent)
-    assert [r.info.run_name for r in runs] == ["#0000 eta=0.3 batch_size=10", "#0001 eta=0.4 batch_size=10",
-                                               "#0002 eta=0.5 batch_size=10"]
+    assert [r.info.run_name for r in runs] == [
+        "#0000 eta=0.3 batch_size=10",
+        "#0001 eta=0.4 batch_size=10",
+        "#0002 eta=0.5 batch_size=10",
+    ]
     for number, (run, (state, status)) in enumerate(zip(runs, STATES.items())):
         tags = run.data.tags
         assert tags["mlflow.parentRunId"] == parent and tags["mlp_sweep.study"] == "study-a"
@@ -140,8 +168,9 @@ def test_the_best_mark_moves_with_the_best_trial(uri: str) -> None:
     runs = [tracker.start_trial(parent, n, {}) for n in range(3)]
     for run in runs:
         run.finish("COMPLETE")
-    tracker.finish_parent(parent, metrics={"trials/complete": 3}, tags={BEST_PARAMS_TAG: "#0001"},
-                          best={runs[1].run_id: "best"})
+    tracker.finish_parent(
+        parent, metrics={"trials/complete": 3}, tags={BEST_PARAMS_TAG: "#0001"}, best={runs[1].run_id: "best"}
+    )
     client = MlflowClient(uri)
     assert [r.data.tags.get("mlp_sweep.best") for r in tracker.trial_runs(parent)] == [None, "best", None]
     assert client.get_run(parent).data.tags[BEST_PARAMS_TAG] == "#0001"
@@ -151,8 +180,10 @@ def test_the_best_mark_moves_with_the_best_trial(uri: str) -> None:
 
 
 def test_names_and_views() -> None:
-    assert run_label(12, {"batch_size": 20, "eta": 0.1 + 0.2, "activation": "relu"}) == \
-        "#0012 batch_size=20 eta=0.3 activation=relu"
+    assert (
+        run_label(12, {"batch_size": 20, "eta": 0.1 + 0.2, "activation": "relu"})
+        == "#0012 batch_size=20 eta=0.3 activation=relu"
+    )
     assert short(1.23456789e-5) == "1.235e-05" and short(3) == "3" and short("tanh") == "tanh"
     assert logged_metric("validation_cost") == "validation_cost" and logged_metric("gap") == "summary/gap"
     assert view_path("7") == "#/experiments/7/runs?workflowType=machine_learning&viewStateShareKey=mlp-sweep"
@@ -309,17 +340,20 @@ def test_retry_waits_out_a_locked_database_and_nothing_else(monkeypatch) -> None
     assert call.calls == 1
 
 
-@pytest.mark.parametrize("url, expected", [
-    ("postgresql://user:pass@host/db", "postgresql://user:***@host/db"),
-    ("postgresql+psycopg2://u:p@ss/w:rd@db:5432/optuna", "postgresql+psycopg2://u:***@db:5432/optuna"),
-    ("redis://:secret@localhost:6379/0", "redis://:***@localhost:6379/0"),
-    ("postgresql://u@h/db?sslmode=require&password=secret", "postgresql://u@h/db?sslmode=require&password=***"),
-    ("storage postgresql://u:pw@h/db is down", "storage postgresql://u:***@h/db is down"),
-    ("postgresql://user@host:5432/db", "postgresql://user@host:5432/db"),
-    ("sqlite:////tmp/mlruns/mlflow.db", "sqlite:////tmp/mlruns/mlflow.db"),
-    ("http://localhost:5000", "http://localhost:5000"),
-    ("mlruns/optuna.journal", "mlruns/optuna.journal"),
-])
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("postgresql://user:pass@host/db", "postgresql://user:***@host/db"),
+        ("postgresql+psycopg2://u:p@ss/w:rd@db:5432/optuna", "postgresql+psycopg2://u:***@db:5432/optuna"),
+        ("redis://:secret@localhost:6379/0", "redis://:***@localhost:6379/0"),
+        ("postgresql://u@h/db?sslmode=require&password=secret", "postgresql://u@h/db?sslmode=require&password=***"),
+        ("storage postgresql://u:pw@h/db is down", "storage postgresql://u:***@h/db is down"),
+        ("postgresql://user@host:5432/db", "postgresql://user@host:5432/db"),
+        ("sqlite:////tmp/mlruns/mlflow.db", "sqlite:////tmp/mlruns/mlflow.db"),
+        ("http://localhost:5000", "http://localhost:5000"),
+        ("mlruns/optuna.journal", "mlruns/optuna.journal"),
+    ],
+)
 def test_redact_hides_passwords_only(url: str, expected: str) -> None:
     assert redact(url) == expected
 

@@ -24,14 +24,26 @@ def _spec(text):
 
 
 def test_train_keys_reach_the_train_config_and_the_logged_params():
-    spec = _spec("[train]\nbatch_size = 10\neta = 0.1\nmomentum = 0.9\ndropout = 0.5\npatience = 5\n"
-                 "eta_patience = 3\neta_min_factor = 64\n")
+    spec = _spec(
+        "[train]\nbatch_size = 10\neta = 0.1\nmomentum = 0.9\ndropout = 0.5\npatience = 5\n"
+        "eta_patience = 3\neta_min_factor = 64\n"
+    )
     _, config = trial_config(spec, {})
-    assert (config.momentum, config.dropout, config.patience, config.eta_patience, config.eta_min_factor) == \
-        (0.9, 0.5, 5, 3, 64.0)
+    assert (config.momentum, config.dropout, config.patience, config.eta_patience, config.eta_min_factor) == (
+        0.9,
+        0.5,
+        5,
+        3,
+        64.0,
+    )
     logged = all_params(spec, {})
-    assert {k: logged[k] for k in ("momentum", "dropout", "patience", "eta_patience", "eta_min_factor")} == \
-        {"momentum": 0.9, "dropout": 0.5, "patience": 5, "eta_patience": 3, "eta_min_factor": 64.0}
+    assert {k: logged[k] for k in ("momentum", "dropout", "patience", "eta_patience", "eta_min_factor")} == {
+        "momentum": 0.9,
+        "dropout": 0.5,
+        "patience": 5,
+        "eta_patience": 3,
+        "eta_min_factor": 64.0,
+    }
     assert pack_size(spec) == 1
 
 
@@ -45,18 +57,22 @@ def test_options_off_by_default_are_not_logged_and_plain_studies_still_pack():
 
 
 def test_options_are_searchable_and_searching_them_stops_packing():
-    spec = _spec('[train]\nbatch_size = 10\n[space]\n'
-                 'eta = { type = "float", low = 0.01, high = 1.0, log = true }\n'
-                 'momentum = { type = "float", low = 0.0, high = 0.95 }\n'
-                 'dropout = { type = "categorical", choices = [0.0, 0.2, 0.5] }\n'
-                 'patience = { type = "int", low = 0, high = 10 }\n')
+    spec = _spec(
+        "[train]\nbatch_size = 10\n[space]\n"
+        'eta = { type = "float", low = 0.01, high = 1.0, log = true }\n'
+        'momentum = { type = "float", low = 0.0, high = 0.95 }\n'
+        'dropout = { type = "categorical", choices = [0.0, 0.2, 0.5] }\n'
+        'patience = { type = "int", low = 0, high = 10 }\n'
+    )
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1), direction="maximize")
     params = suggest(spec, study.ask())
     _, config = trial_config(spec, params)
     assert 0 <= config.momentum <= 0.95 and config.dropout in (0.0, 0.2, 0.5) and 0 <= config.patience <= 10
     assert pack_size(spec) == 1
-    grid = _spec('[sampler]\nname = "grid"\n[train]\nbatch_size = 10\n[space]\n'
-                 'eta = { type = "categorical", choices = [0.1, 0.2] }\nmomentum = 0.9\n')
+    grid = _spec(
+        '[sampler]\nname = "grid"\n[train]\nbatch_size = 10\n[space]\n'
+        'eta = { type = "categorical", choices = [0.1, 0.2] }\nmomentum = 0.9\n'
+    )
     assert pack_size(grid) == 1  # a fixed option that packs do not train
 
 
@@ -82,10 +98,12 @@ class _Tracker:
         self.rows += rows
 
 
-@pytest.mark.parametrize("etas, logged", [([0.1, 0.1, 0.05, 0.05, 0.025], [(1, 0.1), (3, 0.05), (5, 0.025)]),
-                                          ([0.2, 0.2], [(1, 0.2)])])
+@pytest.mark.parametrize(
+    "etas, logged", [([0.1, 0.1, 0.05, 0.05, 0.025], [(1, 0.1), (3, 0.05), (5, 0.025)]), ([0.2, 0.2], [(1, 0.2)])]
+)
 def test_the_epochs_eta_is_logged_when_it_changes(monkeypatch, etas, logged):
     import sweep.tracking.tracker
+
     monkeypatch.setattr(sweep.tracking.tracker, "FLUSH_EVERY_S", 0.0)
     tracker = _Tracker()
     run = TrialRun(tracker, "run")

@@ -84,8 +84,9 @@ def test_a_new_user_browses_the_study_in_the_mlflow_ui(workdir, chromium, screen
         page.set_default_timeout(WAIT_MS)
         # MLflow's assistant panel may open by itself, at any time, over a third of the page: closed
         # whenever it shows, before each action and assertion
-        page.add_locator_handler(page.locator('[data-component-id="mlflow.assistant.chat_panel.close"]'),
-                                 lambda close: close.click())
+        page.add_locator_handler(
+            page.locator('[data-component-id="mlflow.assistant.chat_panel.close"]'), lambda close: close.click()
+        )
         _browse(page, base, link, screenshots)
     finally:
         stop_group(proc)

@@ -32,6 +32,7 @@ if _HOLD or _CLAIM:
             _held.append(where)
             os.kill(os.getpid(), signal.SIGSTOP)
 
+
 if _HOLD:
     _EPOCH, _FIRST = map(int, _HOLD.split(":"))
     _report = optuna.trial.Trial.report
