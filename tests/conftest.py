@@ -12,6 +12,33 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+#: What some tests need from the machine, and which of them a run requires: a test whose need is
+#: missing skips, saying why, unless $MLP_SWEEP_REQUIRE names that need (or says "all"), when it
+#: fails instead (CI sets it, so that nothing the README promises goes unchecked).
+NEEDS = {
+    "postgres": "a PostgreSQL server at $MLP_SWEEP_TEST_PG (default 127.0.0.1:5432, user postgres)",
+    "mnist": "the MNIST files in ../shared/data/mnist",
+    "chromium": "Debian's Chromium (/usr/bin/chromium) and Playwright",
+    "root": "unshare --uts (another host name for a worker)",
+    "mount": "mount -t tmpfs (a read-only or full file system)",
+}
+REQUIRE = "MLP_SWEEP_REQUIRE"
+
+
+def required() -> set[str]:
+    """The names in $MLP_SWEEP_REQUIRE: needs, comma-separated, or "all"."""
+    return {name.strip() for name in os.environ.get(REQUIRE, "").split(",") if name.strip()}
+
+
+def need(name: str, available: bool, reason: str) -> None:
+    """Go on if ``available``; else skip the test with ``reason``, or fail it with that reason
+    when the run requires ``name``."""
+    if available:
+        return
+    if {name, "all"} & required():
+        pytest.fail(f"{reason} ({REQUIRE} requires {name}: {NEEDS[name]})", pytrace=False)
+    pytest.skip(reason)
+
 
 PRELOADED = "MLP_SWEEP_TEST_PRELOADED"  # the file the cache's filler touches when it is done
 #: The cache's filler: one filler at a time (two runs at once would write one index together).
@@ -30,11 +57,16 @@ NUMBA_CACHE = REPO_ROOT / ".pytest_cache" / "numba"
 
 
 def pytest_configure(config):
-    """One compiled-engine cache for the whole run: the xdist workers and every ``sweep`` they
+    """$MLP_SWEEP_REQUIRE names only known needs (a misspelt one would require nothing).
+
+    One compiled-engine cache for the whole run: the xdist workers and every ``sweep`` they
     start inherit $NUMBA_CACHE_DIR and load the kernels from it (about a second) instead of each
     compiling them (about 9-18 s of CPU each). It is filled in the background while the tests
     are collected (on a fresh checkout; later runs find it full); ``compiled_engine_cache`` holds
     the first test back until it is."""
+    if unknown := required() - {*NEEDS, "all"}:
+        known = ", ".join([*NEEDS, "all"])
+        raise pytest.UsageError(f"{REQUIRE}: unknown need {', '.join(sorted(unknown))} (known: {known})")
     if hasattr(config, "workerinput") or "NUMBA_CACHE_DIR" in os.environ:
         return  # an xdist worker (its controller made the cache), or a cache chosen by the caller
     NUMBA_CACHE.mkdir(parents=True, exist_ok=True)
@@ -73,10 +105,9 @@ def compiled_engine_cache():
 
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
-    """The shared MNIST files (``../shared/data/mnist`` from the repo root); skip if absent."""
+    """The shared MNIST files (``../shared/data/mnist`` from the repo root): a need ("mnist")."""
     path = REPO_ROOT.parent / "shared" / "data" / "mnist"
-    if not path.is_dir():
-        pytest.skip(f"shared MNIST data not found at {path}")
+    need("mnist", path.is_dir(), f"shared MNIST data not found at {path}")
     return path
 
 

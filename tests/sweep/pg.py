@@ -4,8 +4,10 @@ Fixtures (import them into a test module to use them):
 
 * ``pg_databases``: a factory of fresh PostgreSQL databases for one test, all dropped
   afterwards (``DROP DATABASE ... WITH (FORCE)``, so leftover connections do not block it).
-  The test is skipped, with the reason, when no server answers at ``$MLP_SWEEP_TEST_PG``
-  (default ``postgresql://postgres@127.0.0.1:5432/postgres``).
+  The server is at ``$MLP_SWEEP_TEST_PG`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``);
+  where nothing listens there (connection refused) the test skips, saying so, or fails when the
+  run requires the "postgres" need ($MLP_SWEEP_REQUIRE); any other error (a wrong role, a server
+  still starting) fails it.
 * ``mlflow_server``: a real ``mlflow server`` process on a free loopback port, with its own
   PostgreSQL database and a temporary artifact directory; one per test module.
 
@@ -15,6 +17,7 @@ stores read back, and the checks that Optuna and MLflow agree.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
@@ -31,6 +34,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from tests.conftest import need
+
 ADMIN_URL = os.environ.get("MLP_SWEEP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 CURVE_NAMES = ("training_cost", "training_accuracy", "validation_cost", "validation_accuracy")
 SWEEP = [sys.executable, "-m", "sweep"]
@@ -43,32 +48,29 @@ QUIET = {
     "PYTHONWARNINGS": "ignore",
 }
 
-_UNREACHABLE: list[str] = []  # the reason, once the server was found unreachable
-
 
 # --- PostgreSQL ---------------------------------------------------------------------------
 
 
 def _admin():
-    """An autocommit connection to the maintenance database; skips the test when there is none."""
-    if _UNREACHABLE:
-        pytest.skip(_UNREACHABLE[0])
-    try:
-        import psycopg2
-    except ImportError:
-        _UNREACHABLE.append("psycopg2 is not installed (pip install '.[test]'): PostgreSQL tests skipped")
-        pytest.skip(_UNREACHABLE[0])
+    """An autocommit connection to the maintenance database (a need: see the module's docstring).
+
+    Asked again by every test: a server that was down for one test may be up for the next."""
+    where = ADMIN_URL.rsplit("@", 1)[-1]
+    installed = importlib.util.find_spec("psycopg2") is not None
+    need("postgres", installed, "psycopg2 is not installed (pip install '.[test]')")
+    import psycopg2
+
     try:
         conn = psycopg2.connect(ADMIN_URL, connect_timeout=3)
     except psycopg2.OperationalError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        _UNREACHABLE.append(
-            f"no PostgreSQL server at {ADMIN_URL.rsplit('@', 1)[-1]} ({first}); "
-            f"set MLP_SWEEP_TEST_PG to a superuser URL to run these tests"
-        )
-        pytest.skip(_UNREACHABLE[0])
-    conn.autocommit = True
-    return conn
+        message = " ".join(str(exc).split()) or type(exc).__name__
+    else:
+        conn.autocommit = True
+        return conn
+    refused = "connection refused" in message.lower()  # nothing listens there: the one case that may skip
+    need("postgres", not refused, f"no PostgreSQL server at {where}: {message}")
+    pytest.fail(f"cannot use the PostgreSQL server at {where} (a superuser, trust auth): {message}", pytrace=False)
 
 
 def database_url(name: str, password: str | None = None, driver: str = "postgresql") -> str:
@@ -110,7 +112,7 @@ def database_exists(name: str) -> bool:
 @pytest.fixture
 def pg_databases() -> Iterator[Callable[[], str]]:
     """``new()`` makes a fresh database and returns its name; all of them are dropped afterwards."""
-    _admin().close()  # skip now, before the test starts anything, if there is no server
+    _admin().close()  # skip or fail now, before the test starts anything, if there is no server
     made: list[str] = []
 
     def new() -> str:
@@ -280,8 +282,9 @@ def kill_started() -> None:
         proc.communicate()  # (closes its pipes)
 
 
-def can_fake_a_host() -> str | None:
-    """None if ``unshare --uts`` works here, else why not."""
+def need_another_host() -> None:
+    """Go on if ``unshare --uts`` works here (it needs root), so that start_sweep can give a
+    worker another host name; else skip the test, or fail it when the run requires "root"."""
     try:
         done = subprocess.run(
             ["unshare", "--uts", "sh", "-c", "hostname other-machine && hostname"],
@@ -290,10 +293,11 @@ def can_fake_a_host() -> str | None:
             timeout=10,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"cannot run unshare: {exc}"
-    if done.returncode != 0 or done.stdout.strip() != "other-machine":
-        return f"unshare --uts does not work here (needs root): {done.stderr.strip()}"
-    return None
+        works, why = False, f"cannot run unshare: {exc}"
+    else:
+        works = done.returncode == 0 and done.stdout.strip() == "other-machine"
+        why = f"unshare --uts does not work here (needs root): {done.stderr.strip()}"
+    need("root", works, why)
 
 
 HOLD_DIR = Path(__file__).resolve().parent / "hold"

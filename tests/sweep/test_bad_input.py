@@ -26,6 +26,7 @@ from sweep.run import trial as objective
 from sweep.run.runner import Stores, create_or_resume, pack_size
 from sweep.spec.file import load_spec
 from sweep.stores.storage import StorageSpec
+from tests.conftest import need
 from tests.gzip_bomb import gzip_bomb
 from tests.sweep.bad_studies import EXHAUSTING, SEEDS, UNREADABLE, special_file
 from tests.sweep.conftest import (
@@ -227,7 +228,7 @@ def test_a_study_file_that_is_not_one_is_refused_without_reading_it(stored, caps
 
 @pytest.fixture
 def tmpfs(tmp_path):
-    """``mount(options)``: a tiny tmpfs at a new directory (unmounted afterwards); skip if not root."""
+    """``mount(options)``: a tiny tmpfs at a new directory (unmounted afterwards): the "mount" need."""
     mounted: list[Path] = []
 
     def mount(options: str) -> Path:
@@ -236,8 +237,7 @@ def tmpfs(tmp_path):
         done = subprocess.run(
             ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True, text=True
         )
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+        need("mount", done.returncode == 0, f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
         mounted.append(where)
         return where
 

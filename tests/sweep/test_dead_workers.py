@@ -30,7 +30,6 @@ from tests.sweep.conftest import child_runs, run_cli, tracking_client, write_stu
 from tests.sweep.pg import (
     NEVER_PRUNE,
     by_state,
-    can_fake_a_host,
     check_agreement,
     check_grid_done,
     check_retries,
@@ -41,6 +40,7 @@ from tests.sweep.pg import (
     held_env,
     held_workers,
     journal,
+    need_another_host,
     pg_databases,
     rdb_study,
     signal_pending,
@@ -195,8 +195,7 @@ def test_sigkill_mid_trial_on_the_journal_a_later_run_retries_it(workdir):
 @pytest.mark.postgres
 def test_sigkill_of_a_worker_on_another_host_is_found_by_its_heartbeat(tmp_path, pg_databases, monkeypatch):
     """PostgreSQL: the dead worker ran on "machine-b", so only its silent heartbeat can tell."""
-    if (why := can_fake_a_host()) is not None:
-        pytest.skip(why)
+    need_another_host()
     monkeypatch.setenv("MLP_SWEEP_HEARTBEAT", "1")
     monkeypatch.setenv("MLP_SWEEP_GRACE", "4")
     storage = database_url(pg_databases())

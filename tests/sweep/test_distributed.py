@@ -26,7 +26,6 @@ from tests.sweep.pg import (
     QUIET,
     SWEEP,
     by_state,
-    can_fake_a_host,
     check_agreement,
     check_grid_done,
     database_url,
@@ -34,6 +33,7 @@ from tests.sweep.pg import (
     held_env,
     held_workers,
     mlflow_server,
+    need_another_host,
     pg_databases,
     rdb_study,
     start_sweep,
@@ -120,8 +120,7 @@ def test_three_workers_share_a_postgresql_study_and_run_every_grid_point_once(
 
 def test_the_readme_two_machine_set_up(tmp_path, pg_databases, mlflow_server, monkeypatch):
     """Machine A: ``sweep run`` creates the study and works; machine B (another host name) joins."""
-    if (why := can_fake_a_host()) is not None:
-        pytest.skip(why)
+    need_another_host()
     monkeypatch.setenv("MLP_SWEEP_GRACE", "600")  # A, held, sends no heartbeats: B must not take it for dead
     storage = database_url(pg_databases())
     machine_a, machine_b = tmp_path / "a", tmp_path / "b"

@@ -21,7 +21,6 @@ from tests.sweep.conftest import run_cli, write_study
 from tests.sweep.pg import (
     NEVER_PRUNE,
     by_state,
-    can_fake_a_host,
     check_grid_done,
     check_retries,
     database_url,
@@ -29,6 +28,7 @@ from tests.sweep.pg import (
     free_port,
     held_env,
     held_workers,
+    need_another_host,
     pg_databases,
     rdb_study,
     start_sweep,
@@ -105,8 +105,7 @@ def test_a_worker_killed_behind_the_proxy_has_its_trial_failed_and_retried(tmp_p
 def test_a_worker_killed_on_another_host_behind_the_proxy_is_found_by_its_silent_heartbeat(
     tmp_path, pg_databases, monkeypatch
 ):
-    if (why := can_fake_a_host()) is not None:
-        pytest.skip(why)
+    need_another_host()
     monkeypatch.setenv("MLP_SWEEP_HEARTBEAT", "1")
     monkeypatch.setenv("MLP_SWEEP_GRACE", "3")
     storage, proxy = proxied_study(tmp_path, pg_databases, epochs=3, extra=NEVER_PRUNE)

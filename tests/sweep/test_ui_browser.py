@@ -1,18 +1,21 @@
 """The MLflow UI over a small study, looked at in headless Chromium as a user would.
 
 Debian's Chromium (/usr/bin/chromium) driven by Playwright; no browser is downloaded. The
-test skips, saying why, where either is missing. Screenshots go to $MLP_SWEEP_SCREENSHOTS
-if set, else to the test's temp directory.
+test skips, saying why, where either is missing (or fails, when the run requires "chromium":
+see tests/conftest.py). Screenshots go to $MLP_SWEEP_SCREENSHOTS if set, else to the test's
+temp directory.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import need
 from tests.sweep.conftest import run_cli
 from tests.sweep.pg import free_port, start_sweep, stop_group, wait_for_http
 
@@ -49,15 +52,19 @@ WAIT_MS = 30_000  # for anything the UI loads
 
 @pytest.fixture
 def chromium():
-    """A headless Chromium browser (Debian's), or a skip that says what is missing."""
-    if not CHROMIUM.is_file():
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
+    """A headless Chromium browser (Debian's): the "chromium" need, with what is missing."""
+    need("chromium", CHROMIUM.is_file(), f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    installed = importlib.util.find_spec("playwright") is not None
+    need("chromium", installed, "Playwright is not installed (pip install '.[test]')")
+    from playwright import sync_api
+
     with sync_api.sync_playwright() as playwright:
+        browser, failure = None, ""
         try:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
         except sync_api.Error as exc:
-            pytest.skip(f"Chromium at {CHROMIUM} does not start: {str(exc).splitlines()[0]}")
+            failure = str(exc).splitlines()[0]
+        need("chromium", browser is not None, f"Chromium at {CHROMIUM} does not start: {failure}")
         yield browser
         browser.close()
 
