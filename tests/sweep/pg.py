@@ -38,7 +38,7 @@ from tests.conftest import need
 
 ADMIN_URL = os.environ.get("MLP_SWEEP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 CURVE_NAMES = ("training_cost", "training_accuracy", "validation_cost", "validation_accuracy")
-SWEEP = [sys.executable, "-m", "sweep"]
+SWEEP = [str(Path(sys.executable).with_name("sweep"))]  # the installed console script, as a user runs it
 QUIET = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",

@@ -1,4 +1,4 @@
-"""Inputs that would exhaust the machine, through the real ``sweep`` executable in a temp dir:
+"""Inputs that would exhaust the machine, through the installed ``sweep`` console script in a temp dir:
 refused with one line and exit 2, nothing stored, and without large allocations (peak RSS)."""
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.sweep.pg import SWEEP
 
 STUDY = Path(__file__).resolve().parents[2] / "studies" / "homework-grid-5k.toml"
 PEAK_RSS_MB = 300  # a refusal needs the interpreter and its imports (about 60 MB), nothing of the input's size
@@ -33,14 +35,9 @@ CASES = {
 }
 
 
-def sweep_command() -> list[str]:
-    """The installed console script next to this interpreter, else the module."""
-    script = Path(sys.executable).with_name("sweep")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "sweep"]
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_an_exhausting_input_is_refused_by_the_real_executable_without_allocating(tmp_path, case):
+    assert Path(SWEEP[0]).is_file(), f"no console script {SWEEP[0]}: pip install -e ."
     edit, flags = CASES[case]
     study = tmp_path / "study.toml"
     study.write_text(edit(STUDY.read_text()))
@@ -48,7 +45,7 @@ def test_an_exhausting_input_is_refused_by_the_real_executable_without_allocatin
     out, err, rss = tmp_path / "out", tmp_path / "err", tmp_path / "rss"
     with out.open("w") as stdout, err.open("w") as stderr:
         code = subprocess.call(
-            [sys.executable, "-c", MEASURE, str(rss), *sweep_command(), "run", str(study), *flags],
+            [sys.executable, "-c", MEASURE, str(rss), *SWEEP, "run", str(study), *flags],
             cwd=tmp_path,
             stdout=stdout,
             stderr=stderr,
