@@ -19,7 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 from core.model import NetworkSpec, evaluate
 from core.train import TrainConfig, train
-from sweep.cli.commands import _stores
+from sweep.cli.options import stores_from_flags
 from sweep.run.runner import load_data, load_stored_study
 from sweep.spec.study import trial_config
 from sweep.tracking.registry import best_trial
@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--data-dir")
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args()
-    study, spec = load_stored_study(args.study, _stores(args.storage, None, no_tracking=True), read_only=True)
+    study, spec = load_stored_study(args.study, stores_from_flags(args.storage, None, no_tracking=True), read_only=True)
     trial = best_trial(study, spec)
     network, config = trial_config(spec, trial.params)
     print(f"study {args.study}: best trial #{trial.number}, {'-'.join(map(str, network.sizes))}, {config}")

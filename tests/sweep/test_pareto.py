@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sweep.cli.commands import SHOWN_PARETO, summary
+from sweep.cli.study import SHOWN_PARETO, summary
 from sweep.run.runner import Stores
 from sweep.spec.file import load_spec
 from sweep.stores.storage import StorageSpec

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sweep.cli.commands import ui_command
+from sweep.cli.serve import ui_command
 from sweep.errors import UsageError
 from tests.conftest import REPO_ROOT
 from tests.sweep.conftest import run_cli, write_study
