@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from core.config import TrainConfig
 from core.data import load_mnist
 from core.model import NetworkSpec, init_params
 from core.reference import ReferenceNetwork
-from core.train import TrainConfig, train
+from core.train import train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 

@@ -32,10 +32,11 @@ import numpy as np
 from bench_core import SHARED, reference_epoch
 from threadpoolctl import threadpool_limits
 
+from core.config import TrainConfig
 from core.data import load_mnist
 from core.model import NetworkSpec, init_params, one_hot
 from core.packed import train_packed
-from core.train import TrainConfig, train
+from core.train import train
 
 OFF = {f"monitor_{part}_{what}": False for part in ("training", "validation") for what in ("cost", "accuracy")}
 ROOT = Path(__file__).resolve().parents[1]
@@ -221,7 +222,7 @@ START = (
 )
 PEAK = (
     "import resource; from core.data import load_mnist; from core.model import NetworkSpec;"
-    "from core.train import TrainConfig, train; data = load_mnist({!r});"
+    "from core import TrainConfig, train; data = load_mnist({!r});"
     "train(NetworkSpec((784, 30, 10)), TrainConfig(epochs=1, batch_size=10, eta=0.1, engine={!r}),"
     " data.train, data.validation); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
 )

@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from core.config import TrainConfig
 from core.data import load_mnist
 from core.model import NetworkSpec
-from core.train import TrainConfig, train
+from core.train import train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 SETTINGS = [  # (label, batch size, options); each compared with the plain run of its batch size

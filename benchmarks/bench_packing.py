@@ -19,10 +19,11 @@ from pathlib import Path
 
 from threadpoolctl import threadpool_limits
 
+from core.config import TrainConfig
 from core.data import load_mnist
 from core.model import NetworkSpec
 from core.packed import train_packed
-from core.train import TrainConfig, train
+from core.train import train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 SPEC = NetworkSpec((784, 15, 10))

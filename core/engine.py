@@ -1,5 +1,8 @@
 """Which engine trains: the NumPy reference or the compiled one (``core.compiled``, needs numba).
 
+This is the one module that imports the compiled kernels (``kernels``): the trainers reach
+them through it, and the kernels import nothing of the trainers.
+
 ``TrainConfig.engine`` is "auto" unless a study says otherwise: the compiled engine when
 numba imports and the parameters are float32 (the only dtype it compiles for), else NumPy.
 ``$MLP_SWEEP_ENGINE`` ("numpy" or "compiled") says what "auto" means on a machine, e.g.
@@ -10,12 +13,13 @@ numba is only imported when the compiled engine is first used.
 
 from __future__ import annotations
 
-import importlib
 import os
+from types import ModuleType
 
 import numpy as np
 
-ENGINES = ("auto", "numpy", "compiled")
+from core.config import ENGINES, OPTIONS
+
 ENV_VAR = "MLP_SWEEP_ENGINE"  # what "auto" resolves to: "numpy" or "compiled"
 
 _unavailable: str | None = None  # why core.compiled did not import, once it was tried
@@ -25,10 +29,11 @@ class EngineUnavailable(ImportError):
     """The compiled engine was asked for but cannot run here; the message says why."""
 
 
-def check_engine(name: object) -> None:
-    """ValueError unless ``name`` is one of ENGINES."""
-    if name not in ENGINES:
-        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {name!r}")
+def kernels() -> ModuleType:
+    """The compiled engine's module, ``core.compiled`` (imported, with numba, on first use)."""
+    import core.compiled
+
+    return core.compiled
 
 
 def compiled_unavailable() -> str | None:
@@ -36,7 +41,7 @@ def compiled_unavailable() -> str | None:
     global _unavailable
     if _unavailable is None:
         try:
-            importlib.import_module("core.compiled")
+            kernels()
         except ImportError as exc:  # numba missing, or built for another NumPy
             _unavailable = f"numba cannot be imported ({exc})"
             return _unavailable
@@ -51,7 +56,7 @@ def resolve(requested: str, dtype: np.dtype) -> str:
     numba is missing or the dtype is not float32. An explicit "compiled" that cannot run
     raises EngineUnavailable naming the reason; a bad $MLP_SWEEP_ENGINE raises ValueError.
     """
-    check_engine(requested)
+    OPTIONS["engine"].check("engine", requested)
     explicit = requested != "auto"
     if not explicit and os.environ.get(ENV_VAR):
         requested = os.environ[ENV_VAR]

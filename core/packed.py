@@ -17,27 +17,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.engine import resolve
+from core.config import Pack, TrainConfig, packed
+from core.engine import kernels, resolve
 from core.functions import ACTIVATIONS, COSTS
-from core.model import EVAL_CHUNK, NetworkSpec, Params, Workspace, init_params, one_hot
-from core.train import (
+from core.history import (
     CURVES,
-    GATHER_ROWS,
     LEARNING_CHECK,
-    EpochCallback,
     EpochRecord,
-    LabelledSet,
     LearningCheck,
     NonFiniteError,
     NotLearningError,
-    TrainConfig,
     TrainResult,
-    monitored,
 )
+from core.model import EVAL_CHUNK, NetworkSpec, Params, Workspace, init_params, one_hot
+from core.train import GATHER_ROWS, EpochCallback, LabelledSet, monitored
 
-PACKED_FIELDS = ("epochs", "batch_size", *(f"monitor_{curve}" for curve in CURVES), "engine")  # must agree
+PACKED_FIELDS = packed(Pack.AGREE)  # the options every trial of a pack has the same value of
 #: Options a pack does not train (Nielsen's chapter-3 ones): a config with any of them on trains alone.
-UNPACKED_OPTIONS = ("momentum", "dropout", "patience", "eta_patience")
+UNPACKED_OPTIONS = packed(Pack.OFF)
 
 
 def packs(config: TrainConfig) -> bool:
@@ -56,8 +53,9 @@ def _differing(a: TrainConfig, b: TrainConfig) -> str | None:
 
 
 def can_pack(a: TrainConfig, b: TrainConfig) -> bool:
-    """Whether a and b can train in one pack: only eta, lmbda and seed may differ, and
-    neither uses momentum, dropout, early stopping or the η schedule."""
+    """Whether a and b can train in one pack: they agree in every PACKED_FIELDS (only eta,
+    lmbda and seed may differ) and neither turns on one of UNPACKED_OPTIONS (momentum,
+    dropout, early stopping, the η schedule)."""
     return packs(a) and packs(b) and _differing(a, b) is None
 
 
@@ -164,9 +162,7 @@ def evaluate_stack(
     """
     trials, dtype = len(stack.layers[0]), stack.layers[0].dtype
     if engine == "compiled":
-        from core.compiled import evaluate_compiled
-
-        return evaluate_compiled(
+        return kernels().evaluate_compiled(
             spec, [stack.trial(k) for k in range(trials)], X, y, lmbda.tolist(), n_train, want_cost
         )
     first = stack.layers[0].reshape(-1, spec.sizes[0] + 1)  # (K·fan_out, d + 1)
@@ -288,9 +284,7 @@ def _sgd(
 ) -> PackedSGD:
     """The pack's SGD on ``engine`` over X (n, d) with labels y (n,): ``PackedSGD`` or its compiled twin."""
     if engine == "compiled":
-        from core.compiled import PackedCompiledSGD
-
-        return PackedCompiledSGD(spec, stack, X, y, configs)
+        return kernels().PackedCompiledSGD(spec, stack, X, y, configs)
     return PackedSGD(spec, stack, X, one_hot(y, spec.sizes[-1], X.dtype), configs)
 
 

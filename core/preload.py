@@ -5,13 +5,11 @@ training run then reports that itself)."""
 
 import numpy as np
 
-from core.engine import resolve
+from core.engine import kernels, resolve
 
 try:
     ENGINE = resolve("auto", np.float32)
 except ValueError:
     ENGINE = "numpy"
 if ENGINE == "compiled":
-    from core.compiled import warm_up
-
-    warm_up()
+    kernels().warm_up()

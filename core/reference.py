@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.config import TrainConfig
 from core.functions import OUTPUT_ACTIVATION
 from core.model import NetworkSpec, Params, init_params
-from core.train import TrainConfig
 
 
 def _act(name: str, z: np.ndarray) -> np.ndarray:

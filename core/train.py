@@ -6,240 +6,20 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
 
-from core.engine import check_engine, resolve
+from core.config import TrainConfig
+from core.engine import kernels, resolve
+from core.history import CURVES, LEARNING_CHECK, EpochRecord, LearningCheck, NonFiniteError, TrainResult
 from core.model import NetworkSpec, Params, Workspace, evaluate, init_params, one_hot
-
-
-class NotLearningError(ArithmeticError):
-    """Training was stopped because the network is not learning (see ``LearningCheck``).
-
-    ``epoch`` is the epoch after which it was stopped, ``what`` the quantity that showed
-    it ("weights", "training cost", "validation accuracy", ...); the message says why.
-    """
-
-    def __init__(self, epoch: int, what: str, message: str) -> None:
-        super().__init__(message)
-        self.epoch = epoch
-        self.what = what
-
-
-class NonFiniteError(NotLearningError):
-    """Training diverged: a cost or a weight became NaN or infinite."""
-
-    def __init__(self, epoch: int, what: str) -> None:
-        super().__init__(epoch, what, f"non-finite {what} at epoch {epoch} (learning rate too large?)")
-
-
-class CostGrowthError(NotLearningError):
-    """Training diverged: a cost grew far above the untrained network's, yet stayed finite."""
-
-    def __init__(self, epoch: int, what: str, cost: float, untrained: float, factor: float) -> None:
-        super().__init__(
-            epoch,
-            what,
-            f"{what} {cost:.3g} at epoch {epoch} is over {factor:g} × the "
-            f"untrained network's {untrained:.3g} (learning rate too large?)",
-        )
-        self.cost, self.untrained = cost, untrained
-
-
-class ChanceAccuracyError(NotLearningError):
-    """Training is not learning: the accuracy has stayed at chance level for a few epochs."""
-
-    def __init__(self, epoch: int, what: str, accuracy: float, classes: int, margin: float, epochs: int) -> None:
-        super().__init__(
-            epoch,
-            what,
-            f"{what} {accuracy:.3f} at epoch {epoch}, within {margin:g} of chance "
-            f"(1/{classes}) for {epochs} epochs in a row: not learning",
-        )
-        self.accuracy = accuracy
 
 
 class LabelledSet(Protocol):
     X: np.ndarray  # (n, sizes[0]) float
     y: np.ndarray  # (n,) int labels
-
-
-def _positive_int(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _fraction(name: str, value: object) -> None:
-    """ValueError unless ``value`` is a number in [0, 1)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
-        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
-
-
-def _epochs_or_off(name: str, value: object) -> None:
-    """ValueError unless ``value`` is None or a non-negative integer (None and 0: off)."""
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-        raise ValueError(f"{name} must be a non-negative integer or None (0 and None: off), got {value!r}")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """What one training run does: epochs, batch size, η, λ, seed, what it monitors, which
-    engine trains it ("auto", "numpy" or "compiled": see ``core.engine``) and Nielsen's
-    chapter-3 options, each off by default. ``patience`` and ``eta_patience`` count epochs
-    without a better validation accuracy (so they need it monitored and a validation set).
-    """
-
-    epochs: int
-    batch_size: int
-    eta: float
-    lmbda: float = 0.0
-    seed: int = 0
-    monitor_training_cost: bool = True
-    monitor_training_accuracy: bool = True
-    monitor_validation_cost: bool = True
-    monitor_validation_accuracy: bool = True
-    engine: str = "auto"
-    momentum: float = 0.0  # μ: velocity v ← μv − η∇C, w ← w + v (0: plain SGD)
-    dropout: float = 0.0  # p: each hidden unit is dropped with probability p in training (inverted dropout)
-    patience: int | None = None  # early stopping: stop after this many epochs without a better validation accuracy
-    eta_patience: int | None = None  # halve η after this many epochs without a better one (since the last halving)
-    eta_min_factor: float = 128.0  # with eta_patience: stop once η has fallen to η₀ / eta_min_factor
-
-    def __post_init__(self) -> None:
-        _positive_int("epochs", self.epochs)
-        _positive_int("batch_size", self.batch_size)
-        for name in ("eta", "lmbda"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
-        if self.eta <= 0:
-            raise ValueError(f"eta must be positive, got {self.eta!r}")
-        if self.lmbda < 0:
-            raise ValueError(f"lmbda must be zero or positive, got {self.lmbda!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
-        check_engine(self.engine)
-        _fraction("momentum", self.momentum)
-        _fraction("dropout", self.dropout)
-        _epochs_or_off("patience", self.patience)
-        _epochs_or_off("eta_patience", self.eta_patience)
-        factor = self.eta_min_factor
-        if not isinstance(factor, (int, float)) or isinstance(factor, bool) or not 1 < factor < math.inf:
-            raise ValueError(f"eta_min_factor must be a finite number above 1, got {factor!r}")
-        if (self.patience or self.eta_patience) and not self.monitor_validation_accuracy:
-            what = "patience" if self.patience else "eta_patience"
-            raise ValueError(f"{what} needs monitor_validation_accuracy = True")
-
-    @property
-    def watches_validation(self) -> bool:
-        """Whether training reacts to the validation accuracy (early stopping or the η schedule)."""
-        return bool(self.patience or self.eta_patience)
-
-
-@dataclass(frozen=True)
-class EpochRecord:
-    """What one epoch measured; a curve that is not monitored is None."""
-
-    epoch: int  # 1-based
-    training_cost: float | None
-    training_accuracy: float | None
-    validation_cost: float | None
-    validation_accuracy: float | None
-    seconds: float  # the SGD pass alone
-    eval_seconds: float  # the monitoring that followed it
-    eta: float | None = None  # the learning rate of the epoch (it changes with eta_patience)
-
-
-CURVES = ("training_cost", "training_accuracy", "validation_cost", "validation_accuracy")
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    params: Params
-    history: tuple[EpochRecord, ...]
-    stopped_early: bool  # the callback asked to stop
-    engine: str = "numpy"  # the engine that trained it: "numpy" or "compiled"
-    best_epoch: int | None = None  # with patience: the epoch whose parameters ``params`` are
-    ended_by: str | None = None  # why training ended before config.epochs on its own (patience, η floor)
-
-    def curves(self) -> dict[str, list]:
-        """The history as columns: {"epoch": [...], "training_cost": [...], ...}."""
-        return {f.name: [getattr(r, f.name) for r in self.history] for f in fields(EpochRecord)}
-
-
-def _best_accuracy(record: EpochRecord) -> tuple[str, float] | None:
-    """The highest monitored accuracy of an epoch with its name ("validation accuracy"), or None."""
-    accuracies = {f"{part} accuracy": getattr(record, f"{part}_accuracy") for part in ("validation", "training")}
-    return max(
-        ((what, value) for what, value in accuracies.items() if value is not None),
-        key=lambda item: item[1],
-        default=None,
-    )
-
-
-@dataclass(frozen=True)
-class LearningCheck:
-    """When a run counts as not learning and is stopped with a ``NotLearningError``.
-
-    Non-finite weights or costs always stop it (NonFiniteError). After each epoch it is
-    also stopped when
-    * a monitored cost exceeds ``cost_growth`` × the untrained network's cost on the
-      same set, measured before epoch 1 (CostGrowthError: diverged, yet finite); or
-    * for ``chance_epochs`` epochs in a row, every monitored accuracy was at most chance
-      (1 / number of classes) + ``chance_margin`` (ChanceAccuracyError).
-    Learning trials with a large η have one-epoch spikes (a cost of 8.6 × the untrained,
-    an accuracy of 0.34, back to 0.97 the next epoch), hence a far factor and "in a row".
-    None switches a test off. The defaults never fired on a learning trial of the shipped
-    studies (figures in the README, "Trials that do not learn").
-    """
-
-    # Untrained MNIST costs: 2.3–2.6 (cross-entropy), 1.2–1.3 (quadratic); learning trials
-    # peaked at 8.6 ×, sigmoid + cross-entropy at η = 1e12 is at 1e12 × after one epoch.
-    cost_growth: float | None = 100.0
-    chance_epochs: int = 3
-    # Dead networks score 0.096–0.114 on MNIST (its largest class is 11.4%); of learning
-    # trials, none had 3 epochs in a row below 0.19, nor any epoch after the 2nd below 0.16.
-    chance_margin: float | None = 0.05
-
-    def __post_init__(self) -> None:
-        if self.cost_growth is not None and not self.cost_growth > 1:
-            raise ValueError(f"cost_growth must be above 1 or None, got {self.cost_growth!r}")
-        _positive_int("chance_epochs", self.chance_epochs)
-        if self.chance_margin is not None and not 0 <= self.chance_margin < 1:
-            raise ValueError(f"chance_margin must be in [0, 1) or None, got {self.chance_margin!r}")
-
-    def judge(
-        self, history: Sequence[EpochRecord], untrained: EpochRecord | None, classes: int
-    ) -> NotLearningError | None:
-        """Why the run should stop after the last epoch of ``history`` (``untrained``: the
-        costs before epoch 1; ``classes``: the number of outputs), or None."""
-        record = history[-1]
-        costs = [(part, getattr(record, f"{part}_cost")) for part in ("training", "validation")]
-        for part, cost in costs:
-            if cost is not None and not math.isfinite(cost):
-                return NonFiniteError(record.epoch, f"{part} cost")
-        for part, cost in costs:
-            start = None if untrained is None else getattr(untrained, f"{part}_cost")
-            if (
-                self.cost_growth is not None
-                and cost is not None
-                and start is not None
-                and cost > self.cost_growth * start
-            ):
-                return CostGrowthError(record.epoch, f"{part} cost", cost, start, self.cost_growth)
-        recent = [_best_accuracy(r) for r in history[-self.chance_epochs :]]
-        if self.chance_margin is None or len(recent) < self.chance_epochs or None in recent:
-            return None
-        if all(accuracy <= 1 / classes + self.chance_margin for _, accuracy in recent):
-            return ChanceAccuracyError(record.epoch, *recent[-1], classes, self.chance_margin, self.chance_epochs)
-        return None
-
-
-LEARNING_CHECK = LearningCheck()  # what ``train`` and ``train_packed`` apply unless told otherwise
-NO_CHECK = LearningCheck(cost_growth=None, chance_margin=None)  # non-finite values only
 
 
 EpochCallback = Callable[[EpochRecord], bool | None]
@@ -375,9 +155,7 @@ def train(
     n = len(X)
     engine = resolve(config.engine, params.dtype)
     if engine == "compiled":
-        from core.compiled import CompiledSGD
-
-        sgd = CompiledSGD(spec, [params], X, training.y, [config])
+        sgd = kernels().CompiledSGD(spec, [params], X, training.y, [config])
     else:
         sgd = SGD(spec, params, X, one_hot(training.y, spec.sizes[-1], params.dtype), config)
     untrained = (
@@ -506,9 +284,7 @@ def evaluate_on(
     """``evaluate`` of one network on ``data``, by the NumPy reference or the compiled engine
     (which skips the cost unless ``want_cost``): (cost or None, accuracy)."""
     if engine == "compiled":
-        from core.compiled import evaluate_compiled
-
-        costs, accuracies = evaluate_compiled(
+        costs, accuracies = kernels().evaluate_compiled(
             spec, [params], data.X, data.y, [lmbda], n_train or len(data.y), want_cost
         )
         return None if costs is None else costs[0], accuracies[0]

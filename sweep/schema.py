@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.train import CURVES
+from core.history import CURVES
 
 _PREFIX = "mlp_sweep."
 

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 
 import core.engine
+from core.config import TrainConfig
 from core.engine import ENV_VAR, EngineUnavailable, resolve
+from core.history import NO_CHECK, NotLearningError
 from core.model import NetworkSpec, evaluate, init_params
 from core.packed import train_packed
-from core.train import NO_CHECK, NotLearningError, TrainConfig, train
+from core.train import train
 from tests.core.test_packed import _assert_same
 from tests.core.toy import toy_data as _data
 

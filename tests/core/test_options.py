@@ -1,14 +1,17 @@
 """Nielsen's chapter-3 options: momentum, dropout, early stopping, the halving η; on both engines."""
 
+import dataclasses
 import importlib.util
 
 import numpy as np
 import pytest
 
+from core.config import OPTIONS, Pack, TrainConfig, UnmetNeed, unmet_need
 from core.functions import COSTS
+from core.history import CURVES, NO_CHECK, EpochRecord
 from core.model import NetworkSpec, Workspace, gradients, init_params, with_ones
-from core.packed import can_pack, train_packed
-from core.train import NO_CHECK, EpochRecord, Schedule, TrainConfig, draw_keep, hidden_units, train
+from core.packed import PACKED_FIELDS, UNPACKED_OPTIONS, can_pack, train_packed
+from core.train import Schedule, draw_keep, hidden_units, train
 from tests.core.toy import assert_gradient_matches
 from tests.core.toy import toy_data as _data
 
@@ -231,6 +234,21 @@ def test_schedule_and_patience_need_a_monitored_validation_set():
 def test_config_rejects_bad_option_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=f"^{field} must be"):
         TrainConfig(epochs=1, batch_size=1, eta=1.0, **{field: value})
+
+
+def test_the_table_holds_one_rule_per_config_field_and_the_packing_lists():
+    assert tuple(OPTIONS) == tuple(field.name for field in dataclasses.fields(TrainConfig))
+    assert list(PACKED_FIELDS) == ["epochs", "batch_size", *(f"monitor_{part}" for part in CURVES), "engine"]
+    assert list(UNPACKED_OPTIONS) == ["momentum", "dropout", "patience", "eta_patience"]
+    assert [name for name, rule in OPTIONS.items() if rule.pack is Pack.DIFFER] == ["eta", "lmbda", "seed"]
+    assert unmet_need({"eta_patience": 2, "monitor_validation_accuracy": False}) == (
+        "eta_patience",
+        "monitor_validation_accuracy",
+    )
+    assert unmet_need({"patience": 0, "monitor_validation_accuracy": False}) is None  # 0: off
+    with pytest.raises(UnmetNeed) as info:
+        TrainConfig(epochs=1, batch_size=1, eta=1.0, eta_patience=2, monitor_validation_accuracy=False)
+    assert (info.value.name, info.value.needed) == ("eta_patience", "monitor_validation_accuracy")
 
 
 @pytest.mark.parametrize("option", [{"momentum": 0.9}, {"dropout": 0.5}, {"patience": 3}, {"eta_patience": 2}])

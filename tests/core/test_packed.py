@@ -4,10 +4,12 @@ import numpy as np
 import pytest
 
 import core.packed
+from core.config import TrainConfig
 from core.data import load_dataset
+from core.history import CURVES, NO_CHECK, NonFiniteError, NotLearningError
 from core.model import NetworkSpec, Workspace, evaluate, init_params, with_ones
 from core.packed import Stack, can_pack, evaluate_stack, train_packed
-from core.train import CURVES, NO_CHECK, NonFiniteError, NotLearningError, TrainConfig, train
+from core.train import train
 from tests.core.toy import toy_data as _data
 
 SPECS = [NetworkSpec((20, 9, 7, 4)), NetworkSpec((20, 9, 7, 4), "sigmoid", "quadratic")]

@@ -5,10 +5,9 @@ import math
 import numpy as np
 import pytest
 
+from core.config import TrainConfig
 from core.data import load_dataset
-from core.model import NetworkSpec, init_params
-from core.reference import reference_train
-from core.train import (
+from core.history import (
     LEARNING_CHECK,
     NO_CHECK,
     ChanceAccuracyError,
@@ -17,9 +16,10 @@ from core.train import (
     LearningCheck,
     NonFiniteError,
     NotLearningError,
-    TrainConfig,
-    train,
 )
+from core.model import NetworkSpec, init_params
+from core.reference import reference_train
+from core.train import train
 from tests.core.toy import toy_data as _data
 
 
