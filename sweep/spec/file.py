@@ -151,8 +151,8 @@ _FILE_KINDS = (
 )
 
 
-def _not_regular(mode: int) -> str | None:
-    """Why a file of this mode is not a study file, or None for a regular file."""
+def not_regular(mode: int) -> str | None:
+    """Why a file of this mode is not a study or store file, or None for a regular file."""
     if stat.S_ISREG(mode):
         return None
     return next((f"not a regular file ({kind})" for test, kind in _FILE_KINDS if test(mode)), "not a regular file")
@@ -165,12 +165,12 @@ def _read_study_file(path: str | os.PathLike) -> bytes:
     (O_NONBLOCK: opening a FIFO does not wait for a writer), in case the path changed between.
     """
     try:
-        problem = _not_regular(os.stat(path).st_mode)
+        problem = not_regular(os.stat(path).st_mode)
         if problem:
             raise SpecError(path, None, problem)
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
-            problem = _not_regular(os.fstat(fd).st_mode)
+            problem = not_regular(os.fstat(fd).st_mode)
             if problem:
                 raise SpecError(path, None, problem)
             chunks, size = [], 0

@@ -168,7 +168,7 @@ def _refuse_damaged(spec: StorageSpec, local: Path, read_only: bool) -> None:
     worker is appending is not taken for a torn one.
     """
     if spec.is_rdb:
-        check_sqlite(local)
+        check_sqlite(local, STORAGE)
         return
     with contextlib.ExitStack() as held:
         if Path(f"{local}.write.lock").exists():
@@ -244,11 +244,12 @@ def open_storage(
 
     ``create=False`` is for commands that only use existing studies: a journal or SQLite
     file that does not exist is then an error, not created empty. ``read_only`` is for
-    commands that never write to it: they may read what a damaged journal still holds.
+    commands that never write to it (nor create it): they may read what a damaged journal
+    still holds.
     ``pool``: SQLAlchemy's pool settings for a server (default WORKER_POOL; the proxy's are larger).
     """
     local = _local_file(spec)
-    if not create and local is not None and not local.exists():
+    if (read_only or not create) and local is not None and not local.exists():
         raise StoreError(STORAGE, None, f"{local} does not exist (no study is stored there)")
     if local is not None:
         _refuse_damaged(spec, local, read_only)

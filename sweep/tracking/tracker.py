@@ -60,7 +60,7 @@ from sweep.schema import (
     WEIGHTS_DIR,
     WEIGHTS_FILE,
 )
-from sweep.stores.integrity import check_sqlite
+from sweep.stores.integrity import check_kind, check_sqlite
 from sweep.stores.urls import MLFLOW_TABLES, OPTUNA_TABLES, in_memory_sqlite, redact, sqlite_file, sqlite_tables
 from sweep.stores.urls import scheme as url_scheme
 
@@ -135,6 +135,8 @@ def check_tracking_uri(tracking_uri: str) -> None:
             TRACKING, where, f"{local} is a file, not a store directory (for SQLite use sqlite:///{local})"
         )
     db = sqlite_file(tracking_uri)
+    if db is not None:
+        check_kind(db, TRACKING, "sqlite")
     if db is not None and db.is_file():
         tables = sqlite_tables(db)
         if tables and not tables >= MLFLOW_TABLES:
@@ -291,7 +293,7 @@ def check_reachable(tracking_uri: str, timeout: float = 10.0) -> None:
     """
     db = sqlite_file(tracking_uri)
     if db is not None:
-        check_sqlite(db)
+        check_sqlite(db, TRACKING)
     scheme = url_scheme(tracking_uri)
     unreachable: tuple[type[BaseException], ...] = (OSError, ValueError, http.client.HTTPException)  # urllib, socket
     try:

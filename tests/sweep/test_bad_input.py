@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import os
+import re
 import shutil
 import struct
 import subprocess
@@ -416,7 +418,10 @@ def damage_store(workdir: Path, template: Path, how: str) -> Path:
         journal.write_bytes(b"".join(lines[:3] + [b"\x00\x17 not json\n"] + lines[3:]))
     elif how == "truncated-mlflow-db":
         db.write_bytes(db.read_bytes()[: db.stat().st_size // 3])
-    elif how == "random-mlflow-db":
+    elif how == "garbled-mlflow-db":  # SQLite's header and first page kept, the pages after it garbage
+        data = db.read_bytes()
+        db.write_bytes(data[:4096] + hashlib.sha256(b"seed").digest() * ((len(data) - 4096) // 32))
+    elif how == "random-mlflow-db":  # not even SQLite's header: nothing tells it was a database
         db.write_bytes(hashlib.sha256(b"seed").digest() * 1024)
     return journal if how.endswith("journal") else db
 
@@ -425,12 +430,18 @@ WRITERS = {"run": ["run", "tiny.toml", "--n-trials", 3], "worker": ["worker", "-
 
 
 @pytest.mark.parametrize("command", WRITERS)
-@pytest.mark.parametrize("how", ["torn-journal", "garbage-in-journal", "truncated-mlflow-db", "random-mlflow-db"])
+@pytest.mark.parametrize(
+    "how", ["torn-journal", "garbage-in-journal", "truncated-mlflow-db", "garbled-mlflow-db", "random-mlflow-db"]
+)
 def test_a_damaged_store_is_refused_before_anything_is_written(workdir, template, capsys, command, how):
     path = damage_store(workdir, template, how)
     before = file_hashes(workdir)
     line = refused(capsys, *WRITERS[command])
-    assert f"{path} is damaged" in line and "nothing was written" in line
+    if how == "random-mlflow-db":  # said to be what it is, not taken for a database (nor "restored")
+        assert f"--tracking-uri: {path} is binary data, not an SQLite database holding an MLflow" in line, line
+        assert_not_called_damaged(line, workdir)
+    else:
+        assert f"{path} is damaged" in line and "nothing was written" in line
     if how == "torn-journal":
         count = len(path.read_bytes().splitlines())
         assert f"line {count} of {count} is cut short" in line and "remove its last 1 line;" in line
@@ -508,8 +519,9 @@ def store_contents(workdir: Path) -> dict:
 
 @pytest.fixture
 def identity(stored):
-    """The stored workdir plus an Optuna SQLite storage (optuna.db, study "tiny-db") and a database
-    of neither kind (other.db); yields, then checks that no file under it was created or changed."""
+    """The stored workdir plus an Optuna SQLite storage (optuna.db, study "tiny-db"), a database
+    of neither kind (other.db), a text file, random bytes and a FIFO; yields, then checks that no
+    file under it was created or changed."""
     import sqlite3
 
     import optuna
@@ -519,6 +531,8 @@ def identity(stored):
         conn.execute("CREATE TABLE notes (text TEXT)")
         conn.commit()
     (stored / "notes.txt").write_text("not a store\n")
+    (stored / "random.bin").write_bytes(hashlib.sha256(b"seed").digest() * 64)
+    os.mkfifo(stored / "fifo")  # nobody writes to it: opening it to read would wait for ever
     before = store_contents(stored)
     assert before["dumps"]["mlruns/mlflow.db"] and before["dumps"]["optuna.db"]
     yield stored
@@ -567,6 +581,73 @@ def test_a_database_that_is_not_an_optuna_storage_is_refused(identity, capsys, c
 def test_a_database_that_is_not_an_mlflow_store_is_refused_as_tracking_uri(identity, capsys, command, db, phrase):
     line = refused(capsys, *command, "--tracking-uri", f"sqlite:///{db}")
     assert phrase in line and db in line
+
+
+def assert_not_called_damaged(line: str, root: Path) -> None:
+    """A sound file of another kind: no word of damage, nor advice to mend, restore or remove it."""
+    assert not re.search(r"\b(damaged|mend|restore|remove)\b", line.replace(str(root), "")), line
+
+
+WRONG_KIND = {  # (flag, what it is given, what the error says of it)
+    "mlflow-db-as-journal": (
+        "--storage",
+        "mlruns/mlflow.db",
+        "mlruns/mlflow.db is an SQLite database holding an MLflow tracking store, not an Optuna journal",
+    ),
+    "optuna-db-as-journal": (
+        "--storage",
+        "optuna.db",
+        "optuna.db is an SQLite database holding an Optuna storage, not an Optuna journal "
+        "(give it as sqlite:///optuna.db)",
+    ),
+    "other-db-as-journal": ("--storage", "other.db", "other.db is an SQLite database of something else, not an Optuna"),
+    "study-file-as-journal": ("--storage", "tiny.toml", "tiny.toml is a TOML file, not an Optuna journal"),
+    "random-bytes-as-journal": ("--storage", "random.bin", "random.bin is binary data, not an Optuna journal"),
+    "fifo-as-journal": ("--storage", "fifo", "fifo is not a regular file (a FIFO), not a store file"),
+    "dev-null-as-journal": ("--storage", "/dev/null", "/dev/null is not a regular file (a character device)"),
+    "directory-as-journal": ("--storage", "mlruns", "mlruns is not a regular file (a directory)"),
+    "study-file-as-sqlite": (
+        "--storage",
+        "sqlite:///tiny.toml",
+        "tiny.toml is a TOML file, not an SQLite database holding an Optuna storage",
+    ),
+    "journal-as-sqlite": (
+        "--storage",
+        "sqlite:///mlruns/optuna.journal",
+        "mlruns/optuna.journal is an Optuna journal, not an SQLite database holding an Optuna storage",
+    ),
+    "study-file-as-tracking": (
+        "--tracking-uri",
+        "sqlite:///tiny.toml",
+        "tiny.toml is a TOML file, not an SQLite database holding an MLflow tracking store",
+    ),
+    "text-as-tracking": ("--tracking-uri", "sqlite:///notes.txt", "notes.txt is a text file, not an SQLite database"),
+    "journal-as-tracking": (
+        "--tracking-uri",
+        "sqlite:///mlruns/optuna.journal",
+        "mlruns/optuna.journal is an Optuna journal, not an SQLite database holding an MLflow tracking store",
+    ),
+    "random-bytes-as-tracking": ("--tracking-uri", "sqlite:///random.bin", "random.bin is binary data, not an SQLite"),
+    "fifo-as-tracking": ("--tracking-uri", "sqlite:///fifo", "fifo is not a regular file (a FIFO), not a store file"),
+}
+USING = {  # commands that open each store
+    "--storage": [["run", "tiny.toml"], ["worker", "--study", "tiny"], ["list"]],
+    "--tracking-uri": [["run", "tiny.toml"], ["report", "tiny"], ["ui"]],
+}
+
+
+@pytest.mark.parametrize(
+    "case, command",
+    [(case, command) for case, (flag, _, _) in WRONG_KIND.items() for command in USING[flag]],
+    ids=[f"{case}-{command[0]}" for case, (flag, _, _) in WRONG_KIND.items() for command in USING[flag]],
+)
+def test_a_sound_file_of_another_kind_is_refused_as_what_it_is(identity, capsys, case, command):
+    """Never called damaged, nor advised to be mended or restored: following that advice would
+    destroy a sound file (MLflow's database given as the journal, a study file as a database)."""
+    flag, given, phrase = WRONG_KIND[case]
+    line = refused(capsys, *command, flag, given)
+    assert line.startswith(f"sweep: error: {flag}: ") and phrase in line, line
+    assert_not_called_damaged(line, identity)
 
 
 @pytest.mark.parametrize("url", ["sqlite:///:memory:", "sqlite://"])
