@@ -18,7 +18,7 @@ _HOMES = {  # name -> the module that defines it
     "load_stored_study": "sweep.run.runner",
     "load_data": "sweep.run.runner",
     "run_study": "sweep.run.runner",
-    "write_report": "sweep.report.tables",
+    "write_report": "sweep.report.files",
     "refine": "sweep.report.refine",
     "best_trial": "sweep.tracking.registry",
 }

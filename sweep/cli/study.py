@@ -150,7 +150,7 @@ def summary(study, spec, stores, report_dir: Path | None = None) -> str:
 
 def _write_report(study, stores, out_dir: Path, **options) -> None:
     """Write the report, print its summary, log it to the study's MLflow parent run."""
-    from sweep.report.tables import write_report
+    from sweep.report.files import write_report
     from sweep.schema import PARENT_ATTR
     from sweep.tracking.store import check_reachable
     from sweep.tracking.tracker import Tracker

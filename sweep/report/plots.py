@@ -1,35 +1,25 @@
-"""Report figures: the homework's heat map, learning curves, over-fitting, and Optuna's plots.
+"""Report figures: the homework's heat map, learning curves, over-fitting, best so far.
 
-Every function returns a ``matplotlib.figure.Figure`` and never shows it. Our own
-figures are built on ``Figure`` directly (no pyplot state). Optuna's plots draw through
-pyplot: they are made under the Agg backend, inside an rc context that undoes the style
-they set, and closed in pyplot afterwards (a closed figure still saves).
+Every function returns a ``matplotlib.figure.Figure`` and never shows it; they are built on
+``Figure`` directly (no pyplot state). Optuna's plots are in sweep.report.optuna_plots.
 """
 
 from __future__ import annotations
 
 import io
-import logging
-import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 
-import optuna
 import pandas as pd
-from matplotlib import pyplot as plt  # (its backend: Agg where the CLI runs, see cli.cli)
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
-from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
-from optuna.visualization import matplotlib as optuna_mpl
 
 from sweep.schema import GAP, TEST_ACCURACY, TRAINING_ACCURACY, TRAINING_SECONDS, VALIDATION_ACCURACY
 from sweep.words import plural, show_number
 
 SIZE = (8.0, 6.0)  # inches
 DPI = 120
-_MAX_LEGEND = 15  # entries; more and a legend hides the plot
 _MAX_TICKS = 12  # distinct grid values on a heat-map axis that each get a tick
 _LABELS = {
     "batch_size": "mini-batch size m (examples)",
@@ -102,33 +92,12 @@ def heatmap_scatter(
     if scored.empty:
         raise ValueError(f"no completed trial has {x}, {y} and {value}")
     unscored = trials[~complete].dropna(subset=[x, y])
+    best = scored.loc[scored[value].idxmax() if direction == "maximize" else scored[value].idxmin()]
     fig = _figure()
     ax = fig.subplots()
     ax.set_xscale("log" if log_x else "linear")
     ax.set_yscale("log" if log_y else "linear")
-    points = ax.scatter(
-        scored[x],
-        scored[y],
-        c=scored[value],
-        cmap="viridis",
-        s=_marker_size(len(scored)),
-        edgecolors="white",
-        linewidths=0.5,
-        zorder=2,
-    )
-    if not unscored.empty:
-        ax.scatter(
-            unscored[x],
-            unscored[y],
-            marker="x",
-            c="0.6",
-            s=30,
-            linewidths=1,
-            zorder=1,
-            label="not completed (pruned or failed)",
-        )
-    fig.colorbar(points, ax=ax).set_label(name)
-    best = scored.loc[scored[value].idxmax() if direction == "maximize" else scored[value].idxmin()]
+    _trial_points(fig, ax, scored, unscored, (x, y, value), name)
     ax.scatter(
         [best[x]],
         [best[y]],
@@ -159,6 +128,36 @@ def heatmap_scatter(
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=2, fontsize="small", frameon=False)
     ax.grid(alpha=0.3)
     return fig
+
+
+def _trial_points(
+    fig: Figure, ax, scored: pd.DataFrame, unscored: pd.DataFrame, columns: tuple[str, str, str], name: str
+) -> None:
+    """The heat map's trials: the scored ones coloured by their value (its colour bar named
+    ``name``), the others as grey crosses beneath. ``columns``: x, y and the value."""
+    x, y, value = columns
+    points = ax.scatter(
+        scored[x],
+        scored[y],
+        c=scored[value],
+        cmap="viridis",
+        s=_marker_size(len(scored)),
+        edgecolors="white",
+        linewidths=0.5,
+        zorder=2,
+    )
+    if not unscored.empty:
+        ax.scatter(
+            unscored[x],
+            unscored[y],
+            marker="x",
+            c="0.6",
+            s=30,
+            linewidths=1,
+            zorder=1,
+            label="not completed (pruned or failed)",
+        )
+    fig.colorbar(points, ax=ax).set_label(name)
 
 
 def _metric(name: str, value: float) -> str:
@@ -359,129 +358,3 @@ def overfitting(
         handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.08 - 0.5 / len(ranked)), ncols=3, frameon=False
     )
     return fig
-
-
-def optuna_plots(
-    study: optuna.Study, objective_names: Sequence[str] | None = None
-) -> tuple[dict[str, Figure], dict[str, str]]:
-    """Optuna's matplotlib plots of the study: (figures by name, {name: why left out}).
-
-    A multi-objective study is shown on its first objective (as its best region is)
-    and gets its Pareto front as well (2 or 3 objectives).
-    """
-    names = list(
-        objective_names
-        or (
-            ["Objective Value"]
-            if len(study.directions) == 1
-            else [f"Objective {i}" for i in range(len(study.directions))]
-        )
-    )
-    multi = len(names) > 1
-    first = {"target": (lambda t: t.values[0]) if multi else None, "target_name": names[0]}
-
-    def importances():
-        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if len(done) < 2:
-            raise ValueError("needs at least 2 completed trials")
-        if len({name for t in done for name in t.params}) < 2:
-            raise ValueError("needs at least 2 searched parameters")
-        # PED-ANOVA takes a target as something to minimise: turn a maximised objective round.
-        sign = -1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1
-        target = None if not multi else (lambda t: sign * t.values[0])
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes", category=UserWarning)
-            # too few trials for its quantiles: every importance would be drawn equal
-            warnings.filterwarnings("error", message="Target and region quantiles select", category=UserWarning)
-            try:
-                return optuna_mpl.plot_param_importances(study, target=target, target_name=names[0])
-            except UserWarning:
-                raise ValueError("too few completed trials to tell the parameters' importances apart") from None
-
-    def contour():
-        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        names = dict.fromkeys(name for t in done for name in t.params)
-        varied = [name for name in names if len({repr(t.params.get(name)) for t in done if name in t.params}) > 1]
-        if len(varied) < 2:
-            raise ValueError("needs 2 parameters that each took 2 values or more in completed trials")
-        return optuna_mpl.plot_contour(study, params=varied, **first)
-
-    makers = {
-        "history": (lambda: optuna_mpl.plot_optimization_history(study, **first), None),
-        "importances": (importances, None),
-        "contour": (contour, _grow),
-        "parallel_coordinate": (lambda: optuna_mpl.plot_parallel_coordinate(study, **first), None),
-        "slice": (lambda: optuna_mpl.plot_slice(study, **first), _grow),
-    }
-    if any(t.intermediate_values for t in study.get_trials(deepcopy=False)):  # (reported only when pruning)
-        makers["intermediate_values"] = (
-            lambda: optuna_mpl.plot_intermediate_values(study),
-            lambda figure: _per_epoch(figure, names[0]),
-        )
-    if multi:
-        makers["pareto_front"] = (lambda: optuna_mpl.plot_pareto_front(study, target_names=names), None)
-    return collect({name: _optuna_figure(draw, finish) for name, (draw, finish) in makers.items()})
-
-
-def _optuna_figure(draw: Callable[[], object], finish: Callable[[Figure], None] | None) -> Callable[[], Figure]:
-    """``draw`` (an Optuna plot, returning Axes or an array of them), then ``finish``, as a Figure maker.
-
-    Optuna's ExperimentalWarning and matplotlib's warnings about degenerate data are
-    silenced, and Optuna's logged warnings kept: a plot with nothing on it raises
-    ValueError with them as the reason.
-    """
-
-    def make() -> Figure:
-        before = set(plt.get_fignums())
-        try:
-            with _optuna_warnings() as said, plt.rc_context({"figure.figsize": SIZE, "figure.dpi": DPI}):
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", ExperimentalWarning)
-                    # matplotlib's complaints about degenerate data (one trial, one value) as Optuna draws it
-                    warnings.filterwarnings("ignore", category=UserWarning, module=r"optuna\.visualization")
-                    axes = draw()
-            figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
-        finally:
-            for number in set(plt.get_fignums()) - before:
-                plt.close(number)
-        if not has_data(figure):
-            raise ValueError("; ".join(said) or "nothing to plot")
-        if finish is not None:
-            finish(figure)
-        return figure
-
-    return make
-
-
-def _grow(figure: Figure) -> None:
-    """Give grids of subplots (contour, slice) room: about 3 inches per panel."""
-    rows, cols = figure.axes[0].get_subplotspec().get_gridspec().get_geometry()
-    width, height = figure.get_size_inches()
-    figure.set_size_inches(max(width, 3.2 * cols), max(height, 3.0 * rows))
-
-
-def _per_epoch(figure: Figure, objective: str) -> None:
-    """Intermediate values are the objective after each epoch; a legend of every trial says nothing."""
-    ax = figure.axes[0]
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(f"{axis_label(objective)} (reported each epoch)")
-    legend = ax.get_legend()
-    if legend is not None and len(legend.get_texts()) > _MAX_LEGEND:
-        legend.remove()
-
-
-@contextmanager
-def _optuna_warnings() -> Iterator[list[str]]:
-    """Collect what Optuna logs as warnings instead of letting it reach the console."""
-    logger, said = logging.getLogger("optuna"), []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            said.append(record.getMessage())
-
-    saved = logger.handlers[:], logger.propagate
-    logger.handlers, logger.propagate = [Keep(logging.WARNING)], False
-    try:
-        yield said
-    finally:
-        logger.handlers, logger.propagate = saved

@@ -19,7 +19,8 @@ from pathlib import Path
 import optuna
 
 from sweep.errors import FileExists, UsageError
-from sweep.report.tables import ParamRegion, objective_names, param_columns, study_region, trials_frame
+from sweep.report.region import ParamRegion, study_region
+from sweep.report.tables import objective_names, param_columns, trials_frame
 from sweep.spec.file import dumps
 from sweep.spec.samplers import GRID_SAMPLERS
 from sweep.spec.space import Categorical, Fixed, FloatRange, IntRange, Param, significant

@@ -8,8 +8,9 @@ from matplotlib import pyplot as plt
 from optuna.distributions import FloatDistribution
 
 from sweep.errors import UsageError
-from sweep.report import plots
-from sweep.report.tables import epochs_frame, trials_frame, write_report
+from sweep.report import optuna_plots, plots
+from sweep.report.files import write_report
+from sweep.report.tables import epochs_frame, trials_frame
 from tests.sweep.test_report import N, make_study
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -25,7 +26,7 @@ def study(request):
 def no_optuna_plots(monkeypatch):
     """write_report without Optuna's figures (the slow part), for tests of what else it writes:
     test_write_report_writes_every_file draws them all."""
-    monkeypatch.setattr(plots, "optuna_plots", lambda study, names=None: ({}, {}))
+    monkeypatch.setattr(optuna_plots, "optuna_plots", lambda study, names=None: ({}, {}))
 
 
 @pytest.fixture
@@ -113,7 +114,7 @@ def test_overfitting_top_trials(study):
 
 def test_optuna_plots_single_objective_leave_no_pyplot_state():
     before = dict(matplotlib.rcParams)
-    figures, skipped = plots.optuna_plots(make_study(), ["validation_accuracy"])
+    figures, skipped = optuna_plots.optuna_plots(make_study(), ["validation_accuracy"])
     assert plt.get_fignums() == []
     assert dict(matplotlib.rcParams) == before  # Optuna's ggplot style does not leak
     assert set(figures) == OPTUNA_SINGLE and skipped == {}
@@ -122,7 +123,9 @@ def test_optuna_plots_single_objective_leave_no_pyplot_state():
 
 
 def test_optuna_plots_multi_objective_adds_the_pareto_front():
-    figures, skipped = plots.optuna_plots(make_study(n_objectives=2), ["validation_accuracy", "training_seconds"])
+    figures, skipped = optuna_plots.optuna_plots(
+        make_study(n_objectives=2), ["validation_accuracy", "training_seconds"]
+    )
     assert "pareto_front" in figures and drawn(figures["pareto_front"])
     assert {"history", "importances", "contour", "parallel_coordinate", "slice"} <= set(figures)
     # multi-objective trials report nothing per epoch: no such plot, and nothing said about it
@@ -134,7 +137,7 @@ def test_optuna_plots_skip_what_cannot_be_drawn():
     study.add_trial(
         optuna.create_trial(params={"eta": 0.1}, distributions={"eta": FloatDistribution(0.01, 1)}, value=0.5)
     )
-    figures, skipped = plots.optuna_plots(study)
+    figures, skipped = optuna_plots.optuna_plots(study)
     assert set(figures) == {"history", "parallel_coordinate", "slice"}
     assert skipped == {
         "importances": "needs at least 2 completed trials",  # each left out with its reason

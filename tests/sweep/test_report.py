@@ -12,13 +12,12 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from sweep.report.region import best_region, study_region
 from sweep.report.tables import (
     METRIC_COLUMNS,
-    best_region,
     epochs_frame,
     objective_names,
     param_columns,
-    study_region,
     trials_frame,
     value_columns,
 )
