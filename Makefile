@@ -14,11 +14,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.base: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --progress-bar off -e .
 	touch $@
 
 $(VENV)/.test: pyproject.toml constraints-test.txt | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test,gp]' -c constraints-test.txt
+	$(BIN)/pip install --progress-bar off -e '.[test,gp]' -c constraints-test.txt
 	touch $@ $(VENV)/.base
 
 sweep: $(VENV)/.base
