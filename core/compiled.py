@@ -40,13 +40,16 @@ from numba import njit, types  # noqa: E402
 from numba.core import cgutils  # noqa: E402
 from numba.extending import intrinsic  # noqa: E402
 
+from core.config import TrainConfig  # noqa: E402
 from core.model import NetworkSpec, Params  # noqa: E402
-from core.train import TrainConfig  # noqa: E402
 
-ACTIVATION_CODES = {"relu": 0, "sigmoid": 1}
-COST_CODES = {"cross_entropy": 0, "quadratic": 1}  # with softmax and sigmoid outputs
+RELU, SIGMOID = 0, 1  # the kernels' codes of the hidden activations
+CROSS_ENTROPY, QUADRATIC = 0, 1  # and of the costs, with softmax and sigmoid outputs
+ACTIVATION_CODES = {"relu": RELU, "sigmoid": SIGMOID}
+COST_CODES = {"cross_entropy": CROSS_ENTROPY, "quadratic": QUADRATIC}
 TINY_SCALE = 1e-20  # a lazy scale this small is folded into the weights before it underflows
 LANES = 16  # float32 lanes of an AVX-512 vector: the first layers' width is padded to a multiple
+CACHE_LINE = 64  # bytes
 FAST = {"reassoc", "contract"}  # let LLVM vectorise sums and fuse multiply-adds; NaNs still propagate
 
 _ONE, _ZERO = np.float32(1.0), np.float32(0.0)
@@ -285,7 +288,7 @@ def _prefetch(typingctx, array, offset):
         fn = builder.module.globals.get("llvm.prefetch.p0") or ir.Function(
             builder.module, ir.FunctionType(ir.VoidType(), [at.type, i32, i32, i32]), "llvm.prefetch.p0"
         )
-        builder.call(fn, [at, i32(0), i32(3), i32(1)])
+        builder.call(fn, [at, i32(0), i32(3), i32(1)])  # for reading, kept in every cache level, data
         return context.get_dummy_value()
 
     return types.void(array, offset), codegen
@@ -298,9 +301,9 @@ _span1, _span2, _span3, _span4 = (_span_steps(v) for v in range(1, SPAN + 1))
 def _prefetch_rows(rows, indptr, indices, codes):
     """Fetch the pixel lists of ``rows`` (the next mini-batch's: in random order they miss the cache)."""
     for e in rows:
-        for p in range(indptr[e], indptr[e + 1], 64 // indices.itemsize):
+        for p in range(indptr[e], indptr[e + 1], CACHE_LINE // indices.itemsize):
             _prefetch(indices, p)
-        for p in range(indptr[e], indptr[e + 1], 64 // codes.itemsize):
+        for p in range(indptr[e], indptr[e + 1], CACHE_LINE // codes.itemsize):
             _prefetch(codes, p)
 
 
@@ -320,15 +323,18 @@ def _first_layer(out, flat, Hp, indices, codes, table, p0, p1, updating):
             _span1(out, flat, Hp, c, indices, codes, table, p0, p1, updating)
 
 
-# --- the kernel: one epoch of K packed trials --------------------------------------------
+# --- the kernel: one epoch of K packed trials, in parts ------------------------------------
 # Layer l's weighted inputs, activations and errors for row r of the batch are
 # z[l, r, k·w:(k+1)·w] for trial k (w = sizes[l+1]); buffers are padded to the widest layer.
+# The parts are inlined into the kernel in numba's IR (``inlined``): no calls, the kernel's flags.
+
+inlined = njit(inline="always", fastmath=FAST, error_model="numpy")
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy")
 def _hidden(z, a, w, code):
-    """a[:w] = f(z[:w]) for a hidden activation (0 relu, 1 sigmoid)."""
-    if code == 0:
+    """a[:w] = f(z[:w]) for a hidden activation (RELU or SIGMOID)."""
+    if code == RELU:
         for j in range(w):
             a[j] = z[j] if z[j] > _ZERO else _ZERO
     else:
@@ -345,8 +351,8 @@ def _mask(a, keep, at, w, scale):
 
 @njit(cache=True, fastmath=FAST, error_model="numpy")
 def _output(z, a, start, w, cost):
-    """a = softmax (cost 0) or sigmoid (cost 1) of z over [start, start + w)."""
-    if cost == 0:
+    """a = softmax (CROSS_ENTROPY) or sigmoid (QUADRATIC) of z over [start, start + w)."""
+    if cost == CROSS_ENTROPY:
         top = z[start]
         for j in range(start + 1, start + w):
             top = max(top, z[j])
@@ -359,6 +365,223 @@ def _output(z, a, start, w, cost):
     else:
         for j in range(start, start + w):
             a[j] = _ONE / (_ONE + np.exp(-z[j]))
+
+
+@inlined
+def _widest(sizes, K, Hp):
+    """The buffers' row width: the pack's widest layer (the first padded to Hp), and LANES
+    more for a vector read past the last trial's units."""
+    widest = 0
+    for l in range(1, sizes.shape[0]):
+        widest = max(widest, K * sizes[l])
+    return max(widest, Hp) + LANES
+
+
+@inlined
+def _dense_product(zr, grad, W, b, l, K, fi, fo, a, at):
+    """Dense layer l's weighted inputs of one row for each trial k: zr[k·fo + j] =
+    Σ_i a[at + k·fi + i] · W[l − 1, k, i, j] + b[l − 1, k, j] (``at`` counting floats of a)."""
+    fan_in, fop = W.shape[2], W.shape[3]
+    for k in range(K):
+        for c in range(0, fo, LANES):
+            _dense(grad, c, W, ((l - 1) * K + k) * fan_in * fop + c, fop, a, at + k * fi, 1, fi)
+        for j in range(fo):
+            zr[k * fo + j] = grad[j] + b[l - 1, k, j]
+
+
+@inlined
+def _batch_sum(delta, l, j, mb):
+    """Σ over the batch's rows of delta[l, r, j]: a bias's gradient (its step, as δ holds η/m)."""
+    total = _ZERO
+    for r in range(mb):
+        total += delta[l, r, j]
+    return total
+
+
+@inlined
+def _forward_first(z, a, rows, flat, Hp, pixels, col_s, b0, sizes, K, act, cost, keep, ks):
+    """The first layer of the pack for the batch's examples ``rows`` (mb,), from their lit pixels
+    (``pixels`` = indptr, indices, codes, table): z[0, r] = s · x W⁰ + b⁰ (s the lazy scales per
+    column), then a[0, r] its activations (the outputs if it is the last layer), dropout's mask
+    keep[r] (empty: none) on the hidden units."""
+    indptr, indices, codes, table = pixels
+    L, h = sizes.shape[0] - 1, sizes[1]
+    for r in range(rows.shape[0]):
+        e = rows[r]
+        zr = z[0, r]
+        _first_layer(zr, flat, Hp, indices, codes, table, indptr[e], indptr[e + 1], False)
+        for j in range(Hp):
+            zr[j] = zr[j] * col_s[j] + b0[j]
+        if L == 1:
+            for k in range(K):
+                _output(zr, a[0, r], k * h, h, cost)
+        else:
+            _hidden(zr, a[0, r], K * h, act)
+            if keep.shape[0] > 0:
+                _mask(a[0, r], keep[r], 0, h, ks)
+
+
+@inlined
+def _forward_dense(z, a, l, mb, W, b, grad, sizes, K, act, cost, keep, ks):
+    """Dense layer l of the pack for the batch's mb rows: z[l] from a[l − 1], then a[l] (the
+    outputs at the last layer; else hidden units, masked by keep[r] if not empty)."""
+    L, m, widest = sizes.shape[0] - 1, z.shape[1], z.shape[2]
+    fi, fo = sizes[l], sizes[l + 1]
+    for r in range(mb):
+        _dense_product(z[l, r], grad, W, b, l, K, fi, fo, a, ((l - 1) * m + r) * widest)
+        if l == L - 1:
+            for k in range(K):
+                _output(z[l, r], a[l, r], k * fo, fo, cost)
+        else:
+            _hidden(z[l, r], a[l, r], K * fo, act)
+            if keep.shape[0] > 0:  # hidden layer l's columns of keep start after those of the layers before
+                _mask(a[l, r], keep[r], sizes[1 : l + 1].sum(), fo, ks)
+
+
+@inlined
+def _output_error(delta, a, labels, rows, eta, k_out, cost):
+    """δᴸ of the batch's examples ``rows`` (mb,): a − one-hot(label), times σ'(z) for QUADRATIC,
+    scaled by η/mb (each trial's η) as in the reference."""
+    L, K, mb = a.shape[0], eta.shape[0], rows.shape[0]
+    for r in range(mb):
+        y = labels[rows[r]]
+        out, d = a[L - 1, r], delta[L - 1, r]
+        for k in range(K):
+            scale = np.float32(eta[k] / mb)
+            for j in range(k * k_out, (k + 1) * k_out):
+                d[j] = out[j]
+            d[k * k_out + y] -= _ONE
+            for j in range(k * k_out, (k + 1) * k_out):
+                if cost == QUADRATIC:
+                    d[j] *= out[j] * (_ONE - out[j])
+                d[j] *= scale
+
+
+@inlined
+def _error_below(delta, z, a, W, l, mb, sizes, K, act, drop, ks, kept):
+    """δ of layer l − 1 for the batch's mb rows: δˡ back through layer l's weights (W before
+    their update), times the activation's derivative there (with dropout, of the masked a:
+    ks = 1/(1 − p), kept = 1 − p)."""
+    fi, fo = sizes[l], sizes[l + 1]
+    for r in range(mb):
+        for k in range(K):
+            for i in range(fi):
+                total = _ZERO
+                for j in range(fo):
+                    total += delta[l, r, k * fo + j] * W[l - 1, k, i, j]
+                delta[l - 1, r, k * fi + i] = total
+        below, zb, ab = delta[l - 1, r], z[l - 1, r], a[l - 1, r]
+        if drop:  # from the masked a = f(z)·mask/(1 − p): f'(z)·mask/(1 − p) without the mask
+            if act == RELU:
+                for i in range(K * fi):
+                    below[i] = below[i] * ks if ab[i] > _ZERO else _ZERO
+            else:
+                for i in range(K * fi):
+                    below[i] *= ab[i] * (_ONE - ab[i] * kept)
+        elif act == RELU:
+            for i in range(K * fi):
+                if zb[i] <= _ZERO:
+                    below[i] = _ZERO
+        else:
+            for i in range(K * fi):
+                below[i] *= ab[i] * (_ONE - ab[i])
+
+
+@inlined
+def _update_dense(W, b, VW, Vb, delta, a, grad, l, mb, sizes, decay, mu):
+    """Dense layer l's step from the batch's δˡ and a[l − 1]: W ← (1 − ηλ/n) W − Σ δ aᵀ and
+    b ← b − Σ δ, or with momentum μ > 0 through the velocities VW, Vb."""
+    K, m, widest = decay.shape[0], delta.shape[1], delta.shape[2]
+    fi, fo = sizes[l], sizes[l + 1]
+    for k in range(K):
+        dk, ck = np.float32(decay[k]), np.float32(1.0 - decay[k])
+        for i in range(fi):
+            for c in range(0, fo, LANES):  # lanes past fo read other units: not used
+                _dense(
+                    grad,
+                    c,
+                    delta,
+                    l * m * widest + k * fo + c,
+                    widest,
+                    a,
+                    (l - 1) * m * widest + k * fi + i,
+                    widest,
+                    mb,
+                )
+            if mu > _ZERO:
+                for j in range(fo):
+                    v = mu * VW[l - 1, k, i, j] - grad[j] - ck * W[l - 1, k, i, j]
+                    VW[l - 1, k, i, j] = v
+                    W[l - 1, k, i, j] += v
+            else:
+                for j in range(fo):
+                    W[l - 1, k, i, j] = W[l - 1, k, i, j] * dk - grad[j]
+        for j in range(fo):
+            total = _batch_sum(delta, l, k * fo + j, mb)
+            if mu > _ZERO:
+                Vb[l - 1, k, j] = mu * Vb[l - 1, k, j] - total
+                b[l - 1, k, j] += Vb[l - 1, k, j]
+            else:
+                b[l - 1, k, j] -= total
+
+
+@inlined
+def _update_first_momentum(W0, V0, b0, Vb0, step, delta, rows, pixels, col_l2, mu, H):
+    """The first layer's step with momentum μ: the lit rows' gradients go into the velocity
+    (V ← V − g/μ, from the batch's examples ``rows``), then V ← μV − (ηλ/n) W, W ← W + V
+    over all of W⁰ (every weight moves), and likewise the biases."""
+    indptr, indices, codes, table = pixels
+    Hp = W0.shape[1]
+    vflat = V0.reshape(V0.size)
+    for r in range(rows.shape[0]):
+        e = rows[r]
+        d = delta[0, r]
+        for j in range(Hp):
+            step[j] = d[j] / mu
+        _first_layer(step, vflat, Hp, indices, codes, table, indptr[e], indptr[e + 1], True)
+    for i in range(W0.shape[0]):
+        for j in range(Hp):
+            v = mu * V0[i, j] - col_l2[j] * W0[i, j]
+            V0[i, j] = v
+            W0[i, j] += v
+    for j in range(H):
+        total = _batch_sum(delta, 0, j, rows.shape[0])  # before μ·Vb0[j], which may then fuse with it
+        Vb0[j] = mu * Vb0[j] - total
+        b0[j] += Vb0[j]
+
+
+@inlined
+def _decay_lazily(W0, s, col_s, col_c, decay, h):
+    """The first layer's L2 decay as its lazy scales: s[k] ← s[k] · (1 − ηλ/n), folded into
+    trial k's columns of W0 (then s[k] ← 1) before it falls below TINY_SCALE; col_s and
+    col_c get each column's s and 1/s."""
+    for k in range(s.shape[0]):
+        scaled = s[k] * decay[k]
+        if abs(scaled) < TINY_SCALE:  # fold before it underflows: V ← s·d·V, s ← 1
+            for i in range(W0.shape[0]):
+                for j in range(k * h, (k + 1) * h):
+                    W0[i, j] *= np.float32(scaled)
+            scaled = 1.0
+        s[k] = scaled
+        for j in range(k * h, (k + 1) * h):
+            col_s[j] = np.float32(scaled)
+            col_c[j] = np.float32(1.0 / scaled)
+
+
+@inlined
+def _update_first(flat, b0, step, col_c, delta, rows, pixels, H):
+    """The first layer's step without momentum, once decayed (``_decay_lazily``): each lit row of
+    W⁰ (flat, its rows from i·Hp) −= pixel · δ⁰/s, for the batch's examples ``rows``; b⁰ −= Σ δ⁰."""
+    indptr, indices, codes, table = pixels
+    Hp = step.shape[0]
+    for r in range(rows.shape[0]):
+        e = rows[r]
+        d = delta[0, r]
+        for j in range(Hp):
+            step[j] = d[j] * col_c[j]
+        _first_layer(step, flat, Hp, indices, codes, table, indptr[e], indptr[e + 1], True)
+    for j in range(H):
+        b0[j] -= _batch_sum(delta, 0, j, rows.shape[0])
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy")
@@ -401,13 +624,9 @@ def _epoch(
     an empty keep: no dropout.
     """
     K, L, n = eta.shape[0], sizes.shape[0] - 1, perm.shape[0]
-    widest = 0
-    for l in range(1, L + 1):
-        widest = max(widest, K * sizes[l])
     H, Hp = K * sizes[1], W0.shape[1]  # the pack's first-layer width, and padded to whole vectors
     flat = W0.reshape(W0.size)  # row i of W0 from i·Hp
-    widest = max(widest, Hp) + LANES  # room for a vector read past the last trial's units
-    fan_in, fop = W.shape[2], W.shape[3]  # the dense layers' rows: whole vectors
+    widest = _widest(sizes, K, Hp)
     z = np.zeros((L, m, widest), np.float32)  # zeros: the padding stays zero throughout
     a = np.zeros((L, m, widest), np.float32)
     delta = np.zeros((L, m, widest), np.float32)
@@ -416,169 +635,30 @@ def _epoch(
     col_s = np.ones(Hp, np.float32)  # s per column of W0
     col_c = np.ones(Hp, np.float32)  # 1 / s after the step's decay, per column
     step = np.zeros(Hp, np.float32)
-    grad = np.empty(max(widest, fop), np.float32)
+    grad = np.empty(max(widest, W.shape[3]), np.float32)
     mu = np.float32(momentum)
     drop, ks, kept = keep.shape[0] > 0, np.float32(keep_scale), np.float32(1.0 / keep_scale)
     col_l2 = np.zeros(Hp, np.float32)  # with momentum: ηλ/n per column of W0
     for k in range(K):
         for j in range(k * h, (k + 1) * h):
             col_l2[j] = np.float32(1.0 - decay[k])
-    vflat = V0.reshape(V0.size)
+    pixels = indptr, indices, codes, table
     for start in range(0, n, m):
         mb = min(m, n - start)
+        rows, masks = perm[start : start + mb], keep[start : start + mb]  # the batch's examples
         _prefetch_rows(perm[start + m : start + 2 * m], indptr, indices, codes)
-        # forward: the first layer from the non-zero pixels, for the whole pack at once
-        for r in range(mb):
-            e = perm[start + r]
-            zr = z[0, r]
-            _first_layer(zr, flat, Hp, indices, codes, table, indptr[e], indptr[e + 1], False)
-            for j in range(Hp):
-                zr[j] = zr[j] * col_s[j] + b0[j]
-            if L == 1:
-                for k in range(K):
-                    _output(zr, a[0, r], k * h, h, cost)
-            else:
-                _hidden(zr, a[0, r], H, act)
-                if drop:
-                    _mask(a[0, r], keep[start + r], 0, h, ks)
+        _forward_first(z, a, rows, flat, Hp, pixels, col_s, b0, sizes, K, act, cost, masks, ks)
         for l in range(1, L):
-            fi, fo = sizes[l], sizes[l + 1]
-            for r in range(mb):
-                for k in range(K):
-                    for c in range(0, fo, LANES):
-                        _dense(
-                            grad,
-                            c,
-                            W,
-                            ((l - 1) * K + k) * fan_in * fop + c,
-                            fop,
-                            a,
-                            ((l - 1) * m + r) * widest + k * fi,
-                            1,
-                            fi,
-                        )
-                    for j in range(fo):
-                        z[l, r, k * fo + j] = grad[j] + b[l - 1, k, j]
-                if l == L - 1:
-                    for k in range(K):
-                        _output(z[l, r], a[l, r], k * fo, fo, cost)
-                else:
-                    _hidden(z[l, r], a[l, r], K * fo, act)
-                    if drop:  # hidden layer l's columns of keep start after those of the layers before
-                        _mask(a[l, r], keep[start + r], sizes[1 : l + 1].sum(), fo, ks)
-        # output error δᴸ, scaled by η/m as in the reference
-        k_out = sizes[L]
-        for r in range(mb):
-            y = labels[perm[start + r]]
-            out, d = a[L - 1, r], delta[L - 1, r]
-            for k in range(K):
-                scale = np.float32(eta[k] / mb)
-                for j in range(k * k_out, (k + 1) * k_out):
-                    d[j] = out[j]
-                d[k * k_out + y] -= _ONE
-                for j in range(k * k_out, (k + 1) * k_out):
-                    if cost == 1:
-                        d[j] *= out[j] * (_ONE - out[j])
-                    d[j] *= scale
-        # backward through the dense layers, each updated once the error below it is known
-        for l in range(L - 1, 0, -1):
-            fi, fo = sizes[l], sizes[l + 1]
-            for r in range(mb):
-                for k in range(K):
-                    for i in range(fi):
-                        total = _ZERO
-                        for j in range(fo):
-                            total += delta[l, r, k * fo + j] * W[l - 1, k, i, j]
-                        delta[l - 1, r, k * fi + i] = total
-                below, zb, ab = delta[l - 1, r], z[l - 1, r], a[l - 1, r]
-                if drop:  # from the masked a = f(z)·mask/(1 − p): f'(z)·mask/(1 − p) without the mask
-                    if act == 0:
-                        for i in range(K * fi):
-                            below[i] = below[i] * ks if ab[i] > _ZERO else _ZERO
-                    else:
-                        for i in range(K * fi):
-                            below[i] *= ab[i] * (_ONE - ab[i] * kept)
-                elif act == 0:
-                    for i in range(K * fi):
-                        if zb[i] <= _ZERO:
-                            below[i] = _ZERO
-                else:
-                    for i in range(K * fi):
-                        below[i] *= ab[i] * (_ONE - ab[i])
-            for k in range(K):
-                dk, ck = np.float32(decay[k]), np.float32(1.0 - decay[k])
-                for i in range(fi):
-                    for c in range(0, fo, LANES):  # lanes past fo read other units: not used
-                        _dense(
-                            grad,
-                            c,
-                            delta,
-                            l * m * widest + k * fo + c,
-                            widest,
-                            a,
-                            (l - 1) * m * widest + k * fi + i,
-                            widest,
-                            mb,
-                        )
-                    if mu > _ZERO:
-                        for j in range(fo):
-                            v = mu * VW[l - 1, k, i, j] - grad[j] - ck * W[l - 1, k, i, j]
-                            VW[l - 1, k, i, j] = v
-                            W[l - 1, k, i, j] += v
-                    else:
-                        for j in range(fo):
-                            W[l - 1, k, i, j] = W[l - 1, k, i, j] * dk - grad[j]
-                for j in range(fo):
-                    total = _ZERO
-                    for r in range(mb):
-                        total += delta[l, r, k * fo + j]
-                    if mu > _ZERO:
-                        Vb[l - 1, k, j] = mu * Vb[l - 1, k, j] - total
-                        b[l - 1, k, j] += Vb[l - 1, k, j]
-                    else:
-                        b[l - 1, k, j] -= total
-        if mu > _ZERO:  # the first layer with momentum: V ← μ(V − g/μ) − (ηλ/n) W, W ← W + V
-            for r in range(mb):
-                e = perm[start + r]
-                d = delta[0, r]
-                for j in range(Hp):
-                    step[j] = d[j] / mu
-                _first_layer(step, vflat, Hp, indices, codes, table, indptr[e], indptr[e + 1], True)
-            for i in range(W0.shape[0]):
-                for j in range(Hp):
-                    v = mu * V0[i, j] - col_l2[j] * W0[i, j]
-                    V0[i, j] = v
-                    W0[i, j] += v
-            for j in range(H):
-                total = _ZERO
-                for r in range(mb):
-                    total += delta[0, r, j]
-                Vb0[j] = mu * Vb0[j] - total
-                b0[j] += Vb0[j]
-            continue
-        # the first layer: decay by the lazy scale, subtract the gradient on lit rows only
-        for k in range(K):
-            scaled = s[k] * decay[k]
-            if abs(scaled) < TINY_SCALE:  # fold before it underflows: V ← s·d·V, s ← 1
-                for i in range(W0.shape[0]):
-                    for j in range(k * h, (k + 1) * h):
-                        W0[i, j] *= np.float32(scaled)
-                scaled = 1.0
-            s[k] = scaled
-            for j in range(k * h, (k + 1) * h):
-                col_s[j] = np.float32(scaled)
-                col_c[j] = np.float32(1.0 / scaled)
-        for r in range(mb):
-            e = perm[start + r]
-            d = delta[0, r]
-            for j in range(Hp):
-                step[j] = d[j] * col_c[j]
-            _first_layer(step, flat, Hp, indices, codes, table, indptr[e], indptr[e + 1], True)
-        for j in range(H):
-            total = _ZERO
-            for r in range(mb):
-                total += delta[0, r, j]
-            b0[j] -= total
+            _forward_dense(z, a, l, mb, W, b, grad, sizes, K, act, cost, masks, ks)
+        _output_error(delta, a, labels, rows, eta, sizes[L], cost)
+        for l in range(L - 1, 0, -1):  # each dense layer updated once the error below it is known
+            _error_below(delta, z, a, W, l, mb, sizes, K, act, drop, ks, kept)
+            _update_dense(W, b, VW, Vb, delta, a, grad, l, mb, sizes, decay, mu)
+        if mu > _ZERO:
+            _update_first_momentum(W0, V0, b0, Vb0, step, delta, rows, pixels, col_l2, mu, H)
+        else:
+            _decay_lazily(W0, s, col_s, col_c, decay, h)
+            _update_first(flat, b0, step, col_c, delta, rows, pixels, H)
     for j in range(H):  # fold the scales back: W0 holds the weights again
         if col_s[j] != _ONE:
             for i in range(W0.shape[0]):
@@ -640,15 +720,11 @@ def _evaluate(indptr, indices, codes, table, labels, sizes, act, cost, W0, b0, W
     float64, as core.functions computes them (−ln softmax(z)ᵧ from the logits, ½‖a − y‖²)."""
     K, L, N = totals.shape[0], sizes.shape[0] - 1, labels.shape[0]
     H, Hp = K * sizes[1], W0.shape[1]
-    widest = Hp
-    for l in range(1, L + 1):
-        widest = max(widest, K * sizes[l])
-    widest += LANES  # room for a vector read past the last trial's units
+    widest = _widest(sizes, K, Hp)
     flat = W0.reshape(W0.size)
-    fan_in, fop = W.shape[2], W.shape[3]
     z = np.zeros((L, widest), np.float32)
     a = np.zeros((L, widest), np.float32)  # (its last row unused: the output is judged from its logits)
-    grad = np.empty(max(widest, fop), np.float32)
+    grad = np.empty(max(widest, W.shape[3]), np.float32)
     k_out = sizes[L]
     for e in range(N):
         zr = z[0]
@@ -659,11 +735,7 @@ def _evaluate(indptr, indices, codes, table, labels, sizes, act, cost, W0, b0, W
             _hidden(zr, a[0], H, act)
         for l in range(1, L):
             fi, fo = sizes[l], sizes[l + 1]
-            for k in range(K):
-                for c in range(0, fo, LANES):
-                    _dense(grad, c, W, ((l - 1) * K + k) * fan_in * fop + c, fop, a, (l - 1) * widest + k * fi, 1, fi)
-                for j in range(fo):
-                    z[l, k * fo + j] = grad[j] + b[l - 1, k, j]
+            _dense_product(z[l], grad, W, b, l, K, fi, fo, a, (l - 1) * widest)
             if l < L - 1:
                 _hidden(z[l], a[l], K * fo, act)
         y, out = labels[e], z[L - 1]
@@ -678,7 +750,7 @@ def _evaluate(indptr, indices, codes, table, labels, sizes, act, cost, W0, b0, W
                 correct[k] += 1
             if not want_cost:
                 continue
-            if cost == 0:
+            if cost == CROSS_ENTROPY:
                 total = _ZERO
                 for j in range(start, start + k_out):
                     total += np.exp(out[j] - top)
