@@ -1,6 +1,6 @@
 """The best network of a study as an MLflow pyfunc model: rows of 784 pixels in, digits out.
 
-Logged from code (MLflow's "models from code", ``Tracker.register_best``): this file is the
+Logged from code (MLflow's "models from code", ``registry.register_run``): this file is the
 model, copied into it with ``core`` and ``sweep/schema.py`` beside it, so loading runs no pickle
 and needs only NumPy (and MLflow). The weights are the model's one artifact, the .npz that
 ``core.model.save_params`` wrote. Nothing imports this module: MLflow runs it when it loads

@@ -1,4 +1,5 @@
-"""What a study's MLflow parent run says of it when the study stops: counts, best trial, best runs."""
+"""How a study stands, as its MLflow parent run says it when the study stops: trials by state, its
+best trials (the one best, or the Pareto front in the order it is shown), the best runs marked."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ from collections import Counter
 from collections.abc import Iterable
 
 import optuna
-from optuna.trial import TrialState
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
 
 from sweep.schema import BEST_PARAMS_TAG, BEST_RUN_TAG, COUNT, RUN_ATTR
 from sweep.spec.study import StudySpec
-from sweep.tracking.tracker import logged_metric, run_label, view_path
+from sweep.tracking.views import logged_metric, run_label, view_path
 
 COUNTED = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
 
@@ -18,6 +20,17 @@ COUNTED = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialSt
 def state_counts(trials: Iterable[optuna.trial.FrozenTrial]) -> Counter[str]:
     """How many trials are in each Optuna state, by the state's name (0 for a state none is in)."""
     return Counter(t.state.name for t in trials)
+
+
+def best_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The study's best trial, or a multi-objective study's Pareto front best on the first
+    objective first (ties by number); none while no trial is complete."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return []
+    if len(study.directions) == 1:
+        return [study.best_trial]
+    sign = 1 if study.directions[0] == StudyDirection.MINIMIZE else -1
+    return sorted(study.best_trials, key=lambda t: (sign * t.values[0], t.number))
 
 
 def parent_summary(study: optuna.Study, spec: StudySpec, experiment_id: str) -> dict:
@@ -28,13 +41,12 @@ def parent_summary(study: optuna.Study, spec: StudySpec, experiment_id: str) -> 
     column) and the best trial's number (COUNT + best). Tags: the best trial's parameters and
     the address of its run. Best runs: the best trial's, or those of the Pareto front.
     """
-    trials = study.get_trials(deepcopy=False)
-    count = state_counts(trials)
+    count = state_counts(study.get_trials(deepcopy=False))
     metrics = {f"{COUNT}{name}": count[state.name] for state, name in COUNTED.items()}
     tags, best = {}, {}
-    if count["COMPLETE"]:
+    front = best_trials(study)
+    if front:
         multi = len(study.directions) > 1
-        front = study.best_trials if multi else [study.best_trial]
         best = {t.user_attrs[RUN_ATTR]: "pareto" if multi else "best" for t in front if RUN_ATTR in t.user_attrs}
         if multi:
             metrics[f"{COUNT}pareto"] = len(front)

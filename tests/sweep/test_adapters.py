@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from sweep import adapters
-from sweep.tracking import tracker as tracking
+from sweep.tracking import store as tracking
 
 
 def test_an_enqueued_trial_keeps_its_parameters_in_the_fixed_params_system_attr():

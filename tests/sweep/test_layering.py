@@ -140,8 +140,9 @@ def test_only_tracking_and_the_adapter_import_mlflow():
         if any(m == "mlflow" or m.startswith("mlflow.") for m in imports(path))
     )
     # (the adapter names MLflow's modules without importing them at import; sweep.tracking.served is the
-    # logged model's code, which MLflow runs when it loads the model and no module imports)
-    assert users == ["sweep.tracking.served", "sweep.tracking.tracker"]
+    # logged model's code, which MLflow runs when it loads the model and no module imports; the registry
+    # saves and registers that model)
+    assert users == ["sweep.tracking.registry", "sweep.tracking.served", "sweep.tracking.tracker"]
     edges = graph()
     assert not any("sweep.tracking.served" in targets for targets in edges.values())
     assert {m for m in edges["sweep.tracking.served"] if m.startswith("sweep")} <= {"sweep.schema"}

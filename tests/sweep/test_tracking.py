@@ -11,28 +11,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sweep.tracking import store
 from sweep.tracking import tracker as tracking
 
-tracking.configure()  # before mlflow is imported: it turns MLflow's telemetry off
+store.configure()  # before mlflow is imported: it turns MLflow's telemetry off
 
 from mlflow.tracking import MlflowClient  # noqa: E402  isort: skip
 
 from core.data import Dataset, Split
-from core.train import CURVES, EpochRecord
+from core.history import CURVES, EpochRecord
+from sweep.cli.options import DEFAULT_STORE_DIR, tracking_uri_in
 from sweep.errors import UsageError
 from sweep.schema import BEST_PARAMS_TAG
 from sweep.stores.urls import redact
-from sweep.tracking.tracker import (
-    Tracker,
-    artifact_root_for,
-    default_tracking_uri,
-    logged_metric,
-    run_label,
-    runs_view,
-    short,
-    study_views,
-    view_path,
-)
+from sweep.tracking.store import artifact_root_for
+from sweep.tracking.tracker import Tracker, study_views
+from sweep.tracking.views import logged_metric, run_label, runs_view, view_path
+from sweep.words import show_number
 from tests.sweep.conftest import tracking_db
 
 STATES = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}  # pruned: not drawn as a crash
@@ -41,8 +36,8 @@ STATES = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}  # pru
 @pytest.fixture
 def uri(tmp_path: Path, empty_tracking_db: Path) -> str:
     """The default tracking store of tmp_path, an empty MLflow database (migrated once per run)."""
-    assert tracking_db(empty_tracking_db, tmp_path) == default_tracking_uri(tmp_path)
-    return default_tracking_uri(tmp_path)
+    assert tracking_db(empty_tracking_db, tmp_path) == tracking_uri_in(tmp_path)
+    return tracking_uri_in(tmp_path)
 
 
 def record(epoch: int, training_cost: float | None = 1.0) -> EpochRecord:
@@ -184,14 +179,14 @@ def test_names_and_views() -> None:
         run_label(12, {"batch_size": 20, "eta": 0.1 + 0.2, "activation": "relu"})
         == "#0012 batch_size=20 eta=0.3 activation=relu"
     )
-    assert short(1.23456789e-5) == "1.235e-05" and short(3) == "3" and short("tanh") == "tanh"
+    assert show_number(1.23456789e-5) == "1.235e-05" and show_number(3) == "3" and show_number("tanh") == "tanh"
     assert logged_metric("validation_cost") == "validation_cost" and logged_metric("gap") == "summary/gap"
     assert view_path("7") == "#/experiments/7/runs?workflowType=machine_learning&viewStateShareKey=mlp-sweep"
     assert view_path("7", "abc") == "#/experiments/7/runs/abc?workflowType=machine_learning"
 
 
 def test_study_views_lists_tracked_studies_and_creates_nothing(uri: str, tmp_path: Path) -> None:
-    unmade = default_tracking_uri(tmp_path / "unmade")
+    unmade = tracking_uri_in(tmp_path / "unmade")
     assert study_views(unmade) == {} and not (tmp_path / "unmade").exists()
     assert study_views(uri) == {}
     tracker = Tracker(uri, "s")
@@ -291,7 +286,7 @@ def _log_from_worker(uri: str, worker: int) -> str:
 
 @pytest.mark.slow
 def test_four_processes_share_one_fresh_sqlite_database(tmp_path: Path) -> None:
-    uri = default_tracking_uri(tmp_path / "store")  # created by the workers, all at once
+    uri = tracking_uri_in(tmp_path / "store")  # created by the workers, all at once
     with multiprocessing.get_context("spawn").Pool(4) as pool:
         parents = pool.starmap(_log_from_worker, [(uri, worker) for worker in range(4)])
     assert len(set(parents)) == 1
@@ -324,19 +319,19 @@ def locked_error() -> Exception:
 
 
 def test_retry_waits_out_a_locked_database_and_nothing_else(monkeypatch) -> None:
-    monkeypatch.setattr(tracking.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(store.time, "sleep", lambda seconds: None)
     call = Flaky(locked_error(), locked_error())
-    assert tracking._retry(call) == "done" and call.calls == 3
+    assert store.retry(call) == "done" and call.calls == 3
 
     call = Flaky(sqlite3.OperationalError("no such table: runs"))
     with pytest.raises(sqlite3.OperationalError, match="no such table"):
-        tracking._retry(call)
+        store.retry(call)
     assert call.calls == 1
 
-    monkeypatch.setattr(tracking, "RETRY_FOR_S", 0.0)
+    monkeypatch.setattr(store, "RETRY_FOR_S", 0.0)
     call = Flaky(locked_error(), locked_error())
     with pytest.raises(RuntimeError):
-        tracking._retry(call)
+        store.retry(call)
     assert call.calls == 1
 
 
@@ -359,9 +354,9 @@ def test_redact_hides_passwords_only(url: str, expected: str) -> None:
 
 
 def test_uris(tmp_path: Path) -> None:
-    assert default_tracking_uri(Path("mlruns")) == tracking.DEFAULT_TRACKING_URI
-    assert default_tracking_uri(tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
-    assert artifact_root_for(default_tracking_uri(tmp_path)) == (tmp_path / "artifacts").as_uri()
+    assert tracking_uri_in(DEFAULT_STORE_DIR) == "sqlite:///mlruns/mlflow.db"
+    assert tracking_uri_in(tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
+    assert artifact_root_for(tracking_uri_in(tmp_path)) == (tmp_path / "artifacts").as_uri()
     assert artifact_root_for("http://127.0.0.1:5000") is None
     assert artifact_root_for("sqlite:///:memory:") is None
 
@@ -371,7 +366,7 @@ def test_importing_is_light_and_tracking_is_silent(tmp_path: Path) -> None:
 import sys
 import sweep.tracking.tracker as t
 assert "mlflow" not in sys.modules
-tracker = t.Tracker({default_tracking_uri(tmp_path)!r}, "s")  # a fresh database: migrations run
+tracker = t.Tracker({tracking_uri_in(tmp_path)!r}, "s")  # a fresh database: migrations run
 tracker.start_trial(tracker.parent_run(), 0, {{"eta": 1}}).finish("COMPLETE", {{"test_accuracy": 1}})
 from mlflow.telemetry import get_telemetry_client
 from mlflow.telemetry.utils import is_telemetry_disabled
