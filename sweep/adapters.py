@@ -10,7 +10,7 @@ bounds both packages to the major versions tested.
   sampled has only some of them in ``params``; no public API gives the rest, and a grid
   point or a retried trial must be queued again whole.
 - ``MLFLOW_DB_LOGGER``: the logger MLflow's database module writes its lock-retry
-  tracebacks to; ``quiet_mlflow_logs`` filters the ones our own retries recover from.
+  tracebacks to; ``sweep.tracking.store.configure`` filters the ones our own retries recover from.
 - ``batch_limits``: MLflow's per-call ``log_batch`` limits, which its client checks but
   does not expose; we split batches by them instead of having a call refused.
 - ``cached_storage``: ``optuna.storages.get_storage`` ("only for internal usage"), which wraps
