@@ -27,7 +27,6 @@ from sweep.errors import StoreError, UsageError
 from sweep.stores.integrity import check_journal, check_sqlite
 from sweep.stores.urls import MLFLOW_TABLES, OPTUNA_TABLES, in_memory_sqlite, redact, sqlite_file, sqlite_tables
 
-DEFAULT_JOURNAL = "mlruns/optuna.journal"
 STORAGE = StoreError.STORAGE
 HEARTBEAT_INTERVAL = 5  # seconds between heartbeats of a running trial (RDB storages)
 GRACE_PERIOD = 20  # a trial silent this long is taken for dead
@@ -337,14 +336,3 @@ def _engine(url: str):
             url, pool_size=1, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT}
         )
     return _ENGINES[url]
-
-
-def process_alive(pid: int) -> bool:
-    """Whether a process with this id exists on this machine."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -52,7 +52,7 @@ def no_sweep_left_running():
 @pytest.fixture(scope="session")
 def empty_tracking_db(tmp_path_factory) -> Path:
     """An empty MLflow SQLite database, migrated once per test run: copy it, never write to it."""
-    from sweep.tracking import tracker as tracking
+    from sweep.tracking import store as tracking
 
     tracking.configure()  # before mlflow is imported: no telemetry, quiet migrations
     from mlflow.tracking import MlflowClient
