@@ -18,8 +18,9 @@ import tomli_w
 
 from sweep import limits
 from sweep.errors import InvalidValue, SpecError
+from sweep.spec.parts import DataSpec, Objective, PrunerSpec, SamplerSpec, default_direction
 from sweep.spec.space import ARRAY, PARAM_TYPES, STR, TABLE, Fixed, Kind, Param, at_key, did_you_mean, join_key
-from sweep.spec.study import DataSpec, Objective, PrunerSpec, SamplerSpec, StudySpec, default_direction
+from sweep.spec.study import StudySpec
 
 _REQUIRED, _ABSENT = object(), object()  # defaults of _Table.take: a required key, an optional one
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.exceptions import ExperimentalWarning
 
+from core.config import Pack, packed
 from sweep.errors import InvalidValue
 from sweep.spec.space import significant
 
@@ -51,21 +52,21 @@ class _BudgetStops:
     Optuna's grid and brute-force samplers stop the study once every point has been
     tried, which only works inside ``Study.optimize``. A sweep asks and tells trials
     itself and stops when the study's budget (the grid's size) is spent, checked under
-    a lock shared by all workers (see sweep.run.runner).
+    a lock shared by all workers (see sweep.run.worker).
     """
 
     def after_trial(self, study, trial, state, values) -> None:
         return None
 
 
-PACKABLE = ("eta", "lmbda", "seed")  # parameters that trials trained in one pack may differ in (core.packed.can_pack)
+PACKABLE = packed(Pack.DIFFER)  # parameters that trials trained in one pack may differ in (core.packed.can_pack)
 
 
 class GridSampler(_BudgetStops, optuna.samplers.GridSampler):
     """Optuna's grid sampler, ended by the sweep's budget.
 
     A sweep does not let it choose points: workers enqueue every grid point themselves,
-    in ``grid_order`` (see sweep.run.runner), so each trial arrives with its point fixed;
+    in ``grid_order`` (see sweep.run.worker), so each trial arrives with its point fixed;
     the sampler only checks that point against the grid and records it as Optuna does.
     """
 
@@ -187,7 +188,7 @@ def grid_order(space: Mapping[str, Param]) -> list[dict[str, Any]]:
     PACKABLE parameters share their structure and train together (core.packed).
 
     This order, not the sampler's, decides which point a sweep's next trial runs: workers
-    enqueue the points themselves (see sweep.run.runner), so each trial arrives with its point fixed.
+    enqueue the points themselves (see sweep.run.worker), so each trial arrives with its point fixed.
     """
     points = grid_points(space)
     names = sorted(points, key=lambda name: name in PACKABLE)  # (stable: file order otherwise)

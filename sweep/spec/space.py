@@ -4,7 +4,8 @@ Each check takes a TOML value and returns it normalised (ints stay ints, numbers
 floats) or raises ``InvalidValue`` with the problem; ``at_key`` prefixes the dotted key of
 the value being checked (``space.eta.step``), so that a message names where it is.
 The parameter types (``IntRange``, ``FloatRange``, ``Categorical``, ``Fixed``) know their
-grid values, their TOML form and how to ask an Optuna trial for a value.
+grid values, their TOML form and how to ask an Optuna trial for a value. Which settings a
+study has, and the check of each, are in ``sweep.spec.settings``.
 """
 
 from __future__ import annotations
@@ -14,34 +15,13 @@ import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from core import NetworkSpec, TrainConfig
-from core.engine import ENGINES
-from core.functions import ACTIVATIONS, COSTS
 from sweep import limits
 from sweep.errors import InvalidValue
 
-#: Parameters [space] may search: hidden = width of every hidden layer, depth = their number, and
-#: hidden2 = the width of the second (and any later) hidden layer, hidden then being the first's.
-TUNABLE = ("batch_size", "eta", "lmbda", "hidden", "hidden2", "depth", "activation", "cost", "epochs")
-#: Nielsen's chapter-3 training options (core.train.TrainConfig), tunable too; off by default.
-OPTIONS = ("momentum", "dropout", "patience", "eta_patience", "eta_min_factor")
-TUNABLE += OPTIONS
-#: Keys of [train]: TrainConfig's fields and NetworkSpec's.
-TRAIN_KEYS = (*(f.name for f in fields(TrainConfig)), *(f.name for f in fields(NetworkSpec)))
-MONITORS = tuple(key for key in TRAIN_KEYS if key.startswith("monitor_"))
-#: Training settings used when neither [train] nor [space] gives them (batch_size and eta must be given).
-DEFAULTS: Mapping[str, Any] = MappingProxyType(
-    {
-        "sizes": (784, 30, 10),
-        "epochs": 10,
-        **{f.name: f.default for f in (*fields(TrainConfig), *fields(NetworkSpec)) if f.default is not MISSING},
-    }
-)
-_N_INPUTS, _N_OUTPUTS = 784, 10  # MNIST: 28 x 28 pixels in, one output per digit
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a path component: never ".", "..", "/" or NUL
 
 
@@ -112,6 +92,12 @@ ARRAY = Kind("an array", lambda v: isinstance(v, (list, tuple)))
 SCALAR = Kind("a string, number or boolean", lambda v: isinstance(v, (str, bool)) or is_number(v))
 
 
+def at_most(value: int, maximum: int, why: str) -> None:
+    """InvalidValue if the integer ``value`` is above ``maximum`` (``why``: why it is the largest)."""
+    if value > maximum:
+        raise InvalidValue(None, f"must be at most {maximum:,} ({why}), got {value:,}")
+
+
 def int_at_least(minimum: int, maximum: int | None = None, why: str = "") -> Callable[[Any], int]:
     """A check of an integer from ``minimum`` to ``maximum`` (None: no upper bound; ``why`` says why)."""
 
@@ -119,8 +105,8 @@ def int_at_least(minimum: int, maximum: int | None = None, why: str = "") -> Cal
         INT.check(value)
         if value < minimum:
             raise InvalidValue(None, f"must be at least {minimum}, got {value}")
-        if maximum is not None and value > maximum:
-            raise InvalidValue(None, f"must be at most {maximum:,}{f' ({why})' if why else ''}, got {value:,}")
+        if maximum is not None:
+            at_most(value, maximum, why)
         return value
 
     return check
@@ -129,25 +115,6 @@ def int_at_least(minimum: int, maximum: int | None = None, why: str = "") -> Cal
 def positive(value: Any) -> float:
     if NUMBER.check(value) <= 0:
         raise InvalidValue(None, f"must be positive, got {show(value)}")
-    return float(value)
-
-
-def non_negative(value: Any) -> float:
-    if NUMBER.check(value) < 0:
-        raise InvalidValue(None, f"must be zero or positive, got {show(value)}")
-    return float(value)
-
-
-def fraction(value: Any) -> float:
-    """A number in [0, 1): momentum μ, dropout p."""
-    if not 0 <= NUMBER.check(value) < 1:
-        raise InvalidValue(None, f"must be at least 0 and below 1, got {show(value)}")
-    return float(value)
-
-
-def above_one(value: Any) -> float:
-    if NUMBER.check(value) <= 1:
-        raise InvalidValue(None, f"must be above 1, got {show(value)}")
     return float(value)
 
 
@@ -174,46 +141,6 @@ def check_study_name(value: Any) -> str:
             f"MLflow experiments and runs), got {len(value)}",
         )
     return value
-
-
-def _layer_sizes(value: Any) -> tuple[int, ...]:
-    sizes = tuple(ARRAY.check(value))
-    for i, size in enumerate(sizes):
-        with at_key(f"[{i}]"):
-            int_at_least(1)(size)
-    if len(sizes) < 2 or sizes[0] != _N_INPUTS or sizes[-1] != _N_OUTPUTS:
-        raise InvalidValue(
-            None,
-            f"must run from {_N_INPUTS} inputs (the pixels) to {_N_OUTPUTS} "
-            f"outputs (the digits), got {show(list(sizes))[:80]}",
-        )
-    if len(sizes) - 2 > limits.MAX_DEPTH:
-        raise InvalidValue(None, f"at most {limits.MAX_DEPTH} hidden layers, got {len(sizes) - 2}")
-    return sizes
-
-
-# How each training setting is checked and normalised (ints stay ints, numbers become floats).
-SETTINGS: Mapping[str, Callable[[Any], Any]] = MappingProxyType(
-    {
-        **{name: int_at_least(1) for name in ("batch_size", "hidden", "hidden2")},  # (bounded by the memory estimate)
-        "epochs": int_at_least(1, limits.MAX_EPOCHS, "a trial that long would run for days"),
-        "depth": int_at_least(1, limits.MAX_DEPTH, "deeper sigmoid networks stop learning"),
-        "eta": positive,
-        "lmbda": non_negative,
-        "seed": int_at_least(0),
-        "activation": one_of("activation", tuple(ACTIVATIONS)),
-        "cost": one_of("cost", tuple(COSTS)),
-        "engine": one_of("engine", ENGINES),
-        "sizes": _layer_sizes,
-        **dict.fromkeys(MONITORS, BOOL.check),
-        **dict.fromkeys(("momentum", "dropout"), fraction),
-        **{
-            name: int_at_least(0, limits.MAX_EPOCHS, "the most epochs a trial trains")
-            for name in ("patience", "eta_patience")
-        },  # 0: off
-        "eta_min_factor": above_one,
-    }
-)
 
 
 # ---------------------------------------------------------------------------
@@ -399,35 +326,3 @@ class Fixed:
 
 Param = IntRange | FloatRange | Categorical | Fixed
 PARAM_TYPES: Mapping[str, type] = MappingProxyType({"int": IntRange, "float": FloatRange, "categorical": Categorical})
-# The range type each numeric tunable takes; activation and cost take choices only.
-_RANGE_OF: Mapping[str, type] = MappingProxyType(
-    {
-        **dict.fromkeys(("batch_size", "hidden", "hidden2", "depth", "epochs"), IntRange),
-        **dict.fromkeys(("eta", "lmbda"), FloatRange),
-        **dict.fromkeys(("momentum", "dropout", "eta_min_factor"), FloatRange),
-        **dict.fromkeys(("patience", "eta_patience"), IntRange),
-    }
-)
-
-
-def checked_param(name: str, param: Any) -> Param:
-    """``param`` checked against what the setting ``name`` allows, its values normalised."""
-    check = SETTINGS[name]
-    if isinstance(param, (IntRange, FloatRange)):
-        if type(param) is not _RANGE_OF.get(name):
-            expected = {IntRange: '"int"', FloatRange: '"float"'}.get(_RANGE_OF.get(name))
-            takes = f'type = {expected} or "categorical"' if expected else 'type = "categorical"'
-            raise InvalidValue("type", f"{name} takes {takes}")
-        for key in ("low", "high"):
-            with at_key(key):
-                check(getattr(param, key))
-        return param
-    if isinstance(param, Categorical):
-        choices = []
-        for i, choice in enumerate(param.choices):
-            with at_key(f"choices[{i}]"):
-                choices.append(check(choice))
-        return Categorical(tuple(choices))
-    if isinstance(param, Fixed):
-        return Fixed(check(param.value))
-    raise InvalidValue(None, f"must be a range, a categorical or a fixed value, got {show(param)}")

@@ -1,4 +1,4 @@
-"""A study, validated: ``StudySpec`` and its parts, and what one trial of it needs.
+"""A study, validated: ``StudySpec`` (its parts are in ``sweep.spec.parts``), and what one trial of it needs.
 
 Mappings inside a spec are ``types.MappingProxyType`` (read-only) and sequences are
 tuples, so a spec cannot change after validation (it compares by value but is not hashable).
@@ -9,7 +9,6 @@ by ``sweep.spec.file``.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -18,40 +17,33 @@ from typing import Any
 
 import optuna
 
-from core import CURVES, NetworkSpec, TrainConfig
-from core.data import DATASETS
+from core.config import OPTIONS, TrainConfig, unmet_need
+from core.history import CURVES
+from core.model import NetworkSpec
 from sweep import limits
 from sweep.errors import InvalidValue, SpecError
-from sweep.schema import BEST_VALIDATION_ACCURACY, GAP, METRICS, PER_EPOCH_METRICS, VALIDATION_ACCURACY
+from sweep.schema import BEST_VALIDATION_ACCURACY, GAP, PER_EPOCH_METRICS, VALIDATION_ACCURACY
 from sweep.spec import samplers
-from sweep.spec.samplers import GRID_SAMPLERS, PRUNERS, SAMPLERS, SINGLE_OBJECTIVE_SAMPLERS, Option
+from sweep.spec.parts import DataSpec, Objective, PrunerSpec, SamplerSpec
+from sweep.spec.samplers import GRID_SAMPLERS, SINGLE_OBJECTIVE_SAMPLERS
+from sweep.spec.settings import DEFAULTS, LAYER_NAMES, SETTINGS, checked_space, checked_train
 from sweep.spec.space import (
-    DEFAULTS,
-    OPTIONS,
-    SETTINGS,
     STR,
     TABLE,
-    TRAIN_KEYS,
-    TUNABLE,
     Categorical,
     Fixed,
     Param,
     at_key,
     check_study_name,
-    checked_param,
-    did_you_mean,
     int_at_least,
-    is_int,
     join_key,
     one_of,
     positive,
     show,
 )
 
-DIRECTIONS = ("maximize", "minimize")
 AT_TIMEOUT = ("finish", "stop")  # [budget] at_timeout: what trials still running at the timeout do
 _REQUIRED_SETTINGS = ("batch_size", "eta")  # training settings with no default
-_LAYER_NAMES = ("hidden", "hidden2", "depth")  # the [space] names that reshape train.sizes
 
 # The monitor flags a metric needs; test_accuracy and training_seconds need none.
 _MONITORS_NEEDED = {
@@ -59,117 +51,6 @@ _MONITORS_NEEDED = {
     BEST_VALIDATION_ACCURACY: ("monitor_validation_accuracy",),
     GAP: ("monitor_training_accuracy", "monitor_validation_accuracy"),
 }
-
-# ---------------------------------------------------------------------------
-# The parts of a study
-
-
-def default_direction(metric: str) -> str:
-    """Accuracies are maximised, everything else (costs, seconds, the gap) minimised."""
-    return "maximize" if metric.endswith("accuracy") else "minimize"
-
-
-@dataclass(frozen=True)
-class Objective:
-    """A metric (one of ``METRICS``) and whether to maximize or minimize it."""
-
-    metric: str
-    direction: str
-
-    def __post_init__(self) -> None:
-        with at_key("metric"):
-            one_of("metric", METRICS)(self.metric)
-        with at_key("direction"):
-            one_of("direction", DIRECTIONS)(self.direction)
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """Which dataset, and how many of the first examples of each part to use (None: all)."""
-
-    dataset: str = "mnist-5k"
-    n_train: int | None = None
-    n_validation: int | None = None
-    n_test: int | None = None
-
-    def __post_init__(self) -> None:
-        with at_key("dataset"):
-            one_of("dataset", DATASETS)(self.dataset)
-        for key in ("n_train", "n_validation", "n_test"):
-            if getattr(self, key) is not None:
-                with at_key(key):
-                    int_at_least(1)(getattr(self, key))
-
-
-def _checked_options(options: Mapping[str, Any], allowed: Mapping[str, Option], owner: str) -> Mapping[str, Any]:
-    """Constructor options checked by name and TOML type against ``allowed``."""
-    TABLE.check(options)
-    for key, value in options.items():
-        option = allowed.get(key)
-        if option is None:
-            known = ", ".join(allowed) or "none"
-            raise InvalidValue(key, f"unknown option of {owner}{did_you_mean(key, allowed)}; options: {known}")
-        if not option.accepts(value):
-            raise InvalidValue(key, f"must be {option.type_names}, got {show(value)}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise InvalidValue(key, f"must be a finite number, got {show(value)}")
-        maximum, why = limits.OPTION_BOUNDS.get(key, (None, ""))
-        if maximum is not None and is_int(value) and value > maximum:  # (Optuna checks the lower bound)
-            raise InvalidValue(key, f"must be at most {maximum:,} ({why}), got {value:,}")
-    for key, option in allowed.items():
-        if option.required and key not in options:
-            raise InvalidValue(key, f"required by {owner}")
-    return MappingProxyType(dict(options))
-
-
-@dataclass(frozen=True)
-class SamplerSpec:
-    """An Optuna sampler by name (one of ``SAMPLERS``), its seed, and other constructor options."""
-
-    name: str = "tpe"
-    seed: int = 0
-    options: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        with at_key("name"):
-            one_of("sampler", SAMPLERS)(self.name)
-        with at_key("seed"):
-            int_at_least(0, limits.MAX_SEED, "NumPy's seeds are 32-bit")(self.seed)
-        options = _checked_options(self.options, samplers.sampler_options(self.name), f"the {self.name} sampler")
-        object.__setattr__(self, "options", options)
-        self.build()  # Optuna's own checks of the values (the grid's points are checked by StudySpec)
-
-    def build(self, grid: Mapping[str, list] | None = None, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
-        """The Optuna sampler (``grid``: the grid sampler's points; see samplers.build_sampler)."""
-        return samplers.build_sampler(self.name, self.seed, self.options, grid, seed_offset)
-
-
-@dataclass(frozen=True)
-class PrunerSpec:
-    """An Optuna pruner by name (one of ``PRUNERS``) and its constructor options.
-
-    ``wrapped`` is the pruner a "patient" pruner wraps (``[pruner.wrapped]``).
-    """
-
-    name: str = "none"
-    options: Mapping[str, Any] = field(default_factory=dict)
-    wrapped: PrunerSpec | None = None
-
-    def __post_init__(self) -> None:
-        with at_key("name"):
-            one_of("pruner", PRUNERS)(self.name)
-        options = _checked_options(self.options, samplers.pruner_options(self.name), f"the {self.name} pruner")
-        object.__setattr__(self, "options", options)
-        if self.wrapped is not None and self.name != "patient":
-            raise InvalidValue("wrapped", f"only the patient pruner wraps another, not the {self.name} pruner")
-        self.build()  # Optuna's own checks of the values
-
-    def build(self) -> optuna.pruners.BasePruner:
-        """The Optuna pruner (a patient pruner wraps the one built from ``wrapped``)."""
-        with at_key("wrapped"):
-            wrapped = None if self.wrapped is None else self.wrapped.build()
-        return samplers.build_pruner(self.name, self.options, wrapped)
-
 
 # ---------------------------------------------------------------------------
 # The study
@@ -230,8 +111,8 @@ class StudySpec:
         if self.description is not None:
             with at_key("description"):
                 STR.check(self.description)
-        set_(self, "train", _checked_train(self.train))
-        set_(self, "space", _checked_space(self.space, self.train))
+        set_(self, "train", checked_train(self.train))
+        set_(self, "space", checked_space(self.space, self.train))
         self._check_network()
         set_(self, "objectives", tuple(self.objectives))
         self._check_objectives()
@@ -255,7 +136,7 @@ class StudySpec:
     def largest_network(self) -> tuple[tuple[int, ...], int]:
         """The layer sizes of the largest network a trial may train, and the largest batch size."""
         largest = {
-            name: _highest(param) for name, param in self.searched.items() if name in (*_LAYER_NAMES, "batch_size")
+            name: _highest(param) for name, param in self.searched.items() if name in (*LAYER_NAMES, "batch_size")
         }
         settings = {**self.fixed, **largest}
         return _sizes(settings), settings["batch_size"]
@@ -309,10 +190,11 @@ class StudySpec:
             for monitor in _MONITORS_NEEDED.get(objective.metric, ()):
                 if not fixed[monitor]:
                     raise InvalidValue(key, f"{objective.metric} needs train.{monitor} = true")
-        for name in ("patience", "eta_patience"):  # they watch the validation accuracy
-            if (name in self.searched or fixed[name]) and not fixed["monitor_validation_accuracy"]:
-                where = "space" if name in self.space else "train"
-                raise InvalidValue(f"{where}.{name}", "needs train.monitor_validation_accuracy = true")
+        need = unmet_need({**fixed, **dict.fromkeys(self.searched, True)})  # (a searched option may be on)
+        if need is not None:
+            name, needed = need
+            where = "space" if name in self.space else "train"
+            raise InvalidValue(f"{where}.{name}", f"needs train.{needed} = true")
 
     def _check_sampling(self) -> None:
         sampler, pruner = self.sampler.name, self.pruner.name
@@ -400,36 +282,6 @@ class StudySpec:
         return {**defaults, **self.train, **fixed_space}
 
 
-def _checked_train(train: Any) -> Mapping[str, Any]:
-    with at_key("train"):
-        TABLE.check(train)
-    checked = {}
-    for name, value in train.items():
-        with at_key(f"train.{name}"):
-            if name not in TRAIN_KEYS:
-                raise InvalidValue(
-                    None, f"unknown key{did_you_mean(name, TRAIN_KEYS)}; [train] keys: {', '.join(TRAIN_KEYS)}"
-                )
-            checked[name] = SETTINGS[name](value)
-    return MappingProxyType(checked)
-
-
-def _checked_space(space: Any, train: Mapping[str, Any]) -> Mapping[str, Param]:
-    with at_key("space"):
-        TABLE.check(space)
-    checked = {}
-    for name, param in space.items():
-        with at_key(f"space.{name}"):
-            if name not in TUNABLE:
-                raise InvalidValue(
-                    None, f"not a tunable parameter{did_you_mean(name, TUNABLE)}; tunable: {', '.join(TUNABLE)}"
-                )
-            if name in train:
-                raise InvalidValue(None, "also given in [train]; give it in one place")
-            checked[name] = checked_param(name, param)
-    return MappingProxyType(checked)
-
-
 # ---------------------------------------------------------------------------
 # One trial
 
@@ -460,7 +312,7 @@ def _sizes(settings: Mapping[str, Any]) -> tuple[int, ...]:
     hidden2 to hidden (so hidden alone sets every hidden layer, as it always has).
     """
     sizes = tuple(settings["sizes"])
-    if not any(name in settings for name in _LAYER_NAMES):
+    if not any(name in settings for name in LAYER_NAMES):
         return sizes
     hidden_layers = sizes[1:-1]
     depth = settings.get("depth", len(hidden_layers))
@@ -508,12 +360,13 @@ def all_params(spec: StudySpec, params: Mapping[str, Any]) -> dict[str, Any]:
     training and data settings (sizes as "784-15-10"; n_* None means all)."""
     settings = _settings(spec, params)
     data = spec.data
-    training = ("activation", "cost", "epochs", "batch_size", "eta", "lmbda", "seed")
+    training = ("activation", "cost", "epochs", "batch_size", "eta", "lmbda", "seed")  # logged always
+    options = [name for name, rule in OPTIONS.items() if rule.search and name not in training]  # when on
     return {
         **used(spec, {name: settings[name] for name in spec.space}),
         "sizes": "-".join(map(str, _sizes(settings))),
         **{name: settings[name] for name in training},
-        **{name: settings[name] for name in OPTIONS if settings[name] != DEFAULTS[name]},  # those in use
+        **{name: settings[name] for name in options if settings[name] != DEFAULTS[name]},
         "dataset": data.dataset,
         "n_train": data.n_train,
         "n_validation": data.n_validation,

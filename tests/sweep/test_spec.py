@@ -13,19 +13,11 @@ from core import NetworkSpec, TrainConfig
 from sweep.errors import InvalidValue, SpecError
 from sweep.schema import METRICS, PER_EPOCH_METRICS
 from sweep.spec.file import dumps, load_spec, parse_spec, spec_to_dict
+from sweep.spec.parts import DataSpec, Objective, PrunerSpec, SamplerSpec
 from sweep.spec.samplers import grid_points
-from sweep.spec.space import DEFAULTS, Categorical, Fixed, FloatRange, IntRange
-from sweep.spec.study import (
-    DataSpec,
-    Objective,
-    PrunerSpec,
-    SamplerSpec,
-    StudySpec,
-    all_params,
-    suggest,
-    trial_config,
-    used,
-)
+from sweep.spec.settings import DEFAULTS
+from sweep.spec.space import Categorical, Fixed, FloatRange, IntRange
+from sweep.spec.study import StudySpec, all_params, suggest, trial_config, used
 from tests.sweep.bad_studies import BAD_STUDIES, special_file
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
