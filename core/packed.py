@@ -11,8 +11,9 @@ the same BLAS calls as the lone run, so in practice the weights agree bit for bi
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -235,10 +236,9 @@ def train_packed(
     lmbda = np.array([c.lmbda for c in configs])
     classes = spec.sizes[-1]
     etas = [c.eta for c in configs]
+    monitor = functools.partial(_monitor, spec, configs[0], training, validation, n, engine)
     untrained = (
-        _records(_monitor(spec, configs[0], stack, training, validation, n, lmbda, engine), etas, 0, 0.0, 0.0)
-        if check.cost_growth is not None
-        else [None] * len(configs)
+        _records(monitor(stack, lmbda), etas, 0, 0.0, 0.0) if check.cost_growth is not None else [None] * len(configs)
     )
     histories: list[list[EpochRecord]] = [[] for _ in configs]
     results: list[TrainResult | NotLearningError | None] = [None] * len(configs)
@@ -247,16 +247,7 @@ def train_packed(
     for epoch in range(1, configs[0].epochs + 1):
         drawn = {seed: shuffles[seed].permutation(n) for seed in {configs[i].seed for i in active}}
         perms = np.stack([drawn[configs[i].seed] for i in active])  # (K, n)
-        start = time.perf_counter()
-        with np.errstate(all="ignore"):  # divergence is detected below, once per epoch
-            sgd.epoch(perms)
-        seconds = (time.perf_counter() - start) / len(active)
-        start = time.perf_counter()
-        finite = sgd.stack.finite()
-        with np.errstate(all="ignore"):
-            values = _monitor(spec, configs[0], sgd.stack, training, validation, n, lmbda[active], engine)
-        eval_seconds = (time.perf_counter() - start) / len(active)
-        records = _records(values, [etas[i] for i in active], epoch, seconds, eval_seconds)
+        records, finite = _epoch(sgd, perms, monitor, lmbda[active], [etas[i] for i in active], epoch)
         for k, (i, record) in enumerate(zip(active, records)):
             stopped = (
                 NonFiniteError(epoch, "weights")
@@ -288,15 +279,33 @@ def _sgd(
     return PackedSGD(spec, stack, X, one_hot(y, spec.sizes[-1], X.dtype), configs)
 
 
+def _epoch(
+    sgd: PackedSGD, perms: np.ndarray, monitor: Callable, lmbda: np.ndarray, etas: list[float], epoch: int
+) -> tuple[list[EpochRecord], np.ndarray]:
+    """One epoch of the pack's SGD, trial k visiting rows perms[k] (K, n), then what ``monitor``
+    (``_monitor`` bound to the pack's data) measures: the K records, each with its share of the
+    pack's times, and which networks stayed finite (K,) bool (divergence is judged by the caller)."""
+    start = time.perf_counter()
+    with np.errstate(all="ignore"):
+        sgd.epoch(perms)
+    seconds = (time.perf_counter() - start) / len(perms)
+    start = time.perf_counter()
+    finite = sgd.stack.finite()
+    with np.errstate(all="ignore"):
+        values = monitor(sgd.stack, lmbda)
+    eval_seconds = (time.perf_counter() - start) / len(perms)
+    return _records(values, etas, epoch, seconds, eval_seconds), finite
+
+
 def _monitor(
     spec: NetworkSpec,
     config: TrainConfig,
-    stack: Stack,
     training: LabelledSet,
     validation: LabelledSet | None,
     n: int,
-    lmbda: np.ndarray,
     engine: str,
+    stack: Stack,
+    lmbda: np.ndarray,
 ) -> dict[str, list | None]:
     """What the (shared) config monitors after an epoch, for every network (on ``engine``): curve → K values."""
     values: dict[str, list | None] = dict.fromkeys(CURVES)
