@@ -88,10 +88,19 @@ def pytest_unconfigure(config):
             os.environ.pop(name, None)
 
 
+#: Seconds a slow test may take (a whole sweep, a browser), unless it says otherwise: twice
+#: pyproject's default for the others. The slowest took under 110 s on 2 loaded cores.
+SLOW_TIMEOUT = 600
+
+
 def pytest_collection_modifyitems(config, items):
     """The slow tests first (a stable sort): the processes then end on short tests, together,
-    instead of one starting a long sweep when the other has nothing left to take."""
+    instead of one starting a long sweep when the other has nothing left to take. Each slow
+    test gets SLOW_TIMEOUT unless it has a timeout of its own."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT))
 
 
 @pytest.fixture(scope="session", autouse=True)
