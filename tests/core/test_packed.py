@@ -1,5 +1,7 @@
 """Packed training: every trial of a pack comes out as ``train`` would train it alone."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -10,6 +12,7 @@ from core.history import CURVES, NO_CHECK, NonFiniteError, NotLearningError
 from core.model import NetworkSpec, Workspace, evaluate, init_params, with_ones
 from core.packed import Stack, can_pack, evaluate_stack, train_packed
 from core.train import train
+from tests.core.test_train import MONITOR_PAUSE, SGD_PAUSE, slowed, took
 from tests.core.toy import toy_data as _data
 
 SPECS = [NetworkSpec((20, 9, 7, 4)), NetworkSpec((20, 9, 7, 4), "sigmoid", "quadratic")]
@@ -106,19 +109,52 @@ def test_a_trial_stopped_by_its_callback_leaves_and_the_others_go_on():
 
         return callback
 
+    start = time.perf_counter()
     results = train_packed(
         spec, configs, data, val, params=inits, callbacks=[watcher(i) for i in range(4)], check=NO_CHECK
     )
+    wall = time.perf_counter() - start
     assert seen == [[1, 2, 3, 4, 5], [1, 2], [1, 2, 3, 4, 5], [1, 2, 3, 4, 5]]
     assert results[1].stopped_early and len(results[1].history) == 2
+    shares = [r.seconds + r.eval_seconds for result in results for r in result.history]
     for e in range(5):  # the pack's epoch time, shared equally by the trials in it
         records = [r.history[e] for r in results if len(r.history) > e]
         assert len({r.seconds for r in records}) == 1 and records[0].seconds > 0
+    assert sum(shares) <= wall  # the shares add up to the pack's times, parts of the call
     for i, (config, init, result) in enumerate(zip(configs, inits, results)):
         alone = train(
             spec, config, data, val, params=init, callback=lambda r, i=i: i == 1 and r.epoch == 2, check=NO_CHECK
         )
         _assert_same(result, alone, 1e-9, 50)
+
+
+def test_a_packs_epoch_times_are_shared_by_the_trials_still_in_it(monkeypatch):
+    """Each record holds its share of the pack's SGD pass (``seconds``) and of the monitoring
+    after it (``eval_seconds``), each made slower by a known pause: the shares of an epoch add up
+    to the pack's time, over the 4 trials of epochs 1-2 and the 3 left after one stops; all of
+    it within the call's wall time."""
+    monkeypatch.setattr(core.packed.PackedSGD, "epoch", slowed(core.packed.PackedSGD.epoch, SGD_PAUSE))
+    monkeypatch.setattr(core.packed, "monitored", slowed(core.packed.monitored, MONITOR_PAUSE))
+    configs = _configs(4, epochs=4, engine="numpy")
+    start = time.perf_counter()
+    results = train_packed(
+        SPECS[0],
+        configs,
+        _data(),
+        _data(n=50, seed=3),
+        callbacks=[None, lambda r: r.epoch == 2, None, None],
+        check=NO_CHECK,
+    )
+    wall = time.perf_counter() - start
+    assert [len(r.history) for r in results] == [4, 2, 4, 4]
+    total = 0.0
+    for e in range(4):
+        records = [r.history[e] for r in results if len(r.history) > e]
+        assert len(records) == (4 if e < 2 else 3) and len({(r.seconds, r.eval_seconds) for r in records}) == 1
+        pack_sgd, pack_monitoring = (len(records) * records[0].seconds, len(records) * records[0].eval_seconds)
+        assert took(pack_sgd, SGD_PAUSE) and took(pack_monitoring, MONITOR_PAUSE), records[0]
+        total += pack_sgd + pack_monitoring
+    assert total <= wall
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

@@ -1,6 +1,8 @@
 """Training: agreement with the per-example reference, reproducibility, runs that do not learn."""
 
+import importlib
 import math
+import time
 
 import numpy as np
 import pytest
@@ -67,13 +69,51 @@ def test_same_seed_same_history_other_seed_other_history():
 
 def test_history_has_one_record_per_epoch_and_learns():
     spec = NetworkSpec((20, 16, 4))
+    start = time.perf_counter()
     result = train(spec, TrainConfig(epochs=6, batch_size=10, eta=0.5, seed=3), _data(n=600), _data(n=200, seed=9))
+    wall = time.perf_counter() - start
     assert [r.epoch for r in result.history] == [1, 2, 3, 4, 5, 6]
     assert result.history[-1].training_cost < result.history[0].training_cost
     assert result.history[-1].validation_accuracy > 0.8
-    assert all(r.seconds > 0 and r.eval_seconds > 0 for r in result.history)  # both timed, every epoch
+    # both timed, every epoch, as parts of the call that do not overlap
+    assert all(r.seconds > 0 and r.eval_seconds > 0 for r in result.history)
+    assert sum(r.seconds + r.eval_seconds for r in result.history) <= wall
     assert result.curves()["epoch"] == [1, 2, 3, 4, 5, 6]
     assert not result.stopped_early
+
+
+SGD_PAUSE, MONITOR_PAUSE = 0.1, 0.3  # seconds added to each SGD pass and each monitoring
+SLACK = 0.08  # the time a part may take beyond its pause (its own work: milliseconds), less than either pause
+
+
+def slowed(function, pause: float):
+    """``function`` that first sleeps ``pause`` seconds: a part of training made to take a known time."""
+
+    def slow(*args, **kwargs):
+        time.sleep(pause)
+        return function(*args, **kwargs)
+
+    return slow
+
+
+def took(seconds: float, pause: float) -> bool:
+    """Whether a part slowed by ``pause`` took that long, and not as long as another part besides."""
+    return pause <= seconds < pause + SLACK
+
+
+def test_an_epochs_times_are_its_sgd_pass_and_its_monitoring(monkeypatch):
+    """``seconds`` times the SGD pass alone, ``eval_seconds`` the monitoring after it: each part is
+    made slower by a known pause, and each record holds its own (not the other's, nor both)."""
+    module = importlib.import_module("core.train")  # (core.train is also the function, in core/__init__)
+    monkeypatch.setattr(module.SGD, "epoch", slowed(module.SGD.epoch, SGD_PAUSE))
+    monkeypatch.setattr(module, "monitored", slowed(module.monitored, MONITOR_PAUSE))
+    config = TrainConfig(epochs=3, batch_size=10, eta=0.5, seed=3, engine="numpy")
+    start = time.perf_counter()
+    result = train(NetworkSpec((20, 16, 4)), config, _data(n=300), _data(n=100, seed=9))
+    wall = time.perf_counter() - start
+    for r in result.history:
+        assert took(r.seconds, SGD_PAUSE) and took(r.eval_seconds, MONITOR_PAUSE), r
+    assert sum(r.seconds + r.eval_seconds for r in result.history) <= wall
 
 
 def test_monitoring_can_be_switched_off():

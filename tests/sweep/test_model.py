@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from optuna.trial import TrialState
 
 from core.model import load_params, predict
 from sweep.run.runner import Stores, load_data, load_stored_study
@@ -44,6 +45,28 @@ print(json.dumps({"digits": digits.tolist(), "frame_agrees": bool((model.predict
 def _stored_best(workdir: Path, name: str):
     study = journal_study(workdir, name)
     return study, study.best_trial
+
+
+def kept_weights(workdir: Path, name: str) -> set[int]:
+    """The numbers of the trials whose MLflow runs hold weights."""
+    client = tracking_client(workdir)
+    runs = {
+        r.info.run_id
+        for r in child_runs(workdir, name)
+        if any(f.path == WEIGHTS_ARTIFACT for f in client.list_artifacts(r.info.run_id, WEIGHTS_DIR))
+    }
+    return {t.number for t in journal_study(workdir, name).trials if t.user_attrs.get(RUN_ATTR) in runs}
+
+
+def records(trials, before) -> set[int]:
+    """The (maximised) trials at least as good as every trial ``u`` with ``before(t, u)``."""
+    return {t.number for t in trials if all(t.value >= u.value for u in trials if before(t, u))}
+
+
+def versions(workdir: Path, name: str) -> list[tuple[int, int]]:
+    """The model versions registered under ``name``, oldest first, as (version, trial number)."""
+    found = tracking_client(workdir).search_model_versions(f"name = '{name}'")
+    return sorted((int(v.version), int(v.tags[TRIAL_TAG])) for v in found)
 
 
 def _test_set(workdir: Path, name: str):
@@ -81,16 +104,37 @@ def test_the_registered_model_predicts_the_test_set_in_a_fresh_process(workdir):
     client = tracking_client(workdir)
     (version,) = client.search_model_versions("name = 'served'")
     assert version.run_id == best.user_attrs[RUN_ATTR] and version.tags[TRIAL_TAG] == str(best.number)
-    # only the best-so-far trials kept weights (at least the best's, never more than all of them)
-    kept = [
-        r
-        for r in child_runs(workdir, "served")
-        if any(f.path == WEIGHTS_ARTIFACT for f in client.list_artifacts(r.info.run_id, WEIGHTS_DIR))
-    ]
-    assert best.user_attrs[RUN_ATTR] in {r.info.run_id for r in kept} and 1 <= len(kept) <= 4
+    # only best-so-far trials kept weights: each trial at least as good as all told before it
+    # (so the best's), none worse than a trial told before it started (two workers: told in between is a race)
+    trials = study.get_trials(states=[TrialState.COMPLETE])
+    kept = kept_weights(workdir, "served")
+    assert records(trials, lambda t, u: u.datetime_complete < t.datetime_complete) <= kept
+    assert kept <= records(trials, lambda t, u: u.datetime_complete < t.datetime_start)
     # resumed with nothing left to do: the same best trial, no new version
     assert run_cli("run", "served.toml", "--n-trials", 4, "--no-report") == 0
     assert len(client.search_model_versions("name = 'served'")) == 1
+
+
+@pytest.mark.slow
+def test_a_new_version_each_time_the_best_trial_changes_and_never_from_a_worker(workdir):
+    """In grid order the tiny study's trial #1 beats #0, and #2 and #3 are worse than both (checked
+    below). ``sweep run`` registers its best trial at its end when that is a new one; ``sweep
+    worker`` never registers, even when it found the new best; one worker keeps exactly the
+    weights of the trials that were the best so far when told."""
+    write_study(workdir / "grid.toml", name="grid", epochs=1)
+    assert run_cli("run", "grid.toml", "--n-trials", 1, "--no-report") == 0
+    assert versions(workdir, "grid") == [(1, 0)]
+    assert run_cli("worker", "--study", "grid", "--n-trials", 2) == 0
+    study = journal_study(workdir, "grid")
+    assert study.best_trial.number == 1 and versions(workdir, "grid") == [(1, 0)]  # a new best, not registered
+    assert run_cli("run", "grid.toml", "--n-trials", 2, "--no-report") == 0  # nothing left to run
+    assert versions(workdir, "grid") == [(1, 0), (2, 1)]
+    assert run_cli("run", "grid.toml", "--n-trials", 4, "--no-report") == 0
+    study = journal_study(workdir, "grid")
+    values = [t.value for t in study.trials]
+    assert len(values) == 4 and values[1] > values[0] > max(values[2:]), values  # what the test relies on
+    assert versions(workdir, "grid") == [(1, 0), (2, 1)]  # the best did not change: no new version
+    assert kept_weights(workdir, "grid") == {0, 1}
 
 
 def test_best_prints_the_best_trial_and_exports_its_weights(workdir, stored_study, capsys):
