@@ -5,6 +5,7 @@ Each test fails loudly after an upgrade that moves one, instead of the sweep goi
 
 import importlib
 import logging
+import sqlite3
 
 import optuna
 import pytest
@@ -25,7 +26,27 @@ def test_mlflow_logs_lock_retries_to_the_filtered_logger():
     module = importlib.import_module(adapters.MLFLOW_DB_LOGGER)
     assert logging.getLogger(adapters.MLFLOW_DB_LOGGER) is module._logger
     tracking.configure()
-    assert logging.getLogger(adapters.MLFLOW_DB_LOGGER).filters  # the filter of recovered lock errors
+    logger = logging.getLogger(adapters.MLFLOW_DB_LOGGER)
+    assert not logger.filter(logged(logger, locked_error()))  # a lock error (that retries recover from): dropped
+    assert logger.filter(logged(logger, sqlite3.OperationalError("no such table: runs")))  # other errors: kept
+    assert logger.filter(logged(logger, None))
+
+
+def locked_error() -> BaseException:
+    """SQLAlchemy's error over SQLite's "database is locked", as MLflow logs it (the cause chained)."""
+    try:
+        try:
+            raise sqlite3.OperationalError("database is locked")
+        except sqlite3.OperationalError as exc:
+            raise RuntimeError("(sqlite3.OperationalError) while committing") from exc
+    except RuntimeError as exc:
+        return exc
+
+
+def logged(logger: logging.Logger, exc: BaseException | None) -> logging.LogRecord:
+    """The record of logging an error with ``exc``'s traceback (none if None), as MLflow does."""
+    exc_info = (type(exc), exc, exc.__traceback__) if exc is not None else None
+    return logger.makeRecord(logger.name, logging.ERROR, __file__, 1, "SQLAlchemy database error", (), exc_info)
 
 
 def test_batch_limits_are_mlflows_own():

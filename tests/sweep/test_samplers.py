@@ -96,7 +96,18 @@ def test_multi_objective_samplers(name):
     study = run(spec)
     assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
     assert len(study.trials) == 4 and all(len(t.values) == 2 for t in study.trials)
-    assert study.best_trials
+    for t in study.trials:  # both objectives, in the spec's order
+        assert t.values == pytest.approx(
+            [toy(spec, optuna.trial.FixedTrial(t.params))[0], 100 / t.params["batch_size"]]
+        )
+    # the best trials: exactly those no other trial beats on one objective without losing on the other
+    front = {t.number for t in study.trials if not any(dominates(u.values, t.values) for u in study.trials)}
+    assert {t.number for t in study.best_trials} == front
+
+
+def dominates(a: list[float], b: list[float]) -> bool:
+    """Whether values ``a`` (validation accuracy up, training seconds down) are Pareto-better than ``b``."""
+    return a[0] >= b[0] and a[1] <= b[1] and a != b
 
 
 @pytest.mark.parametrize("name", SINGLE_OBJECTIVE_SAMPLERS)
