@@ -70,7 +70,7 @@ def _admin():
         return conn
     refused = "connection refused" in message.lower()  # nothing listens there: the one case that may skip
     need("postgres", not refused, f"no PostgreSQL server at {where}: {message}")
-    pytest.fail(f"cannot use the PostgreSQL server at {where} (a superuser, trust auth): {message}", pytrace=False)
+    pytest.fail(f"cannot use the PostgreSQL server at {where}: {message} (the tests need a superuser)", pytrace=False)
 
 
 def database_url(name: str, password: str | None = None, driver: str = "postgresql") -> str:
