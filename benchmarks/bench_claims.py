@@ -1,6 +1,6 @@
 """Claims under load: N worker processes claim and finish trials that do no training.
 
-Each worker is the project's own ``sweep.run.runner.Worker`` (the study lock, reaping, the budget,
+Each worker is the project's own ``sweep.run.worker.Worker`` (the study lock, reaping, the budget,
 asking, sampling, naming itself, heartbeats) with a runner whose trials cost nothing: it
 samples and tells each trial through ``TrialRunner``'s own ``_prepare`` and ``_finish``. So
 what is timed is the claim/tell path the workers use, and nothing else. A claim's latency is
@@ -70,8 +70,10 @@ def _worker(storage: str, n_trials: int, workers: int, index: int, start, out) -
     """One worker process: join the study, wait for the others, run it to its end; send the latencies."""
     from optuna.trial import TrialState
 
-    from sweep.run.runner import Budget, Stores, Worker, configure_libraries, join_study
+    from sweep.run.runner import configure_libraries
+    from sweep.run.study import Budget, Stores, join_study
     from sweep.run.trial import TrialRunner
+    from sweep.run.worker import Worker
     from sweep.schema import TrialRecord
     from sweep.stores.storage import StorageSpec
 
@@ -252,7 +254,8 @@ def _create(storage: str, n_trials: int, done: int) -> None:
     from optuna.distributions import distribution_to_json
     from optuna.storages._rdb import models
 
-    from sweep.run.runner import Stores, configure_libraries, create_or_resume
+    from sweep.run.runner import configure_libraries
+    from sweep.run.study import Stores, create_or_resume
     from sweep.schema import WORKER_ATTR
     from sweep.spec.samplers import grid_order
     from sweep.spec.study import suggest

@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import io
 import math
-import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import optuna
 from optuna.trial import TrialState
 
+from core.config import TrainConfig
 from core.data import Dataset
+from core.history import CURVES, EpochRecord, NotLearningError, TrainResult
 from core.model import NetworkSpec, Params, save_params
 from core.packed import PACKED_FIELDS, packs, train_packed
-from core.train import CURVES, EpochRecord, NotLearningError, TrainConfig, TrainResult, evaluate_on, train
+from core.train import evaluate_on, train
 from sweep.schema import (
     BEST_VALIDATION_ACCURACY,
     EPOCHS_RUN,
@@ -41,31 +41,6 @@ from sweep.schema import (
 from sweep.spec.study import StudySpec, all_params, suggest, trial_config, used
 from sweep.tracking.relay import RelayedRun, RelayedTracker, finish_run
 from sweep.tracking.tracker import Tracker, TrialRun
-
-
-def _process_start(pid: int) -> str | None:
-    """The kernel's start time of a process (Linux), so a reused pid is not taken for ours."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def worker_identity() -> dict:
-    pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": pid, "started": _process_start(pid)}
-
-
-def is_alive_here(identity: dict) -> bool | None:
-    """True/False for a worker on this machine; None when it ran elsewhere (cannot tell)."""
-    if identity.get("host") != socket.gethostname():
-        return None
-    pid = identity.get("pid")
-    if not isinstance(pid, int):
-        return None
-    started = _process_start(pid)
-    return started is not None and started == identity.get("started", started)
 
 
 def final_metrics(result: TrainResult, test_accuracy: float | None, seconds: float) -> dict[str, float]:

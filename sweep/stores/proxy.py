@@ -9,7 +9,7 @@ stream that the server answers once it holds the study's lock for the caller (a 
 server, and the database's advisory lock, so that workers using the database directly are
 excluded too) and that keeps it until the call ends. A worker that dies drops its connection,
 which ends the call: the lock cannot outlive its holder (keepalive pings find a machine that
-vanished without closing it). Dead workers' trials: see ``sweep.run.runner.StampBeats``.
+vanished without closing it). Dead workers' trials: see ``sweep.run.beats.StampBeats``.
 Needs grpcio (``pip install 'mlp-sweep[proxy]'``).
 """
 

@@ -27,10 +27,11 @@ from optuna import Study
 from optuna.trial import TrialState
 
 from core.data import Dataset
-from core.train import CURVES, EpochRecord
+from core.history import CURVES, EpochRecord
 from sweep.schema import HISTORY_KEYS, REASON_ATTR, REASON_TAG, RETRY_OF_ATTR, RUN_ATTR, TIMING_TAG, TrialRecord
 from sweep.spec.study import StudySpec, all_params
-from sweep.tracking.tracker import Tracker, TrialRun, timing_note
+from sweep.tracking.tracker import Tracker, TrialRun
+from sweep.tracking.views import timing_note
 
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 DIED = "worker process died"  # why a run is KILLED when its worker is gone

@@ -22,7 +22,7 @@ from datetime import datetime
 import pytest
 from optuna.trial import TrialState
 
-from sweep.run.runner import Stores, create_or_resume
+from sweep.run.study import Stores, create_or_resume
 from sweep.spec.file import load_spec
 from sweep.stores.storage import StorageSpec
 from sweep.words import plural

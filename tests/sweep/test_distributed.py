@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sweep.run.runner import Stores, create_or_resume
+from sweep.run.study import Stores, create_or_resume
 from sweep.schema import PARENT_ATTR
 from sweep.spec.file import load_spec
 from sweep.stores.storage import StorageSpec

@@ -14,14 +14,15 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from core.train import EpochRecord
+from core.history import EpochRecord
 from sweep.limits import MAX_EPOCHS
-from sweep.run.runner import Budget, Stores, Worker, create_or_resume, join_study, load_data
+from sweep.run.study import Budget, Stores, create_or_resume, join_study, load_data
+from sweep.run.worker import Worker
 from sweep.spec.file import load_spec
 from sweep.spec.samplers import SAMPLERS
 from sweep.stores.storage import StorageSpec
 from sweep.tracking.relay import Relay, RelayedTracker
-from sweep.tracking.tracker import logged_metric
+from sweep.tracking.views import logged_metric
 from tests.sweep.conftest import child_runs, journal_study, overlapping, run_cli, tracking_client, write_study
 from tests.sweep.pg import NEVER_PRUNE, check_agreement, finish, held_env, start_sweep, stopped, wait_until
 
@@ -391,7 +392,8 @@ def test_the_ledger_counts_the_budget_as_a_full_read_does_reading_each_trial_onc
     import optuna
     from optuna.trial import TrialState
 
-    from sweep.run.runner import StudyLedger, counted
+    from sweep.run.study import counted
+    from sweep.run.worker import StudyLedger
     from sweep.schema import RETRY_OF_ATTR
 
     study = optuna.create_study()
