@@ -2,7 +2,7 @@
 
 Each worker is the project's own ``sweep.run.worker.Worker`` (the study lock, reaping, the budget,
 asking, sampling, naming itself, heartbeats) with a runner whose trials cost nothing: it
-samples and tells each trial through ``TrialRunner``'s own ``_prepare`` and ``_finish``. So
+prepares and tells each trial through ``TrialRunner``'s own ``_prepare`` and ``_finish``. So
 what is timed is the claim/tell path the workers use, and nothing else. A claim's latency is
 ``Worker._claim``'s wall time (waiting for the lock included); claims/s is every claim of the
 cell over the time from the workers' common start to the last one's end.
@@ -78,13 +78,13 @@ def _worker(storage: str, n_trials: int, workers: int, index: int, start, out) -
     from sweep.stores.storage import StorageSpec
 
     class ZeroCost(TrialRunner):
-        """Trials that train nothing: sampled and told on the runner's own path, value 0."""
+        """Trials that train nothing: prepared and told on the runner's own path, value 0."""
 
-        def run(self, trials):
-            for trial in trials:
-                t = self._prepare(trial)
+        def run(self, claimed):
+            for claim in claimed:
+                t = self._prepare(claim)
                 self._finish(t, TrialState.COMPLETE, TrialRecord(), [0.0] * len(self.spec.objectives))
-            return {trial.number: TrialState.COMPLETE for trial in trials}
+            return {claim.trial.number: TrialState.COMPLETE for claim in claimed}
 
     class Timed(Worker):
         latencies: list[float] = []

@@ -1,4 +1,4 @@
-"""Trials: sample, train (packed when they share a structure), prune, track, tell Optuna.
+"""Claimed trials: train (packed when they share a structure), prune, track, tell Optuna.
 
 The order of writes keeps Optuna and MLflow in agreement even if a process dies at any
 point. The trial's record (epochs, metrics, reason) is stored in Optuna and its run's end
@@ -38,7 +38,7 @@ from sweep.schema import (
     TRAINING_SECONDS,
     TrialRecord,
 )
-from sweep.spec.study import StudySpec, all_params, suggest, trial_config, used
+from sweep.spec.study import StudySpec, all_params, trial_config, used
 from sweep.tracking.relay import RelayedRun, RelayedTracker, finish_run
 from sweep.tracking.tracker import Tracker, TrialRun
 
@@ -56,6 +56,14 @@ def final_metrics(result: TrainResult, test_accuracy: float | None, seconds: flo
     metrics[TRAINING_SECONDS] = seconds
     metrics[EPOCHS_RUN] = len(result.history)
     return {k: float(v) for k, v in metrics.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A trial a worker claimed, with the parameters sampled for it under the study's lock."""
+
+    trial: optuna.Trial
+    params: dict  # {name: value} for all of [space] (sweep.spec.study.suggest)
 
 
 @dataclass
@@ -108,8 +116,8 @@ class TrialRunner:
     stop_requested: Callable[[], bool] = lambda: False
     timed_out: Callable[[], bool] = lambda: False  # whether running trials end at this epoch, complete
 
-    def run(self, trials: list[optuna.Trial]) -> dict[int, TrialState]:
-        """Train the trials, track them, tell Optuna; return the final states of those told, by number.
+    def run(self, claimed: list[Claimed]) -> dict[int, TrialState]:
+        """Train the claimed trials, track them, tell Optuna; return the final states of those told, by number.
 
         A trial that does not learn (diverges, or stays at chance: core's LearningCheck)
         is pruned with the reason, any other exception fails it (the study goes on). Once a
@@ -118,7 +126,7 @@ class TrialRunner:
         Once ``timed_out()``, trials end at their next epoch's end and complete as they are then.
         """
         groups: dict[tuple, list[_Trial]] = {}
-        for t in map(self._prepare, trials):
+        for t in map(self._prepare, claimed):
             groups.setdefault(t.pack_key, []).append(t)
         for group in groups.values():
             for t in group:
@@ -133,8 +141,9 @@ class TrialRunner:
                     states[t.trial.number] = self._conclude(t, outcome)
         return states
 
-    def _prepare(self, trial: optuna.Trial) -> _Trial:
-        params = suggest(self.spec, trial)
+    def _prepare(self, claim: Claimed) -> _Trial:
+        """The trial's settings from its claimed parameters, and its run started."""
+        trial, params = claim.trial, claim.params
         network, config = trial_config(self.spec, params)
         run = None
         if self.tracker is not None:

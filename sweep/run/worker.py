@@ -31,7 +31,7 @@ from sweep.errors import Stopped, TrialsKeepFailing
 from sweep.limits import MAX_FAILED_IN_A_ROW
 from sweep.run.beats import Beats
 from sweep.run.study import STALE_REASON, Budget, OpenStudy, last_failure, trial_point
-from sweep.run.trial import TrialRunner
+from sweep.run.trial import Claimed, TrialRunner
 from sweep.schema import RESULT_ATTR, RETRY_OF_ATTR, WORKER_ATTR, TrialRecord
 from sweep.spec.samplers import PACKABLE, grid_key, grid_order, grid_points
 from sweep.spec.study import StudySpec, suggest
@@ -205,12 +205,13 @@ class Worker:
         """
         ran = failed_in_a_row = 0
         while not self.budget.expired():
-            trials = self._claim()
+            claimed = self._claim()
+            trials = [c.trial for c in claimed]
             states: dict[int, TrialState] = {}
             try:
                 with self.beats.keep(trials):
                     if trials and not STOP.is_set():
-                        states = self.runner.run(trials)
+                        states = self.runner.run(claimed)
             finally:  # the one place where interrupted trials end: a stop, or an exception (a second Ctrl-C)
                 for trial in trials:
                     if trial.number not in states:
@@ -227,8 +228,9 @@ class Worker:
                 raise TrialsKeepFailing(self.spec.name, failed_in_a_row, last_failure(self.study))
         return ran
 
-    def _claim(self) -> list[optuna.Trial]:
-        """Up to ``pack`` trials (fewer near the end, so that workers finish together).
+    def _claim(self) -> list[Claimed]:
+        """Up to ``pack`` trials, each with its parameters (fewer near the end, so that workers
+        finish together).
 
         Queued trials (enqueued points, retries) come first, alone. A grid study then
         enqueues its next free points itself, so that a point is taken by a trial from
@@ -250,9 +252,10 @@ class Worker:
                 n = self._enqueue_free_points(n)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*Heartbeat.*")
-                claimed = [self.study.ask() for _ in range(n)]
-            for trial in claimed:  # sampled and named under the lock: see reap()
-                suggest(self.spec, trial)
+                asked = [self.study.ask() for _ in range(n)]
+            claimed = []
+            for trial in asked:  # sampled and named under the lock: see reap()
+                claimed.append(Claimed(trial, suggest(self.spec, trial)))
                 trial.set_user_attr(WORKER_ATTR, {**worker_identity(), "claimed": time.time()})
             return claimed
 
