@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from core.data import DataError, Dataset, load_dataset
 from sweep.adapters import FIXED_PARAMS_ATTR
 from sweep.errors import UsageError
+from sweep.run.trial import reconcile
 from sweep.schema import (
     PARENT_ATTR,
     REASON_ATTR,
@@ -34,7 +35,7 @@ from sweep.spec.samplers import GRID_SAMPLERS, grid_key, grid_order
 from sweep.spec.study import StudySpec
 from sweep.stores.storage import StorageSpec, heartbeat_settings, not_yet_made, open_storage
 from sweep.stores.urls import redact
-from sweep.tracking.relay import RelayedTracker, reconcile
+from sweep.tracking.relay import RelayedTracker
 from sweep.tracking.store import check_reachable
 from sweep.tracking.tracker import Tracker
 from sweep.tracking.views import runs_view

@@ -7,7 +7,7 @@ always safe to fail, retry, and have its run marked KILLED. With its own Tracker
 worker, ``sweep worker``) the run has ended when the trial is told; a local worker of
 ``sweep run`` hands the end to the launcher (sweep.tracking.relay), which logs it even if the worker
 dies meanwhile, and runs a dead launcher left open are ended from the stored records when
-the study is next opened (``relay.reconcile``).
+the study is next opened (``reconcile``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import optuna
+from optuna import Study
 from optuna.trial import TrialState
 
 from core.config import TrainConfig
@@ -32,15 +33,22 @@ from sweep.schema import (
     GAP,
     HISTORY_KEYS,
     PER_EPOCH_METRICS,
+    REASON_ATTR,
+    REASON_TAG,
     RESULT_ATTR,
+    RETRY_OF_ATTR,
     RUN_ATTR,
     TEST_ACCURACY,
+    TIMING_TAG,
     TRAINING_SECONDS,
     TrialRecord,
 )
 from sweep.spec.study import StudySpec, all_params, trial_config, used
-from sweep.tracking.relay import RelayedRun, RelayedTracker, finish_run
+from sweep.tracking.relay import RelayedRun, RelayedTracker
 from sweep.tracking.tracker import Tracker, TrialRun
+from sweep.tracking.views import timing_note
+
+_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 def final_metrics(result: TrainResult, test_accuracy: float | None, seconds: float) -> dict[str, float]:
@@ -268,3 +276,46 @@ def weights_bytes(network: NetworkSpec, params: Params) -> bytes:
 def _history(records: list[EpochRecord]) -> dict[str, list]:
     """A trial's epochs as the columns it stores (schema.HISTORY_KEYS)."""
     return {key: [getattr(record, key) for record in records] for key in HISTORY_KEYS}
+
+
+def finish_run(run, state: str, record: TrialRecord, pack: int | None = None) -> None:
+    """End a trial's run (a TrialRun or a RelayedRun) with its record: the final metrics (the
+    curves are logged per epoch), the tags that say why it ended and, when known, what its
+    seconds measure (``pack``: how many trials trained together with it, itself included)."""
+    summary = {k: v for k, v in (record.metrics or {}).items() if k not in CURVES}
+    tags = record.tags() if pack is None else {**record.tags(), TIMING_TAG: timing_note(pack)}
+    run.finish(state, summary, tags)
+
+
+def reconcile(study: Study, spec: StudySpec, tracker: Tracker, parent_run_id: str) -> list[int]:
+    """End the runs a dead launcher left RUNNING for finished trials, from their stored records
+    (epochs, final metrics, reason; a retried trial's run KILLED as ``OpenStudy.requeue`` ends
+    it); return the trials' numbers."""
+    trials = {
+        t.user_attrs[RUN_ATTR]: t
+        for t in study.get_trials(deepcopy=False, states=_FINISHED)
+        if RUN_ATTR in t.user_attrs
+    }
+    retries = {
+        t.user_attrs[RETRY_OF_ATTR]: t.user_attrs.get(REASON_ATTR)
+        for t in study.get_trials(deepcopy=False)
+        if RETRY_OF_ATTR in t.user_attrs
+    }
+    ended = []
+    for found in tracker.trial_runs(parent_run_id):
+        trial = trials.get(found.info.run_id)
+        if found.info.status != "RUNNING" or trial is None:
+            continue
+        record = TrialRecord.of(trial)
+        params = all_params(spec, trial.params) if set(spec.searched) <= trial.params.keys() else None
+        run = TrialRun(tracker, found.info.run_id, params)
+        history = record.history
+        for values in zip(*(history.get(key, []) for key in HISTORY_KEYS)):
+            run.log_epoch(EpochRecord(**dict(zip(HISTORY_KEYS, values)), eval_seconds=0.0))
+        finish_run(run, trial.state.name, record)
+        if trial.number in retries:
+            tracker.end_run(
+                found.info.run_id, "KILLED", {REASON_TAG: retries[trial.number]} if retries[trial.number] else None
+            )
+        ended.append(trial.number)
+    return ended

@@ -11,9 +11,10 @@ before its run has ended in MLflow.
 
 A worker that dies loses nothing it sent: the launcher still reads and logs what is in the
 pipe, then ends the runs it left open (KILLED). A launcher that dies may leave runs of
-finished trials RUNNING; ``reconcile`` ends them from the records Optuna stores
-(RESULT_ATTR) when the study is next opened.
-``sweep worker`` on another machine logs through its own Tracker.
+finished trials RUNNING; ``sweep.run.trial.reconcile`` ends them from the records Optuna
+stores (RESULT_ATTR) when the study is next opened.
+A single worker (``sweep run`` in the launcher's process) and ``sweep worker`` log through
+their own Tracker, without a relay.
 """
 
 from __future__ import annotations
@@ -23,27 +24,12 @@ import threading
 from collections import deque
 from multiprocessing.connection import Connection, wait
 
-from optuna import Study
-from optuna.trial import TrialState
-
 from core.data import Dataset
-from core.history import CURVES, EpochRecord
-from sweep.schema import HISTORY_KEYS, REASON_ATTR, REASON_TAG, RETRY_OF_ATTR, RUN_ATTR, TIMING_TAG, TrialRecord
-from sweep.spec.study import StudySpec, all_params
+from core.history import EpochRecord
+from sweep.schema import REASON_TAG
 from sweep.tracking.tracker import Tracker, TrialRun
-from sweep.tracking.views import timing_note
 
-_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 DIED = "worker process died"  # why a run is KILLED when its worker is gone
-
-
-def finish_run(run, state: str, record: TrialRecord, pack: int | None = None) -> None:
-    """End a trial's run (a TrialRun or a RelayedRun) with its record: the final metrics (the
-    curves are logged per epoch), the tags that say why it ended and, when known, what its
-    seconds measure (``pack``: how many trials trained together with it, itself included)."""
-    summary = {k: v for k, v in (record.metrics or {}).items() if k not in CURVES}
-    tags = record.tags() if pack is None else {**record.tags(), TIMING_TAG: timing_note(pack)}
-    run.finish(state, summary, tags)
 
 
 class RelayedRun:
@@ -179,37 +165,3 @@ class Relay(threading.Thread):
             conn.send(run.run_id)
         except OSError:  # the worker is gone (its end is read next)
             pass
-
-
-def reconcile(study: Study, spec: StudySpec, tracker: Tracker, parent_run_id: str) -> list[int]:
-    """End the runs a dead launcher left RUNNING for finished trials, from their stored records
-    (epochs, final metrics, reason; a retried trial's run KILLED as ``OpenStudy.requeue`` ends
-    it); return the trials' numbers."""
-    trials = {
-        t.user_attrs[RUN_ATTR]: t
-        for t in study.get_trials(deepcopy=False, states=_FINISHED)
-        if RUN_ATTR in t.user_attrs
-    }
-    retries = {
-        t.user_attrs[RETRY_OF_ATTR]: t.user_attrs.get(REASON_ATTR)
-        for t in study.get_trials(deepcopy=False)
-        if RETRY_OF_ATTR in t.user_attrs
-    }
-    ended = []
-    for found in tracker.trial_runs(parent_run_id):
-        trial = trials.get(found.info.run_id)
-        if found.info.status != "RUNNING" or trial is None:
-            continue
-        record = TrialRecord.of(trial)
-        params = all_params(spec, trial.params) if set(spec.searched) <= trial.params.keys() else None
-        run = TrialRun(tracker, found.info.run_id, params)
-        history = record.history
-        for values in zip(*(history.get(key, []) for key in HISTORY_KEYS)):
-            run.log_epoch(EpochRecord(**dict(zip(HISTORY_KEYS, values)), eval_seconds=0.0))
-        finish_run(run, trial.state.name, record)
-        if trial.number in retries:
-            tracker.end_run(
-                found.info.run_id, "KILLED", {REASON_TAG: retries[trial.number]} if retries[trial.number] else None
-            )
-        ended.append(trial.number)
-    return ended
