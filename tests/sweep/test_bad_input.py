@@ -25,7 +25,8 @@ import pytest
 
 from sweep import limits
 from sweep.run import trial as objective
-from sweep.run.runner import Stores, create_or_resume, pack_size
+from sweep.run.study import Stores, create_or_resume
+from sweep.run.worker import pack_size
 from sweep.spec.file import load_spec
 from sweep.stores.storage import StorageSpec
 from tests.conftest import need

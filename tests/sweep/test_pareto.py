@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from sweep.cli.study import SHOWN_PARETO, summary
-from sweep.run.runner import Stores
+from sweep.run.study import Stores
 from sweep.spec.file import load_spec
 from sweep.stores.storage import StorageSpec
 from tests.sweep.bad_studies import TWO_OBJECTIVES
