@@ -14,7 +14,8 @@ from sweep.run.trial import final_metrics
 from sweep.schema import EPOCH_ETA
 from sweep.spec.file import parse_spec
 from sweep.spec.study import all_params, suggest, trial_config
-from sweep.tracking.tracker import TrialRun
+from sweep.tracking.tracker import Tracker
+from tests.sweep.conftest import tracking_client
 
 HEAD = 'name = "options"\n[budget]\nn_trials = 4\n'
 
@@ -90,23 +91,18 @@ def test_with_early_stopping_a_trial_is_judged_on_its_best_epoch():
     assert plain["validation_accuracy"] == 0.92 and plain["best_validation_accuracy"] == 0.95
 
 
-class _Tracker:
-    def __init__(self):
-        self.rows = []
-
-    def _log_batch(self, run_id, rows, params=None):
-        self.rows += rows
-
-
 @pytest.mark.parametrize(
     "etas, logged", [([0.1, 0.1, 0.05, 0.05, 0.025], [(1, 0.1), (3, 0.05), (5, 0.025)]), ([0.2, 0.2], [(1, 0.2)])]
 )
-def test_the_epochs_eta_is_logged_when_it_changes(monkeypatch, etas, logged):
+def test_the_epochs_eta_is_logged_when_it_changes(workdir, monkeypatch, etas, logged):
+    """In a real MLflow store (the SQLite one ``sweep run`` makes), each epoch sent at once."""
     import sweep.tracking.tracker
 
     monkeypatch.setattr(sweep.tracking.tracker, "FLUSH_EVERY_S", 0.0)
-    tracker = _Tracker()
-    run = TrialRun(tracker, "run")
+    tracker = Tracker(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}", "options")
+    run = tracker.start_trial("parent", 0, {"eta": etas[0]})
     for epoch, eta in enumerate(etas, 1):
         run.log_epoch(EpochRecord(epoch, 1.0, 0.5, 1.0, 0.5, 1.0, 0.1, eta=eta))
-    assert [(step, value) for key, value, _, step in tracker.rows if key == EPOCH_ETA] == logged
+    run.finish("COMPLETE")
+    history = tracking_client(workdir).get_metric_history(run.run_id, EPOCH_ETA)
+    assert sorted((m.step, m.value) for m in history) == logged
