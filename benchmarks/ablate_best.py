@@ -17,10 +17,11 @@ import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
 
+from core.config import TrainConfig
 from core.model import NetworkSpec, evaluate
-from core.train import TrainConfig, train
+from core.train import train
 from sweep.cli.options import stores_from_flags
-from sweep.run.runner import load_data, load_stored_study
+from sweep.run.study import load_data, load_stored_study
 from sweep.spec.study import trial_config
 from sweep.tracking.registry import best_trial
 

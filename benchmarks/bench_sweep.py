@@ -36,11 +36,12 @@ import numpy as np
 import optuna
 
 from core.data import load_mnist
+from core.history import EpochRecord
 from core.model import NetworkSpec, evaluate, init_params
 from core.reference import ReferenceNetwork
-from core.train import EpochRecord
+from sweep.cli.options import tracking_uri_in
 from sweep.spec.file import load_spec
-from sweep.tracking import tracker as tracking
+from sweep.tracking import store as tracking
 from sweep.tracking.relay import Relay, RelayedTracker
 from sweep.tracking.tracker import Tracker
 
@@ -169,7 +170,7 @@ def tracking_overhead(n: int, rounds: int = 3) -> None:
     from mlflow.tracking import MlflowClient
 
     with tempfile.TemporaryDirectory() as tmp:
-        uri = tracking.default_tracking_uri(Path(tmp))
+        uri = tracking_uri_in(Path(tmp))
         tracker = Tracker(uri, "bench")
         parent = tracker.parent_run(None, "bench")
         client = MlflowClient(uri)
