@@ -692,16 +692,16 @@ def _rows_matrix(shape: tuple[int, int]) -> np.ndarray:
 def _kernel_layout(spec: NetworkSpec, trials: Sequence[Params]) -> tuple[np.ndarray, ...]:
     """K networks' weights as the kernels read them (copies): W0 (d, K·h + padding) and b0, the
     first layers side by side; W (L-1, K, fan_in, fan_out padded to whole vectors) and b, the others."""
-    K, L = len(trials), spec.n_layers
-    width = -(-K * spec.sizes[1] // LANES) * LANES
+    K, L, h = len(trials), spec.n_layers, spec.sizes[1]
+    width = -(-K * h // LANES) * LANES
     W0 = _rows_matrix((spec.sizes[0], width))
-    W0[:, : K * spec.sizes[1]] = np.concatenate([p.layers[0][:, :-1].T for p in trials], axis=1)
     b0 = np.zeros(width, np.float32)
-    b0[: K * spec.sizes[1]] = np.concatenate([p.layers[0][:, -1] for p in trials])
     fan_in, fan_out = max(spec.sizes[1:-1], default=1), max(spec.sizes[2:], default=1)
     W = np.zeros((L - 1, K, fan_in, -(-fan_out // LANES) * LANES), np.float32)
     b = np.zeros((L - 1, K, fan_out), np.float32)
     for k, p in enumerate(trials):
+        W0[:, k * h : (k + 1) * h] = p.layers[0][:, :-1].T  # trial by trial: no first layer's worth of temporary
+        b0[k * h : (k + 1) * h] = p.layers[0][:, -1]
         for l in range(1, L):
             block = p.layers[l]  # (fan_out, fan_in + 1)
             W[l - 1, k, : block.shape[1] - 1, : block.shape[0]] = block[:, :-1].T
