@@ -165,7 +165,9 @@ class StudySpec:
             else f"{len(sizes) - 2} hidden layers, the widest {max(sizes[1:-1])}"
         )
         network = f"the largest network ({shown}, {limits.parameter_count(sizes):,} parameters)"
-        need, have = limits.training_bytes(sizes, batch_size, pack, workers), limits.machine_memory()
+        on = [name for name in limits.MEMORY_OPTIONS if name in self.searched or self.fixed[name]]
+        engine = "numpy" if self.fixed["engine"] == "numpy" else "compiled"
+        need, have = limits.training_bytes(sizes, batch_size, pack, workers, on, engine), limits.machine_memory()
         if need > have:
             many = f", {pack} at once in each of {workers} workers," if (pack, workers) != (1, 1) else ""
             raise InvalidValue(
