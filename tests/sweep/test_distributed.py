@@ -82,6 +82,7 @@ def test_three_workers_share_a_postgresql_study_and_run_every_grid_point_once(
     storage = database_url(pg_databases())
     path = study_file(tmp_path / "dist.toml", "dist")
     path.write_text(path.read_text() + NEVER_PRUNE)  # every epoch reported: where they are held
+    monkeypatch.chdir(tmp_path)  # a database's experiment keeps its artifacts below the directory it was made in
     create_or_resume(load_spec(path), Stores(StorageSpec(storage), tracking))  # what `sweep run` does first
     elsewhere = tmp_path / "other-machine"  # no study file here: the settings come from the storage
     elsewhere.mkdir()

@@ -171,3 +171,19 @@ def test_every_third_party_import_is_declared():
     used = {m.split(".")[0] for path in modules().values() for m in imports(path)}
     third_party = {dist.get(m, m).lower() for m in used - stdlib - {"core", "sweep", "__future__"}}
     assert third_party - declared == set()
+
+
+def test_modules_and_functions_stay_short():
+    """A module fits in 400 lines (the compiled kernels aside), a function in 80: each can be read whole."""
+    long_modules = sorted(
+        f"{name}: {n}"
+        for name, path in modules().items()
+        if name != COMPILED and (n := len(path.read_text().splitlines())) > 400
+    )
+    long_functions = sorted(
+        f"{name}.{node.name}: {node.end_lineno - node.lineno + 1}"
+        for name, path in modules().items()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno + 1 > 80
+    )
+    assert long_modules == [] and long_functions == []
