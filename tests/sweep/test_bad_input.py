@@ -10,9 +10,11 @@ of every file; for damaged stores, the sha256 of every file).
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import gzip
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -217,13 +219,49 @@ def test_damaged_mnist_files_stop_a_worker_joining_a_study(stored, capsys, mnist
         *((kind, phrase) for kind, (_, phrase) in UNREADABLE.items()),
     ],
 )
-def test_a_study_file_that_is_not_one_is_refused_without_reading_it(stored, capsys, record_property, kind, phrase):
-    """Never blocks, never reads more than limits.MAX_STUDY_BYTES + 1; the time is recorded."""
+def test_a_study_file_that_is_not_one_is_refused_without_reading_it(
+    stored, capsys, monkeypatch, record_property, kind, phrase
+):
+    """Never blocks (refused within REFUSAL_SECONDS), never reads more than limits.MAX_STUDY_BYTES + 1
+    bytes of it (none of a FIFO, a socket or a device)."""
     path = special_file(stored, kind)
+    read = count_reads(monkeypatch, path)
     start = time.perf_counter()
     line = refused(capsys, "run", path)
-    record_property("seconds", time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    record_property("seconds", seconds)
+    if kind in ("fifo", "socket", "dev-zero", "directory"):
+        assert read == {}, read
+    else:
+        assert read == {str(path): limits.MAX_STUDY_BYTES + 1 if kind == "oversized" else path.stat().st_size}, read
     assert str(path) in line and phrase in line, line
+    assert seconds < REFUSAL_SECONDS
+
+
+REFUSAL_SECONDS = 10  # a refusal takes well under a second; one that reads a FIFO or lists a grid never ends
+
+
+def count_reads(monkeypatch, path: Path) -> dict[str, int]:
+    """The bytes read from ``path`` by this process from now on (by the path), through os.read,
+    the one way ``sweep`` reads a study file; opening it any other way fails the test."""
+    read: dict[str, int] = {}
+    real_read, real_open = os.read, io.open
+
+    def counted_read(fd: int, n: int) -> bytes:
+        data = real_read(fd, n)
+        where = os.readlink(f"/proc/self/fd/{fd}")
+        if where == str(path):
+            read[where] = read.get(where, 0) + len(data)
+        return data
+
+    def guarded_open(file, *args, **kwargs):
+        assert not (isinstance(file, (str, os.PathLike)) and os.fspath(file) == str(path)), f"{path} opened by open()"
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(os, "read", counted_read)
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    monkeypatch.setattr(io, "open", guarded_open)
+    return read
 
 
 # --- report directories that cannot be written -----------------------------------------------
@@ -309,8 +347,10 @@ def test_a_study_beyond_the_limits_is_refused_at_once(stored, capsys, record_pro
     before = journal_hash(stored)
     start = time.perf_counter()
     line = refused(capsys, "run", "big.toml", "--workers", 2)
-    record_property("seconds", time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    record_property("seconds", seconds)
     assert f"{key}: " in line and phrase in line, line
+    assert seconds < REFUSAL_SECONDS
     assert journal_hash(stored) == before
 
 
