@@ -65,10 +65,21 @@ def proxied_study(tmp_path, pg_databases, epochs: int = 2, extra: str = "") -> t
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_two_workers_through_the_proxy_run_every_grid_point_once(tmp_path, pg_databases):
-    storage, proxy = proxied_study(tmp_path, pg_databases)
+    """Each worker stops itself inside its first trial (held_env) until both are held, so that
+    neither can run the whole grid before the other has started: the work is shared."""
+    storage, proxy = proxied_study(tmp_path, pg_databases, extra=NEVER_PRUNE)
     procs = [
-        start_sweep("worker", "--study", "tiny", "--storage", proxy, "--no-tracking", cwd=tmp_path) for _ in range(2)
+        start_sweep("worker", "--study", "tiny", "--storage", proxy, "--no-tracking", cwd=tmp_path, env=held_env())
+        for _ in range(2)
     ]
+
+    def both_held() -> dict[int, list[int]]:
+        held = held_workers(rdb_study(storage, "tiny"))
+        return held if len(held) == 2 else {}
+
+    assert set(wait_until(both_held, 120, "both workers held")) == {p.pid for p in procs}
+    for proc in procs:
+        os.kill(proc.pid, signal.SIGCONT)
     results = [finish(p) for p in procs]
     for code, _, err in results:
         assert code == 0 and "Traceback" not in err, err
@@ -76,7 +87,7 @@ def test_two_workers_through_the_proxy_run_every_grid_point_once(tmp_path, pg_da
     assert by_state(study) == {"COMPLETE": N_POINTS}
     check_grid_done(study, N_POINTS)
     pids = {t.user_attrs["mlp_sweep.worker"]["pid"] for t in study.trials}
-    assert pids <= {p.pid for p in procs}
+    assert pids == {p.pid for p in procs}  # each worker ran trials, and no one else did
 
 
 @pytest.mark.postgres
