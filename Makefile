@@ -8,7 +8,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: sweep test check bench ui
+.PHONY: sweep test check lint bench ui
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,12 +29,19 @@ PARALLEL := -n auto --dist worksteal
 test: $(VENV)/.test
 	$(BIN)/python -m pytest $(PARALLEL)
 
-# The model, the study files, samplers, reports, refine and the bad-input corpus: no whole sweeps.
+# The model, the study files, samplers, reports, refine, the bad-input corpus, the import rules and
+# the docs' links: no whole sweeps.
 CHECK := tests/core tests/sweep/test_spec.py tests/sweep/test_samplers.py tests/sweep/test_report.py \
-	tests/sweep/test_refine.py tests/sweep/test_pareto.py tests/sweep/test_bad_input.py
+	tests/sweep/test_refine.py tests/sweep/test_pareto.py tests/sweep/test_bad_input.py \
+	tests/sweep/test_layering.py tests/test_docs.py
 
-check: $(VENV)/.test
+check: lint
 	$(BIN)/python -m pytest -q $(PARALLEL) -m "not slow and not postgres" $(CHECK)
+
+# ruff's lint rules and formatter (pyproject.toml), over the whole tree.
+lint: $(VENV)/.test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: $(VENV)/.test
 	$(BIN)/python benchmarks/bench_core.py
