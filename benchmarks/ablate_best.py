@@ -20,10 +20,8 @@ from concurrent.futures import ProcessPoolExecutor
 from core.config import TrainConfig
 from core.model import NetworkSpec, evaluate
 from core.train import train
-from sweep.cli.options import stores_from_flags
-from sweep.run.study import load_data, load_stored_study
-from sweep.spec.study import trial_config
-from sweep.tracking.registry import best_trial
+from sweep import best_trial, load_data, load_stored_study, trial_config
+from sweep.cli.options import stores_from_flags  # the storage as `sweep best --storage` reads it
 
 
 def variants(network: NetworkSpec, config: TrainConfig) -> dict[str, tuple[NetworkSpec, TrainConfig]]:

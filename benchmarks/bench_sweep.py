@@ -39,11 +39,10 @@ from core.data import load_mnist
 from core.history import EpochRecord
 from core.model import NetworkSpec, evaluate, init_params
 from core.reference import ReferenceNetwork
+from sweep import Tracker, load_spec
 from sweep.cli.options import tracking_uri_in
-from sweep.spec.file import load_spec
 from sweep.tracking import store as tracking
 from sweep.tracking.relay import Relay, RelayedTracker
-from sweep.tracking.tracker import Tracker
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "studies" / "homework-grid-mnist.toml"

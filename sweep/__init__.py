@@ -21,6 +21,7 @@ _HOMES = {  # name -> the module that defines it
     "write_report": "sweep.report.files",
     "refine": "sweep.report.refine",
     "best_trial": "sweep.tracking.registry",
+    "trial_config": "sweep.spec.study",
 }
 __all__ = sorted(_HOMES)
 

@@ -22,9 +22,7 @@ from datetime import datetime
 import pytest
 from optuna.trial import TrialState
 
-from sweep.run.study import Stores, create_or_resume
-from sweep.spec.file import load_spec
-from sweep.stores.storage import StorageSpec
+from sweep import StorageSpec, Stores, create_or_resume, load_spec
 from sweep.words import plural
 from tests.sweep.conftest import child_runs, run_cli, tracking_client, write_study
 from tests.sweep.pg import (

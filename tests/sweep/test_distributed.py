@@ -16,10 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from sweep.run.study import Stores, create_or_resume
+from sweep import StorageSpec, Stores, create_or_resume, load_spec
 from sweep.schema import PARENT_ATTR
-from sweep.spec.file import load_spec
-from sweep.stores.storage import StorageSpec
 from tests.sweep.conftest import TINY
 from tests.sweep.pg import (
     NEVER_PRUNE,

@@ -2,9 +2,8 @@
 
 import pytest
 
+from sweep import load_spec, trial_config
 from sweep.errors import SpecError
-from sweep.spec.file import load_spec
-from sweep.spec.study import trial_config
 from tests.sweep.test_spec import MINIMAL, write
 
 

@@ -14,9 +14,8 @@ import pytest
 from optuna.trial import TrialState
 
 from core.model import load_params, predict
-from sweep.run.study import Stores, load_data, load_stored_study
+from sweep import StorageSpec, Stores, load_data, load_stored_study
 from sweep.schema import RESULT_ATTR, RUN_ATTR, TRIAL_TAG, WEIGHTS_ARTIFACT, WEIGHTS_DIR
-from sweep.stores.storage import StorageSpec
 from tests.sweep.conftest import (
     child_runs,
     copy_stored,

@@ -12,10 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from sweep import StorageSpec, Stores, load_spec
 from sweep.cli.study import SHOWN_PARETO, summary
-from sweep.run.study import Stores
-from sweep.spec.file import load_spec
-from sweep.stores.storage import StorageSpec
 from tests.sweep.bad_studies import TWO_OBJECTIVES
 from tests.sweep.conftest import journal_study, run_cli, write_study
 from tests.sweep.test_report import N, make_study

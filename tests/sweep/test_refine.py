@@ -7,10 +7,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from sweep import load_spec, parse_spec, refine
 from sweep.errors import UsageError
-from sweep.report.refine import refine, refined_name, write_refined
+from sweep.report.refine import refined_name, write_refined
 from sweep.schema import RESULT_ATTR, SPEC_ATTR
-from sweep.spec.file import load_spec, parse_spec, spec_to_dict
+from sweep.spec.file import spec_to_dict
 from sweep.spec.samplers import grid_key, grid_points
 from sweep.spec.space import Categorical, Fixed, FloatRange, IntRange
 from sweep.spec.study import suggest

@@ -15,12 +15,11 @@ import pytest
 from optuna.trial import TrialState
 
 from core.history import EpochRecord
+from sweep import StorageSpec, Stores, create_or_resume, load_data, load_spec
 from sweep.limits import MAX_EPOCHS
-from sweep.run.study import Budget, Stores, create_or_resume, join_study, load_data
+from sweep.run.study import Budget, join_study
 from sweep.run.worker import Worker
-from sweep.spec.file import load_spec
 from sweep.spec.samplers import SAMPLERS
-from sweep.stores.storage import StorageSpec
 from sweep.tracking.relay import Relay, RelayedTracker
 from sweep.tracking.views import logged_metric
 from tests.sweep.conftest import child_runs, journal_study, overlapping, run_cli, tracking_client, write_study

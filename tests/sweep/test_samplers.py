@@ -8,8 +8,8 @@ from pathlib import Path
 import optuna
 import pytest
 
+from sweep import load_spec, parse_spec
 from sweep.errors import SpecError
-from sweep.spec.file import load_spec, parse_spec
 from sweep.spec.samplers import (
     GRID_SAMPLERS,
     PRUNERS,

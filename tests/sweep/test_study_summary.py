@@ -4,7 +4,7 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from sweep.spec.file import load_spec
+from sweep import load_spec
 from sweep.tracking.summary import parent_summary
 from tests.sweep.conftest import write_study
 
