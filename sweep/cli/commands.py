@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import sys
 
 import click
@@ -15,6 +16,7 @@ import click
 from sweep.cli.errors import BAD_INPUT, DEBUG_ENV, debug_asked, error_line
 from sweep.cli.serve import proxy, ui
 from sweep.cli.study import best, list_studies, refine, report, run, worker
+from sweep.errors import UsageError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,10 +34,25 @@ for command in (run, worker, report, refine, best, list_studies, ui, proxy):
     cli.add_command(command)
 
 
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # characters a terminal acts on (moves, erases, new lines)
+
+
+def check_arguments(args: list[str]) -> None:
+    """UsageError for an empty argument, or one with a control character: no path, name or URL
+    holds one, and echoed in a message it would rewrite the screen or forge a line."""
+    for number, arg in enumerate(args, start=1):
+        if not arg:
+            raise UsageError(f"argument {number} is empty")
+        if CONTROL.search(arg):
+            raise UsageError(f"argument {number} ({arg!r}) has a control character, which no path, name or URL holds")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: the one place where errors become messages and exit codes."""
-    debug = debug_asked(sys.argv[1:] if argv is None else list(argv))
+    args = sys.argv[1:] if argv is None else list(argv)
+    debug = debug_asked(args)
     try:
+        check_arguments(args)
         code = cli.main(args=argv, prog_name="sweep", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:
         click.echo(exc.ctx.get_help() if exc.ctx else str(exc))

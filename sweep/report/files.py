@@ -95,6 +95,8 @@ def _report_plots(
                 f"needs two parameters of study {study.study_name} (its parameters: {', '.join(columns) or 'none'})",
             )
         x, y = heatmap_params
+        if x == y:
+            raise OptionError("heatmap", f"{x} {y}", "needs two different parameters (one for each axis)")
     else:
         numeric = [p for p, c in columns.items() if param_kind(trials[c]) != "categorical"]
         x, y = (numeric + [None, None])[:2]

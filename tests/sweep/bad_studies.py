@@ -4,7 +4,8 @@
 the dotted key the SpecError names (None: the file as a whole). ``BY_PART`` holds them by the
 part of the file they get wrong. The spec tests run every row through the parser, the CLI
 tests ``CLI_SAMPLE`` through the launcher; ``special_file`` makes the study "files" that are
-not regular files (a FIFO, a socket, /dev/zero, a directory).
+not regular files (a FIFO, a socket, /dev/zero, a directory). ``BAD_FLAGS``: flags and
+arguments the launcher refuses, whatever the study file.
 """
 
 import os
@@ -1014,3 +1015,61 @@ BAD_STUDIES = [row for rows in BY_PART.values() for row in rows]
 #: file refused as a whole (before or while TOML reads it). The launcher words every parser
 #: refusal the same way, so these show it does for them all.
 CLI_SAMPLE = [row for rows in BY_PART.values() for row in rows if row is rows[0] or row[2] is None]
+
+# --- flags: refused with one line naming the problem, whatever the study file --------------------
+
+ESC = "\x1b"  # a terminal control sequence's start: "\x1b[2J" clears the screen, "\x1b]0;...\x07" sets the title
+#: Flags and arguments refused by the launcher (tests/sweep/test_bad_input.py), in a working directory
+#: that holds the stored study "tiny" (tiny.toml; its stores in ./mlruns), an Optuna SQLite storage
+#: optuna.db, a FIFO ``fifo`` and the text file notes.txt: {id: (arguments, phrase)}. "{port}" is a
+#: loopback port nothing listens on, "{busy}" one something listens on.
+BAD_FLAGS: dict[str, tuple[list[str], str]] = {
+    "best-export-directory": (["best", "tiny", "--export", "mlruns"], "--export mlruns: is a directory"),
+    "best-export-existing-file": (["best", "tiny", "--export", "tiny.toml"], "--export tiny.toml: already exists"),
+    "best-export-fifo": (["best", "tiny", "--export", "fifo"], "--export fifo: already exists"),
+    "best-export-device": (["best", "tiny", "--export", "/dev/null"], "--export /dev/null: already exists"),
+    "best-export-no-directory": (["best", "tiny", "--export", "missing/w.npz"], "no directory missing"),
+    "best-export-empty": (["best", "tiny", "--export", ""], "argument 4 is empty"),
+    "refine-out-existing-file": (["refine", "tiny", "--out", "tiny.toml"], "tiny.toml already exists"),
+    "refine-out-fifo": (["refine", "tiny", "--out", "fifo"], "fifo already exists"),
+    "refine-out-directory": (["refine", "tiny", "--out", "mlruns"], "'mlruns' is a directory"),
+    "refine-out-empty": (["refine", "tiny", "--out", ""], "argument 4 is empty"),
+    "report-out-file": (["report", "tiny", "--out", "notes.txt"], "'notes.txt' is a file"),
+    "report-out-under-a-file": (["report", "tiny", "--out", "notes.txt/r"], "cannot write reports to notes.txt/r"),
+    "report-out-empty": (["report", "tiny", "--out", ""], "argument 4 is empty"),
+    "report-heatmap-unknown": (["report", "tiny", "--heatmap", "hidden", "eta"], "needs two parameters of study tiny"),
+    "report-heatmap-twice": (["report", "tiny", "--heatmap", "eta", "eta"], "--heatmap eta eta: needs two different"),
+    "report-heatmap-one": (["report", "tiny", "--heatmap", "eta"], "'--heatmap' requires 2 arguments"),
+    "proxy-journal": (["proxy", "--storage", "mlruns/optuna.journal"], "the proxy serves a database"),
+    "proxy-mlflow-db": (["proxy", "--storage", "sqlite:///mlruns/mlflow.db"], "MLflow tracking store, not an Optuna"),
+    "proxy-study-file": (["proxy", "--storage", "sqlite:///tiny.toml"], "tiny.toml is a TOML file"),
+    "proxy-unreachable": (["proxy", "--storage", "postgresql://nobody:secret@127.0.0.1:1/none"], "cannot open"),
+    "proxy-of-a-proxy": (["proxy", "--storage", "grpc://127.0.0.1:{port}"], "not a journal file or another proxy"),
+    "proxy-beyond-loopback": (["proxy", "--storage", "sqlite:///optuna.db", "--host", "192.0.2.1"], "add --expose"),
+    "proxy-port-zero": (["proxy", "--storage", "sqlite:///optuna.db", "--port", "0"], "'--port': 0 is not in"),
+    "proxy-port-busy": (["proxy", "--storage", "sqlite:///optuna.db", "--port", "{busy}"], "cannot listen on"),
+    "grpc-run-nothing-listening": (["run", "tiny.toml", "--storage", "grpc://127.0.0.1:{port}"], "no sweep proxy"),
+    "grpc-worker-nothing-listening": (
+        ["worker", "--study", "tiny", "--storage", "grpc://127.0.0.1:{port}"],
+        "no sweep",
+    ),
+    "grpc-report-nothing-listening": (["report", "tiny", "--storage", "grpc://127.0.0.1:{port}"], "no sweep proxy"),
+    "grpc-list-nothing-listening": (["list", "--storage", "grpc://127.0.0.1:{port}"], "no sweep proxy answers"),
+    "grpc-no-port": (["run", "tiny.toml", "--storage", "grpc://127.0.0.1"], "a proxy's URL is grpc://HOST:PORT"),
+    "grpc-no-host": (["list", "--storage", "grpc://:{port}"], "a proxy's URL is grpc://HOST:PORT"),
+    "grpc-port-beyond-range": (["list", "--storage", "grpc://127.0.0.1:70000"], "a proxy's URL is grpc://HOST:PORT"),
+    "grpc-with-a-path": (["list", "--storage", "grpc://127.0.0.1:{port}/tiny"], "a proxy's URL is grpc://HOST:PORT"),
+    "control-in-study-name": (["report", f"tiny{ESC}[2J"], r"argument 2 ('tiny\x1b[2J') has a control character"),
+    "control-in-worker-study": (["worker", "--study", "tiny\x07"], r"argument 3 ('tiny\x07') has a control"),
+    "newline-in-study-name": (["best", "tiny\nsweep: done"], r"argument 2 ('tiny\nsweep: done') has a control"),
+    "control-in-study-file": (["run", f"{ESC}]0;pwned\x07tiny.toml"], "argument 2 ("),
+    "control-in-export": (["best", "tiny", "--export", f"w{ESC}[31m.npz"], r"argument 4 ('w\x1b[31m.npz')"),
+    "control-in-refine-out": (["refine", "tiny", "--out", f"r{ESC}[2J.toml"], r"argument 4 ('r\x1b[2J.toml')"),
+    "control-in-report-out": (["report", "tiny", "--out", f"r{ESC}[2J"], r"argument 4 ('r\x1b[2J')"),
+    "control-in-heatmap": (["report", "tiny", "--heatmap", f"eta{ESC}[2J", "eta"], r"argument 4 ('eta\x1b[2J')"),
+    "control-in-storage": (["list", "--storage", f"x{ESC}[2J.journal"], r"argument 3 ('x\x1b[2J.journal')"),
+    "control-in-tracking-uri": (["run", "tiny.toml", "--tracking-uri", "sqlite:///m\r.db"], r"('sqlite:///m\r.db')"),
+    "control-in-host": (["ui", "--host", f"127.0.0.1{ESC}[2J"], r"argument 3 ('127.0.0.1\x1b[2J')"),
+    "delete-in-name": (["report", "tiny\x7f"], r"argument 2 ('tiny\x7f') has a control character"),
+    "c1-control-in-name": (["report", "tiny\x9b2J"], r"argument 2 ('tiny\x9b2J') has a control character"),
+}

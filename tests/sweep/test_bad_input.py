@@ -1,11 +1,14 @@
 """Bad input beyond study files (those are in test_cli.py): one line, exit 2, nothing stored changes.
 
-Unreachable databases and tracking servers, damaged store files (journal, SQLite), studies
-that do not exist, missing or damaged MNIST files, report directories that cannot be written
-(read-only or full file systems) and bad heartbeat settings. Every case runs the launcher in
-this process, checks that it printed exactly one line naming the problem (no traceback) and
-exited with 2, and that the stores under ./mlruns are byte-for-byte as before (size and mtime
-of every file; for damaged stores, the sha256 of every file).
+Unreachable databases and tracking servers, damaged store files (journal, SQLite), sound
+files of another kind given as a store (never called damaged), studies that do not exist,
+missing or damaged MNIST files, report directories that cannot be written (read-only or full
+file systems), bad heartbeat settings, and bad flags and arguments (BAD_FLAGS in bad_studies.py:
+--export, refine's and report's --out, --heatmap, ``sweep proxy``, grpc:// URLs, control
+characters). Every case runs the launcher in this process, checks that it printed exactly one
+line naming the problem (no traceback) and exited with 2, and that the stores under ./mlruns
+are byte-for-byte as before (size and mtime of every file; for damaged stores, the sha256 of
+every file; with the ``identity`` fixture, of every file in the working directory).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import io
 import os
 import re
 import shutil
+import socket
 import struct
 import subprocess
 import time
@@ -33,7 +37,7 @@ from sweep.spec.file import load_spec
 from sweep.stores.storage import StorageSpec
 from tests.conftest import need
 from tests.gzip_bomb import gzip_bomb
-from tests.sweep.bad_studies import EXHAUSTING, SEEDS, UNREADABLE, special_file
+from tests.sweep.bad_studies import BAD_FLAGS, EXHAUSTING, SEEDS, UNREADABLE, special_file
 from tests.sweep.conftest import (
     copy_stored,
     journal_study,
@@ -48,6 +52,7 @@ from tests.sweep.pg import database_url, free_port, pg_databases
 __all__ = ["pg_databases"]  # a fixture, imported for pytest
 
 UNREACHABLE_PG = "postgresql://nobody:secret@127.0.0.1:1/none"
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # characters a terminal acts on rather than shows
 MNIST_FILES = (
     "train-images-idx3-ubyte.gz",
     "train-labels-idx1-ubyte.gz",
@@ -689,6 +694,26 @@ def test_a_sound_file_of_another_kind_is_refused_as_what_it_is(identity, capsys,
     line = refused(capsys, *command, flag, given)
     assert line.startswith(f"sweep: error: {flag}: ") and phrase in line, line
     assert_not_called_damaged(line, identity)
+
+
+@pytest.fixture
+def busy_port():
+    """A loopback port something listens on (for as long as the test runs)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("case", BAD_FLAGS)
+def test_a_bad_flag_or_argument_is_refused_with_one_line(identity, capsys, busy_port, case):
+    """The real ``sweep``: exit 2, one line naming the problem, no control character written to the
+    terminal, no file created or changed (the identity fixture compares them all, byte for byte)."""
+    args, phrase = BAD_FLAGS[case]
+    port = free_port()  # nothing listens there
+    line = refused(capsys, *(arg.format(port=port, busy=busy_port) for arg in args))
+    assert phrase.format(port=port, busy=busy_port) in line, line
+    assert not CONTROL.search(line), line
 
 
 @pytest.mark.parametrize("url", ["sqlite:///:memory:", "sqlite://"])
