@@ -13,17 +13,17 @@ every file; with the ``identity`` fixture, of every file in the working director
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import gzip
 import hashlib
-import io
+import json
 import os
 import re
 import shutil
 import socket
 import struct
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -224,49 +224,62 @@ def test_damaged_mnist_files_stop_a_worker_joining_a_study(stored, capsys, mnist
         *((kind, phrase) for kind, (_, phrase) in UNREADABLE.items()),
     ],
 )
-def test_a_study_file_that_is_not_one_is_refused_without_reading_it(
-    stored, capsys, monkeypatch, record_property, kind, phrase
-):
+def test_a_study_file_that_is_not_one_is_refused_without_reading_it(stored, record_property, kind, phrase):
     """Never blocks (refused within REFUSAL_SECONDS), never reads more than limits.MAX_STUDY_BYTES + 1
-    bytes of it (none of a FIFO, a socket or a device)."""
+    bytes of it (none of a FIFO, a socket or a device): ``sweep run`` in a process of its own
+    whose reads of the file are counted (COUNT_READS)."""
     path = special_file(stored, kind)
-    read = count_reads(monkeypatch, path)
-    start = time.perf_counter()
-    line = refused(capsys, "run", path)
-    seconds = time.perf_counter() - start
-    record_property("seconds", seconds)
+    done = subprocess.run(
+        [sys.executable, "-c", COUNT_READS, str(path), str(stored / "reads.json"), "run", str(path)],
+        cwd=stored,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    reads = json.loads((stored / "reads.json").read_text())
+    record_property("seconds", reads["seconds"])
+    assert not reads["opened"], "the study file was opened by open(), not only read through os.read"
     if kind in ("fifo", "socket", "dev-zero", "directory"):
-        assert read == {}, read
+        assert reads["bytes"] == [], reads
     else:
-        assert read == {str(path): limits.MAX_STUDY_BYTES + 1 if kind == "oversized" else path.stat().st_size}, read
+        expected = limits.MAX_STUDY_BYTES + 1 if kind == "oversized" else path.stat().st_size
+        assert sum(reads["bytes"]) == expected, reads
     assert str(path) in line and phrase in line, line
-    assert seconds < REFUSAL_SECONDS
+    assert reads["seconds"] < REFUSAL_SECONDS
 
 
 REFUSAL_SECONDS = 10  # a refusal takes well under a second; one that reads a FIFO or lists a grid never ends
+#: ``sweep ARGS`` whose reads of the file PATH are counted: python -c COUNT_READS PATH REPORT ARGS...
+#: writes to REPORT (JSON) the bytes each os.read returned from PATH (the one way ``sweep`` reads a
+#: study file), whether open() opened it, and the seconds the command took.
+COUNT_READS = """\
+import builtins, io, json, os, sys, time
+path, report, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+real_read, real_open, found = os.read, io.open, {"bytes": [], "opened": False}
 
+def counted_read(fd, n):
+    data = real_read(fd, n)
+    if os.readlink(f"/proc/self/fd/{fd}") == path:
+        found["bytes"].append(len(data))
+    return data
 
-def count_reads(monkeypatch, path: Path) -> dict[str, int]:
-    """The bytes read from ``path`` by this process from now on (by the path), through os.read,
-    the one way ``sweep`` reads a study file; opening it any other way fails the test."""
-    read: dict[str, int] = {}
-    real_read, real_open = os.read, io.open
+def watched_open(file, *more, **options):
+    if isinstance(file, (str, os.PathLike)) and os.path.abspath(os.fspath(file)) == path:
+        found["opened"] = True
+    return real_open(file, *more, **options)
 
-    def counted_read(fd: int, n: int) -> bytes:
-        data = real_read(fd, n)
-        where = os.readlink(f"/proc/self/fd/{fd}")
-        if where == str(path):
-            read[where] = read.get(where, 0) + len(data)
-        return data
-
-    def guarded_open(file, *args, **kwargs):
-        assert not (isinstance(file, (str, os.PathLike)) and os.fspath(file) == str(path)), f"{path} opened by open()"
-        return real_open(file, *args, **kwargs)
-
-    monkeypatch.setattr(os, "read", counted_read)
-    monkeypatch.setattr(builtins, "open", guarded_open)
-    monkeypatch.setattr(io, "open", guarded_open)
-    return read
+os.read, builtins.open, io.open = counted_read, watched_open, watched_open
+from sweep.cli import main
+start = time.perf_counter()
+try:
+    main(args)
+finally:
+    found["seconds"] = time.perf_counter() - start
+    with real_open(report, "w") as fh:
+        json.dump(found, fh)
+"""
 
 
 # --- report directories that cannot be written -----------------------------------------------
