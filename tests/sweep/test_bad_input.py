@@ -454,7 +454,7 @@ def test_a_worker_stops_after_a_run_of_failed_trials(workdir, capsys, monkeypatc
     assert [t.state.name for t in trials] == ["FAIL"] * limits.MAX_FAILED_IN_A_ROW
 
 
-# --- damaged store files (sweep/integrity.py): refused before anything is written ----------
+# --- damaged store files (sweep/stores/integrity.py): refused before anything is written ---
 
 
 def file_hashes(workdir: Path) -> dict[str, str]:
