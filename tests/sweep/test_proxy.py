@@ -14,9 +14,7 @@ import time
 
 import pytest
 
-from sweep.run.runner import Stores, create_or_resume
-from sweep.spec.file import load_spec
-from sweep.stores.storage import StorageSpec
+from sweep import StorageSpec, Stores, create_or_resume, load_spec
 from tests.sweep.conftest import run_cli, write_study
 from tests.sweep.pg import (
     NEVER_PRUNE,
