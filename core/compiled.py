@@ -7,8 +7,8 @@ Same maths as the NumPy reference (``SGD``), arranged for speed at small batches
   once per data set: about 81 % of MNIST's pixels are zero), for its product and for its
   weight gradient, which then only touches the rows of W⁰ of pixels the batch lit up;
 * so that untouched rows need not be decayed, the first layer's L2 decay is a lazy
-  scale per trial, W⁰ = s·V (s ← (1 − ηλ/n) s each step, folded back into V after each
-  epoch); the other, small layers are decayed as in the reference;
+  scale per column (hidden unit), W⁰ = s·V (s ← (1 − ηλ/n) s each step, folded back into V
+  after each epoch); the other, small layers are decayed as in the reference;
 * K trials that see the same mini-batches (same seed) train as one pack: their first
   layers sit side by side in one (d, K·h) matrix, so each input row and its non-zero
   pixels are read once for the pack; their other layers stay apart; a wide first layer sits
@@ -16,7 +16,9 @@ Same maths as the NumPy reference (``SGD``), arranged for speed at small batches
 * momentum (one trial, or a pack of one μ) gives every weight a velocity that moves it on
   every step, so the first layer's update is then dense: its lit rows' gradients go into
   the velocity, then one pass over W⁰ applies μ, the L2 term and the velocity;
-* dropout (one trial) masks the hidden activations as the epoch's ``keep`` says.
+* dropout (one trial) masks the hidden activations as the epoch's ``keep`` says;
+* max-norm (one trial) reads every hidden unit's incoming weights after each step (a pass over
+  W⁰) and scales those longer than c back to c: in the first layer through its lazy scales.
 Importing this module imports numba; its compiled code is cached on disk under
 ``cache_dir()/numba`` ($NUMBA_CACHE_DIR wins when set; numba reads it when first imported,
 so a process that imported numba before this module keeps numba's own cache location).
@@ -40,7 +42,7 @@ from numba import njit, types  # noqa: E402
 from numba.core import cgutils  # noqa: E402
 from numba.extending import intrinsic  # noqa: E402
 
-from core.config import TrainConfig  # noqa: E402
+from core.config import Pack, TrainConfig, packed  # noqa: E402
 from core.model import NetworkSpec, Params  # noqa: E402
 
 RELU, SIGMOID = 0, 1  # the kernels' codes of the hidden activations
@@ -552,20 +554,23 @@ def _update_first_momentum(W0, V0, b0, Vb0, step, delta, rows, pixels, col_l2, m
 
 @inlined
 def _decay_lazily(W0, s, col_s, col_c, decay, h):
-    """The first layer's L2 decay as its lazy scales: s[k] ← s[k] · (1 − ηλ/n), folded into
-    trial k's columns of W0 (then s[k] ← 1) before it falls below TINY_SCALE; col_s and
-    col_c get each column's s and 1/s."""
-    for k in range(s.shape[0]):
-        scaled = s[k] * decay[k]
-        if abs(scaled) < TINY_SCALE:  # fold before it underflows: V ← s·d·V, s ← 1
-            for i in range(W0.shape[0]):
-                for j in range(k * h, (k + 1) * h):
-                    W0[i, j] *= np.float32(scaled)
-            scaled = 1.0
-        s[k] = scaled
+    """The first layer's L2 decay as its lazy scales: s[j] ← s[j] · (1 − ηλ/n) for each column j
+    of trial k, folded into the column of W0 (then s[j] ← 1) before it falls below TINY_SCALE;
+    col_s and col_c get each column's s and 1/s. (Loops without a branch: LLVM vectorises them.)"""
+    H, tiny = decay.shape[0] * h, False
+    for k in range(decay.shape[0]):
         for j in range(k * h, (k + 1) * h):
-            col_s[j] = np.float32(scaled)
-            col_c[j] = np.float32(1.0 / scaled)
+            s[j] *= decay[k]
+            tiny |= abs(s[j]) < TINY_SCALE
+    if tiny:  # fold before it underflows: V ← s·V, s ← 1
+        for j in range(H):
+            if abs(s[j]) < TINY_SCALE:
+                for i in range(W0.shape[0]):
+                    W0[i, j] *= np.float32(s[j])
+                s[j] = 1.0
+    for j in range(H):
+        col_s[j] = np.float32(s[j])
+        col_c[j] = np.float32(1.0 / s[j])
 
 
 @inlined
@@ -582,6 +587,58 @@ def _update_first(flat, b0, step, col_c, delta, rows, pixels, H):
         _first_layer(step, flat, Hp, indices, codes, table, indptr[e], indptr[e + 1], True)
     for j in range(H):
         b0[j] -= _batch_sum(delta, 0, j, rows.shape[0])
+
+
+@inlined
+def _column_norms(M, sq, w):
+    """sq[j] = Σᵢ M[i, j]² for the first w columns of M (rows i): squared norms of units' incoming weights."""
+    for j in range(w):
+        sq[j] = _ZERO
+    for i in range(M.shape[0]):
+        for j in range(w):
+            sq[j] += M[i, j] * M[i, j]
+
+
+@inlined
+def _limit_columns(M, sq, w, c):
+    """Max-norm on the first w columns of M, each a unit's incoming weights: those longer than c
+    are scaled to norm c (sq, (≥ w,), then holds each column's factor)."""
+    _column_norms(M, sq, w)
+    over = False
+    for j in range(w):
+        norm = np.sqrt(sq[j])
+        over |= norm > c
+        sq[j] = np.float32(c / norm) if norm > c else _ONE
+    if over:
+        for i in range(M.shape[0]):
+            for j in range(w):
+                M[i, j] *= sq[j]
+
+
+@njit(cache=True, fastmath=FAST, error_model="numpy")  # not inlined: the step's loop stays as it was without it
+def _limit_norms(W0, s, col_s, W, sq, c, sizes, K, lazily):
+    """Max-norm after a step, if c > 0 (Srivastava et al. 2014): every hidden unit's incoming
+    weights, its bias aside, scaled to norm c if longer (sq: scratch, ≥ every layer's width). In
+    the first layer they are a column of s·W0: with ``lazily`` (no momentum) its norm is
+    |s|·‖column‖ and the scaling goes into s and col_s; else s is 1 and the column itself is
+    scaled. The output layer is not limited."""
+    if c <= 0:  # off
+        return
+    L = sizes.shape[0] - 1
+    if L > 1:
+        H = K * sizes[1]
+        if lazily:
+            _column_norms(W0, sq, H)
+            for j in range(H):
+                norm = abs(s[j]) * np.sqrt(np.float64(sq[j]))
+                if norm > c:
+                    s[j] *= c / norm
+                    col_s[j] = np.float32(s[j])
+        else:
+            _limit_columns(W0, sq, H, c)
+    for l in range(1, L - 1):
+        for k in range(K):
+            _limit_columns(W[l - 1, k, : sizes[l]], sq, sizes[l + 1], c)
 
 
 @njit(cache=True, fastmath=FAST, error_model="numpy")
@@ -609,19 +666,20 @@ def _epoch(
     Vb,
     keep,
     keep_scale,
+    max_norm,
 ):
     """One epoch of SGD for K trials on the row order ``perm`` (n,), batch size m.
 
     sizes (L+1,): one trial's layer sizes. W0 (d, ≥ K·h) and b0 (≥ K·h,): the first layers
     side by side, padded with zeros to a whole number of SIMD vectors; W (L-1, K, fan_in,
     fan_out) and b (L-1, K, fan_out): the others, padded to the widest (W's rows, with zeros,
-    to whole vectors). The pixels of row e
-    are ``indices`` and ``table[codes]`` at ``indptr[e]:indptr[e+1]`` (see SparseRows).
-    eta, decay (K,): η and 1 − ηλ/n. Updates W0, b0, W, b in place.
-    momentum μ > 0: the velocities V0, Vb0, VW, Vb (shaped as W0, b0, W, b) are used and
-    updated too (else they may be empty). keep (n, Σ hidden widths) bool, one trial only: the
-    t-th example's dropout masks (core.train.draw_keep), kept units scaled by keep_scale;
-    an empty keep: no dropout.
+    to whole vectors). The pixels of row e are ``indices`` and ``table[codes]`` at
+    ``indptr[e]:indptr[e+1]`` (see SparseRows). eta, decay (K,): η and 1 − ηλ/n. Updates W0,
+    b0, W, b in place. momentum μ > 0: the velocities V0, Vb0, VW, Vb (shaped as W0, b0, W, b)
+    are used and updated too (else they may be empty). keep (n, Σ hidden widths) bool, one
+    trial only: the t-th example's dropout masks (core.train.draw_keep), kept units scaled by
+    keep_scale; an empty keep: no dropout. max_norm c > 0: hidden units' incoming weights
+    longer than c are scaled back to norm c after every step (0: off).
     """
     K, L, n = eta.shape[0], sizes.shape[0] - 1, perm.shape[0]
     H, Hp = K * sizes[1], W0.shape[1]  # the pack's first-layer width, and padded to whole vectors
@@ -631,11 +689,11 @@ def _epoch(
     a = np.zeros((L, m, widest), np.float32)
     delta = np.zeros((L, m, widest), np.float32)
     h = sizes[1]
-    s = np.ones(K)  # lazy scales: W⁰ of trial k is s[k] · W0[:, k·h:(k+1)·h]
+    s = np.ones(Hp)  # lazy scales: column j of W⁰ is s[j] · W0[:, j]
     col_s = np.ones(Hp, np.float32)  # s per column of W0
     col_c = np.ones(Hp, np.float32)  # 1 / s after the step's decay, per column
     step = np.zeros(Hp, np.float32)
-    grad = np.empty(max(widest, W.shape[3]), np.float32)
+    grad = np.empty(max(widest, W.shape[3]), np.float32)  # scratch: a row's sums, then max-norm's norms
     mu = np.float32(momentum)
     drop, ks, kept = keep.shape[0] > 0, np.float32(keep_scale), np.float32(1.0 / keep_scale)
     col_l2 = np.zeros(Hp, np.float32)  # with momentum: ηλ/n per column of W0
@@ -659,6 +717,7 @@ def _epoch(
         else:
             _decay_lazily(W0, s, col_s, col_c, decay, h)
             _update_first(flat, b0, step, col_c, delta, rows, pixels, H)
+        _limit_norms(W0, s, col_s, W, grad, max_norm, sizes, K, mu == _ZERO)
     for j in range(H):  # fold the scales back: W0 holds the weights again
         if col_s[j] != _ONE:
             for i in range(W0.shape[0]):
@@ -813,16 +872,18 @@ class CompiledSGD:
 
     ``trials`` are the K networks' Params; their blocks are read once and written back
     after every epoch, so they always hold the weights, as ``SGD``'s do. X (n, d) float32
-    and its labels y (n,) are the training set. Momentum and dropout train one trial
-    alone (ValueError for a pack of K > 1 with them: see ``core.packed.packs``).
+    and its labels y (n,) are the training set. The options packs do not train (``Pack.OFF``:
+    momentum, dropout, max-norm) train one trial alone (ValueError for a pack of K > 1 with
+    one on: see ``core.packed.packs``).
     """
 
     def __init__(
         self, spec: NetworkSpec, trials: Sequence[Params], X: np.ndarray, y: np.ndarray, configs: Sequence[TrainConfig]
     ) -> None:
         self.spec, self.trials = spec, list(trials)
-        if len(configs) > 1 and any(c.momentum or c.dropout for c in configs):
-            raise ValueError("momentum and dropout train one trial at a time, not a pack")
+        alone = next((name for name in packed(Pack.OFF) for c in configs if getattr(c, name)), None)
+        if len(configs) > 1 and alone:
+            raise ValueError(f"{alone} trains one trial at a time, not a pack")
         self.n = n = len(X)
         self.rows = sparse_rows(X)
         self.labels = np.ascontiguousarray(y, np.int64)
@@ -831,6 +892,7 @@ class CompiledSGD:
         self.lmbda = np.array([c.lmbda for c in configs])
         self.momentum = configs[0].momentum
         self.keep_scale = 1.0 / (1.0 - configs[0].dropout)
+        self.max_norm = float(configs[0].max_norm or 0.0)  # 0: off
         self.sizes = np.array(spec.sizes, np.int64)
         self.codes = ACTIVATION_CODES[spec.activation], COST_CODES[spec.cost]
         self.W0, self.b0, self.W, self.b = _kernel_layout(spec, self.trials)
@@ -870,6 +932,7 @@ class CompiledSGD:
             Vb,
             self.no_keep if keep is None else np.ascontiguousarray(keep),
             self.keep_scale,
+            self.max_norm,
         )
         h = self.spec.sizes[1]
         for k, p in enumerate(self.trials):

@@ -49,7 +49,7 @@ class Rule:
     above: float | None = None  # a bound the value must exceed (None: no such bound)
     below: float | None = None  # a bound the value must stay under (None: no such bound)
     choices: tuple[str, ...] = ()  # the values of a str option
-    off: bool = False  # None is a value too, meaning off (as 0 does)
+    off: bool = False  # None is a value too, meaning off (as 0 does where the range holds it)
     search: bool = False  # a study may search it in [space]
     pack: Pack = Pack.AGREE  # what the trials of one pack may do with it
     needs: str | None = None  # the bool option that must be on while this one is on (non-zero)
@@ -121,6 +121,7 @@ OPTIONS: Mapping[str, Rule] = MappingProxyType(
         "engine": Rule(str, choices=ENGINES),
         "momentum": Rule(float, at_least=0, below=1, search=True, pack=Pack.OFF),  # μ = 1 would never forget
         "dropout": Rule(float, at_least=0, below=1, search=True, pack=Pack.OFF),  # p = 1 would drop every unit
+        "max_norm": Rule(float, above=0, off=True, search=True, pack=Pack.OFF),  # None: off; 0 would zero every unit
         "patience": Rule(int, at_least=0, off=True, search=True, pack=Pack.OFF, needs=_WATCH),  # 0, None: off
         "eta_patience": Rule(int, at_least=0, off=True, search=True, pack=Pack.OFF, needs=_WATCH),  # 0, None: off
         "eta_min_factor": Rule(float, above=1, search=True, pack=Pack.IGNORED),  # read with eta_patience alone
@@ -149,7 +150,7 @@ def packed(how: Pack) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class TrainConfig:
     """What one training run does: epochs, batch size, η, λ, seed, what it monitors, which
-    engine trains it and Nielsen's chapter-3 options, each off by default. Each field keeps
+    engine trains it, Nielsen's chapter-3 options and max-norm, each off by default. Each field keeps
     its rule in ``OPTIONS``, checked when the config is made.
     """
 
@@ -165,6 +166,7 @@ class TrainConfig:
     engine: str = "auto"  # "auto", "numpy" or "compiled": see core.engine
     momentum: float = 0.0  # μ: velocity v ← μv − η∇C, w ← w + v (0: plain SGD)
     dropout: float = 0.0  # p: each hidden unit is dropped with probability p in training (inverted dropout)
+    max_norm: float | None = None  # c: after each step, a hidden unit's incoming weights longer than c are scaled to c
     patience: int | None = None  # early stopping: stop after this many epochs without a better validation accuracy
     eta_patience: int | None = None  # halve η after this many epochs without a better one (since the last halving)
     eta_min_factor: float = 128.0  # with eta_patience: stop once η has fallen to η₀ / eta_min_factor

@@ -1,6 +1,6 @@
-"""Mini-batch SGD with L2 regularisation and Nielsen's chapter-3 options (momentum, dropout,
-early stopping, a halving learning rate), returning the per-epoch history as data; runs that
-do not learn are stopped with a reason (``LearningCheck``)."""
+"""Mini-batch SGD with L2 regularisation, Nielsen's chapter-3 options (momentum, dropout,
+early stopping, a halving learning rate) and max-norm, returning the per-epoch history as data;
+runs that do not learn are stopped with a reason (``LearningCheck``)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,13 @@ def draw_keep(spec: NetworkSpec, n: int, p: float, rng: np.random.Generator) -> 
     return keep
 
 
+def limit_norms(weights: np.ndarray, c: float) -> None:
+    """Max-norm (Srivastava et al. 2014): each row of ``weights`` (fan_out, fan_in), one unit's
+    incoming weights, scaled in place to norm c if it is longer (a projection after the step)."""
+    norms = np.sqrt(np.einsum("ij,ij->i", weights, weights))  # (fan_out,), without a squared copy
+    weights *= (c / np.maximum(norms, c))[:, None]
+
+
 class SGD:
     """One epoch of mini-batch SGD, with every buffer allocated once.
 
@@ -57,6 +64,8 @@ class SGD:
     v ← μv − (η/m) Σₓ ∂Cₓ/∂W − (ηλ/n) W, W ← W + v (biases alike, without the L2 term).
     With dropout the hidden units of each example are masked as ``keep`` says and the
     kept ones scaled by 1/(1 − p) (inverted dropout: evaluation uses the whole network).
+    With max-norm c each hidden unit's incoming weights are then scaled back to norm c if
+    longer (``limit_norms``; biases and the output layer are not).
     Batch rows are gathered a few mini-batches at a time into one buffer; a mini-batch
     is then a contiguous slice of it, not a copy. The buffer has no ones column (the
     first layer adds its bias apart): gathering whole rows takes half the time.
@@ -66,7 +75,7 @@ class SGD:
         self.params, self.X, self.Y = params, X, Y  # X (n, d), one-hot Y (n, k)
         n = len(X)
         self.m = m = min(config.batch_size, n)
-        self.lmbda, self.momentum = config.lmbda, config.momentum
+        self.lmbda, self.momentum, self.max_norm = config.lmbda, config.momentum, config.max_norm
         self.velocity = [np.zeros_like(block) for block in params.layers] if config.momentum else None
         self.units = hidden_units(spec)
         self.keep_scale = params.dtype.type(1.0 / (1.0 - config.dropout))
@@ -112,14 +121,17 @@ class SGD:
                 velocity *= self.momentum
                 velocity -= grad
                 block += velocity
-            return
-        for block, grad in zip(self.params.layers, ws.grads):
-            if decay != 1.0:
-                # Decay the whole contiguous block (fast), then give the bias column back
-                # what it lost through the gradient: biases are not decayed.
-                grad[:, -1] -= (1.0 - decay) * block[:, -1]
-                block *= decay
-            block -= grad
+        else:
+            for block, grad in zip(self.params.layers, ws.grads):
+                if decay != 1.0:
+                    # Decay the whole contiguous block (fast), then give the bias column back
+                    # what it lost through the gradient: biases are not decayed.
+                    grad[:, -1] -= (1.0 - decay) * block[:, -1]
+                    block *= decay
+                block -= grad
+        if self.max_norm:
+            for block in self.params.layers[:-1]:  # the hidden layers'
+                limit_norms(block[:, :-1], self.max_norm)
 
 
 def train(

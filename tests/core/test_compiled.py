@@ -72,6 +72,31 @@ def test_a_network_without_hidden_layer_and_a_tiny_decay_scale_match_too():
         _assert_same(runs[1], runs[0], RTOL, len(data.y))
 
 
+@pytest.mark.parametrize("spec", [SPECS[0], SPECS[4]], ids=["1hidden", "2hidden"])
+def test_max_norm_folds_the_lazy_scales_it_shrinks_and_matches_too(spec):
+    """max_norm 1e-6 at η 3: the steps scale the first layer's units back through their lazy scales
+    (W⁰ = s·V, its units' norms those of s·V), which in the one-hidden-layer network fall below
+    their floor (to 1e-28 within an epoch) and are folded back mid-epoch, unit by unit; with L2
+    the decay shrinks them too."""
+    data = _data()
+    for lmbda in (0.0, 1.0):
+        runs = [
+            train(spec, _config(engine, eta=3.0, lmbda=lmbda, max_norm=1e-6), data, check=NO_CHECK)
+            for engine in ("numpy", "compiled")
+        ]
+        _assert_same(runs[1], runs[0], RTOL, len(data.y))
+
+
+def test_a_compiled_pack_refuses_the_options_packs_do_not_train():
+    from core.compiled import CompiledSGD
+
+    spec, data = SPECS[0], _data()
+    params = [init_params(spec, np.random.default_rng(seed)) for seed in (0, 1)]
+    configs = [_config("compiled"), _config("compiled", max_norm=3.0)]
+    with pytest.raises(ValueError, match="^max_norm trains one trial at a time, not a pack$"):
+        CompiledSGD(spec, params, data.X, data.y, configs)
+
+
 @pytest.mark.parametrize("spec", [SPECS[0], SPECS[-1]], ids=["relu-ce", "sigmoid-quad-2hidden"])
 def test_compiled_packs_match_each_trial_alone_and_the_numpy_pack(spec):
     """One seed for the η axis (one shared first-layer product), plus trials of two other
@@ -93,13 +118,18 @@ def test_compiled_packs_match_each_trial_alone_and_the_numpy_pack(spec):
         _assert_same(packed["compiled"][i], packed["numpy"][i], RTOL, 50)
 
 
+@pytest.mark.parametrize("max_norm", [None, 0.5])
 @pytest.mark.parametrize("sizes", [(20, 30, 4), (20, 70, 18, 4)], ids=["width-32", "width-80-fan-out-18"])
-def test_wider_layers_match_the_numpy_reference(sizes):
+def test_wider_layers_match_the_numpy_reference(sizes, max_norm):
     """First layers padded to 32 and 80 floats (the product and update run 64, 32 and 16 columns
-    at a time) and a dense fan-out of 18 (two vectors of weights per row, one reading past it)."""
+    at a time) and a dense fan-out of 18 (two vectors of weights per row, one reading past it);
+    with max_norm, their padding is left out of the units' norms."""
     data, val = _greys(_data()), _greys(_data(n=50, seed=3))
     spec = NetworkSpec(sizes)
-    runs = [train(spec, _config(engine, lmbda=3.0), data, val, check=NO_CHECK) for engine in ("numpy", "compiled")]
+    runs = [
+        train(spec, _config(engine, lmbda=3.0, max_norm=max_norm), data, val, check=NO_CHECK)
+        for engine in ("numpy", "compiled")
+    ]
     _assert_same(runs[1], runs[0], RTOL, 50)
 
 

@@ -1,4 +1,4 @@
-"""Nielsen's chapter-3 options: momentum, dropout, early stopping, the halving η; on both engines."""
+"""Nielsen's chapter-3 options: momentum, dropout, early stopping, the halving η; max-norm; on both engines."""
 
 import dataclasses
 import importlib.util
@@ -6,10 +6,10 @@ import importlib.util
 import numpy as np
 import pytest
 
-from core.config import OPTIONS, Pack, TrainConfig, UnmetNeed, unmet_need
+from core.config import OPTIONS, OptionError, Pack, TrainConfig, UnmetNeed, unmet_need
 from core.functions import COSTS
 from core.history import CURVES, NO_CHECK, EpochRecord
-from core.model import NetworkSpec, Workspace, gradients, init_params, with_ones
+from core.model import NetworkSpec, Params, Workspace, gradients, init_params, with_ones
 from core.packed import PACKED_FIELDS, UNPACKED_OPTIONS, can_pack, train_packed
 from core.train import Schedule, draw_keep, hidden_units, train
 from tests.core.toy import assert_gradient_matches
@@ -229,6 +229,11 @@ def test_schedule_and_patience_need_a_monitored_validation_set():
         ("eta_min_factor", 0.5),
         ("eta_min_factor", float("inf")),
         ("eta_min_factor", None),
+        ("max_norm", 0),
+        ("max_norm", -3.0),
+        ("max_norm", float("inf")),
+        ("max_norm", "3"),
+        ("max_norm", True),
     ],
 )
 def test_config_rejects_bad_option_values_naming_the_field(field, value):
@@ -236,10 +241,65 @@ def test_config_rejects_bad_option_values_naming_the_field(field, value):
         TrainConfig(epochs=1, batch_size=1, eta=1.0, **{field: value})
 
 
+def test_max_norm_out_of_range_is_refused_in_one_line():
+    for value, requirement in [(0, "positive"), (-3.0, "positive"), (float("inf"), "a finite number")]:
+        with pytest.raises(OptionError) as info:
+            TrainConfig(epochs=1, batch_size=1, eta=1.0, max_norm=value)
+        assert str(info.value) == f"max_norm must be {requirement}, got {value!r}"
+    with pytest.raises(OptionError, match="^max_norm must be a finite number, got 'high'$"):
+        TrainConfig(epochs=1, batch_size=1, eta=1.0, max_norm="high")
+    assert TrainConfig(epochs=1, batch_size=1, eta=1.0).max_norm is None  # off by default
+
+
+# Max-norm is a projection after each step, not a term of the cost: it has no gradient, so the
+# finite-difference check above does not apply; these check the projection itself.
+
+
+def _unit_norms(params):
+    """The norm of each unit's incoming weights (biases aside), layer by layer."""
+    return [np.linalg.norm(block[:, :-1].astype(np.float64), axis=1) for block in params.layers]
+
+
+def test_max_norm_step_matches_a_hand_computed_projection():
+    """One full batch: w₁ = w₀ − η∇C(w₀), then each hidden unit's incoming weights (a row of [Wᵀ | b]
+    without b) longer than c scaled to c; the biases and the output layer as SGD left them."""
+    spec, data = NetworkSpec((20, 8, 6, 4)), _data(n=60, dtype=np.float64)
+    eta, lmbda, c = 0.4, 2.0, 0.6
+    config = TrainConfig(epochs=1, batch_size=60, eta=eta, lmbda=lmbda, max_norm=c, engine="numpy")
+    w = init_params(spec, np.random.default_rng(0), dtype=np.float64)
+    result = train(spec, config, data, params=w, check=NO_CHECK)
+    grads = gradients(spec, w, data.X, data.y, lmbda, len(data.X))
+    want = [block - eta * g for block, g in zip(w.layers, grads.layers)]
+    for block in want[:-1]:
+        norms = np.linalg.norm(block[:, :-1], axis=1)
+        block[:, :-1] *= np.minimum(1.0, c / norms)[:, None]
+    assert all((norms > c).any() for norms in _unit_norms(Params(tuple(w.layers)))[:-1])  # it has work to do
+    for got, expected in zip(result.params.layers, want):
+        np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("engine", ["numpy", pytest.param("compiled", marks=needs_numba)])
+@pytest.mark.parametrize("options", [{}, {"lmbda": 0.1}, {"momentum": 0.8}], ids=["sgd", "l2", "momentum"])
+@pytest.mark.parametrize("spec", [NetworkSpec((20, 8, 4)), NetworkSpec((20, 9, 7, 4))], ids=["1hidden", "2hidden"])
+def test_max_norm_bounds_every_hidden_units_incoming_weights(spec, options, engine):
+    """After training with max_norm c (small enough that units reach it: untrained, they are near
+    norm 1), no hidden unit's incoming weights are longer than c and some are at c (the last step
+    pushed them out), while each hidden layer trained without the limit, and the output layer,
+    which is not limited, are longer: without the limit the first check would fail."""
+    c, data = 0.5, _greys(_data())
+    settings = {"epochs": 2, "batch_size": 7, "eta": 0.3, "seed": 5, "engine": engine, **options}
+    limited = train(spec, TrainConfig(**settings, max_norm=c), data, check=NO_CHECK)
+    free = train(spec, TrainConfig(**settings), data, check=NO_CHECK)
+    *hidden, output = _unit_norms(limited.params)
+    for norms, unlimited in zip(hidden, _unit_norms(free.params)):
+        assert norms.max() <= c * (1 + 1e-6) and unlimited.max() > c * 1.2
+    assert any(np.isclose(norms, c, rtol=1e-5).any() for norms in hidden) and output.max() > c * 1.2
+
+
 def test_the_table_holds_one_rule_per_config_field_and_the_packing_lists():
     assert tuple(OPTIONS) == tuple(field.name for field in dataclasses.fields(TrainConfig))
     assert list(PACKED_FIELDS) == ["epochs", "batch_size", *(f"monitor_{part}" for part in CURVES), "engine"]
-    assert list(UNPACKED_OPTIONS) == ["momentum", "dropout", "patience", "eta_patience"]
+    assert list(UNPACKED_OPTIONS) == ["momentum", "dropout", "max_norm", "patience", "eta_patience"]
     assert [name for name, rule in OPTIONS.items() if rule.pack is Pack.DIFFER] == ["eta", "lmbda", "seed"]
     assert unmet_need({"eta_patience": 2, "monitor_validation_accuracy": False}) == (
         "eta_patience",
@@ -251,7 +311,9 @@ def test_the_table_holds_one_rule_per_config_field_and_the_packing_lists():
     assert (info.value.name, info.value.needed) == ("eta_patience", "monitor_validation_accuracy")
 
 
-@pytest.mark.parametrize("option", [{"momentum": 0.9}, {"dropout": 0.5}, {"patience": 3}, {"eta_patience": 2}])
+@pytest.mark.parametrize(
+    "option", [{"momentum": 0.9}, {"dropout": 0.5}, {"max_norm": 3.0}, {"patience": 3}, {"eta_patience": 2}]
+)
 def test_packs_refuse_the_options_they_do_not_train(option):
     plain = TrainConfig(epochs=1, batch_size=10, eta=0.1)
     other = TrainConfig(epochs=1, batch_size=10, eta=0.2, **option)
@@ -273,6 +335,11 @@ def test_packs_refuse_the_options_they_do_not_train(option):
         {"dropout": 0.5, "momentum": 0.8, "lmbda": 1.0},
         {"eta_patience": 1, "eta_min_factor": 8, "epochs": 8},
         {"patience": 2, "epochs": 8, "eta": 1.0},
+        {"max_norm": 0.5},
+        {"max_norm": 0.5, "lmbda": 3.0},
+        {"max_norm": 0.5, "momentum": 0.8},
+        {"max_norm": 0.5, "momentum": 0.8, "lmbda": 1.0},
+        {"max_norm": 0.5, "dropout": 0.3, "lmbda": 1.0},
     ],
     ids=lambda o: "-".join(f"{k}{v}" for k, v in o.items()),
 )
