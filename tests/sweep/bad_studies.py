@@ -296,6 +296,16 @@ BY_PART: dict[str, list[tuple[str, str, str | None, str]]] = {
         ("patience-float", study(train_table=train(patience="2.5")), "train.patience", "must be an integer"),
         ("eta-patience-huge", study(train_table=train(eta_patience="100000")), "train.eta_patience", "at most"),
         ("eta-min-factor-one", study(train_table=train(eta_min_factor="1.0")), "train.eta_min_factor", "above 1"),
+        ("max-norm-zero", study(train_table=train(max_norm="0")), "train.max_norm", "must be positive, got 0"),
+        ("max-norm-negative", study(train_table=train(max_norm="-3.0")), "train.max_norm", "must be positive"),
+        ("max-norm-inf", study(train_table=train(max_norm="inf")), "train.max_norm", "finite number, got inf"),
+        ("max-norm-string", study(train_table=train(max_norm='"3"')), "train.max_norm", "finite number"),
+        (
+            "max-norm-range-from-zero",
+            study(space(max_norm='{ type = "float", low = 0.0, high = 4.0 }')),
+            "space.max_norm.low",
+            "must be positive",
+        ),
         (
             "patience-unmonitored",
             study(COST_OBJECTIVE, train_table=train(patience="3", monitor_validation_accuracy="false")),

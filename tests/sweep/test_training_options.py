@@ -27,7 +27,7 @@ def _spec(text):
 def test_train_keys_reach_the_train_config_and_the_logged_params():
     spec = _spec(
         "[train]\nbatch_size = 10\neta = 0.1\nmomentum = 0.9\ndropout = 0.5\npatience = 5\n"
-        "eta_patience = 3\neta_min_factor = 64\n"
+        "eta_patience = 3\neta_min_factor = 64\nmax_norm = 3\n"
     )
     _, config = trial_config(spec, {})
     assert (config.momentum, config.dropout, config.patience, config.eta_patience, config.eta_min_factor) == (
@@ -45,6 +45,7 @@ def test_train_keys_reach_the_train_config_and_the_logged_params():
         "eta_patience": 3,
         "eta_min_factor": 64.0,
     }
+    assert config.max_norm == logged["max_norm"] == 3.0
     assert pack_size(spec) == 1
 
 
@@ -52,8 +53,8 @@ def test_options_off_by_default_are_not_logged_and_plain_studies_still_pack():
     spec = _spec('[train]\nbatch_size = 10\n[space]\neta = { type = "float", low = 0.01, high = 1.0, log = true }\n')
     _, config = trial_config(spec, {"eta": 0.1})
     assert (config.momentum, config.dropout, config.patience, config.eta_patience) == (0.0, 0.0, None, None)
-    options = {"momentum", "dropout", "patience", "eta_patience", "eta_min_factor"}
-    assert not options & all_params(spec, {"eta": 0.1}).keys()
+    options = {"momentum", "dropout", "max_norm", "patience", "eta_patience", "eta_min_factor"}
+    assert not options & all_params(spec, {"eta": 0.1}).keys() and config.max_norm is None
     assert pack_size(spec) > 1
 
 
@@ -64,11 +65,13 @@ def test_options_are_searchable_and_searching_them_stops_packing():
         'momentum = { type = "float", low = 0.0, high = 0.95 }\n'
         'dropout = { type = "categorical", choices = [0.0, 0.2, 0.5] }\n'
         'patience = { type = "int", low = 0, high = 10 }\n'
+        'max_norm = { type = "float", low = 2.0, high = 4.0 }\n'
     )
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1), direction="maximize")
     params = suggest(spec, study.ask())
     _, config = trial_config(spec, params)
     assert 0 <= config.momentum <= 0.95 and config.dropout in (0.0, 0.2, 0.5) and 0 <= config.patience <= 10
+    assert 2.0 <= config.max_norm <= 4.0 and all_params(spec, params)["max_norm"] == config.max_norm
     assert pack_size(spec) == 1
     grid = _spec(
         '[sampler]\nname = "grid"\n[train]\nbatch_size = 10\n[space]\n'
