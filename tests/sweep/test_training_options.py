@@ -7,10 +7,10 @@ import numpy as np
 import optuna
 import pytest
 
+from core.history import EpochRecord, TrainResult
 from core.model import NetworkSpec, init_params
-from core.train import EpochRecord, TrainResult
-from sweep.run.runner import pack_size
 from sweep.run.trial import final_metrics
+from sweep.run.worker import pack_size
 from sweep.schema import EPOCH_ETA
 from sweep.spec.file import parse_spec
 from sweep.spec.study import all_params, suggest, trial_config
