@@ -719,9 +719,10 @@ def busy_port():
 
 
 @pytest.mark.parametrize("case", BAD_FLAGS)
-def test_a_bad_flag_or_argument_is_refused_with_one_line(identity, capsys, busy_port, case):
+def test_a_bad_flag_or_argument_is_refused_with_one_line(identity, capsys, busy_port, monkeypatch, case):
     """The real ``sweep``: exit 2, one line naming the problem, no control character written to the
     terminal, no file created or changed (the identity fixture compares them all, byte for byte)."""
+    monkeypatch.setattr("sweep.stores.storage.CONNECT_TIMEOUT", 1)  # a proxy nobody runs: waited for 1 s, not 10
     args, phrase = BAD_FLAGS[case]
     port = free_port()  # nothing listens there
     line = refused(capsys, *(arg.format(port=port, busy=busy_port) for arg in args))
