@@ -34,7 +34,7 @@ from core.model import EVAL_CHUNK, NetworkSpec, Params, Workspace, init_params, 
 from core.train import GATHER_ROWS, EpochCallback, LabelledSet, monitored
 
 PACKED_FIELDS = packed(Pack.AGREE)  # the options every trial of a pack has the same value of
-#: Options a pack does not train (Nielsen's chapter-3 ones): a config with any of them on trains alone.
+#: Options a pack does not train (their rows in core.config.OPTIONS say so): a config with any on trains alone.
 UNPACKED_OPTIONS = packed(Pack.OFF)
 
 
